@@ -1,0 +1,288 @@
+//! An async client: connect, log in, send, and read replies as a [`Stream`].
+//!
+//! This is the only module of the crate that does I/O.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::{SinkExt, Stream, StreamExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::codec::{ClientCodec, CodecError};
+use crate::command::Command;
+use crate::reply::{ChatMessage, Reply};
+use crate::types::{Failure, MessageText, Password, Recipient, UserId};
+
+/// What can go wrong in a [`Client`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection could not be made.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// Framing or I/O failed; the connection is unusable.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// An argument was refused before sending (invalid user id, text over 140 characters…).
+    /// The [`Failure`] is the one the server would have answered with.
+    #[error("invalid request: {0}")]
+    Invalid(#[source] Failure),
+    /// The server answered with a `fail` reply.
+    #[error("server refused: {0}")]
+    Refused(#[source] Failure),
+    /// The server closed the connection.
+    #[error("connection closed by the server")]
+    Closed,
+    /// The server answered with a reply that does not fit the request.
+    #[error("unexpected reply from the server: {0:?}")]
+    Unexpected(Box<Reply>),
+}
+
+impl ClientError {
+    /// The [`Failure`] behind this error, if the server (or local validation) refused.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            ClientError::Invalid(f) | ClientError::Refused(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to a SimpleTextIM server.
+///
+/// `Client` sends commands through its methods and is a [`Stream`] of the server's
+/// replies. To send from one task and read in another, split it with
+/// [`Client::into_split`].
+///
+/// ```no_run
+/// use futures::StreamExt;
+/// use simpletextim_proto::{Client, Reply};
+///
+/// # async fn run() -> Result<(), simpletextim_proto::ClientError> {
+/// let mut client = Client::connect("127.0.0.1:5000").await?;
+/// let pending = client.login("alice", "secret").await?;
+/// println!("{} messages while you were away", pending.len());
+/// client.send_public("hello, everyone").await?;
+/// while let Some(reply) = client.next().await {
+///     if let Reply::Message { messages } = reply? {
+///         for m in messages {
+///             println!("<{}> {}", m.user_id, m.message);
+///         }
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Client {
+    sender: ClientSender,
+    receiver: ClientReceiver,
+}
+
+impl Client {
+    /// Connects to a server (no login yet).
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] when the TCP connection cannot be made.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ClientError::Connect)?;
+        Ok(Client::from_stream(stream))
+    }
+
+    /// Wraps an already connected socket, with the default frame limits.
+    pub fn from_stream(stream: TcpStream) -> Client {
+        // Chat is many small frames: don't let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        Client {
+            sender: ClientSender {
+                inner: FramedWrite::new(w, ClientCodec::new()),
+            },
+            receiver: ClientReceiver {
+                inner: FramedRead::new(r, ClientCodec::new()),
+            },
+        }
+    }
+
+    /// Logs in and waits for the answer. Returns the messages kept for this user while
+    /// offline (oldest first, possibly none).
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] for a malformed user id or password (nothing is sent);
+    /// [`ClientError::Refused`] when the server answers `fail` (401 bad credentials,
+    /// 409 already logged in…); [`ClientError::Closed`] if it hangs up.
+    pub async fn login(
+        &mut self,
+        user_id: &str,
+        password: &str,
+    ) -> Result<Vec<ChatMessage>, ClientError> {
+        let user_id = UserId::new(user_id).map_err(ClientError::Invalid)?;
+        let password = Password::new(password).map_err(ClientError::Invalid)?;
+        self.sender
+            .send(&Command::Login { user_id, password })
+            .await?;
+        match self.next_reply().await? {
+            Reply::Message { messages } => Ok(messages),
+            Reply::Fail { fail } => Err(ClientError::Refused(fail)),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Waits for the next reply.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] when the server closed the connection, or the framing error.
+    pub async fn next_reply(&mut self) -> Result<Reply, ClientError> {
+        self.receiver.next_reply().await
+    }
+
+    /// Sends any command.
+    ///
+    /// # Errors
+    /// The I/O error when the connection is broken.
+    pub async fn send(&mut self, command: &Command) -> Result<(), ClientError> {
+        self.sender.send(command).await
+    }
+
+    /// Sends a public message. See [`ClientSender::send_public`].
+    ///
+    /// # Errors
+    /// As [`ClientSender::send_public`].
+    pub async fn send_public(&mut self, text: &str) -> Result<(), ClientError> {
+        self.sender.send_public(text).await
+    }
+
+    /// Sends a private message. See [`ClientSender::send_private`].
+    ///
+    /// # Errors
+    /// As [`ClientSender::send_private`].
+    pub async fn send_private(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
+        self.sender.send_private(to, text).await
+    }
+
+    /// Asks for the users online; the answer arrives as a [`Reply::List`] on the stream.
+    ///
+    /// # Errors
+    /// The I/O error when the connection is broken.
+    pub async fn list(&mut self) -> Result<(), ClientError> {
+        self.sender.send(&Command::List).await
+    }
+
+    /// Asks the server to end the session. Replies already queued still arrive on the
+    /// stream, which then ends.
+    ///
+    /// # Errors
+    /// The I/O error when the connection is broken.
+    pub async fn exit(&mut self) -> Result<(), ClientError> {
+        self.sender.send(&Command::Exit).await
+    }
+
+    /// Splits the client into a sending half and a receiving half, for use from two tasks.
+    pub fn into_split(self) -> (ClientSender, ClientReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+impl Stream for Client {
+    type Item = Result<Reply, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.receiver).poll_next(cx)
+    }
+}
+
+/// The sending half of a [`Client`].
+#[derive(Debug)]
+pub struct ClientSender {
+    inner: FramedWrite<OwnedWriteHalf, ClientCodec>,
+}
+
+impl ClientSender {
+    /// Sends a command and flushes it to the socket.
+    ///
+    /// # Errors
+    /// The I/O error when the connection is broken.
+    pub async fn send(&mut self, command: &Command) -> Result<(), ClientError> {
+        self.inner.send(command).await.map_err(ClientError::from)
+    }
+
+    /// Queues a command without flushing; many fed commands leave in one write at the
+    /// next [`ClientSender::flush`] (or when the buffer fills).
+    ///
+    /// # Errors
+    /// The I/O error when the connection is broken.
+    pub async fn feed(&mut self, command: &Command) -> Result<(), ClientError> {
+        self.inner.feed(command).await.map_err(ClientError::from)
+    }
+
+    /// Writes out everything fed so far.
+    ///
+    /// # Errors
+    /// The I/O error when the connection is broken.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        SinkExt::<&Command>::flush(&mut self.inner)
+            .await
+            .map_err(ClientError::from)
+    }
+
+    /// Sends a public message to everyone logged in.
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] when the text is not valid message text (nothing is sent);
+    /// the I/O error when the connection is broken.
+    pub async fn send_public(&mut self, text: &str) -> Result<(), ClientError> {
+        let message = MessageText::new(text).map_err(ClientError::Invalid)?;
+        self.send(&Command::Send {
+            to: Recipient::Everyone,
+            message,
+        })
+        .await
+    }
+
+    /// Sends a private message to `to`.
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] when `to` is not a user id or the text is not valid message
+    /// text (nothing is sent); the I/O error when the connection is broken.
+    pub async fn send_private(&mut self, to: &str, text: &str) -> Result<(), ClientError> {
+        let to = UserId::new(to).map_err(ClientError::Invalid)?;
+        let message = MessageText::new(text).map_err(ClientError::Invalid)?;
+        self.send(&Command::Send {
+            to: Recipient::User(to),
+            message,
+        })
+        .await
+    }
+}
+
+/// The receiving half of a [`Client`]: a [`Stream`] of replies that ends when the server
+/// closes the connection.
+#[derive(Debug)]
+pub struct ClientReceiver {
+    inner: FramedRead<OwnedReadHalf, ClientCodec>,
+}
+
+impl ClientReceiver {
+    /// Waits for the next reply.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] when the server closed the connection, or the framing error.
+    pub async fn next_reply(&mut self) -> Result<Reply, ClientError> {
+        match self.inner.next().await {
+            Some(r) => r.map_err(ClientError::from),
+            None => Err(ClientError::Closed),
+        }
+    }
+}
+
+impl Stream for ClientReceiver {
+    type Item = Result<Reply, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner)
+            .poll_next(cx)
+            .map(|o| o.map(|r| r.map_err(ClientError::from)))
+    }
+}

@@ -1,0 +1,148 @@
+//! Server → client replies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ErrorCode, Failure, Recipient, UserId};
+
+/// One chat message, as the server delivers it inside a [`Reply::Message`].
+///
+/// `to`, `id` and `ts` are protocol extensions: a server that omits them gives `"*"`, 0 and 0.
+///
+/// ```
+/// use simpletextim_proto::ChatMessage;
+/// let m: ChatMessage = serde_json::from_str(
+///     r#"{"user_id":"bob","message":"where is alice?","to":"alice","id":41,"ts":1764168000123}"#,
+/// ).unwrap();
+/// assert_eq!(m.user_id.as_str(), "bob");
+/// assert!(m.is_private());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The sender.
+    pub user_id: UserId,
+    /// The text. Kept as a plain string: text from the network is displayed, never trusted,
+    /// so a client should still sanitize it before writing it to a terminal.
+    pub message: String,
+    /// `Everyone` for a public message, the recipient for a private one.
+    #[serde(default)]
+    pub to: Recipient,
+    /// Unique, increasing in the order the server accepted the messages.
+    #[serde(default)]
+    pub id: u64,
+    /// When the server accepted the message, in Unix milliseconds.
+    #[serde(default)]
+    pub ts: u64,
+}
+
+impl ChatMessage {
+    /// Whether this is a private message.
+    pub fn is_private(&self) -> bool {
+        matches!(self.to, Recipient::User(_))
+    }
+}
+
+/// A reply from the server to a client.
+///
+/// ```
+/// use simpletextim_proto::{ErrorCode, Failure, Reply};
+/// let r: Reply = serde_json::from_str(
+///     r#"{"command":"fail","fail":{"error_code":404,"reason":"no such user: carol"}}"#,
+/// ).unwrap();
+/// assert_eq!(r, Reply::fail(ErrorCode::NotFound, "no such user: carol"));
+/// assert_eq!(
+///     serde_json::to_string(&Reply::List { list: vec!["alice".parse().unwrap()] }).unwrap(),
+///     r#"{"command":"list","list":["alice"]}"#
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Reply {
+    /// Chat messages, possibly several in one frame. Also the login acknowledgement, which
+    /// carries the messages kept while the user was offline (possibly none).
+    Message {
+        /// The messages, oldest first.
+        messages: Vec<ChatMessage>,
+    },
+    /// The users logged in now, the asker included, sorted case-insensitively.
+    List {
+        /// Their ids.
+        list: Vec<UserId>,
+    },
+    /// A request failed.
+    Fail {
+        /// Why.
+        fail: Failure,
+    },
+    /// Another user logged in.
+    Joined {
+        /// Who.
+        user_id: UserId,
+    },
+    /// Another user's session ended.
+    Left {
+        /// Who.
+        user_id: UserId,
+    },
+}
+
+impl Reply {
+    /// A `fail` reply.
+    pub fn fail(error_code: ErrorCode, reason: impl Into<String>) -> Reply {
+        Reply::Fail {
+            fail: Failure::new(error_code, reason),
+        }
+    }
+
+    /// Serializes the reply to its JSON payload (without the frame header).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Cannot fail: no maps with non-string keys, no failing Serialize impls.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a reply from the JSON payload of a frame.
+    ///
+    /// # Errors
+    /// The `serde_json` error when the payload is not a reply this crate knows.
+    pub fn from_json(json: &[u8]) -> Result<Reply, serde_json::Error> {
+        serde_json::from_slice(json)
+    }
+}
+
+impl From<Failure> for Reply {
+    fn from(fail: Failure) -> Reply {
+        Reply::Fail { fail }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_examples_parse_and_serialize_back() {
+        for s in [
+            r#"{"command":"message","messages":[{"user_id":"bob","message":"where is alice?","to":"alice","id":41,"ts":1764168000123}]}"#,
+            r#"{"command":"list","list":["alice","bob","mark"]}"#,
+            r#"{"command":"fail","fail":{"error_code":404,"reason":"no such user: carol"}}"#,
+            r#"{"command":"joined","user_id":"carol"}"#,
+            r#"{"command":"left","user_id":"carol"}"#,
+            r#"{"command":"message","messages":[]}"#,
+        ] {
+            let r = Reply::from_json(s.as_bytes()).unwrap();
+            assert_eq!(String::from_utf8(r.to_json()).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn seed_message_without_extensions() {
+        let r = Reply::from_json(
+            br#"{"command":"message","messages":[{"user_id":"a","message":"hi"}]}"#,
+        )
+        .unwrap();
+        let Reply::Message { messages } = r else {
+            panic!("not a message reply")
+        };
+        assert_eq!(messages[0].to, Recipient::Everyone);
+        assert_eq!((messages[0].id, messages[0].ts), (0, 0));
+    }
+}
