@@ -1,0 +1,3 @@
+//! The SimpleTextIM server (work in progress: the store layer).
+
+pub mod store;
