@@ -1,3 +1,188 @@
-//! The SimpleTextIM server (work in progress: the store layer).
+//! The SimpleTextIM server as a library: [`run`] serves the protocol on a bound listener
+//! until a shutdown token fires. The binary (`main.rs`) only parses the command line, sets
+//! up logging and signals, and calls it; tests call it on `127.0.0.1:0`.
+//!
+//! Where to start reading: [`run`] (accept loop and shutdown), then `session.rs` (one task
+//! per connection), `hub.rs` (who is online, fan-out), `auth.rs` (passwords), `store/`
+//! (persistence), `wire.rs` (how queued messages become frames).
 
+pub mod auth;
+pub mod hub;
+mod session;
 pub mod store;
+pub mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{HashCost, Registration};
+pub use session::RateLimit;
+pub use store::{MemoryStore, Store};
+
+use auth::Authenticator;
+use hub::Hub;
+
+/// Default listen address: loopback, the original server's port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+/// Default per-recipient offline mailbox cap.
+pub const DEFAULT_MAILBOX_CAP: usize = 1000;
+
+/// Everything the server can be configured with.
+#[derive(Clone)]
+pub struct Config {
+    /// Largest client → server frame payload, in bytes.
+    pub max_command_frame: usize,
+    /// Items a session's outbox holds before the session counts as a slow consumer.
+    pub outbox_capacity: usize,
+    /// Whether a first login creates the account.
+    pub registration: Registration,
+    /// Cheap password hashing, for benchmarks and tests only.
+    pub insecure_fast_hash: bool,
+    /// Password hashes computed at once (the rest wait their turn).
+    pub hash_pool: usize,
+    /// Most connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Per-session limit on `send` and `list` commands; `None` for no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// How long a shutdown waits for sessions to say goodbye.
+    pub shutdown_grace: Duration,
+    /// Accounts and mailboxes.
+    pub store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("max_command_frame", &self.max_command_frame)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("registration", &self.registration)
+            .field("insecure_fast_hash", &self.insecure_fast_hash)
+            .field("hash_pool", &self.hash_pool)
+            .field("max_connections", &self.max_connections)
+            .field("rate_limit", &self.rate_limit)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_command_frame: simpletextim_proto::codec::DEFAULT_MAX_COMMAND_FRAME,
+            outbox_capacity: 4096,
+            registration: Registration::Open,
+            insecure_fast_hash: false,
+            hash_pool: std::thread::available_parallelism().map_or(2, usize::from),
+            max_connections: 10_000,
+            rate_limit: Some(RateLimit {
+                per_sec: 200.0,
+                burst: 2000,
+            }),
+            shutdown_grace: Duration::from_secs(4),
+            store: Arc::new(MemoryStore::new(DEFAULT_MAILBOX_CAP)),
+        }
+    }
+}
+
+/// State every session shares.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) hub: Hub,
+    pub(crate) auth: Authenticator,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Serves the protocol on `listener` until `shutdown` is cancelled, then sends every
+/// session `fail 503` ("server shutting down"), closes them and returns.
+///
+/// # Errors
+/// Only if the store cannot be read at start; errors of single connections end only
+/// those connections.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let store = config.store.clone();
+    let min_id = store
+        .max_message_id()
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let cost = if config.insecure_fast_hash {
+        tracing::warn!(
+            "--insecure-fast-hash: passwords are hashed with minimal cost; benchmarks and tests only"
+        );
+        HashCost::InsecureFast
+    } else {
+        HashCost::Default
+    };
+    let shared = Arc::new(Shared {
+        hub: Hub::new(store.clone(), min_id),
+        auth: Authenticator::new(store.clone(), config.registration, cost, config.hash_pool),
+        store,
+        shutdown: shutdown.clone(),
+        config,
+    });
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let tracker = TaskTracker::new();
+    let conn_ids = AtomicU64::new(1);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    session::run(stream, peer, conn_id, shared).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Typically EMFILE: out of file descriptors. Wait for sessions to end.
+                tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    let sessions = tracker.len();
+    tracing::info!(sessions, "shutting down");
+    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.len(),
+            "sessions still closing at the end of the grace period"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! The hub: who is online, message ids, and fan-out.
+//!
+//! The hub owns membership. Sessions call into it; it never calls into a session except by
+//! `try_send` on the session's bounded outbox, which never waits. A session whose outbox is
+//! full is a slow consumer: it is removed (the others get `left`) and kicked, so one slow
+//! reader can neither stall the others nor grow the server's memory.
+//!
+//! **Architecture invariant:** the membership lock is a `std::sync::Mutex` held only for
+//! in-memory work (lookups, `try_send`, encoding one message) and never across an `.await`.
+//! Holding it during a fan-out is what gives every recipient the same order, and ids that
+//! increase in the order messages were accepted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+use simpletextim_proto::{ChatMessage, ErrorCode, Failure, MessageText, Recipient, Reply, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError};
+use crate::wire::{Out, encode_chat, encode_reply};
+
+/// Why a session was told to close by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// A newer login of the same user took the session over (`fail 409`).
+    TakenOver,
+    /// Its outbox stayed full.
+    SlowConsumer,
+}
+
+/// A session's kill switch: a token the session watches and the reason it was pulled.
+/// Cancelling the server's shutdown token (the parent) cancels every session's too.
+#[derive(Debug)]
+pub struct Kick {
+    token: CancellationToken,
+    reason: OnceLock<KickReason>,
+}
+
+impl Kick {
+    /// A kick switch that also fires when `parent` is cancelled.
+    pub fn new(parent: &CancellationToken) -> Arc<Kick> {
+        Arc::new(Kick {
+            token: parent.child_token(),
+            reason: OnceLock::new(),
+        })
+    }
+
+    fn fire(&self, reason: KickReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// The token to wait on.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Why the session was kicked; `None` when the server is shutting down.
+    pub fn reason(&self) -> Option<KickReason> {
+        self.reason.get().copied()
+    }
+}
+
+/// What the hub keeps of a logged-in session.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Unique per connection, to tell a session from the one that took it over.
+    pub conn_id: u64,
+    /// As spelled at registration.
+    pub user_id: UserId,
+    /// The session's outbox.
+    pub tx: mpsc::Sender<Out>,
+    /// The session's kill switch.
+    pub kick: Arc<Kick>,
+}
+
+struct Inner {
+    members: HashMap<String, Member>,
+    last_id: u64,
+}
+
+/// Membership and fan-out. Cheap to share behind an `Arc`.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub whose message ids start above `min_id`.
+    pub fn new(store: Arc<dyn Store>, min_id: u64) -> Hub {
+        Hub {
+            inner: Mutex::new(Inner {
+                members: HashMap::new(),
+                last_id: min_id,
+            }),
+            store,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves the maps consistent before anything can panic, so
+        // a poisoned lock still guards valid data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a logged-in session. Tells the others `joined`, or, when the user was
+    /// logged in elsewhere, kicks the old session (`fail 409`) without `left`/`joined`.
+    pub fn join(&self, member: Member) {
+        let mut inner = self.lock();
+        let key = member.user_id.key();
+        let user_id = member.user_id.clone();
+        let conn_id = member.conn_id;
+        match inner.members.insert(key, member) {
+            Some(old) => {
+                tracing::info!(user = %user_id, old = old.conn_id, new = conn_id, "session taken over");
+                old.kick.fire(KickReason::TakenOver);
+            }
+            None => {
+                let frame = encode_reply(&Reply::Joined {
+                    user_id: user_id.clone(),
+                });
+                inner.broadcast(Out::Frame(frame), Some(conn_id));
+            }
+        }
+    }
+
+    /// Removes a session that ended, telling the others `left`. Does nothing if the
+    /// session was already removed (taken over, or cut off as a slow consumer).
+    pub fn leave(&self, user_id: &UserId, conn_id: u64) {
+        let mut inner = self.lock();
+        let key = user_id.key();
+        if inner
+            .members
+            .get(&key)
+            .is_some_and(|m| m.conn_id == conn_id)
+        {
+            inner.members.remove(&key);
+            inner.announce_left(user_id.clone());
+        }
+    }
+
+    /// The users online now, sorted case-insensitively.
+    pub fn list(&self) -> Vec<UserId> {
+        let inner = self.lock();
+        let mut list: Vec<UserId> = inner.members.values().map(|m| m.user_id.clone()).collect();
+        drop(inner);
+        list.sort_unstable();
+        list
+    }
+
+    /// How many users are online.
+    pub fn online(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// Accepts a public message and delivers it to everyone online, the sender included.
+    pub fn publish(&self, from: &UserId, text: MessageText) {
+        let mut inner = self.lock();
+        let msg = inner.accept(from.clone(), Recipient::Everyone, text);
+        inner.broadcast(Out::Chat(encode_chat(&msg)), None);
+    }
+
+    /// Accepts a private message: delivered to the recipient when online, otherwise stored
+    /// in their mailbox; echoed to the sender (`from_conn`) either way, once accepted.
+    ///
+    /// # Errors
+    /// `404` when the recipient has no account, `503` when their mailbox is full or the
+    /// store fails. Nothing is delivered or stored then.
+    pub async fn send_private(
+        &self,
+        from: &UserId,
+        from_conn: u64,
+        to: &UserId,
+        text: MessageText,
+    ) -> Result<(), Failure> {
+        let key = to.key();
+        if let Some(()) = self.deliver_online(from, from_conn, &key, &text) {
+            return Ok(());
+        }
+        // Offline (or unknown): learn the recipient's registered spelling first.
+        let account = self
+            .store
+            .account(key.clone())
+            .await
+            .map_err(store_failure)?
+            .ok_or_else(|| no_such_user(to))?;
+        let pending = {
+            let mut inner = self.lock();
+            if let Some(()) = inner.deliver_online(from, from_conn, &key, &text) {
+                return Ok(());
+            }
+            let msg = inner.accept(from.clone(), Recipient::User(account.user_id), text);
+            // Called under the lock: a login that registers after this point and then
+            // reads its mailbox sees this message (the store's ordering contract).
+            let fut = self.store.enqueue(key, msg.clone());
+            (fut, msg)
+        };
+        let (fut, msg) = pending;
+        match fut.await {
+            Ok(()) => {
+                self.lock()
+                    .echo(from_conn, from, Out::Chat(encode_chat(&msg)));
+                Ok(())
+            }
+            Err(StoreError::NoSuchUser(_)) => Err(no_such_user(to)),
+            Err(StoreError::MailboxFull(_)) => Err(Failure::new(
+                ErrorCode::Unavailable,
+                format!("mailbox full: {} has too many unread messages", msg.to),
+            )),
+            Err(e) => Err(store_failure(e)),
+        }
+    }
+
+    fn deliver_online(
+        &self,
+        from: &UserId,
+        from_conn: u64,
+        key: &str,
+        text: &MessageText,
+    ) -> Option<()> {
+        self.lock().deliver_online(from, from_conn, key, text)
+    }
+}
+
+impl Inner {
+    /// Gives a message its id and timestamp.
+    fn accept(&mut self, from: UserId, to: Recipient, text: MessageText) -> ChatMessage {
+        let ts = crate::now_ms();
+        // Ids are unique and increasing across restarts without a disk write per message:
+        // at least the last one + 1, and at least the clock in microseconds-ish units
+        // (ms × 1000), which a restart cannot go behind. ts × 1000 stays below 2^53 (exact
+        // in JavaScript) until the year 2255.
+        self.last_id = (self.last_id + 1).max(ts.saturating_mul(1000));
+        ChatMessage {
+            user_id: from,
+            message: text.into_string(),
+            to,
+            id: self.last_id,
+            ts,
+        }
+    }
+
+    fn deliver_online(
+        &mut self,
+        from: &UserId,
+        from_conn: u64,
+        key: &str,
+        text: &MessageText,
+    ) -> Option<()> {
+        let to = self.members.get(key)?.user_id.clone();
+        let msg = self.accept(from.clone(), Recipient::User(to), text.clone());
+        let obj = encode_chat(&msg);
+        let mut slow = Vec::new();
+        if let Some(m) = self.members.get(key) {
+            if m.conn_id != from_conn {
+                offer(m, Out::Chat(obj.clone()), &mut slow);
+            }
+        }
+        if let Some(m) = self.members.get(&from.key()) {
+            if m.conn_id == from_conn {
+                offer(m, Out::Chat(obj), &mut slow);
+            }
+        }
+        self.cut_off(slow);
+        Some(())
+    }
+
+    /// Sends to the sender's own session, if it is still the logged-in one.
+    fn echo(&mut self, from_conn: u64, from: &UserId, item: Out) {
+        let mut slow = Vec::new();
+        if let Some(m) = self.members.get(&from.key()) {
+            if m.conn_id == from_conn {
+                offer(m, item, &mut slow);
+            }
+        }
+        self.cut_off(slow);
+    }
+
+    /// Offers `item` to every member except `except`, then cuts off the slow ones.
+    fn broadcast(&mut self, item: Out, except: Option<u64>) {
+        let mut slow = Vec::new();
+        for m in self.members.values() {
+            if Some(m.conn_id) != except {
+                offer(m, item.clone(), &mut slow);
+            }
+        }
+        self.cut_off(slow);
+    }
+
+    fn announce_left(&mut self, user_id: UserId) {
+        let frame = encode_reply(&Reply::Left { user_id });
+        self.broadcast(Out::Frame(Bytes::clone(&frame)), None);
+    }
+
+    /// Removes and kicks slow consumers, telling the others they left. Telling them may
+    /// find more slow consumers; the loop ends because each round removes members.
+    fn cut_off(&mut self, mut slow: Vec<(String, u64)>) {
+        while let Some((key, conn_id)) = slow.pop() {
+            if self.members.get(&key).is_none_or(|m| m.conn_id != conn_id) {
+                continue;
+            }
+            let Some(m) = self.members.remove(&key) else {
+                continue;
+            };
+            tracing::warn!(user = %m.user_id, conn = conn_id, "slow consumer: outbox full, disconnecting");
+            m.kick.fire(KickReason::SlowConsumer);
+            let frame = encode_reply(&Reply::Left {
+                user_id: m.user_id.clone(),
+            });
+            for other in self.members.values() {
+                offer(other, Out::Frame(frame.clone()), &mut slow);
+            }
+        }
+    }
+}
+
+/// `try_send` to a member; a full outbox marks it slow. A closed one is a session already
+/// on its way out, which removes itself.
+fn offer(m: &Member, item: Out, slow: &mut Vec<(String, u64)>) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = m.tx.try_send(item) {
+        slow.push((m.user_id.key(), m.conn_id));
+    }
+}
+
+fn no_such_user(to: &UserId) -> Failure {
+    Failure::new(ErrorCode::NotFound, format!("no such user: {to}"))
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    tracing::error!(error = %e, "store failure");
+    Failure::new(
+        ErrorCode::Unavailable,
+        "storage unavailable, try again later",
+    )
+}
