@@ -78,6 +78,16 @@ impl Command {
     /// The [`Failure`] the protocol prescribes: 400 for anything malformed or invalid,
     /// 413 for message text over 140 characters.
     pub fn from_json(json: &[u8]) -> Result<Command, Failure> {
+        // serde would read a JSON array as a struct's fields in order: refuse anything but
+        // an object up front.
+        if json.trim_ascii_start().first() != Some(&b'{') {
+            return Err(Failure::bad_request(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+                    Ok(_) => "a command must be a JSON object".to_owned(),
+                    Err(e) => format!("invalid JSON: {e}"),
+                },
+            ));
+        }
         let raw: RawCommand<'_> = serde_json::from_slice(json).map_err(|e| {
             Failure::bad_request(if e.is_syntax() || e.is_eof() {
                 format!("invalid JSON: {e}")
@@ -294,6 +304,7 @@ mod tests {
             "",
             "nope",
             "[]",
+            r#"["login alice/pw"]"#,
             "42",
             r#"{"cmd":"list"}"#,
             r#"{"command":"LIST"}"#,

@@ -1,0 +1,189 @@
+//! Many clients at once, and a client that stops reading.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use simpletextim_proto::{ChatMessage, Client, Reply};
+use simpletextim_server::Config;
+use tokio::net::TcpSocket;
+
+const CLIENTS: usize = 200;
+const SENDERS: usize = 20;
+const PER_SENDER: usize = 10;
+
+/// 200 clients; 20 of them send 10 public messages each, all at once. Every client gets
+/// every message exactly once, each sender's in the order sent, and in one global order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_public_message_reaches_every_client_once_in_per_sender_order() {
+    let s = start().await;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let (c, pending) = login(&s, &format!("user{i:03}")).await;
+        assert_eq!(pending, vec![]);
+        clients.push(c);
+    }
+    let total = SENDERS * PER_SENDER;
+    let mut readers = Vec::new();
+    let mut senders = Vec::new();
+    // Dropping a write half sends FIN, which the server takes as a disconnect: keep them.
+    let mut idle_writers = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        let (mut tx, mut rx) = c.into_split();
+        if i >= SENDERS {
+            idle_writers.push(tx);
+        } else {
+            senders.push(tokio::spawn(async move {
+                for n in 0..PER_SENDER {
+                    tx.send_public(&format!("{i}:{n}")).await?;
+                }
+                Ok::<_, simpletextim_proto::ClientError>(tx)
+            }));
+        }
+        readers.push(tokio::spawn(async move {
+            let mut got: Vec<ChatMessage> = Vec::with_capacity(total);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while got.len() < total {
+                let reply = tokio::time::timeout_at(deadline, rx.next())
+                    .await
+                    .map_err(|_| format!("client {i}: only {} of {total} in time", got.len()))?
+                    .ok_or_else(|| format!("client {i}: closed"))?
+                    .map_err(|e| format!("client {i}: {e}"))?;
+                match reply {
+                    Reply::Message { messages } => got.extend(messages),
+                    // Later logins' joins reach the earlier clients; they don't count.
+                    Reply::Joined { .. } => {}
+                    other => return Err(format!("client {i}: unexpected {other:?}")),
+                }
+            }
+            Ok::<_, String>(got)
+        }));
+    }
+    let mut keep = Vec::new();
+    for h in senders {
+        keep.push(h.await.unwrap().unwrap());
+    }
+    let mut first_order: Option<Vec<u64>> = None;
+    for h in readers {
+        let got = h.await.unwrap().unwrap();
+        assert_eq!(got.len(), total);
+        let mut next_expected: HashMap<String, usize> = HashMap::new();
+        for m in &got {
+            let (sender, n) = m.message.split_once(':').unwrap();
+            assert_eq!(
+                m.user_id.as_str(),
+                format!("user{:03}", sender.parse::<usize>().unwrap())
+            );
+            let expected = next_expected.entry(sender.to_owned()).or_insert(0);
+            assert_eq!(
+                n.parse::<usize>().unwrap(),
+                *expected,
+                "out of order from {sender}"
+            );
+            *expected += 1;
+        }
+        assert_eq!(next_expected.len(), SENDERS);
+        assert!(next_expected.values().all(|&n| n == PER_SENDER));
+        // One global order: every client saw the same sequence of ids, increasing.
+        let ids: Vec<u64> = got.iter().map(|m| m.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        match &first_order {
+            None => first_order = Some(ids),
+            Some(first) => assert_eq!(&ids, first),
+        }
+    }
+}
+
+/// A client that never reads is cut off once its outbox is full; the others hear `left`
+/// and keep chatting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_disconnected_without_stalling_others() {
+    let s = start_with(Config {
+        outbox_capacity: 64,
+        ..config()
+    })
+    .await;
+    // A small receive buffer, so the kernel stops taking the server's writes early.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.addr).await.unwrap();
+    let mut slow = Client::from_stream(stream);
+    assert_eq!(slow.login("slow", "pw").await.unwrap(), vec![]);
+
+    let (fast, _) = login(&s, "fast").await;
+    let (mut tx, rx) = fast.into_split();
+    let text = "x".repeat(140);
+    let reader = tokio::spawn(async move {
+        let mut rx = rx;
+        // Read until `left slow`, bounded in time.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut chats = 0usize;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.next()).await {
+                Err(_) => return Err(format!("no left in time after {chats} messages")),
+                Ok(None) => return Err("fast was closed".to_owned()),
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(Some(Ok(Reply::Left { user_id }))) if user_id.as_str() == "slow" => {
+                    return Ok((chats, rx));
+                }
+                Ok(Some(Ok(Reply::Message { messages }))) => chats += messages.len(),
+                Ok(Some(Ok(other))) => return Err(format!("unexpected {other:?}")),
+            }
+        }
+    });
+    // Flood until the reader has seen `left` (or a bound: 200 000 messages).
+    let mut sent = 0usize;
+    while !reader.is_finished() && sent < 200_000 {
+        for _ in 0..100 {
+            tx.feed(&simpletextim_proto::Command::send(
+                simpletextim_proto::Recipient::Everyone,
+                text.parse().unwrap(),
+            ))
+            .await
+            .unwrap();
+        }
+        tx.flush().await.unwrap();
+        sent += 100;
+        tokio::task::yield_now().await;
+    }
+    let (chats, mut rx) = reader.await.unwrap().unwrap();
+    assert!(chats <= sent);
+    // The slow client's connection was closed by the server: reading it to the end
+    // finds EOF (no fail frame: a slow consumer cannot be told anything).
+    let drained = tokio::time::timeout(WAIT, async {
+        let mut n = 0usize;
+        while let Some(r) = slow.next().await {
+            match r {
+                Ok(Reply::Message { messages }) => n += messages.len(),
+                Ok(Reply::Joined { .. }) => {}
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => break,
+            }
+        }
+        n
+    })
+    .await
+    .expect("slow consumer not closed");
+    assert!(
+        drained < sent,
+        "slow consumer got everything: {drained} of {sent}"
+    );
+    // The fast client keeps chatting: its next own message comes back.
+    tx.send_public("still fine").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = tokio::time::timeout_at(deadline, rx.next())
+            .await
+            .expect("no echo in time")
+            .expect("closed")
+            .expect("bad reply");
+        if let Reply::Message { messages } = r {
+            if messages.iter().any(|m| m.message == "still fine") {
+                break;
+            }
+        }
+    }
+}
