@@ -10,7 +10,7 @@ use simpletextim_proto::{
 use tokio_util::codec::{Decoder, Encoder};
 
 fn user_id() -> impl Strategy<Value = UserId> {
-    "[A-Za-z0-9_.-]{1,32}".prop_map(|s| UserId::new(&s).unwrap())
+    "[A-Za-z0-9_.-]{1,32}".prop_filter_map("valid", |s| UserId::new(&s).ok())
 }
 
 fn text() -> impl Strategy<Value = MessageText> {
