@@ -1,67 +1,24 @@
 //! The hub: who is online, message ids, and fan-out.
 //!
 //! The hub owns membership. Sessions call into it; it never calls into a session except by
-//! `try_send` on the session's bounded outbox, which never waits. A session whose outbox is
+//! pushing onto the session's bounded outbox, which never waits. A session whose outbox is
 //! full is a slow consumer: it is removed (the others get `left`) and kicked, so one slow
 //! reader can neither stall the others nor grow the server's memory.
 //!
 //! **Architecture invariant:** the membership lock is a `std::sync::Mutex` held only for
-//! in-memory work (lookups, `try_send`, encoding one message) and never across an `.await`.
+//! in-memory work (lookups, queueing onto outboxes, encoding one message) and never across an `.await`.
 //! Holding it during a fan-out is what gives every recipient the same order, and ids that
 //! increase in the order messages were accepted.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use simpletextim_proto::{ChatMessage, ErrorCode, Failure, MessageText, Recipient, Reply, UserId};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::outbox::{KickReason, Outbox};
 use crate::store::{Store, StoreError};
 use crate::wire::{Out, encode_chat, encode_reply};
-
-/// Why a session was told to close by someone else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KickReason {
-    /// A newer login of the same user took the session over (`fail 409`).
-    TakenOver,
-    /// Its outbox stayed full.
-    SlowConsumer,
-}
-
-/// A session's kill switch: a token the session watches and the reason it was pulled.
-/// Cancelling the server's shutdown token (the parent) cancels every session's too.
-#[derive(Debug)]
-pub struct Kick {
-    token: CancellationToken,
-    reason: OnceLock<KickReason>,
-}
-
-impl Kick {
-    /// A kick switch that also fires when `parent` is cancelled.
-    pub fn new(parent: &CancellationToken) -> Arc<Kick> {
-        Arc::new(Kick {
-            token: parent.child_token(),
-            reason: OnceLock::new(),
-        })
-    }
-
-    fn fire(&self, reason: KickReason) {
-        let _ = self.reason.set(reason);
-        self.token.cancel();
-    }
-
-    /// The token to wait on.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    /// Why the session was kicked; `None` when the server is shutting down.
-    pub fn reason(&self) -> Option<KickReason> {
-        self.reason.get().copied()
-    }
-}
 
 /// What the hub keeps of a logged-in session.
 #[derive(Debug, Clone)]
@@ -70,10 +27,8 @@ pub struct Member {
     pub conn_id: u64,
     /// As spelled at registration.
     pub user_id: UserId,
-    /// The session's outbox.
-    pub tx: mpsc::Sender<Out>,
-    /// The session's kill switch.
-    pub kick: Arc<Kick>,
+    /// The session's outbox and kill switch.
+    pub outbox: Arc<Outbox>,
 }
 
 struct Inner {
@@ -121,7 +76,7 @@ impl Hub {
         match inner.members.insert(key, member) {
             Some(old) => {
                 tracing::info!(user = %user_id, old = old.conn_id, new = conn_id, "session taken over");
-                old.kick.fire(KickReason::TakenOver);
+                old.outbox.kick(KickReason::TakenOver);
             }
             None => {
                 let frame = encode_reply(&Reply::Joined {
@@ -311,7 +266,7 @@ impl Inner {
                 continue;
             };
             tracing::warn!(user = %m.user_id, conn = conn_id, "slow consumer: outbox full, disconnecting");
-            m.kick.fire(KickReason::SlowConsumer);
+            m.outbox.kick(KickReason::SlowConsumer);
             let frame = encode_reply(&Reply::Left {
                 user_id: m.user_id.clone(),
             });
@@ -322,10 +277,9 @@ impl Inner {
     }
 }
 
-/// `try_send` to a member; a full outbox marks it slow. A closed one is a session already
-/// on its way out, which removes itself.
+/// Queues `item` for a member; a full outbox marks it slow.
 fn offer(m: &Member, item: Out, slow: &mut Vec<(String, u64)>) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = m.tx.try_send(item) {
+    if m.outbox.push(item).is_err() {
         slow.push((m.user_id.key(), m.conn_id));
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod hub;
+pub mod outbox;
 mod session;
 pub mod store;
 pub mod wire;

@@ -1,40 +1,42 @@
 //! One task per connection: read frames, handle commands, write what the hub queued.
 //!
-//! The session owns its socket and identity. It waits on three things at once: a kick (a
-//! takeover, being cut off as a slow consumer, or the server shutting down), its outbox
-//! (chat and notices the hub queued, drained in batches into one write), and the next frame
-//! from the client. Replies to the client's own commands go through the same write buffer
-//! after everything already queued, so a client sees its echoes and `fail`s in order.
+//! The session owns its socket and identity. It waits on three things at once: the server's
+//! shutdown, its outbox (chat and notices the hub queued, or a kick: takeover or slow
+//! consumer), and the socket becoming readable. Replies to the client's own commands go
+//! into the same write buffer after everything already queued, so a client sees its echoes
+//! and `fail`s in order.
+//!
+//! An idle session holds no buffers: the socket is read with `readable()` + `try_read_buf`
+//! into a buffer that is freed once it holds no partial frame, and the write buffer is freed
+//! once written. That keeps tens of thousands of idle connections cheap.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use bytes::BytesMut;
 use simpletextim_proto::{
     CodecError, Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply, ServerCodec,
     UserId,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::WriteHalf;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::Decoder;
 
 use crate::Shared;
-use crate::hub::{Kick, KickReason, Member};
-use crate::wire::{FrameWriter, Out};
+use crate::hub::Member;
+use crate::outbox::{KickReason, Outbox};
+use crate::wire::FrameWriter;
 
 /// Failed logins after which the connection is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
-/// Most outbox items moved into the write buffer per round.
-const OUTBOX_BATCH: usize = 512;
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 4096;
 /// How long a last write (the `fail` before a close) may take before we give up on a peer
 /// that does not read.
 const FINAL_WRITE: Duration = Duration::from_secs(2);
-/// Write-buffer capacity kept between writes; a bigger one (after a burst) is freed.
-const KEEP_WRITE_CAPACITY: usize = 16 * 1024;
 
 /// A token bucket: `burst` commands at once, refilled at `per_sec`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,24 +49,15 @@ pub struct RateLimit {
 
 #[derive(Debug)]
 struct Bucket {
-    limit: RateLimit,
-    tokens: f64,
+    tokens: f32,
     last: Instant,
 }
 
 impl Bucket {
-    fn new(limit: RateLimit) -> Bucket {
-        Bucket {
-            limit,
-            tokens: f64::from(limit.burst),
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
+    fn allow(&mut self, limit: RateLimit) -> bool {
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.limit.per_sec;
-        self.tokens = (self.tokens + refill).min(f64::from(self.limit.burst));
+        let refill = now.duration_since(self.last).as_secs_f64() * limit.per_sec;
+        self.tokens = (f64::from(self.tokens) + refill).min(f64::from(limit.burst)) as f32;
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -90,133 +83,189 @@ enum End {
 
 struct LoggedIn {
     user_id: UserId,
-    rx: mpsc::Receiver<Out>,
+    outbox: Arc<Outbox>,
 }
 
 struct Session {
     shared: Arc<Shared>,
+    stream: TcpStream,
     conn_id: u64,
     peer: SocketAddr,
-    kick: Arc<Kick>,
+    /// Bytes read and not yet decoded; empty (no allocation) between commands.
+    rbuf: BytesMut,
+    codec: ServerCodec,
+    /// Frames waiting to be written; empty (no allocation) when all is written.
     out: FrameWriter,
     login: Option<LoggedIn>,
     failed_logins: u32,
     bucket: Option<Bucket>,
+    /// The outbox's wake-up was consumed while writing: look at the outbox before waiting.
+    wake_pending: bool,
+}
+
+enum Event {
+    Shutdown,
+    Outbox,
+    Readable(io::Result<()>),
 }
 
 /// Serves one connection until it ends.
-pub(crate) async fn run(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    conn_id: u64,
-    shared: Arc<Shared>,
-) {
+pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, conn_id: u64, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let kick = Kick::new(&shared.shutdown);
-    let bucket = shared.config.rate_limit.map(Bucket::new);
+    let bucket = shared.config.rate_limit.map(|l| Bucket {
+        tokens: l.burst as f32,
+        last: Instant::now(),
+    });
     let codec = ServerCodec::with_limits(
         shared.config.max_command_frame,
         simpletextim_proto::codec::DEFAULT_MAX_REPLY_FRAME,
     );
     let mut session = Session {
         shared,
+        stream,
         conn_id,
         peer,
-        kick,
+        rbuf: BytesMut::new(),
+        codec,
         out: FrameWriter::new(),
         login: None,
         failed_logins: 0,
         bucket,
+        wake_pending: false,
     };
-    let (r, mut w) = stream.split();
-    let mut reader = FramedRead::new(r, codec);
-    let end = session.serve(&mut reader, &mut w).await;
-    session.finish(end, &mut w).await;
+    let end = session.serve().await;
+    session.finish(end).await;
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        reader: &mut FramedRead<tokio::net::tcp::ReadHalf<'_>, ServerCodec>,
-        w: &mut WriteHalf<'_>,
-    ) -> End {
-        let mut batch = Vec::with_capacity(0);
+    async fn serve(&mut self) -> End {
         loop {
-            let kick = self.kick.clone();
-            tokio::select! {
+            if let Err(end) = self.write_out().await {
+                return end;
+            }
+            if std::mem::take(&mut self.wake_pending) {
+                if let Err(end) = self.drain_outbox() {
+                    return end;
+                }
+                continue;
+            }
+            let event = tokio::select! {
                 biased;
-                () = kick.token().cancelled() => return self.kicked(),
-                n = recv_outbox(&mut self.login, &mut batch) => {
-                    if n == 0 {
-                        // The hub dropped us without a kick reason yet: treat as cut off.
-                        return self.kick.reason().map_or(End::Shutdown, kick_end);
-                    }
-                    for item in batch.drain(..) {
-                        self.out.push(&item);
+                () = self.shared.shutdown.cancelled() => Event::Shutdown,
+                () = outbox_changed(&self.login) => Event::Outbox,
+                r = self.stream.readable() => Event::Readable(r),
+            };
+            match event {
+                Event::Shutdown => return End::Shutdown,
+                Event::Outbox => {
+                    if let Err(end) = self.drain_outbox() {
+                        return end;
                     }
                 }
-                frame = reader.next() => match frame {
-                    None => return End::Eof,
-                    Some(Err(CodecError::FrameTooLarge { max })) => {
-                        self.fail(Failure::new(
-                            ErrorCode::TooLarge,
-                            format!("frame over the size limit of {max} bytes"),
-                        ));
-                        return End::FrameTooLarge;
+                Event::Readable(Err(_)) => return End::Error,
+                Event::Readable(Ok(())) => {
+                    if let Some(end) = self.read_and_handle().await {
+                        return end;
                     }
-                    Some(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "read failed");
-                        return End::Error;
-                    }
-                    Some(Ok(Err(failure))) => self.fail(failure),
-                    Some(Ok(Ok(command))) => {
-                        if let Some(end) = self.handle(command, w).await {
-                            return end;
-                        }
-                    }
-                },
-            }
-            if let Err(end) = self.write_out(w).await {
-                return end;
+                }
             }
         }
     }
 
-    fn kicked(&self) -> End {
-        self.kick.reason().map_or(End::Shutdown, kick_end)
+    /// Reads what the socket has and handles every complete frame in it.
+    async fn read_and_handle(&mut self) -> Option<End> {
+        self.rbuf.reserve(READ_CHUNK);
+        let eof = match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.release_rbuf();
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "read failed");
+                return Some(End::Error);
+            }
+        };
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(Ok(command))) => {
+                    if let Some(end) = self.handle(command).await {
+                        return Some(end);
+                    }
+                }
+                Ok(Some(Err(failure))) => self.fail(failure),
+                Ok(None) => break,
+                Err(CodecError::FrameTooLarge { max }) => {
+                    self.fail(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!("frame over the size limit of {max} bytes"),
+                    ));
+                    return Some(End::FrameTooLarge);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "read failed");
+                    return Some(End::Error);
+                }
+            }
+        }
+        self.release_rbuf();
+        eof.then_some(End::Eof)
+    }
+
+    /// Frees the read buffer when it holds no partial frame.
+    fn release_rbuf(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
     }
 
     fn fail(&mut self, failure: Failure) {
-        self.drain_outbox();
-        self.out.push_reply(&Reply::Fail { fail: failure });
+        self.reply(&Reply::Fail { fail: failure });
     }
 
+    /// Queues a direct reply after everything the hub already queued for this client.
     fn reply(&mut self, reply: &Reply) {
-        self.drain_outbox();
+        // A kick found here is acted on at the next wake-up, which `kick` also caused.
+        let _ = self.drain_outbox();
         self.out.push_reply(reply);
     }
 
-    /// Moves what the hub queued into the write buffer, so a direct reply comes after it.
-    fn drain_outbox(&mut self) {
-        if let Some(login) = &mut self.login {
-            while let Ok(item) = login.rx.try_recv() {
-                self.out.push(&item);
-            }
+    /// Moves what the hub queued into the write buffer.
+    ///
+    /// # Errors
+    /// How the session ends when it was kicked.
+    fn drain_outbox(&mut self) -> Result<(), End> {
+        let Some(login) = &self.login else {
+            return Ok(());
+        };
+        let taken = login.outbox.take();
+        for item in &taken.items {
+            self.out.push(item);
+        }
+        match taken.kicked {
+            None => Ok(()),
+            Some(KickReason::TakenOver) => Err(End::TakenOver),
+            Some(KickReason::SlowConsumer) => Err(End::SlowConsumer),
         }
     }
 
     /// Handles one command. Returns how the session ends, if it does.
-    async fn handle(&mut self, command: Command, w: &mut WriteHalf<'_>) -> Option<End> {
+    async fn handle(&mut self, command: Command) -> Option<End> {
         match command {
-            Command::Login { user_id, password } => return self.login(user_id, password, w).await,
+            // Boxed: logging in is rare and its future is the largest; keeping it off the
+            // session's own future keeps every idle session small.
+            Command::Login { user_id, password } => {
+                return Box::pin(self.login(user_id, password)).await;
+            }
             Command::Exit => {
-                self.drain_outbox();
+                let _ = self.drain_outbox();
                 return Some(End::Exit);
             }
             Command::Send { .. } | Command::List if self.login.is_none() => {
                 self.fail(Failure::new(ErrorCode::Unauthorized, "login required"));
             }
-            _ if !self.bucket.as_mut().is_none_or(Bucket::allow) => {
+            _ if !self.allowed() => {
                 self.fail(Failure::new(
                     ErrorCode::RateLimited,
                     "rate limit exceeded, slow down",
@@ -231,30 +280,33 @@ impl Session {
         None
     }
 
+    fn allowed(&mut self) -> bool {
+        match (&mut self.bucket, self.shared.config.rate_limit) {
+            (Some(bucket), Some(limit)) => bucket.allow(limit),
+            _ => true,
+        }
+    }
+
     async fn send(&mut self, to: Recipient, message: MessageText) {
         let Some(login) = &self.login else { return };
-        let from = login.user_id.clone();
         match to {
-            Recipient::Everyone => self.shared.hub.publish(&from, message),
+            Recipient::Everyone => self.shared.hub.publish(&login.user_id, message),
             Recipient::User(to) => {
-                if let Err(failure) = self
-                    .shared
-                    .hub
-                    .send_private(&from, self.conn_id, &to, message)
-                    .await
-                {
+                let from = login.user_id.clone();
+                let sent = Box::pin(self.shared.hub.send_private(
+                    &from,
+                    self.conn_id,
+                    &to,
+                    message,
+                ));
+                if let Err(failure) = sent.await {
                     self.fail(failure);
                 }
             }
         }
     }
 
-    async fn login(
-        &mut self,
-        user_id: UserId,
-        password: Password,
-        w: &mut WriteHalf<'_>,
-    ) -> Option<End> {
+    async fn login(&mut self, user_id: UserId, password: Password) -> Option<End> {
         if let Some(login) = &self.login {
             let reason = format!("already logged in as {}", login.user_id);
             self.fail(Failure::new(ErrorCode::Conflict, reason));
@@ -277,16 +329,15 @@ impl Session {
                 return None;
             }
         };
-        let (tx, rx) = mpsc::channel(self.shared.config.outbox_capacity);
+        let outbox = Outbox::new(self.shared.config.outbox_capacity);
         self.shared.hub.join(Member {
             conn_id: self.conn_id,
             user_id: user_id.clone(),
-            tx,
-            kick: self.kick.clone(),
+            outbox: outbox.clone(),
         });
         self.login = Some(LoggedIn {
             user_id: user_id.clone(),
-            rx,
+            outbox,
         });
         tracing::info!(peer = %self.peer, user = %user_id, conn = self.conn_id, "logged in");
         // Registered first, mailbox read second: a private message accepted in between is
@@ -306,7 +357,7 @@ impl Session {
         let up_to = pending.iter().map(|m| m.id).max();
         // The ack is the session's first frame: nothing from the outbox has been written.
         self.out.push_reply(&Reply::Message { messages: pending });
-        if let Err(end) = self.write_out(w).await {
+        if let Err(end) = self.write_out().await {
             return Some(end);
         }
         if let Some(up_to) = up_to {
@@ -319,63 +370,70 @@ impl Session {
         None
     }
 
-    /// Writes the buffer out. A kick during the write ends it at once if the peer is a
-    /// slow consumer; otherwise the write gets [`FINAL_WRITE`] more to finish.
-    async fn write_out(&mut self, w: &mut WriteHalf<'_>) -> Result<(), End> {
+    /// Writes the buffer out, then frees it. A kick during the write ends it at once if the
+    /// peer is a slow consumer; a takeover or shutdown gives it [`FINAL_WRITE`] to finish.
+    async fn write_out(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let buf = self.out.pending();
         let mut off = 0;
         let mut deadline: Option<Instant> = None;
-        while off < buf.len() {
-            let n = match deadline {
-                None => tokio::select! {
-                    biased;
-                    r = w.write(&buf[off..]) => r,
-                    () = self.kick.token().cancelled() => {
-                        if self.kick.reason() == Some(KickReason::SlowConsumer) {
-                            return Err(End::SlowConsumer);
-                        }
-                        deadline = Some(Instant::now() + FINAL_WRITE);
-                        continue;
+        loop {
+            let buf = self.out.pending();
+            if off == buf.len() {
+                break;
+            }
+            match self.stream.try_write(&buf[off..]) {
+                Ok(n) => {
+                    off += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(End::Error),
+            }
+            let watch = deadline.is_none();
+            tokio::select! {
+                biased;
+                r = self.stream.writable() => if r.is_err() { return Err(End::Error) },
+                () = self.shared.shutdown.cancelled(), if watch => {
+                    deadline = Some(Instant::now() + FINAL_WRITE);
+                }
+                () = outbox_changed(&self.login), if watch => {
+                    self.wake_pending = true;
+                    match self.login.as_ref().and_then(|l| l.outbox.kicked()) {
+                        Some(KickReason::SlowConsumer) => return Err(End::SlowConsumer),
+                        Some(KickReason::TakenOver) => deadline = Some(Instant::now() + FINAL_WRITE),
+                        None => {}
                     }
-                },
-                Some(d) => match tokio::time::timeout_at(d, w.write(&buf[off..])).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(End::Error),
-                },
-            };
-            match n {
-                Ok(0) | Err(_) => return Err(End::Error),
-                Ok(n) => off += n,
+                }
+                () = sleep_until(deadline) => return Err(End::Error),
             }
         }
-        self.out.clear(KEEP_WRITE_CAPACITY);
+        self.out.clear();
         Ok(())
     }
 
     /// Says goodbye as the end calls for, and tells the hub.
-    async fn finish(mut self, end: End, w: &mut WriteHalf<'_>) {
+    async fn finish(mut self, end: End) {
         match end {
             End::TakenOver => {
-                self.drain_outbox();
+                let _ = self.drain_outbox();
                 self.out
                     .push_reply(&Reply::fail(ErrorCode::Conflict, "logged in elsewhere"));
             }
             End::Shutdown => {
-                self.drain_outbox();
+                let _ = self.drain_outbox();
                 self.out
                     .push_reply(&Reply::fail(ErrorCode::Unavailable, "server shutting down"));
             }
-            End::SlowConsumer | End::Error | End::Eof => self.out.clear(0),
+            End::SlowConsumer | End::Error | End::Eof => self.out.clear(),
             End::Exit | End::TooManyFailedLogins | End::FrameTooLarge => {}
         }
         if !self.out.is_empty() {
             let buf = self.out.take();
-            let _ = timeout(FINAL_WRITE, w.write_all(&buf)).await;
+            let _ = timeout(FINAL_WRITE, self.stream.write_all(&buf)).await;
         }
-        let _ = timeout(FINAL_WRITE, w.shutdown()).await;
+        let _ = timeout(FINAL_WRITE, self.stream.shutdown()).await;
         if let Some(login) = &self.login {
             tracing::info!(peer = %self.peer, user = %login.user_id, conn = self.conn_id, reason = ?end, "session ended");
             if end != End::Shutdown {
@@ -387,17 +445,18 @@ impl Session {
     }
 }
 
-fn kick_end(reason: KickReason) -> End {
-    match reason {
-        KickReason::TakenOver => End::TakenOver,
-        KickReason::SlowConsumer => End::SlowConsumer,
+/// Waits for the outbox to change; never resolves before login.
+async fn outbox_changed(login: &Option<LoggedIn>) {
+    match login {
+        Some(l) => l.outbox.changed().await,
+        None => std::future::pending().await,
     }
 }
 
-/// Waits for outbox items; never resolves before login.
-async fn recv_outbox(login: &mut Option<LoggedIn>, batch: &mut Vec<Out>) -> usize {
-    match login {
-        Some(l) => l.rx.recv_many(batch, OUTBOX_BATCH).await,
+/// Sleeps until `deadline`; never resolves without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }

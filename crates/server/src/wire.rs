@@ -114,19 +114,16 @@ impl FrameWriter {
     }
 
     /// Closes the open batch and gives the bytes to write; call [`FrameWriter::clear`]
-    /// after writing them. Unlike [`FrameWriter::take`] the buffer's memory is reused.
+    /// once they are written.
     pub fn pending(&mut self) -> &[u8] {
         self.close_batch();
         &self.buf
     }
 
-    /// Forgets everything written so far, keeping at most `keep` bytes of capacity.
-    pub fn clear(&mut self, keep: usize) {
-        self.buf.clear();
+    /// Forgets everything and frees the buffer: an idle session holds no write memory.
+    pub fn clear(&mut self) {
+        self.buf = BytesMut::new();
         self.open_batch = None;
-        if self.buf.capacity() > keep {
-            self.buf = BytesMut::new();
-        }
     }
 }
 
