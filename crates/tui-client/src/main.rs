@@ -1,1 +1,144 @@
-fn main() {}
+//! `simpletextim`: the full-screen terminal chat client of SimpleTextIM.
+//!
+//! This file only reads the command line and the password, opens the log file (the
+//! terminal is the screen, so logs never go there), takes over the terminal and runs the
+//! event loop of the `simpletextim_tui` library. Start reading at its `app` module.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use simpletextim_proto::{Password, UserId};
+use simpletextim_tui::app::{App, Settings, TimeZone};
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+
+/// The environment variable a password may come from.
+const PASSWORD_ENV: &str = "SIMPLETEXTIM_PASSWORD";
+
+/// Chat on a SimpleTextIM server, full screen.
+///
+/// The password comes from the SIMPLETEXTIM_PASSWORD environment variable, from
+/// --password-file, or is asked on the login screen; never from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "simpletextim", version)]
+struct Cli {
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    server: String,
+    /// User id to log in as (asked on the login screen when absent).
+    #[arg(long)]
+    user: Option<String>,
+    /// File whose first line is the password.
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<PathBuf>,
+    /// Don't ring the terminal bell on private messages and mentions.
+    #[arg(long)]
+    no_bell: bool,
+    /// Log file [default: $XDG_STATE_HOME/simpletextim/client.log, or under ~/.local/state].
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("simpletextim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(user) = &cli.user {
+        UserId::new(user).map_err(|f| anyhow::anyhow!("--user: {}", f.reason))?;
+    }
+    let password = read_password(&cli)?;
+    if password.is_some() && cli.user.is_none() {
+        bail!("--user is needed when the password comes from {PASSWORD_ENV} or --password-file");
+    }
+    let _log_guard = init_logging(cli.log_file.clone())?;
+
+    let settings = Settings {
+        server: cli.server.clone(),
+        bell: !cli.no_bell,
+        tz: TimeZone::Local,
+    };
+    let mut app = App::new(settings, cli.user.as_deref());
+    let initial = match (&cli.user, &password) {
+        (Some(user), Some(password)) => app.login_with(user, password),
+        _ => Vec::new(),
+    };
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let (mut terminal, _restore) =
+            simpletextim_tui::terminal::init().context("cannot set up the terminal")?;
+        simpletextim_tui::run::run(&mut terminal, app, initial)
+            .await
+            .context("terminal error")
+    })?;
+    // Don't wait for tasks stuck on the terminal or the network.
+    runtime.shutdown_background();
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// The password from `--password-file` or the environment, if any, validated.
+fn read_password(cli: &Cli) -> anyhow::Result<Option<String>> {
+    let password = if let Some(path) = &cli.password_file {
+        let content = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the password file {}", path.display()))?;
+        let first = content.lines().next().unwrap_or("");
+        Some(first.to_owned())
+    } else {
+        match std::env::var(PASSWORD_ENV) {
+            Ok(p) => Some(p),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(e) => bail!("{PASSWORD_ENV}: {e}"),
+        }
+    };
+    if let Some(p) = &password {
+        Password::new(p).map_err(|f| anyhow::anyhow!("password: {}", f.reason))?;
+    }
+    Ok(password)
+}
+
+/// Default log file: `$XDG_STATE_HOME/simpletextim/client.log`, or under
+/// `~/.local/state`, or the temporary directory.
+fn default_log_path() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("simpletextim").join("client.log")
+}
+
+/// Sends `tracing` output to the log file (level from `RUST_LOG`, default `info`).
+fn init_logging(path: Option<PathBuf>) -> anyhow::Result<WorkerGuard> {
+    let path = path.unwrap_or_else(default_log_path);
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+    let (writer, guard) = tracing_appender::non_blocking(file);
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    Ok(guard)
+}

@@ -1,0 +1,275 @@
+//! The network task: the glue between the proto [`Client`] and the application's event
+//! channel.
+//!
+//! It waits for a [`NetRequest::Login`], connects and logs in, then forwards every reply as
+//! a [`NetEvent`] and every [`NetRequest::Send`] to the server. When the connection drops it
+//! reconnects with exponential backoff (1, 2, 4 … 30 s, counting down in
+//! [`NetEvent::Reconnecting`]) and logs in again by itself, except after `fail 409` (the
+//! session was taken over by another login), which ends it for good.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use simpletextim_proto::{
+    ChatMessage, Client, ClientError, ClientReceiver, ClientSender, Command, ErrorCode, Password,
+    Reply, UserId,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::event::{Event, NetEvent, NetRequest};
+use crate::text::sanitize;
+
+/// Longest wait between two reconnection attempts, in seconds.
+const BACKOFF_MAX_SECS: u64 = 30;
+/// How long connecting and logging in may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `exit` waits for the server to close the session.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Starts the network task for the server at `addr`. Returns where to send it requests,
+/// and its handle (it ends after [`NetRequest::Exit`], or when either channel closes).
+pub fn spawn(
+    addr: String,
+    events: mpsc::Sender<Event>,
+) -> (mpsc::UnboundedSender<NetRequest>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = tokio::spawn(run(addr, rx, events));
+    (tx, handle)
+}
+
+/// Reports an event; false when the application is gone.
+async fn emit(events: &mpsc::Sender<Event>, event: NetEvent) -> bool {
+    events.send(Event::Net(event)).await.is_ok()
+}
+
+/// How a logged-in session ended.
+enum End {
+    /// The application asked to leave (or went away).
+    Exit,
+    /// `fail 409`: another login took the session over.
+    TakenOver(String),
+    /// The connection broke.
+    Lost(String),
+}
+
+/// The network task's body; see the module documentation.
+pub async fn run(
+    addr: String,
+    mut requests: mpsc::UnboundedReceiver<NetRequest>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut creds: Option<(UserId, Password)> = None;
+    let mut logged_in_once = false;
+    let mut delay = 1;
+    loop {
+        let Some((user, password)) = creds.clone() else {
+            match requests.recv().await {
+                Some(NetRequest::Login { user, password }) => {
+                    creds = Some((user, password));
+                    logged_in_once = false;
+                    delay = 1;
+                }
+                Some(NetRequest::Send(_)) => {}
+                Some(NetRequest::Exit) | None => return,
+            }
+            continue;
+        };
+        if !emit(&events, NetEvent::Connecting).await {
+            return;
+        }
+        info!(server = %addr, user = %user, "logging in");
+        match connect_and_login(&addr, &user, &password).await {
+            Ok((client, pending)) => {
+                logged_in_once = true;
+                delay = 1;
+                info!(pending = pending.len(), "logged in");
+                let at_ms = now_ms();
+                let event = NetEvent::LoggedIn {
+                    user: user.clone(),
+                    pending,
+                    at_ms,
+                };
+                if !emit(&events, event).await {
+                    return;
+                }
+                let (tx, rx) = client.into_split();
+                match session(tx, rx, &mut requests, &events).await {
+                    End::Exit => return,
+                    End::TakenOver(reason) => {
+                        warn!(%reason, "session taken over");
+                        let at_ms = now_ms();
+                        if !emit(&events, NetEvent::Offline { reason, at_ms }).await {
+                            return;
+                        }
+                        creds = None;
+                        continue;
+                    }
+                    End::Lost(reason) => {
+                        warn!(%reason, "connection lost");
+                        let at_ms = now_ms();
+                        if !emit(&events, NetEvent::Disconnected { reason, at_ms }).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let refused = matches!(
+                    e.failure().map(|f| f.error_code),
+                    Some(ErrorCode::Unauthorized | ErrorCode::BadRequest)
+                );
+                let reason = describe(&addr, &e);
+                warn!(%reason, "login failed");
+                if !logged_in_once || refused {
+                    // The person is at the login screen, or the account is gone: let them
+                    // decide what to do.
+                    creds = None;
+                    if !emit(&events, NetEvent::LoginFailed { reason }).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        match countdown(delay, &mut requests, &events).await {
+            Countdown::Elapsed => {}
+            Countdown::Login(user, password) => {
+                creds = Some((user, password));
+                logged_in_once = false;
+            }
+            Countdown::Exit => return,
+        }
+        delay = (delay * 2).min(BACKOFF_MAX_SECS);
+    }
+}
+
+/// A message for people about a failed connection or login.
+fn describe(addr: &str, e: &ClientError) -> String {
+    match e {
+        ClientError::Connect(io) => format!("cannot connect to {}: {io}", sanitize(addr)),
+        ClientError::Refused(f) | ClientError::Invalid(f) => {
+            format!("{}: {}", f.error_code, sanitize(&f.reason))
+        }
+        other => sanitize(&other.to_string()),
+    }
+}
+
+async fn connect_and_login(
+    addr: &str,
+    user: &UserId,
+    password: &Password,
+) -> Result<(Client, Vec<ChatMessage>), ClientError> {
+    let attempt = async {
+        let mut client = Client::connect(addr).await?;
+        let pending = client.login(user.as_str(), password.expose()).await?;
+        Ok((client, pending))
+    };
+    match tokio::time::timeout(LOGIN_TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::Connect(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        ))),
+    }
+}
+
+/// Serves one logged-in session until it ends.
+async fn session(
+    mut tx: ClientSender,
+    mut rx: ClientReceiver,
+    requests: &mut mpsc::UnboundedReceiver<NetRequest>,
+    events: &mpsc::Sender<Event>,
+) -> End {
+    let mut taken_over: Option<String> = None;
+    loop {
+        tokio::select! {
+            reply = rx.next() => match reply {
+                Some(Ok(reply)) => {
+                    if let Reply::Fail { fail } = &reply
+                        && fail.error_code == ErrorCode::Conflict
+                    {
+                        taken_over = Some(sanitize(&fail.reason));
+                    }
+                    let at_ms = now_ms();
+                    if !emit(events, NetEvent::Reply { reply, at_ms }).await {
+                        return End::Exit;
+                    }
+                }
+                Some(Err(e)) => {
+                    return match taken_over {
+                        Some(r) => End::TakenOver(r),
+                        None => End::Lost(sanitize(&e.to_string())),
+                    };
+                }
+                None => {
+                    return match taken_over {
+                        Some(r) => End::TakenOver(r),
+                        None => End::Lost("connection closed by the server".into()),
+                    };
+                }
+            },
+            request = requests.recv() => match request {
+                Some(NetRequest::Send(command)) => {
+                    debug!(command = command.name(), "sending");
+                    if let Err(e) = tx.send(&command).await {
+                        return End::Lost(sanitize(&e.to_string()));
+                    }
+                }
+                Some(NetRequest::Login { .. }) => {}
+                Some(NetRequest::Exit) | None => {
+                    let _ = tx.send(&Command::Exit).await;
+                    // Let the server flush and close; don't hang if it does not.
+                    let _ = tokio::time::timeout(EXIT_TIMEOUT, async {
+                        while let Some(Ok(_)) = rx.next().await {}
+                    })
+                    .await;
+                    return End::Exit;
+                }
+            },
+        }
+    }
+}
+
+/// How a wait before reconnecting ended.
+enum Countdown {
+    Elapsed,
+    Login(UserId, Password),
+    Exit,
+}
+
+/// Waits `secs` seconds, reporting the seconds left once a second.
+async fn countdown(
+    secs: u64,
+    requests: &mut mpsc::UnboundedReceiver<NetRequest>,
+    events: &mpsc::Sender<Event>,
+) -> Countdown {
+    for left in (1..=secs).rev() {
+        if !emit(events, NetEvent::Reconnecting { in_secs: left }).await {
+            return Countdown::Exit;
+        }
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                () = &mut tick => break,
+                request = requests.recv() => match request {
+                    Some(NetRequest::Login { user, password }) => {
+                        return Countdown::Login(user, password);
+                    }
+                    Some(NetRequest::Send(_)) => {}
+                    Some(NetRequest::Exit) | None => return Countdown::Exit,
+                },
+            }
+        }
+    }
+    Countdown::Elapsed
+}

@@ -1,0 +1,49 @@
+//! The online users panel: a header with the count, then one row per user (own name in
+//! bold). Clicking a name opens a private conversation with that user.
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Line;
+
+use crate::app::App;
+use crate::text::truncate;
+use crate::ui::name_color;
+
+/// Rows above the first name.
+pub const HEADER_ROWS: usize = 1;
+
+/// Draws the panel; row `HEADER_ROWS + i` is `app.online[i]` (mouse clicks rely on it).
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+    if area.height == 0 {
+        return;
+    }
+    let w = usize::from(area.width);
+    let header = Line::styled(
+        truncate(&format!("{} online", app.online.len()), w),
+        Style::new().add_modifier(Modifier::BOLD),
+    );
+    frame.render_widget(header, Rect::new(area.x, area.y, area.width, 1));
+    let rows = usize::from(area.height) - HEADER_ROWS;
+    let overflow = app.online.len() > rows;
+    for (i, user) in app.online.iter().enumerate() {
+        if i >= rows {
+            break;
+        }
+        let y = area.y + (HEADER_ROWS + i) as u16;
+        let line = if overflow && i + 1 == rows {
+            let more = app.online.len() - i;
+            Line::styled(
+                truncate(&format!("+{more} more"), w),
+                Style::new().fg(Color::DarkGray),
+            )
+        } else {
+            let mut style = Style::new().fg(name_color(user.as_str()));
+            if app.me.as_ref() == Some(user) {
+                style = style.add_modifier(Modifier::BOLD);
+            }
+            Line::styled(truncate(user.as_str(), w), style)
+        };
+        frame.render_widget(line, Rect::new(area.x, y, area.width, 1));
+    }
+}
