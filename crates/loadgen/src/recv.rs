@@ -1,0 +1,349 @@
+//! The receiving side of every client: one task per connection that reads frames, counts
+//! chat messages, records their latency and releases its sender's window on its own echo.
+//!
+//! The hot path per frame is: classify by prefix, one clock read, then per message a
+//! substring search and a few digits parsed. Nothing is allocated per message.
+
+use std::collections::BTreeMap;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::Reader;
+use crate::scan::{self, Kind, MessageScanner};
+use crate::stats::SharedHistogram;
+
+/// State shared by every task of one run.
+#[derive(Debug)]
+pub struct Shared {
+    /// The instant message timestamps count from.
+    pub base: Instant,
+    /// Latency of every delivered message.
+    pub latency: SharedHistogram,
+    /// Latency of messages sent inside [`Shared::window_us`] (presence: during the churn).
+    pub latency_in_window: SharedHistogram,
+    /// Start of the send-time window, in microseconds since `base`, whose messages also go
+    /// to `latency_in_window` (presence: the churn); both 0 for none.
+    pub window_from_us: AtomicU64,
+    /// End of that window.
+    pub window_to_us: AtomicU64,
+    /// Receivers that have not yet seen everything they expect.
+    pub remaining: AtomicUsize,
+    /// Notified when `remaining` reaches zero.
+    pub all_done: Notify,
+    /// Cancelled to stop every receiver.
+    pub stop: CancellationToken,
+    /// The length of the last `list` reply any receiver saw, or -1.
+    pub last_list: AtomicI64,
+    /// Notified when a `list` reply arrives.
+    pub list_seen: Notify,
+}
+
+impl Shared {
+    /// Fresh state for a run of `receivers` receivers.
+    pub fn new(receivers: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            base: Instant::now(),
+            latency: SharedHistogram::new(),
+            latency_in_window: SharedHistogram::new(),
+            window_from_us: AtomicU64::new(0),
+            window_to_us: AtomicU64::new(0),
+            remaining: AtomicUsize::new(receivers),
+            all_done: Notify::new(),
+            stop: CancellationToken::new(),
+            last_list: AtomicI64::new(-1),
+            list_seen: Notify::new(),
+        })
+    }
+
+    /// Microseconds since `base`.
+    #[inline]
+    pub fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    /// Waits until every receiver is done or `deadline` passes; returns whether all were.
+    pub async fn wait_all(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.all_done.notified();
+            if self.remaining.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.remaining.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+}
+
+/// Presence tracking: which of the churning users this client believes online.
+#[derive(Debug, Clone)]
+pub struct Churn {
+    /// The churning users' id prefix (`lgc` for `lgc0`, `lgc1`, …).
+    pub prefix: Vec<u8>,
+    /// How many churning users there are; each must be seen joining once and leaving once.
+    pub users: usize,
+}
+
+/// What one receiver expects and does.
+#[derive(Debug, Default)]
+pub struct Expect {
+    /// This client's sender index, when it sends.
+    pub me: Option<u32>,
+    /// Released by one permit per own echo (or per `fail`, which answers a send too).
+    pub window: Option<Arc<Semaphore>>,
+    /// Marked messages to receive before this receiver is done.
+    pub messages: u64,
+    /// Senders in the run (size of the per-sender order check).
+    pub senders: usize,
+    /// Presence tracking, if any.
+    pub churn: Option<Churn>,
+}
+
+/// What one receiver saw.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    /// Marked messages received (echoes included).
+    pub messages: u64,
+    /// Of which this client's own echoes.
+    pub echoes: u64,
+    /// Chat messages without a marker (not sent by this run).
+    pub unmarked: u64,
+    /// Marked messages that came at or before a message already seen from the same sender
+    /// (duplicates or reordering).
+    pub out_of_order: u64,
+    /// `joined` frames.
+    pub joined: u64,
+    /// `left` frames.
+    pub left: u64,
+    /// `fail` replies by error code.
+    pub fails: BTreeMap<u16, u64>,
+    /// Frames received.
+    pub frames: u64,
+    /// Whether the server closed the connection (or it failed) before the run stopped it.
+    pub closed: bool,
+    /// Whether the presence view ended as expected (every churning user joined then left).
+    pub churn_ok: bool,
+    /// Presence events that contradicted the view (joined twice, left while not joined).
+    pub churn_errors: u64,
+    /// When this receiver had everything it expected.
+    pub done_at: Option<Instant>,
+}
+
+impl Seen {
+    /// Adds another receiver's counts.
+    pub fn add(&mut self, o: &Seen) {
+        self.messages += o.messages;
+        self.echoes += o.echoes;
+        self.unmarked += o.unmarked;
+        self.out_of_order += o.out_of_order;
+        self.joined += o.joined;
+        self.left += o.left;
+        for (code, n) in &o.fails {
+            *self.fails.entry(*code).or_default() += n;
+        }
+        self.frames += o.frames;
+        self.churn_errors += o.churn_errors;
+        self.done_at = match (self.done_at, o.done_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Presence view of one client: a bit per churning user.
+#[derive(Debug)]
+struct View {
+    users: usize,
+    online: Vec<u64>,
+    joined: usize,
+    left: usize,
+}
+
+impl View {
+    fn new(users: usize) -> View {
+        View {
+            users,
+            online: vec![0; users.div_ceil(64)],
+            joined: 0,
+            left: 0,
+        }
+    }
+
+    /// Applies an event; returns false when it contradicts the view.
+    fn apply(&mut self, idx: usize, joined: bool) -> bool {
+        if idx >= self.users {
+            return false;
+        }
+        let (word, bit) = (idx / 64, 1u64 << (idx % 64));
+        let Some(w) = self.online.get_mut(word) else {
+            return false;
+        };
+        let was = *w & bit != 0;
+        if joined {
+            self.joined += 1;
+            *w |= bit;
+        } else {
+            self.left += 1;
+            *w &= !bit;
+        }
+        was != joined
+    }
+
+    fn complete(&self, users: usize) -> bool {
+        self.joined >= users && self.left >= users
+    }
+
+    fn all_offline(&self) -> bool {
+        self.online.iter().all(|w| *w == 0)
+    }
+}
+
+/// Reads frames until the run stops or the server closes the connection.
+pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) -> Seen {
+    let scanner = MessageScanner::new();
+    let mut latency = shared.latency.recorder();
+    let mut latency_in_window = shared.latency_in_window.recorder();
+    let mut last_seq = vec![u32::MAX; expect.senders];
+    let mut view = expect.churn.as_ref().map(|c| View::new(c.users));
+    let mut seen = Seen::default();
+    let mut done = false;
+    let stop = shared.stop.clone();
+    let mut stopped = pin!(stop.cancelled());
+
+    let check_done = |seen: &mut Seen, view: &Option<View>, done: &mut bool| {
+        if *done || seen.messages < expect.messages {
+            return;
+        }
+        if let (Some(v), Some(c)) = (view, &expect.churn) {
+            if !v.complete(c.users) {
+                return;
+            }
+        }
+        *done = true;
+        seen.done_at = Some(Instant::now());
+        if shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            shared.all_done.notify_one();
+        }
+    };
+    check_done(&mut seen, &view, &mut done);
+
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = reader.next() => f,
+            () = &mut stopped => break,
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(_)) | None => {
+                seen.closed = true;
+                // Whatever it still expected is lost: do not make the run wait for it.
+                if !done && shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    shared.all_done.notify_one();
+                }
+                break;
+            }
+        };
+        seen.frames += 1;
+        match scan::kind(&frame) {
+            Kind::Message => {
+                let now = shared.now_us();
+                let win_from = shared.window_from_us.load(Ordering::Relaxed);
+                let win_to = shared.window_to_us.load(Ordering::Relaxed);
+                let mut echoes = 0;
+                scanner.for_each(&frame, |marker| {
+                    let Some(m) = marker else {
+                        seen.unmarked += 1;
+                        return;
+                    };
+                    seen.messages += 1;
+                    let us = now.saturating_sub(m.sent_us);
+                    latency.record(us);
+                    if m.sent_us >= win_from && m.sent_us < win_to {
+                        latency_in_window.record(us);
+                    }
+                    if Some(m.sender) == expect.me {
+                        echoes += 1;
+                    }
+                    if let Some(last) = last_seq.get_mut(m.sender as usize) {
+                        if *last != u32::MAX && m.seq <= *last {
+                            seen.out_of_order += 1;
+                        }
+                        *last = m.seq;
+                    }
+                });
+                seen.echoes += echoes;
+                if echoes > 0 {
+                    if let Some(w) = &expect.window {
+                        w.add_permits(echoes as usize);
+                    }
+                }
+            }
+            kind @ (Kind::Joined | Kind::Left) => {
+                let joined = kind == Kind::Joined;
+                if joined {
+                    seen.joined += 1;
+                } else {
+                    seen.left += 1;
+                }
+                if let (Some(v), Some(c)) = (&mut view, &expect.churn) {
+                    let idx = scan::user_id(&frame).and_then(|u| scan::index_after(u, &c.prefix));
+                    if let Some(idx) = idx {
+                        if !v.apply(idx as usize, joined) {
+                            seen.churn_errors += 1;
+                        }
+                    }
+                }
+            }
+            Kind::Fail => {
+                let code = scan::error_code(&frame).unwrap_or(0);
+                *seen.fails.entry(code).or_default() += 1;
+                // A refused send gets no echo: give its window slot back.
+                if let Some(w) = &expect.window {
+                    w.add_permits(1);
+                }
+            }
+            Kind::List => {
+                if let Some(n) = scan::list_len(&frame) {
+                    shared.last_list.store(n as i64, Ordering::Release);
+                    shared.list_seen.notify_waiters();
+                }
+            }
+            Kind::Other => {}
+        }
+        check_done(&mut seen, &view, &mut done);
+    }
+    if let (Some(v), Some(c)) = (&view, &expect.churn) {
+        seen.churn_ok = v.complete(c.users) && v.all_offline() && seen.churn_errors == 0;
+    }
+    latency.flush();
+    latency_in_window.flush();
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_tracks_join_then_leave() {
+        let mut v = View::new(70);
+        assert!(v.apply(3, true));
+        assert!(v.apply(69, true));
+        assert!(!v.complete(2));
+        assert!(v.apply(3, false));
+        assert!(!v.all_offline());
+        assert!(v.apply(69, false));
+        assert!(v.all_offline());
+        assert!(v.complete(2));
+        // Leaving twice, or an index out of range, contradicts the view.
+        assert!(!v.apply(3, false));
+        assert!(!v.apply(70, true));
+    }
+}

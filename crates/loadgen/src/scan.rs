@@ -1,0 +1,288 @@
+//! Cheap reading of server frames: classify a frame by its `command`, count the chat
+//! messages in a `message` frame and read the load generator's marker out of each text,
+//! without deserializing anything into owned types.
+//!
+//! The server writes every reply as a JSON object whose first key is `command` (serde's
+//! internally tagged enum, and the server's own `{"command":"message","messages":[` batch
+//! head), so a prefix comparison classifies a frame; a search for `"command":"` is the
+//! fallback for other key orders.
+//!
+//! **Why counting `"message":"` is exact:** inside a JSON string every `"` is escaped as
+//! `\"`, so the nine bytes `"message":` followed by `"` can only be the key `message` of a
+//! chat object followed by its string value. `"command":"message"` is followed by `,`, and
+//! the key `"messages"` by `s`, so neither matches.
+//!
+//! # The marker
+//! Every message the load generator sends starts with `~SENDER~SEQ~MICROS~`: the sender's
+//! index, the message's sequence number from that sender, and when it was sent (or, open
+//! loop, scheduled), in microseconds since the run's base instant. Padding (`x`) makes the
+//! text the requested length. Only ASCII, so the server never escapes it.
+
+use memchr::memmem;
+
+/// What a frame is, by its `command`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Chat messages (or the login acknowledgement).
+    Message,
+    /// Another user logged in.
+    Joined,
+    /// Another user logged out.
+    Left,
+    /// A request failed.
+    Fail,
+    /// A `list` reply.
+    List,
+    /// Anything else (a newer server's reply this tool does not know).
+    Other,
+}
+
+const KEY_COMMAND: &[u8] = br#""command":""#;
+const KEY_MESSAGE: &[u8] = br#""message":""#;
+const KEY_USER_ID: &[u8] = br#""user_id":""#;
+const KEY_ERROR_CODE: &[u8] = br#""error_code":"#;
+const KEY_LIST: &[u8] = br#""list":["#;
+
+/// Classifies a frame's payload by its `command`.
+pub fn kind(frame: &[u8]) -> Kind {
+    let rest = if let Some(rest) = frame.strip_prefix(b"{\"command\":\"") {
+        rest
+    } else if let Some(at) = memmem::find(frame, KEY_COMMAND) {
+        &frame[at + KEY_COMMAND.len()..]
+    } else {
+        return Kind::Other;
+    };
+    let name_end = memchr::memchr(b'"', rest).unwrap_or(rest.len());
+    match &rest[..name_end] {
+        b"message" => Kind::Message,
+        b"joined" => Kind::Joined,
+        b"left" => Kind::Left,
+        b"fail" => Kind::Fail,
+        b"list" => Kind::List,
+        _ => Kind::Other,
+    }
+}
+
+/// The load generator's marker at the start of a message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    /// Index of the sending client among the run's senders.
+    pub sender: u32,
+    /// The message's number in that sender's sequence, from 0.
+    pub seq: u32,
+    /// When it was sent (or scheduled), in microseconds since the run's base instant.
+    pub sent_us: u64,
+}
+
+/// Writes a message text: the marker, then `x` up to `len` bytes (the marker alone when it
+/// is longer). `out` is cleared first.
+pub fn write_text(out: &mut Vec<u8>, marker: Marker, len: usize) {
+    use std::io::Write;
+    out.clear();
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "~{}~{}~{}~", marker.sender, marker.seq, marker.sent_us);
+    if out.len() < len {
+        out.resize(len, b'x');
+    }
+}
+
+/// Parses an unsigned decimal number at the start of `s`, ending at `end`. Returns the
+/// number and the bytes after `end`.
+fn number(s: &[u8], end: u8) -> Option<(u64, &[u8])> {
+    let mut n: u64 = 0;
+    for (i, &b) in s.iter().enumerate().take(21) {
+        match b {
+            b'0'..=b'9' => n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?,
+            _ if b == end && i > 0 => return Some((n, &s[i + 1..])),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Reads a marker at the start of a message text (the bytes right after `"message":"`).
+pub fn parse_marker(text: &[u8]) -> Option<Marker> {
+    let rest = text.strip_prefix(b"~")?;
+    let (sender, rest) = number(rest, b'~')?;
+    let (seq, rest) = number(rest, b'~')?;
+    let (sent_us, _) = number(rest, b'~')?;
+    Some(Marker {
+        sender: u32::try_from(sender).ok()?,
+        seq: u32::try_from(seq).ok()?,
+        sent_us,
+    })
+}
+
+/// Finds the chat messages of a `message` frame. Build one per task and reuse it.
+#[derive(Debug, Clone)]
+pub struct MessageScanner {
+    finder: memmem::Finder<'static>,
+}
+
+impl Default for MessageScanner {
+    fn default() -> Self {
+        MessageScanner::new()
+    }
+}
+
+impl MessageScanner {
+    /// A scanner.
+    pub fn new() -> MessageScanner {
+        MessageScanner {
+            finder: memmem::Finder::new(KEY_MESSAGE),
+        }
+    }
+
+    /// Calls `each` once per chat message in the frame, with its marker if the text starts
+    /// with one; returns how many messages there were.
+    pub fn for_each(&self, frame: &[u8], mut each: impl FnMut(Option<Marker>)) -> usize {
+        let mut n = 0;
+        for at in self.finder.find_iter(frame) {
+            n += 1;
+            each(parse_marker(&frame[at + KEY_MESSAGE.len()..]));
+        }
+        n
+    }
+
+    /// How many chat messages the frame holds.
+    pub fn count(&self, frame: &[u8]) -> usize {
+        self.finder.find_iter(frame).count()
+    }
+}
+
+/// The `user_id` of a `joined` or `left` frame.
+pub fn user_id(frame: &[u8]) -> Option<&[u8]> {
+    let at = memmem::find(frame, KEY_USER_ID)? + KEY_USER_ID.len();
+    let rest = &frame[at..];
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
+}
+
+/// The `error_code` of a `fail` frame.
+pub fn error_code(frame: &[u8]) -> Option<u16> {
+    let at = memmem::find(frame, KEY_ERROR_CODE)? + KEY_ERROR_CODE.len();
+    let rest = frame[at..].trim_ascii_start();
+    let end = rest
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// How many user ids a `list` frame holds (user ids never contain `"`, so two quotes each).
+pub fn list_len(frame: &[u8]) -> Option<usize> {
+    let at = memmem::find(frame, KEY_LIST)? + KEY_LIST.len();
+    let rest = &frame[at..];
+    let end = memchr::memchr(b']', rest)?;
+    Some(memchr::memchr_iter(b'"', &rest[..end]).count() / 2)
+}
+
+/// Parses a decimal user index after `prefix` in a user id (`lg17` → 17 for prefix `lg`).
+pub fn index_after(user_id: &[u8], prefix: &[u8]) -> Option<u32> {
+    let digits = user_id.strip_prefix(prefix)?;
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const BATCH: &[u8] = br#"{"command":"message","messages":[{"user_id":"lg1","message":"~1~0~1500~xxxx","to":"*","id":7,"ts":1},{"user_id":"bob","message":"say \"message\":\"hi\" ~2~3~4~","to":"*","id":8,"ts":2},{"user_id":"lg12","message":"~12~34~5678901234~","to":"lg3","id":9,"ts":3}]}"#;
+
+    #[test]
+    fn classifies_frames() {
+        assert_eq!(kind(BATCH), Kind::Message);
+        assert_eq!(kind(br#"{"command":"joined","user_id":"a"}"#), Kind::Joined);
+        assert_eq!(kind(br#"{"command":"left","user_id":"a"}"#), Kind::Left);
+        assert_eq!(
+            kind(br#"{"command":"fail","fail":{"error_code":429,"reason":"x"}}"#),
+            Kind::Fail
+        );
+        assert_eq!(kind(br#"{"command":"list","list":[]}"#), Kind::List);
+        assert_eq!(
+            kind(br#"{"user_id":"a", "command":"joined"}"#),
+            Kind::Joined
+        );
+        assert_eq!(kind(br#"{"command":"dance"}"#), Kind::Other);
+        assert_eq!(kind(b"{}"), Kind::Other);
+    }
+
+    #[test]
+    fn counts_every_message_and_reads_markers() {
+        let scanner = MessageScanner::new();
+        let mut seen = Vec::new();
+        let n = scanner.for_each(BATCH, |m| seen.push(m));
+        assert_eq!(n, 3);
+        assert_eq!(scanner.count(BATCH), 3);
+        assert_eq!(
+            seen,
+            vec![
+                Some(Marker {
+                    sender: 1,
+                    seq: 0,
+                    sent_us: 1500
+                }),
+                // An escaped quote inside a text is not a key: still three messages, and
+                // this text has no marker at its start.
+                None,
+                Some(Marker {
+                    sender: 12,
+                    seq: 34,
+                    sent_us: 5_678_901_234
+                }),
+            ]
+        );
+        assert_eq!(scanner.count(br#"{"command":"message","messages":[]}"#), 0);
+    }
+
+    #[test]
+    fn text_round_trips_through_the_marker() {
+        let marker = Marker {
+            sender: 9,
+            seq: 199,
+            sent_us: 123_456,
+        };
+        let mut text = Vec::new();
+        write_text(&mut text, marker, 40);
+        assert_eq!(text, b"~9~199~123456~xxxxxxxxxxxxxxxxxxxxxxxxxx");
+        assert_eq!(parse_marker(&text), Some(marker));
+        write_text(&mut text, marker, 3);
+        assert_eq!(text, b"~9~199~123456~");
+    }
+
+    #[test]
+    fn refuses_malformed_markers() {
+        assert_eq!(parse_marker(b"~1~2~"), None);
+        assert_eq!(parse_marker(b"~~2~3~"), None);
+        assert_eq!(parse_marker(b"1~2~3~"), None);
+        assert_eq!(parse_marker(b"~1~2~3"), None);
+        assert_eq!(parse_marker(b"~99999999999~2~3~"), None);
+        assert_eq!(parse_marker(b"~1~2~99999999999999999999999~"), None);
+    }
+
+    #[test]
+    fn reads_user_ids_codes_and_lists() {
+        assert_eq!(
+            user_id(br#"{"command":"joined","user_id":"lgc17"}"#),
+            Some(&b"lgc17"[..])
+        );
+        assert_eq!(
+            error_code(br#"{"command":"fail","fail":{"error_code":429,"reason":"slow down"}}"#),
+            Some(429)
+        );
+        assert_eq!(error_code(br#"{"command":"fail"}"#), None);
+        assert_eq!(
+            list_len(br#"{"command":"list","list":["a","b","c.d"]}"#),
+            Some(3)
+        );
+        assert_eq!(list_len(br#"{"command":"list","list":[]}"#), Some(0));
+        assert_eq!(index_after(b"lgc17", b"lgc"), Some(17));
+        assert_eq!(index_after(b"lg17", b"lgc"), None);
+        assert_eq!(index_after(b"lgc", b"lgc"), None);
+        assert_eq!(index_after(b"lgc1x", b"lgc"), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! `offline`: the durable mailbox path. R recipients register (log in, `exit`); S senders
+//! flood M private messages each to them while they are offline (each send is confirmed by
+//! its echo, which the server sends once the message is stored); then the recipients log
+//! in, and every login acknowledgement must carry all of that recipient's messages.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    BUSY_READ_BUFFER, Common, IDLE_READ_BUFFER, finish, join_senders, login_all, secs,
+    spawn_senders,
+};
+use crate::net::{self, Error};
+use crate::recv::{Expect, Shared};
+use crate::report::Report;
+use crate::send::{Pace, Plan, Targets};
+
+/// Options of `offline`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OfflineOpts {
+    /// Offline recipients.
+    #[arg(short, long, default_value_t = 1000)]
+    pub recipients: usize,
+    /// Senders.
+    #[arg(short, long, default_value_t = 10)]
+    pub senders: usize,
+    /// Messages per sender (spread evenly over the recipients; keep
+    /// senders × messages / recipients under the server's mailbox cap).
+    #[arg(short, long, default_value_t = 2000)]
+    pub messages: u32,
+    /// Messages a sender may have sent but not yet seen echoed (stored).
+    #[arg(short, long, default_value_t = 64)]
+    pub window: usize,
+}
+
+/// Logs each user in and out (`exit`, then waits for the server to close).
+async fn register(
+    common: &Common,
+    users: Vec<String>,
+    deadline: tokio::time::Instant,
+) -> Result<(), Error> {
+    futures::stream::iter(users)
+        .map(|user| async move {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut conn = net::login(common.server, None, &user, IDLE_READ_BUFFER, wait).await?;
+            let mut buf = BytesMut::new();
+            net::simple_frame("exit", &mut buf);
+            conn.writer
+                .write_all(&buf)
+                .await
+                .map_err(|e| Error::io("cannot send exit", e))?;
+            let _ = tokio::time::timeout_at(deadline, async {
+                while let Some(Ok(_)) = conn.reader.next().await {}
+            })
+            .await;
+            Ok::<(), Error>(())
+        })
+        .buffer_unordered(common.login_concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await
+        .map(drop)
+}
+
+/// Runs `offline`.
+///
+/// # Errors
+/// When a login or a socket fails.
+pub async fn run(common: &Common, o: &OfflineOpts) -> Result<Report, Error> {
+    let deadline = common.deadline();
+    let r = o.recipients.max(1);
+    let s = o.senders.max(1);
+    let rprefix = format!("{}o", common.prefix);
+    let sprefix = format!("{}s", common.prefix);
+
+    // 1. The recipients get accounts and go offline.
+    register(
+        common,
+        (0..r).map(|j| format!("{rprefix}{j}")).collect(),
+        deadline,
+    )
+    .await?;
+    // The server closes a session just before it removes it from the hub: give the last
+    // ones a moment, or a message could still find them online.
+    tokio::time::sleep(Duration::from_millis(300).max(common.settle)).await;
+
+    // 2. The senders flood the mailboxes.
+    let shared = Shared::new(s);
+    let mut plans = Vec::with_capacity(s);
+    let mut per_recipient = vec![0usize; r];
+    let users = (0..s)
+        .map(|i| {
+            let ids: Vec<u32> = (0..o.messages as usize)
+                .map(|q| {
+                    let to = (q * s + i) % r;
+                    per_recipient[to] += 1;
+                    to as u32
+                })
+                .collect();
+            let window = std::sync::Arc::new(tokio::sync::Semaphore::new(o.window.max(1)));
+            plans.push(Plan {
+                me: i as u32,
+                count: o.messages,
+                size: common.size,
+                to: Targets::Users {
+                    prefix: rprefix.clone(),
+                    ids,
+                },
+                pace: Pace::Window(window.clone()),
+            });
+            let expect = Expect {
+                me: Some(i as u32),
+                window: Some(window),
+                messages: u64::from(o.messages),
+                senders: s,
+                churn: None,
+            };
+            (format!("{sprefix}{i}"), expect)
+        })
+        .collect();
+    let (mut clients, _) = login_all(common, users, &shared, BUSY_READ_BUFFER, deadline).await?;
+    let started = Instant::now();
+    let sender_tasks = spawn_senders(&mut clients, plans, &shared);
+    let all = shared.wait_all(deadline).await;
+    let ended = Instant::now();
+    shared.stop.cancel();
+    let (sent, send_error) = join_senders(&mut clients, sender_tasks).await;
+    let (seen, closed, _) = finish(&shared, clients).await;
+    let end = if all {
+        seen.done_at.unwrap_or(ended)
+    } else {
+        ended
+    };
+    let stored = seen.echoes;
+
+    // 3. The recipients log in: each acknowledgement carries their mailbox.
+    let t = Instant::now();
+    let delivered: Vec<usize> = futures::stream::iter(0..r)
+        .map(|j| {
+            let user = format!("{rprefix}{j}");
+            async move {
+                let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let conn = net::login(common.server, None, &user, BUSY_READ_BUFFER, wait).await?;
+                Ok::<usize, Error>(conn.pending)
+            }
+        })
+        .buffer_unordered(common.login_concurrency.max(1))
+        .try_collect()
+        .await?;
+    let login_all_s = secs(t.elapsed());
+    let mailbox_delivered: usize = delivered.iter().sum();
+
+    let mut report = Report {
+        workload: "offline".into(),
+        server: common.server.to_string(),
+        clients: r,
+        senders: s,
+        messages_per_sender: o.messages,
+        size: common.size,
+        window: Some(o.window),
+        sent,
+        disconnected: closed,
+        timed_out: !all,
+        login_s: login_all_s,
+        logins_per_s: r as f64 / login_all_s.max(1e-9),
+        ..Report::default()
+    };
+    // Deliveries here are the senders' echoes: each confirms a message stored.
+    report.deliveries(&seen, sent, secs(end.saturating_duration_since(started)));
+    report.messages_per_s = stored as f64 / report.elapsed_s.max(1e-9);
+    report.latency_us = shared.latency.summary();
+    report.set("stored", stored);
+    report.set("mailbox_delivered", mailbox_delivered);
+    report.set(
+        "mailbox_lost",
+        stored.saturating_sub(mailbox_delivered as u64),
+    );
+    report.set(
+        "mailbox_max",
+        per_recipient.iter().copied().max().unwrap_or(0),
+    );
+    report.set("mailbox_login_s", login_all_s);
+    report.set(
+        "mailbox_deliveries_per_s",
+        mailbox_delivered as f64 / login_all_s.max(1e-9),
+    );
+    if let Some(e) = send_error {
+        report.set("send_error", e.to_string());
+    }
+    Ok(report)
+}

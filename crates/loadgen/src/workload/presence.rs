@@ -1,0 +1,255 @@
+//! `presence`: C clients online while S of them chat at a fixed rate; after one second,
+//! K more clients log in and out, spread over `--churn-secs`. What does the `joined`/`left`
+//! fan-out cost the chat's latency, and does every client's view of who is online end
+//! correct?
+//!
+//! Every online client keeps a bit per churning user (set by `joined`, cleared by `left`);
+//! its view is correct when it saw each churning user join once and leave once, in that
+//! order, and ends with nobody of them online. A `list` at the end checks the server's own
+//! view: exactly the C clients.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    BUSY_READ_BUFFER, Common, IDLE_READ_BUFFER, finish, join_senders, login_all, secs,
+    spawn_senders,
+};
+use crate::net::{self, Error};
+use crate::recv::{Churn, Expect, Shared};
+use crate::report::Report;
+use crate::send::{Plan, Targets};
+
+/// Options of `presence`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PresenceOpts {
+    /// Clients online throughout.
+    #[arg(short, long, default_value_t = 10_000)]
+    pub clients: usize,
+    /// Clients that log in and out during the chat.
+    #[arg(short = 'k', long, default_value_t = 1000)]
+    pub churn: usize,
+    /// Seconds over which the churning logins are spread.
+    #[arg(long, default_value_t = 8.0)]
+    pub churn_secs: f64,
+    /// Online clients that chat.
+    #[arg(short, long, default_value_t = 10)]
+    pub senders: usize,
+    /// Public messages per second, all senders together.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of chat (the churn starts after one).
+    #[arg(long, default_value_t = 10.0)]
+    pub chat_secs: f64,
+}
+
+/// What the churning clients measured.
+#[derive(Debug, Default)]
+struct ChurnResult {
+    logins: usize,
+    failures: usize,
+    login_ms: Vec<f64>,
+}
+
+/// Runs `presence`.
+///
+/// # Errors
+/// When a login of an online client or a socket fails.
+pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
+    let deadline = common.deadline();
+    let n = o.clients.max(1);
+    let senders = o.senders.clamp(1, n);
+    let rate = o.rate.max(0.1);
+    let per_sender = ((rate * o.chat_secs.max(0.1)) / senders as f64).ceil() as u32;
+    let shared = Shared::new(n);
+    let churn_prefix = format!("{}c", common.prefix);
+    let start_placeholder = tokio::time::Instant::now();
+    let mut plans = Vec::with_capacity(senders);
+    let users = (0..n)
+        .map(|i| {
+            let mut expect = Expect {
+                messages: senders as u64 * u64::from(per_sender),
+                senders,
+                churn: Some(Churn {
+                    prefix: churn_prefix.clone().into_bytes(),
+                    users: o.churn,
+                }),
+                ..Expect::default()
+            };
+            if i < senders {
+                expect.me = Some(i as u32);
+                plans.push(Plan {
+                    me: i as u32,
+                    count: per_sender,
+                    size: common.size,
+                    to: Targets::Everyone,
+                    pace: super::chat::pace(i, senders, 0, Some(rate), start_placeholder),
+                });
+            }
+            (format!("{}{i}", common.prefix), expect)
+        })
+        .collect();
+    let (mut clients, login) =
+        login_all(common, users, &shared, BUSY_READ_BUFFER, deadline).await?;
+    tokio::time::sleep(common.settle).await;
+
+    let start_at = tokio::time::Instant::now() + Duration::from_millis(5);
+    for p in &mut plans {
+        if let crate::send::Pace::Schedule { start, .. } = &mut p.pace {
+            *start = start_at;
+        }
+    }
+    let base = tokio::time::Instant::from_std(shared.base);
+    let churn_start = start_at + Duration::from_secs(1);
+    let churn_len = Duration::from_secs_f64(o.churn_secs.max(0.0));
+    let from_us = churn_start.saturating_duration_since(base).as_micros() as u64;
+    shared.window_from_us.store(from_us, Ordering::Relaxed);
+    shared
+        .window_to_us
+        .store(from_us + churn_len.as_micros() as u64, Ordering::Relaxed);
+    let started = Instant::now();
+    let sender_tasks = spawn_senders(&mut clients, plans, &shared);
+    let churn = tokio::spawn(churn_burst(
+        common.clone(),
+        churn_prefix,
+        o.churn,
+        churn_start,
+        churn_len,
+        deadline,
+    ));
+
+    let all = shared.wait_all(deadline).await;
+    let ended = Instant::now();
+    let churned = churn.await.unwrap_or_default();
+
+    // The server's own view: one `list` from client 0.
+    let list_len = match clients.first_mut().and_then(|c| c.writer.as_mut()) {
+        Some(w) => {
+            let seen = shared.list_seen.notified();
+            let mut buf = BytesMut::new();
+            net::simple_frame("list", &mut buf);
+            if w.write_all(&buf).await.is_ok() {
+                let wait = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(Duration::from_secs(10));
+                let _ = tokio::time::timeout(wait, seen).await;
+            }
+            shared.last_list.load(Ordering::Acquire)
+        }
+        None => -1,
+    };
+    shared.stop.cancel();
+    let (sent, send_error) = join_senders(&mut clients, sender_tasks).await;
+    let (seen, closed, views_ok) = finish(&shared, clients).await;
+
+    let mut report = Report {
+        workload: "presence".into(),
+        server: common.server.to_string(),
+        clients: n,
+        senders,
+        messages_per_sender: per_sender,
+        size: common.size,
+        rate: Some(rate),
+        login_s: secs(login),
+        logins_per_s: n as f64 / secs(login).max(1e-9),
+        sent,
+        disconnected: closed,
+        timed_out: !all,
+        ..Report::default()
+    };
+    let end = if all {
+        seen.done_at.unwrap_or(ended)
+    } else {
+        ended
+    };
+    let expected = n as u64 * senders as u64 * u64::from(per_sender);
+    report.deliveries(
+        &seen,
+        expected,
+        secs(end.saturating_duration_since(started)),
+    );
+    report.latency_us = shared.latency.summary();
+    report.set(
+        "latency_during_churn_us",
+        serde_json::to_value(shared.latency_in_window.summary()).unwrap_or_default(),
+    );
+    report.set("churn", o.churn);
+    report.set("churn_secs", o.churn_secs);
+    report.set("churn_logins", churned.logins);
+    report.set("churn_failures", churned.failures);
+    let mut ms = churned.login_ms;
+    ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| -> f64 {
+        if ms.is_empty() {
+            0.0
+        } else {
+            ms[((ms.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    report.set("churn_login_ms_p50", pct(0.5));
+    report.set("churn_login_ms_p99", pct(0.99));
+    report.set("views_correct", views_ok);
+    report.set("views_wrong", n - views_ok);
+    report.set("list_len", list_len);
+    report.set("presence_errors", seen.churn_errors);
+    report.set("joined_seen", seen.joined);
+    report.set("left_seen", seen.left);
+    if let Some(e) = send_error {
+        report.set("send_error", e.to_string());
+    }
+    Ok(report)
+}
+
+/// Logs `k` users in and out, their logins spread evenly from `start` over `len`; each
+/// waits for its login acknowledgement, says `exit` and waits for the server to close.
+async fn churn_burst(
+    common: Common,
+    prefix: String,
+    k: usize,
+    start: tokio::time::Instant,
+    len: Duration,
+    deadline: tokio::time::Instant,
+) -> ChurnResult {
+    let step = if k > 0 { len / k as u32 } else { len };
+    let tasks: Vec<_> = (0..k)
+        .map(|j| {
+            let user = format!("{prefix}{j}");
+            let server = common.server;
+            let due = start + step * j as u32;
+            tokio::spawn(async move {
+                tokio::time::sleep_until(due).await;
+                let t = Instant::now();
+                let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let mut conn = net::login(server, None, &user, IDLE_READ_BUFFER, wait).await?;
+                let login_ms = t.elapsed().as_secs_f64() * 1e3;
+                let mut buf = BytesMut::new();
+                net::simple_frame("exit", &mut buf);
+                conn.writer
+                    .write_all(&buf)
+                    .await
+                    .map_err(|e| Error::io("cannot send exit", e))?;
+                // Read until the server closes: its `left` goes out after that.
+                let _ = tokio::time::timeout_at(deadline, async {
+                    while let Some(Ok(_)) = conn.reader.next().await {}
+                })
+                .await;
+                Ok::<f64, Error>(login_ms)
+            })
+        })
+        .collect();
+    let mut r = ChurnResult::default();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(ms)) => {
+                r.logins += 1;
+                r.login_ms.push(ms);
+            }
+            _ => r.failures += 1,
+        }
+    }
+    r
+}
