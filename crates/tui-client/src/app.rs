@@ -661,8 +661,9 @@ impl App {
         let message = match MessageText::new(text) {
             Ok(m) => m,
             Err(f) if f.error_code == ErrorCode::TooLarge => {
+                // The server would answer 413: say so before sending.
                 return self.error(format!(
-                    "not sent: {} characters, at most {MAX_MESSAGE_CHARS} (the server would refuse it with 413)",
+                    "not sent: {} > {MAX_MESSAGE_CHARS} characters (413)",
                     text.chars().count()
                 ));
             }
@@ -769,7 +770,7 @@ impl App {
                 self.online.clear();
                 self.notice(0, at_ms, EntryKind::Error, format!("offline: {reason}"));
                 self.status = Some(StatusLine {
-                    text: reason,
+                    text: format!("offline: {reason}"),
                     error: true,
                 });
                 Vec::new()
@@ -820,14 +821,7 @@ impl App {
         if fail.error_code != ErrorCode::Conflict && fail.error_code != ErrorCode::Unavailable {
             self.awaiting.pop_front();
         }
-        let text = match fail.error_code {
-            ErrorCode::Conflict => format!(
-                "{}: {} (logged in from another place; not reconnecting)",
-                fail.error_code,
-                sanitize(&fail.reason)
-            ),
-            _ => format!("{}: {}", fail.error_code, sanitize(&fail.reason)),
-        };
+        let text = format!("{}: {}", fail.error_code, sanitize(&fail.reason));
         self.status = Some(StatusLine { text, error: true });
     }
 

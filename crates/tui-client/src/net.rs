@@ -197,7 +197,11 @@ async fn session(
                     if let Reply::Fail { fail } = &reply
                         && fail.error_code == ErrorCode::Conflict
                     {
-                        taken_over = Some(sanitize(&fail.reason));
+                        taken_over = Some(format!(
+                            "{} ({}); not reconnecting",
+                            sanitize(&fail.reason),
+                            fail.error_code
+                        ));
                     }
                     let at_ms = now_ms();
                     if !emit(events, NetEvent::Reply { reply, at_ms }).await {

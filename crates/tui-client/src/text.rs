@@ -87,35 +87,41 @@ pub fn wrap(s: &str, width: usize) -> Vec<String> {
     let mut rows = Vec::new();
     let mut row = String::new();
     let mut row_w = 0;
-    // Words keep their trailing spaces, so joining the rows gives back the text.
+    // Words carry their trailing spaces; a space that does not fit at the end of a row is
+    // dropped there.
     for word in s.split_word_bounds_with_spaces() {
-        let ww = self::width(&word);
-        if row_w + ww <= width {
-            row.push_str(&word);
-            row_w += ww;
-            continue;
-        }
-        // Spaces that do not fit at the end of a row are simply dropped there.
-        if word.trim().is_empty() {
+        let core = word.trim_end_matches(' ');
+        let spaces = word.len() - core.len();
+        let cw = self::width(core);
+        if row_w + cw <= width {
+            row.push_str(core);
+            row_w += cw;
+        } else if cw <= width {
             rows.push(std::mem::take(&mut row));
-            row_w = 0;
-            continue;
-        }
-        if row_w > 0 && ww <= width {
-            rows.push(std::mem::take(&mut row));
-            row.push_str(&word);
-            row_w = ww;
-            continue;
-        }
-        // A word wider than a row: cut it grapheme by grapheme.
-        for g in word.graphemes(true) {
-            let gw = grapheme_width(g);
-            if row_w + gw > width && row_w > 0 {
+            row.push_str(core);
+            row_w = cw;
+        } else {
+            // A word wider than a row: on rows of its own, cut grapheme by grapheme.
+            if row_w > 0 {
                 rows.push(std::mem::take(&mut row));
                 row_w = 0;
             }
-            row.push_str(g);
-            row_w += gw;
+            for g in core.graphemes(true) {
+                let gw = grapheme_width(g);
+                if row_w + gw > width && row_w > 0 {
+                    rows.push(std::mem::take(&mut row));
+                    row_w = 0;
+                }
+                row.push_str(g);
+                row_w += gw;
+            }
+        }
+        for _ in 0..spaces {
+            if row_w >= width {
+                break;
+            }
+            row.push(' ');
+            row_w += 1;
         }
     }
     if !row.is_empty() || rows.is_empty() {

@@ -1,1 +1,675 @@
-//! Unit tests of the state updates.
+//! Unit tests of the state updates: each feeds events to an [`App`] and checks the exact
+//! state and actions that follow.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
+use simpletextim_proto::{ChatMessage, Command, ErrorCode, Recipient, Reply, UserId};
+
+use super::*;
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn settings() -> Settings {
+    Settings {
+        server: "127.0.0.1:5000".into(),
+        bell: true,
+        tz: TimeZone::utc(),
+    }
+}
+
+/// 2025-11-26 12:00:00 UTC.
+const NOON: u64 = 1_764_158_400_000;
+
+fn msg(from: &str, to: &str, text: &str, id: u64) -> ChatMessage {
+    ChatMessage {
+        user_id: uid(from),
+        message: text.into(),
+        to: to.parse().unwrap(),
+        id,
+        ts: NOON + id * 60_000,
+    }
+}
+
+fn logged_in_with(pending: Vec<ChatMessage>) -> (App, Vec<Action>) {
+    let mut app = App::new(settings(), Some("alice"));
+    app.login_with("alice", "secret");
+    let actions = app.update(Event::Net(NetEvent::LoggedIn {
+        user: uid("alice"),
+        pending,
+        at_ms: NOON,
+    }));
+    (app, actions)
+}
+
+fn logged_in() -> App {
+    let mut app = logged_in_with(Vec::new()).0;
+    reply(
+        &mut app,
+        Reply::List {
+            list: vec![uid("alice"), uid("bob")],
+        },
+    );
+    app
+}
+
+fn reply(app: &mut App, reply: Reply) -> Vec<Action> {
+    app.update(Event::Net(NetEvent::Reply { reply, at_ms: NOON }))
+}
+
+fn messages(app: &mut App, msgs: Vec<ChatMessage>) -> Vec<Action> {
+    reply(app, Reply::Message { messages: msgs })
+}
+
+fn key(app: &mut App, code: KeyCode) -> Vec<Action> {
+    app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+}
+
+fn ctrl(app: &mut App, c: char) -> Vec<Action> {
+    app.update(Event::Key(KeyEvent::new(
+        KeyCode::Char(c),
+        KeyModifiers::CONTROL,
+    )))
+}
+
+fn alt(app: &mut App, c: char) -> Vec<Action> {
+    app.update(Event::Key(KeyEvent::new(
+        KeyCode::Char(c),
+        KeyModifiers::ALT,
+    )))
+}
+
+fn type_str(app: &mut App, s: &str) {
+    for c in s.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+fn enter(app: &mut App, line: &str) -> Vec<Action> {
+    type_str(app, line);
+    key(app, KeyCode::Enter)
+}
+
+fn send_action(to: Recipient, text: &str) -> Action {
+    Action::Net(NetRequest::Send(Command::send(to, text.parse().unwrap())))
+}
+
+fn names(app: &App) -> Vec<(String, usize, bool)> {
+    app.conversations
+        .iter()
+        .map(|c| (c.id.name().to_owned(), c.unread, c.highlight))
+        .collect()
+}
+
+fn status(app: &App) -> Option<&str> {
+    app.status.as_ref().map(|s| s.text.as_str())
+}
+
+#[test]
+fn login_with_known_password_asks_the_network() {
+    let mut app = App::new(settings(), Some("alice"));
+    let actions = app.login_with("alice", "secret");
+    assert_eq!(
+        actions,
+        [Action::Net(NetRequest::Login {
+            user: uid("alice"),
+            password: Password::new("secret").unwrap(),
+        })]
+    );
+    assert!(app.login.busy);
+    assert_eq!(app.connection, Connection::Connecting);
+    assert_eq!(app.screen, Screen::Login);
+}
+
+#[test]
+fn failed_login_shows_the_reason_and_allows_another_try() {
+    let mut app = App::new(settings(), Some("alice"));
+    app.login_with("alice", "wrong");
+    app.update(Event::Net(NetEvent::LoginFailed {
+        reason: "401: bad user id or password".into(),
+    }));
+    assert_eq!(app.screen, Screen::Login);
+    assert_eq!(
+        app.login.error.as_deref(),
+        Some("401: bad user id or password")
+    );
+    assert!(!app.login.busy);
+    assert!(app.login.password.is_empty());
+    assert_eq!(app.login.focus, LoginField::Password);
+
+    type_str(&mut app, "right");
+    let actions = key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        actions,
+        [Action::Net(NetRequest::Login {
+            user: uid("alice"),
+            password: Password::new("right").unwrap(),
+        })]
+    );
+}
+
+#[test]
+fn login_form_validates_before_sending() {
+    let mut app = App::new(settings(), None);
+    assert_eq!(app.login.focus, LoginField::User);
+    type_str(&mut app, "bad name");
+    assert_eq!(key(&mut app, KeyCode::Enter), []);
+    // Enter on the user field with no password moves to the password field.
+    assert_eq!(app.login.focus, LoginField::Password);
+    type_str(&mut app, "pw");
+    assert_eq!(key(&mut app, KeyCode::Enter), []);
+    assert!(
+        app.login
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("invalid user id")
+    );
+    assert_eq!(app.login.focus, LoginField::User);
+    assert_eq!(
+        key(&mut app, KeyCode::Esc),
+        [Action::Net(NetRequest::Exit), Action::Quit]
+    );
+}
+
+#[test]
+fn pending_messages_land_in_their_conversations_unread() {
+    let (app, actions) = logged_in_with(vec![
+        msg("bob", "alice", "are you there?", 1),
+        msg("carol", "alice", "hi", 2),
+        msg("bob", "alice", "ping", 3),
+    ]);
+    assert_eq!(app.screen, Screen::Chat);
+    assert_eq!(app.connection, Connection::Connected);
+    assert_eq!(
+        names(&app),
+        [
+            ("all".into(), 0, false),
+            ("bob".into(), 2, true),
+            ("carol".into(), 1, true),
+        ]
+    );
+    assert_eq!(app.active, 0);
+    // Three private messages ring three times, and the online list is asked for.
+    assert_eq!(
+        actions,
+        [
+            Action::Bell,
+            Action::Bell,
+            Action::Bell,
+            Action::Net(NetRequest::Send(Command::List)),
+        ]
+    );
+}
+
+#[test]
+fn private_message_from_someone_new_opens_a_conversation_and_rings() {
+    let mut app = logged_in();
+    let actions = messages(&mut app, vec![msg("dave", "alice", "psst", 1)]);
+    assert_eq!(actions, [Action::Bell]);
+    assert_eq!(
+        names(&app),
+        [("all".into(), 0, false), ("dave".into(), 1, true),]
+    );
+    let entry = &app.conversations[1].entries[0];
+    assert_eq!(entry.text, "psst");
+    assert_eq!(
+        entry.kind,
+        EntryKind::Chat {
+            from: uid("dave"),
+            own: false,
+            mention: false,
+        }
+    );
+    assert_eq!(entry.ts_ms, NOON + 60_000);
+}
+
+#[test]
+fn no_bell_when_turned_off() {
+    let mut app = logged_in();
+    app.settings.bell = false;
+    assert_eq!(
+        messages(&mut app, vec![msg("dave", "alice", "psst", 1)]),
+        []
+    );
+    assert!(app.conversations[1].highlight);
+}
+
+#[test]
+fn a_line_naming_me_rings_and_marks_its_conversation() {
+    let mut app = logged_in();
+    app.open_query(uid("bob"));
+    let actions = messages(
+        &mut app,
+        vec![
+            msg("bob", "*", "where is @Alice?", 1),
+            msg("bob", "*", "alicea is not me", 2),
+            msg("bob", "*", "nobody", 3),
+        ],
+    );
+    assert_eq!(actions, [Action::Bell]);
+    assert_eq!(app.conversations[0].unread, 3);
+    assert!(app.conversations[0].highlight);
+    let mentions: Vec<bool> = app.conversations[0]
+        .entries
+        .iter()
+        .map(|e| matches!(e.kind, EntryKind::Chat { mention: true, .. }))
+        .collect();
+    assert_eq!(mentions, [true, false, false]);
+}
+
+#[test]
+fn public_message_in_the_active_conversation_is_not_unread() {
+    let mut app = logged_in();
+    assert_eq!(messages(&mut app, vec![msg("bob", "*", "hi all", 1)]), []);
+    assert_eq!(names(&app), [("all".into(), 0, false)]);
+    assert_eq!(app.conversations[0].entries.len(), 1);
+}
+
+#[test]
+fn sent_text_stays_in_the_input_until_the_server_echoes_it() {
+    let mut app = logged_in();
+    let actions = enter(&mut app, "hello everyone");
+    assert_eq!(
+        actions,
+        [send_action(Recipient::Everyone, "hello everyone")]
+    );
+    assert_eq!(app.input.text(), "hello everyone");
+    assert_eq!(app.awaiting_echo(), 1);
+    assert!(app.conversations[0].entries.is_empty());
+
+    messages(&mut app, vec![msg("alice", "*", "hello everyone", 7)]);
+    assert_eq!(app.input.text(), "");
+    assert_eq!(app.awaiting_echo(), 0);
+    assert_eq!(app.input.history(), ["hello everyone"]);
+    assert_eq!(
+        app.conversations[0].entries[0].kind,
+        EntryKind::Chat {
+            from: uid("alice"),
+            own: true,
+            mention: false,
+        }
+    );
+}
+
+#[test]
+fn a_fail_reply_is_shown_and_the_input_kept() {
+    let mut app = logged_in();
+    enter(&mut app, "/msg carol hi");
+    reply(
+        &mut app,
+        Reply::fail(ErrorCode::NotFound, "no such user: carol"),
+    );
+    assert_eq!(status(&app), Some("404: no such user: carol"));
+    assert!(app.status.as_ref().unwrap().error);
+    assert_eq!(app.input.text(), "/msg carol hi");
+    assert_eq!(app.awaiting_echo(), 0);
+}
+
+#[test]
+fn over_140_characters_is_refused_with_the_reason() {
+    let mut app = logged_in();
+    let long = "é".repeat(141);
+    type_str(&mut app, &long);
+    assert_eq!(app.chars_left(), Some(-1));
+    assert_eq!(key(&mut app, KeyCode::Enter), []);
+    assert_eq!(status(&app), Some("not sent: 141 > 140 characters (413)"));
+    assert_eq!(app.input.text(), long);
+}
+
+#[test]
+fn chars_left_counts_only_the_text_sent() {
+    let mut app = logged_in();
+    type_str(&mut app, "/msg bob 漢字");
+    assert_eq!(app.chars_left(), Some(138));
+    app.input.set_text("/query bob");
+    assert_eq!(app.chars_left(), None);
+    app.input.set_text("//slash");
+    assert_eq!(app.chars_left(), Some(134));
+}
+
+#[test]
+fn text_in_a_private_conversation_goes_to_the_peer() {
+    let mut app = logged_in();
+    enter(&mut app, "/query bob");
+    assert_eq!(app.active, 1);
+    assert_eq!(app.input.text(), "");
+    let actions = enter(&mut app, "just us");
+    assert_eq!(
+        actions,
+        [send_action(Recipient::User(uid("bob")), "just us")]
+    );
+    // The echo of our private message is filed under the recipient.
+    messages(&mut app, vec![msg("alice", "bob", "just us", 3)]);
+    assert_eq!(app.conversations[1].entries.len(), 1);
+    assert_eq!(app.input.text(), "");
+}
+
+#[test]
+fn commands() {
+    let mut app = logged_in();
+    assert_eq!(
+        enter(&mut app, "/msg bob hi there"),
+        [send_action(Recipient::User(uid("bob")), "hi there")]
+    );
+    assert_eq!(names(&app).len(), 2, "/msg opens the conversation");
+    assert_eq!(app.active, 0, "/msg does not switch");
+    app.input.clear();
+
+    assert_eq!(
+        enter(&mut app, "/list"),
+        [Action::Net(NetRequest::Send(Command::List))]
+    );
+    reply(
+        &mut app,
+        Reply::List {
+            list: vec![uid("bob"), uid("alice")],
+        },
+    );
+    let last = app.conversations[0].entries.last().unwrap();
+    assert_eq!(last.text, "online (2): alice, bob");
+    assert_eq!(last.kind, EntryKind::Info);
+
+    assert_eq!(enter(&mut app, "/clear"), []);
+    assert!(app.conversations[0].entries.is_empty());
+
+    assert_eq!(enter(&mut app, "/help"), []);
+    assert!(app.show_help);
+    key(&mut app, KeyCode::Esc);
+    assert!(!app.show_help);
+
+    assert_eq!(enter(&mut app, "/dance now"), []);
+    assert_eq!(
+        status(&app),
+        Some("unknown command /dance: /help lists the commands (start with // to send a /)")
+    );
+    assert_eq!(app.input.text(), "/dance now");
+    app.input.clear();
+
+    assert_eq!(
+        enter(&mut app, "//dance"),
+        [send_action(Recipient::Everyone, "/dance")]
+    );
+    app.input.clear();
+
+    assert_eq!(enter(&mut app, "/msg bob"), []);
+    assert_eq!(status(&app), Some("usage: /msg NAME TEXT"));
+    app.input.clear();
+
+    assert_eq!(
+        enter(&mut app, "/quit"),
+        [Action::Net(NetRequest::Exit), Action::Quit]
+    );
+}
+
+#[test]
+fn close_removes_a_private_conversation() {
+    let mut app = logged_in();
+    enter(&mut app, "/query bob");
+    enter(&mut app, "/close");
+    assert_eq!(names(&app), [("all".into(), 0, false)]);
+    assert_eq!(app.active, 0);
+    enter(&mut app, "/close");
+    assert_eq!(
+        status(&app),
+        Some("the public conversation cannot be closed")
+    );
+}
+
+#[test]
+fn switching_conversations_clears_their_marks() {
+    let mut app = logged_in();
+    messages(
+        &mut app,
+        vec![msg("bob", "alice", "1", 1), msg("carol", "alice", "2", 2)],
+    );
+    alt(&mut app, '3');
+    assert_eq!(app.active, 2);
+    assert_eq!(names(&app)[2], ("carol".into(), 0, false));
+    ctrl(&mut app, 'n');
+    assert_eq!(app.active, 0);
+    ctrl(&mut app, 'p');
+    assert_eq!(app.active, 2);
+    ctrl(&mut app, 'p');
+    assert_eq!(app.active, 1);
+    assert_eq!(names(&app)[1], ("bob".into(), 0, false));
+    alt(&mut app, '9');
+    assert_eq!(app.active, 1, "no conversation 9: nothing changes");
+}
+
+#[test]
+fn presence_keeps_the_users_panel_live() {
+    let mut app = logged_in();
+    app.open_query(uid("carol"));
+    reply(
+        &mut app,
+        Reply::Joined {
+            user_id: uid("carol"),
+        },
+    );
+    reply(
+        &mut app,
+        Reply::Joined {
+            user_id: uid("Aaron"),
+        },
+    );
+    let online: Vec<&str> = app.online.iter().map(UserId::as_str).collect();
+    assert_eq!(online, ["Aaron", "alice", "bob", "carol"]);
+    reply(
+        &mut app,
+        Reply::Left {
+            user_id: uid("BOB"),
+        },
+    );
+    let online: Vec<&str> = app.online.iter().map(UserId::as_str).collect();
+    assert_eq!(online, ["Aaron", "alice", "carol"]);
+    let public: Vec<&str> = app.conversations[0]
+        .entries
+        .iter()
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(public, ["carol joined", "Aaron joined", "BOB left"]);
+    // Carol's own conversation hears about her too; notices are not unread messages.
+    assert_eq!(app.conversations[1].entries.len(), 1);
+    assert_eq!(app.conversations[0].unread, 0);
+}
+
+#[test]
+fn scrolled_up_view_stays_put_and_counts_new_messages() {
+    let mut app = logged_in();
+    app.update(Event::Resize {
+        width: 80,
+        height: 12,
+    });
+    let page = usize::from(app.layout().messages.height) - 1;
+    let batch: Vec<ChatMessage> = (1..=30)
+        .map(|i| msg("bob", "*", &format!("line {i}"), i))
+        .collect();
+    messages(&mut app, batch);
+    key(&mut app, KeyCode::PageUp);
+    assert_eq!(app.conversations[0].scroll, page);
+    messages(
+        &mut app,
+        vec![
+            msg("bob", "*", "new one", 31),
+            msg("bob", "*", "new two", 32),
+        ],
+    );
+    let conv = &app.conversations[0];
+    assert_eq!(conv.scroll, page + 2, "view kept on the same rows");
+    assert_eq!(conv.new_below, 2);
+    key(&mut app, KeyCode::PageDown);
+    key(&mut app, KeyCode::PageDown);
+    let conv = &app.conversations[0];
+    assert_eq!((conv.scroll, conv.new_below), (0, 0));
+    // Scrolling up stops at the oldest row (30 messages, 2 new, 1 date line).
+    for _ in 0..20 {
+        key(&mut app, KeyCode::PageUp);
+    }
+    let max = 33 - usize::from(app.layout().messages.height);
+    assert_eq!(app.conversations[0].scroll, max);
+}
+
+#[test]
+fn mouse_wheel_and_clicks() {
+    let mut app = logged_in();
+    app.update(Event::Resize {
+        width: 100,
+        height: 20,
+    });
+    messages(
+        &mut app,
+        (1..=40)
+            .map(|i| msg("bob", "*", &format!("line {i}"), i))
+            .collect(),
+    );
+    let mouse = |kind, column, row| {
+        Event::Mouse(MouseEvent {
+            kind,
+            column,
+            row,
+            modifiers: KeyModifiers::NONE,
+        })
+    };
+    app.update(mouse(MouseEventKind::ScrollUp, 40, 5));
+    assert_eq!(app.conversations[0].scroll, 3);
+    app.update(mouse(MouseEventKind::ScrollDown, 40, 5));
+    assert_eq!(app.conversations[0].scroll, 0);
+    // The users panel: header row 1, then alice on row 2, bob on row 3.
+    let users = app.layout().users.unwrap();
+    app.update(mouse(
+        MouseEventKind::Down(MouseButton::Left),
+        users.x + 1,
+        users.y + 2,
+    ));
+    assert_eq!(app.active, 1);
+    assert_eq!(app.active_conversation().id, ConvId::Private(uid("bob")));
+    // The sidebar: row 0 is "all".
+    let sidebar = app.layout().sidebar.unwrap();
+    app.update(mouse(
+        MouseEventKind::Down(MouseButton::Left),
+        sidebar.x + 2,
+        sidebar.y,
+    ));
+    assert_eq!(app.active, 0);
+}
+
+#[test]
+fn tab_completes_users_and_commands() {
+    let mut app = logged_in();
+    type_str(&mut app, "/q");
+    key(&mut app, KeyCode::Tab);
+    assert_eq!(app.input.text(), "/query ");
+    type_str(&mut app, "b");
+    key(&mut app, KeyCode::Tab);
+    assert_eq!(app.input.text(), "/query bob ");
+    app.input.clear();
+    type_str(&mut app, "B");
+    key(&mut app, KeyCode::Tab);
+    assert_eq!(app.input.text(), "bob: ");
+}
+
+#[test]
+fn editing_keys_reach_the_input_line() {
+    let mut app = logged_in();
+    type_str(&mut app, "one two three");
+    ctrl(&mut app, 'w');
+    assert_eq!(app.input.text(), "one two ");
+    ctrl(&mut app, 'a');
+    ctrl(&mut app, 'k');
+    assert_eq!(app.input.text(), "");
+    enter(&mut app, "hello");
+    messages(&mut app, vec![msg("alice", "*", "hello", 1)]);
+    key(&mut app, KeyCode::Up);
+    assert_eq!(app.input.text(), "hello");
+    key(&mut app, KeyCode::Down);
+    assert_eq!(app.input.text(), "");
+    app.update(Event::Paste("multi\nline".into()));
+    assert_eq!(app.input.text(), "multi line");
+}
+
+#[test]
+fn reconnection_keeps_the_screen() {
+    let mut app = logged_in();
+    messages(&mut app, vec![msg("bob", "*", "before", 1)]);
+    enter(&mut app, "unsent");
+    app.update(Event::Net(NetEvent::Disconnected {
+        reason: "connection closed by the server".into(),
+        at_ms: NOON,
+    }));
+    assert_eq!(app.connection, Connection::Reconnecting { in_secs: 0 });
+    app.update(Event::Net(NetEvent::Reconnecting { in_secs: 4 }));
+    assert_eq!(app.connection, Connection::Reconnecting { in_secs: 4 });
+    assert!(app.online.is_empty());
+    // Sending while away is refused, the text kept.
+    assert_eq!(key(&mut app, KeyCode::Enter), []);
+    assert_eq!(
+        status(&app),
+        Some("not connected: the message is kept, send it again later")
+    );
+    let actions = app.update(Event::Net(NetEvent::LoggedIn {
+        user: uid("alice"),
+        pending: vec![],
+        at_ms: NOON,
+    }));
+    assert_eq!(actions, [Action::Net(NetRequest::Send(Command::List))]);
+    assert_eq!(app.connection, Connection::Connected);
+    assert_eq!(app.input.text(), "unsent");
+    let texts: Vec<&str> = app.conversations[0]
+        .entries
+        .iter()
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "before",
+            "connection lost: connection closed by the server",
+            "reconnected"
+        ]
+    );
+}
+
+#[test]
+fn taken_over_goes_offline_with_the_reason() {
+    let mut app = logged_in();
+    reply(
+        &mut app,
+        Reply::fail(ErrorCode::Conflict, "logged in elsewhere"),
+    );
+    assert_eq!(status(&app), Some("409: logged in elsewhere"));
+    app.update(Event::Net(NetEvent::Offline {
+        reason: "logged in elsewhere (409); not reconnecting".into(),
+        at_ms: NOON,
+    }));
+    assert_eq!(
+        app.connection,
+        Connection::Offline {
+            reason: "logged in elsewhere (409); not reconnecting".into()
+        }
+    );
+    assert_eq!(
+        status(&app),
+        Some("offline: logged in elsewhere (409); not reconnecting")
+    );
+}
+
+#[test]
+fn network_text_is_sanitized() {
+    let mut app = logged_in();
+    messages(
+        &mut app,
+        vec![msg("bob", "*", "x\u{1b}[2J\u{7}y\u{202e}", 1)],
+    );
+    assert_eq!(app.conversations[0].entries[0].text, "x�[2J�y�");
+}
+
+#[test]
+fn scrollback_is_bounded() {
+    let mut app = logged_in();
+    let batch: Vec<ChatMessage> = (1..=(MAX_ENTRIES as u64 + 10))
+        .map(|i| msg("bob", "*", "x", i))
+        .collect();
+    messages(&mut app, batch);
+    assert_eq!(app.conversations[0].entries.len(), MAX_ENTRIES);
+}

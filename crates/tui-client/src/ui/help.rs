@@ -8,23 +8,24 @@ use ratatui::widgets::{Block, Clear, Paragraph};
 
 /// Keys, as (key, what it does).
 pub const KEYS: &[(&str, &str)] = &[
-    ("Enter", "send the line (to the conversation shown)"),
-    ("Alt+1..9", "show conversation 1..9"),
-    ("Ctrl+N / Ctrl+P", "next / previous conversation"),
-    ("PageUp / PageDown", "scroll the messages (mouse wheel too)"),
+    ("Enter", "send the line to the conversation shown"),
+    (
+        "Alt+1..9, Ctrl+N / Ctrl+P",
+        "show conversation 1..9, next / previous",
+    ),
+    ("PageUp / PageDown, wheel", "scroll the messages"),
     ("Up / Down", "previous / next line from the history"),
     ("Tab", "complete a user id or a /command"),
-    ("Left / Right", "move the cursor"),
-    ("Home / End, Ctrl+A / E", "start / end of the line"),
+    (
+        "Left / Right, Home / End",
+        "move the cursor; to the start / end",
+    ),
+    ("Ctrl+A / Ctrl+E", "to the start / end of the line"),
     ("Ctrl+Left / Right, Alt+B / F", "previous / next word"),
     ("Ctrl+W, Alt+Backspace", "delete the word before the cursor"),
     ("Ctrl+U / Ctrl+K", "delete to the start / to the end"),
-    (
-        "Mouse click",
-        "a conversation: show it; a user: talk privately",
-    ),
-    ("F1, Esc", "show, close this help"),
-    ("Ctrl+C", "quit"),
+    ("Mouse click", "show a conversation / talk privately to a user"),
+    ("F1 / Esc, Ctrl+C", "show / close this help, quit"),
 ];
 
 /// Commands, as (command, what it does).
@@ -50,7 +51,6 @@ pub fn draw(frame: &mut Frame, area: Rect) {
             Span::raw(*what),
         ]));
     }
-    lines.push(Line::raw(""));
     lines.push(Line::styled("Commands", head));
     for (c, what) in COMMANDS {
         lines.push(Line::from(vec![

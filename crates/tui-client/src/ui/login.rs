@@ -5,7 +5,7 @@ use ratatui::Frame;
 use ratatui::layout::{Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear};
+use ratatui::widgets::{Block, Clear, Padding};
 
 use crate::app::{App, LoginField};
 use crate::text::{sanitize, truncate};
@@ -25,7 +25,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         h,
     );
     frame.render_widget(Clear, form);
-    let block = Block::bordered().title(" SimpleTextIM ");
+    let block = Block::bordered()
+        .title(" SimpleTextIM ")
+        .padding(Padding::horizontal(1));
     let inner = block.inner(form);
     frame.render_widget(block, form);
     if inner.height == 0 || inner.width == 0 {
