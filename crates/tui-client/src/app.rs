@@ -261,6 +261,9 @@ pub struct App {
     pub status: Option<StatusLine>,
     /// The help overlay is shown.
     pub show_help: bool,
+    /// Rows the help overlay is scrolled down (Up/Down/PageUp/PageDown while it is shown;
+    /// the renderer keeps it within the text).
+    pub help_scroll: u16,
     /// The terminal's size.
     pub size: (u16, u16),
     /// Logged in at least once (so a new login is a reconnection).
@@ -298,6 +301,7 @@ impl App {
             input: LineEditor::new(),
             status: None,
             show_help: false,
+            help_scroll: 0,
             size: (80, 24),
             was_logged_in: false,
             awaiting: VecDeque::new(),
@@ -422,11 +426,16 @@ impl App {
             return self.quit();
         }
         if self.show_help {
-            if matches!(
-                key.code,
-                KeyCode::Esc | KeyCode::Enter | KeyCode::F(1) | KeyCode::Char('q')
-            ) {
-                self.show_help = false;
+            match key.code {
+                KeyCode::Esc | KeyCode::Enter | KeyCode::F(1) | KeyCode::Char('q') => {
+                    self.show_help = false;
+                    self.help_scroll = 0;
+                }
+                KeyCode::Up => self.help_scroll = self.help_scroll.saturating_sub(1),
+                KeyCode::Down => self.help_scroll = self.help_scroll.saturating_add(1),
+                KeyCode::PageUp => self.help_scroll = self.help_scroll.saturating_sub(10),
+                KeyCode::PageDown => self.help_scroll = self.help_scroll.saturating_add(10),
+                _ => {}
             }
             return Vec::new();
         }

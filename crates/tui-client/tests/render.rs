@@ -256,6 +256,16 @@ fn help_overlay() {
 }
 
 #[test]
+fn help_overlay_on_a_small_terminal_scrolls() {
+    let mut app = busy_app();
+    key(&mut app, KeyCode::F(1));
+    for _ in 0..3 {
+        key(&mut app, KeyCode::Down);
+    }
+    snapshot("help_scrolled_40x14", &mut app, 40, 14);
+}
+
+#[test]
 fn reconnecting_status() {
     let mut app = busy_app();
     net(

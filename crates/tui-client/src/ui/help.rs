@@ -24,7 +24,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Ctrl+Left / Right, Alt+B / F", "previous / next word"),
     ("Ctrl+W, Alt+Backspace", "delete the word before the cursor"),
     ("Ctrl+U / Ctrl+K", "delete to the start / to the end"),
-    ("Mouse click", "show a conversation / talk privately to a user"),
+    (
+        "Mouse click",
+        "show a conversation / talk privately to a user",
+    ),
     ("F1 / Esc, Ctrl+C", "show / close this help, quit"),
 ];
 
@@ -40,35 +43,60 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("//text", "send text that starts with /"),
 ];
 
-/// Draws the overlay, centred over `area`.
-pub fn draw(frame: &mut Frame, area: Rect) {
+/// Width of the key column when there is room for two columns.
+const KEY_COLUMN: usize = 29;
+
+/// The help text for a popup `inner_width` cells wide: two columns when they fit, else
+/// each key on its own row with its meaning indented below.
+pub fn lines(inner_width: u16) -> Vec<Line<'static>> {
     let key_style = Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD);
     let head = Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED);
-    let mut lines = vec![Line::styled("Keys", head)];
-    for (k, what) in KEYS {
-        lines.push(Line::from(vec![
-            Span::styled(format!("{k:<29}"), key_style),
-            Span::raw(*what),
-        ]));
+    let two_columns = usize::from(inner_width) >= KEY_COLUMN + 40;
+    let mut lines = Vec::new();
+    for (title, table) in [("Keys", KEYS), ("Commands", COMMANDS)] {
+        lines.push(Line::styled(title, head));
+        for (k, what) in table {
+            if two_columns {
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{k:<KEY_COLUMN$}"), key_style),
+                    Span::raw(*what),
+                ]));
+            } else {
+                lines.push(Line::styled(*k, key_style));
+                let width = usize::from(inner_width).saturating_sub(2);
+                for row in crate::text::wrap(what, width) {
+                    lines.push(Line::raw(format!("  {row}")));
+                }
+            }
+        }
     }
-    lines.push(Line::styled("Commands", head));
-    for (c, what) in COMMANDS {
-        lines.push(Line::from(vec![
-            Span::styled(format!("{c:<29}"), key_style),
-            Span::raw(*what),
-        ]));
-    }
+    lines
+}
+
+/// Draws the overlay, centred over `area`, scrolled down by `scroll` rows (kept within
+/// the text).
+pub fn draw(frame: &mut Frame, area: Rect, scroll: u16) {
     let w = area.width.min(80);
-    let h = area.height.min(lines.len() as u16 + 2);
+    let text = lines(w.saturating_sub(2));
+    let rows = text.len() as u16;
+    let h = area.height.min(rows + 2);
     let popup = Rect::new(
         area.x + (area.width - w) / 2,
         area.y + (area.height - h) / 2,
         w,
         h,
     );
+    let scroll = scroll.min(rows.saturating_sub(h.saturating_sub(2)));
+    let title = if rows + 2 > h {
+        " Help · ↑↓ scroll · Esc close "
+    } else {
+        " Help · Esc to close "
+    };
     frame.render_widget(Clear, popup);
     frame.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title(" Help · Esc to close ")),
+        Paragraph::new(text)
+            .scroll((scroll, 0))
+            .block(Block::bordered().title(title)),
         popup,
     );
 }

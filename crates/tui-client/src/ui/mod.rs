@@ -93,7 +93,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     status::draw_status(frame, areas.status, app);
     input::draw(frame, areas.input, app);
     if app.show_help {
-        help::draw(frame, area);
+        help::draw(frame, area, app.help_scroll);
     }
 }
 
