@@ -40,8 +40,6 @@ pub struct Shared {
     pub stop: CancellationToken,
     /// The length of the last `list` reply any receiver saw, or -1.
     pub last_list: AtomicI64,
-    /// Notified when a `list` reply arrives.
-    pub list_seen: Notify,
 }
 
 impl Shared {
@@ -57,7 +55,6 @@ impl Shared {
             all_done: Notify::new(),
             stop: CancellationToken::new(),
             last_list: AtomicI64::new(-1),
-            list_seen: Notify::new(),
         })
     }
 
@@ -312,7 +309,6 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
             Kind::List => {
                 if let Some(n) = scan::list_len(&frame) {
                     shared.last_list.store(n as i64, Ordering::Release);
-                    shared.list_seen.notify_waiters();
                 }
             }
             Kind::Other => {}

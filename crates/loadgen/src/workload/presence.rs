@@ -126,17 +126,20 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
     let ended = Instant::now();
     let churned = churn.await.unwrap_or_default();
 
-    // The server's own view: one `list` from client 0.
-    let list_len = match clients.first_mut().and_then(|c| c.writer.as_mut()) {
+    // The server's own view: one `list` from the last client (not a sender, whose write
+    // half its sender task holds).
+    let list_len = match clients.last_mut().and_then(|c| c.writer.as_mut()) {
         Some(w) => {
-            let seen = shared.list_seen.notified();
             let mut buf = BytesMut::new();
             net::simple_frame("list", &mut buf);
             if w.write_all(&buf).await.is_ok() {
-                let wait = deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .min(Duration::from_secs(10));
-                let _ = tokio::time::timeout(wait, seen).await;
+                // Bounded polling: at most 10 s (or the deadline), every 10 ms.
+                let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(10));
+                while shared.last_list.load(Ordering::Acquire) < 0
+                    && tokio::time::Instant::now() < until
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
             shared.last_list.load(Ordering::Acquire)
         }
