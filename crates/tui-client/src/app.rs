@@ -851,16 +851,16 @@ impl App {
 
     /// Adds an entry to conversation `index`, keeping a scrolled-up view where it is.
     fn push_entry(&mut self, index: usize, entry: Entry, is_message: bool) {
-        let scrolled = self.conversations[index].scroll > 0;
-        let before = if scrolled { self.total_rows(index) } else { 0 };
+        let width = self.layout().messages.width;
+        let tz = self.settings.tz;
         let conv = &mut self.conversations[index];
         conv.entries.push(entry);
         if conv.entries.len() > MAX_ENTRIES {
             conv.entries.remove(0);
         }
-        if scrolled {
-            let added = self.total_rows(index).saturating_sub(before);
-            let conv = &mut self.conversations[index];
+        if conv.scroll > 0 {
+            let last = conv.entries.len() - 1;
+            let added = ui::messages::entry_block(conv, last, width, tz).len();
             conv.scroll += added;
             if is_message {
                 conv.new_below += 1;
@@ -982,3 +982,14 @@ fn parse_line(line: &str) -> Line<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Helpers for other modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::{ConvId, Conversation};
+
+    /// An empty public conversation.
+    pub(crate) fn conversation() -> Conversation {
+        Conversation::new(ConvId::Public)
+    }
+}

@@ -17,26 +17,66 @@ use crate::ui::name_color;
 /// up the indentation.
 const MIN_TEXT_WIDTH: usize = 10;
 
-/// The rows of a conversation at a pane width, oldest first.
-pub fn rows(conv: &Conversation, pane_width: u16, tz: TimeZone) -> Vec<Line<'static>> {
+/// The rows of entry `index` of a conversation at a pane width: a date line first when
+/// its local day differs from the previous entry's, then its wrapped text.
+pub fn entry_block(
+    conv: &Conversation,
+    index: usize,
+    pane_width: u16,
+    tz: TimeZone,
+) -> Vec<Line<'static>> {
     let w = usize::from(pane_width).max(1);
     let mut out = Vec::new();
-    let mut day: Option<NaiveDate> = None;
-    for entry in &conv.entries {
-        let local = tz.local(entry.ts_ms);
-        if day != Some(local.date()) {
-            day = Some(local.date());
-            out.push(date_line(local.date(), w));
-        }
-        let time = local.format("%H:%M ").to_string();
-        entry_rows(entry, time, w, &mut out);
+    let Some(entry) = conv.entries.get(index) else {
+        return out;
+    };
+    let local = tz.local(entry.ts_ms);
+    let previous_day = index
+        .checked_sub(1)
+        .and_then(|i| conv.entries.get(i))
+        .map(|e| tz.local(e.ts_ms).date());
+    if previous_day != Some(local.date()) {
+        out.push(date_line(local.date(), w));
     }
+    entry_rows(entry, local.format("%H:%M ").to_string(), w, &mut out);
     out
+}
+
+/// All rows of a conversation at a pane width, oldest first.
+pub fn rows(conv: &Conversation, pane_width: u16, tz: TimeZone) -> Vec<Line<'static>> {
+    (0..conv.entries.len())
+        .flat_map(|i| entry_block(conv, i, pane_width, tz))
+        .collect()
 }
 
 /// How many rows [`rows`] gives.
 pub fn row_count(conv: &Conversation, pane_width: u16, tz: TimeZone) -> usize {
-    rows(conv, pane_width, tz).len()
+    (0..conv.entries.len())
+        .map(|i| entry_block(conv, i, pane_width, tz).len())
+        .sum()
+}
+
+/// The last `needed` rows of a conversation (fewer when it has fewer), oldest first, and
+/// whether they are all of its rows. Only the entries at the end are laid out, so drawing
+/// a long scrollback costs what is shown.
+pub fn last_rows(
+    conv: &Conversation,
+    pane_width: u16,
+    tz: TimeZone,
+    needed: usize,
+) -> (Vec<Line<'static>>, bool) {
+    let mut blocks = Vec::new();
+    let mut count = 0;
+    let mut i = conv.entries.len();
+    while i > 0 && count < needed {
+        i -= 1;
+        let block = entry_block(conv, i, pane_width, tz);
+        count += block.len();
+        blocks.push(block);
+    }
+    let rows: Vec<Line<'static>> = blocks.into_iter().rev().flatten().collect();
+    let skip = rows.len().saturating_sub(needed);
+    (rows.into_iter().skip(skip).collect(), i == 0 && skip == 0)
 }
 
 fn date_line(date: NaiveDate, w: usize) -> Line<'static> {
@@ -127,8 +167,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         frame.render_widget(line.centered(), Rect::new(area.x, y, area.width, 1));
         return;
     }
-    let all = rows(conv, area.width, app.settings.tz);
     let h = usize::from(area.height);
+    let (all, _) = last_rows(conv, area.width, app.settings.tz, conv.scroll + h);
+    // Scrolled past the oldest row: show the top of the conversation.
     let scroll = conv.scroll.min(all.len().saturating_sub(h));
     let end = all.len() - scroll;
     let start = end.saturating_sub(h);
@@ -154,5 +195,60 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         let row = Rect::new(area.x, area.bottom() - 1, area.width, 1);
         frame.render_widget(Clear, row);
         frame.render_widget(marker.centered(), row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simpletextim_proto::UserId;
+
+    fn conv(n: u64) -> Conversation {
+        let mut c = crate::app::tests_support::conversation();
+        for i in 0..n {
+            c.entries.push(Entry {
+                // Three entries a day.
+                ts_ms: i * 8 * 3_600_000,
+                kind: EntryKind::Chat {
+                    from: UserId::new("bob").unwrap(),
+                    own: false,
+                    mention: false,
+                },
+                text: format!("message {i} that is long enough to wrap on narrow panes"),
+            });
+        }
+        c
+    }
+
+    fn text(lines: &[Line]) -> Vec<String> {
+        lines.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn last_rows_is_the_tail_of_rows() {
+        let c = conv(10);
+        for w in [20, 40, 80] {
+            let all = text(&rows(&c, w, TimeZone::utc()));
+            assert_eq!(row_count(&c, w, TimeZone::utc()), all.len());
+            for needed in [0, 1, 5, 17, all.len(), all.len() + 3] {
+                let (tail, complete) = last_rows(&c, w, TimeZone::utc(), needed);
+                let n = needed.min(all.len());
+                assert_eq!(text(&tail), all[all.len() - n..], "w={w} needed={needed}");
+                assert_eq!(complete, needed >= all.len(), "w={w} needed={needed}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_date_line_starts_each_day() {
+        let c = conv(4);
+        let all = text(&rows(&c, 80, TimeZone::utc()));
+        let dates: Vec<&String> = all.iter().filter(|r| r.starts_with("──")).collect();
+        assert_eq!(dates.len(), 2);
+        assert!(all[0].starts_with("── Thursday 1 January 1970 "));
+        assert_eq!(
+            all[1],
+            "00:00 <bob> message 0 that is long enough to wrap on narrow panes"
+        );
     }
 }
