@@ -264,6 +264,8 @@ pub struct App {
     /// Rows the help overlay is scrolled down (Up/Down/PageUp/PageDown while it is shown;
     /// the renderer keeps it within the text).
     pub help_scroll: u16,
+    /// The user selected in the online panel while it has the keyboard (F2).
+    pub users_cursor: Option<usize>,
     /// The terminal's size.
     pub size: (u16, u16),
     /// Logged in at least once (so a new login is a reconnection).
@@ -302,6 +304,7 @@ impl App {
             status: None,
             show_help: false,
             help_scroll: 0,
+            users_cursor: None,
             size: (80, 24),
             was_logged_in: false,
             awaiting: VecDeque::new(),
@@ -439,8 +442,27 @@ impl App {
             }
             return Vec::new();
         }
+        if let Some(i) = self.users_cursor {
+            let last = self.online.len().saturating_sub(1);
+            match key.code {
+                KeyCode::Up => self.users_cursor = Some(i.saturating_sub(1)),
+                KeyCode::Down => self.users_cursor = Some((i + 1).min(last)),
+                KeyCode::Home => self.users_cursor = Some(0),
+                KeyCode::End => self.users_cursor = Some(last),
+                KeyCode::Enter => {
+                    self.users_cursor = None;
+                    if let Some(user) = self.online.get(i).cloned() {
+                        self.open_query(user);
+                    }
+                }
+                KeyCode::Esc | KeyCode::F(2) => self.users_cursor = None,
+                _ => {}
+            }
+            return Vec::new();
+        }
         match key.code {
             KeyCode::Enter => return self.submit(),
+            KeyCode::F(2) if !self.online.is_empty() => self.users_cursor = Some(0),
             KeyCode::Char('n') if ctrl => self.switch_by(1),
             KeyCode::Char('p') if ctrl => self.switch_by(-1),
             KeyCode::Char(d @ '1'..='9') if alt => {
@@ -777,6 +799,7 @@ impl App {
                 };
                 self.awaiting.clear();
                 self.online.clear();
+                self.users_cursor = None;
                 self.notice(0, at_ms, EntryKind::Error, format!("offline: {reason}"));
                 self.status = Some(StatusLine {
                     text: format!("offline: {reason}"),
@@ -788,6 +811,16 @@ impl App {
     }
 
     fn on_reply(&mut self, reply: Reply, at_ms: u64) -> Vec<Action> {
+        let actions = self.apply_reply(reply, at_ms);
+        // The online list may have changed under the selection.
+        self.users_cursor = match self.users_cursor {
+            Some(_) if self.online.is_empty() => None,
+            c => c.map(|i| i.min(self.online.len() - 1)),
+        };
+        actions
+    }
+
+    fn apply_reply(&mut self, reply: Reply, at_ms: u64) -> Vec<Action> {
         match reply {
             Reply::Message { messages } => messages
                 .into_iter()

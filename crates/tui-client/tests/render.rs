@@ -266,6 +266,14 @@ fn help_overlay_on_a_small_terminal_scrolls() {
 }
 
 #[test]
+fn choosing_a_user_with_the_keyboard() {
+    let mut app = busy_app();
+    key(&mut app, KeyCode::F(2));
+    key(&mut app, KeyCode::Down);
+    snapshot("users_cursor_100x20", &mut app, 100, 20);
+}
+
+#[test]
 fn reconnecting_status() {
     let mut app = busy_app();
     net(

@@ -673,3 +673,42 @@ fn scrollback_is_bounded() {
     messages(&mut app, batch);
     assert_eq!(app.conversations[0].entries.len(), MAX_ENTRIES);
 }
+
+#[test]
+fn f2_picks_a_user_from_the_online_list() {
+    let mut app = logged_in();
+    reply(
+        &mut app,
+        Reply::Joined {
+            user_id: uid("carol"),
+        },
+    );
+    key(&mut app, KeyCode::F(2));
+    assert_eq!(app.users_cursor, Some(0));
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    key(&mut app, KeyCode::Down);
+    assert_eq!(app.users_cursor, Some(2), "stops at the last user");
+    // Carol leaves: the selection stays within the list.
+    reply(
+        &mut app,
+        Reply::Left {
+            user_id: uid("carol"),
+        },
+    );
+    assert_eq!(app.users_cursor, Some(1));
+    type_str(&mut app, "x");
+    assert_eq!(
+        app.input.text(),
+        "",
+        "typing does not reach the input meanwhile"
+    );
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.users_cursor, None);
+    assert_eq!(app.active_conversation().id, ConvId::Private(uid("bob")));
+
+    key(&mut app, KeyCode::F(2));
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.users_cursor, None);
+    assert_eq!(app.active, 1);
+}

@@ -22,8 +22,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("Ctrl+A / Ctrl+E", "to the start / end of the line"),
     ("Ctrl+Left / Right, Alt+B / F", "previous / next word"),
-    ("Ctrl+W, Alt+Backspace", "delete the word before the cursor"),
-    ("Ctrl+U / Ctrl+K", "delete to the start / to the end"),
+    (
+        "Ctrl+W / Ctrl+U / Ctrl+K",
+        "delete the word before / to the start / to end",
+    ),
+    ("F2", "choose a user in the online list (↑↓, Enter)"),
     (
         "Mouse click",
         "show a conversation / talk privately to a user",

@@ -71,7 +71,15 @@ pub fn draw_status(frame: &mut Frame, area: Rect, app: &App) {
         spans.push(sep.clone());
         spans.push(Span::raw("scrolled"));
     }
-    if let Some(status) = &app.status {
+    if let Some(user) = app.users_cursor.and_then(|i| app.online.get(i)) {
+        spans.push(sep.clone());
+        spans.push(Span::styled(
+            format!("talk privately to {user}? ↑↓ choose · Enter open · Esc cancel"),
+            Style::new()
+                .fg(Color::LightYellow)
+                .add_modifier(Modifier::BOLD),
+        ));
+    } else if let Some(status) = &app.status {
         spans.push(sep);
         let style = if status.error {
             Style::new()

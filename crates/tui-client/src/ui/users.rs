@@ -13,7 +13,15 @@ use crate::ui::name_color;
 /// Rows above the first name.
 pub const HEADER_ROWS: usize = 1;
 
-/// Draws the panel; row `HEADER_ROWS + i` is `app.online[i]` (mouse clicks rely on it).
+/// Index in `app.online` of the first user shown: 0, unless the keyboard selection (F2)
+/// is further down than the panel is tall.
+pub fn first_shown(app: &App, area: Rect) -> usize {
+    let rows = usize::from(area.height).saturating_sub(HEADER_ROWS).max(1);
+    app.users_cursor.map_or(0, |i| (i + 1).saturating_sub(rows))
+}
+
+/// Draws the panel; row `HEADER_ROWS + i` is `app.online[first_shown + i]` (mouse clicks
+/// rely on it).
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if area.height == 0 {
         return;
@@ -25,14 +33,16 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     );
     frame.render_widget(header, Rect::new(area.x, area.y, area.width, 1));
     let rows = usize::from(area.height) - HEADER_ROWS;
-    let overflow = app.online.len() > rows;
-    for (i, user) in app.online.iter().enumerate() {
+    let first = first_shown(app, area);
+    let overflow = app.online.len() - first > rows;
+    for (i, user) in app.online.iter().skip(first).enumerate() {
         if i >= rows {
             break;
         }
         let y = area.y + (HEADER_ROWS + i) as u16;
-        let line = if overflow && i + 1 == rows {
-            let more = app.online.len() - i;
+        let selected = app.users_cursor == Some(first + i);
+        let line = if overflow && i + 1 == rows && !selected {
+            let more = app.online.len() - first - i;
             Line::styled(
                 truncate(&format!("+{more} more"), w),
                 Style::new().fg(Color::DarkGray),
@@ -41,6 +51,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             let mut style = Style::new().fg(name_color(user.as_str()));
             if app.me.as_ref() == Some(user) {
                 style = style.add_modifier(Modifier::BOLD);
+            }
+            if selected {
+                style = style.add_modifier(Modifier::REVERSED);
             }
             Line::styled(truncate(user.as_str(), w), style)
         };
