@@ -272,6 +272,9 @@ pub struct App {
     was_logged_in: bool,
     /// Messages sent and not yet echoed, oldest first.
     awaiting: VecDeque<Awaiting>,
+    /// Editing keys and pastes typed while the input line waits for an echo, applied once
+    /// it is free (so a fast typist's next line never sticks to the one being sent).
+    typeahead: Vec<Event>,
     /// `list` replies still expected for a `/list` typed by the person.
     list_requests: usize,
 }
@@ -308,6 +311,7 @@ impl App {
             size: (80, 24),
             was_logged_in: false,
             awaiting: VecDeque::new(),
+            typeahead: Vec::new(),
             list_requests: 0,
         }
     }
@@ -344,6 +348,10 @@ impl App {
                 Vec::new()
             }
             Event::Paste(s) => {
+                if self.screen == Screen::Chat && self.input_locked() {
+                    self.typeahead.push(Event::Paste(s));
+                    return Vec::new();
+                }
                 match (self.screen, self.login.focus) {
                     (Screen::Chat, _) => self.input.insert_str(&s),
                     (Screen::Login, LoginField::User) => self.login.user.insert_str(&s),
@@ -459,6 +467,17 @@ impl App {
                 _ => {}
             }
             return Vec::new();
+        }
+        if self.input_locked() {
+            if key.code == KeyCode::Esc {
+                // The echo is late: stop waiting, keep the line as it is.
+                self.awaiting.clear();
+                return self.release_input(false);
+            }
+            if is_line_key(&key) {
+                self.typeahead.push(Event::Key(key));
+                return Vec::new();
+            }
         }
         match key.code {
             KeyCode::Enter => return self.submit(),
@@ -797,7 +816,6 @@ impl App {
                 self.connection = Connection::Offline {
                     reason: reason.clone(),
                 };
-                self.awaiting.clear();
                 self.online.clear();
                 self.users_cursor = None;
                 self.notice(0, at_ms, EntryKind::Error, format!("offline: {reason}"));
@@ -805,7 +823,8 @@ impl App {
                     text: format!("offline: {reason}"),
                     error: true,
                 });
-                Vec::new()
+                self.awaiting.clear();
+                self.release_input(true)
             }
         }
     }
@@ -851,20 +870,19 @@ impl App {
                 self.presence_notice(&user_id, at_ms, EntryKind::Left(user_id.clone()), text);
                 Vec::new()
             }
-            Reply::Fail { fail } => {
-                self.on_fail(&fail);
-                Vec::new()
-            }
+            Reply::Fail { fail } => self.on_fail(&fail),
         }
     }
 
-    fn on_fail(&mut self, fail: &Failure) {
+    fn on_fail(&mut self, fail: &Failure) -> Vec<Action> {
+        let text = format!("{}: {}", fail.error_code, sanitize(&fail.reason));
+        self.status = Some(StatusLine { text, error: true });
         // Replies come in order: a `fail` after a `send` answers the oldest one unechoed.
         if fail.error_code != ErrorCode::Conflict && fail.error_code != ErrorCode::Unavailable {
             self.awaiting.pop_front();
+            return self.release_input(true);
         }
-        let text = format!("{}: {}", fail.error_code, sanitize(&fail.reason));
-        self.status = Some(StatusLine { text, error: true });
+        Vec::new()
     }
 
     fn presence_notice(&mut self, user: &UserId, at_ms: u64, kind: EntryKind, text: String) {
@@ -920,9 +938,11 @@ impl App {
         let private = m.is_private();
         let mention = !own && self.mentions(&m.message);
         let index = self.conversation(&id);
-        if own {
-            self.echoed(&m.message);
-        }
+        let mut actions = if own {
+            self.echoed(&m.message)
+        } else {
+            Vec::new()
+        };
         let ts_ms = if m.ts == 0 { at_ms } else { m.ts };
         let entry = Entry {
             ts_ms,
@@ -934,7 +954,6 @@ impl App {
             text: sanitize(&m.message),
         };
         self.push_entry(index, entry, true);
-        let mut actions = Vec::new();
         if index != self.active || pending {
             let conv = &mut self.conversations[index];
             conv.unread += 1;
@@ -949,7 +968,7 @@ impl App {
     }
 
     /// Our own message came back: it was sent, so the input line that sent it goes.
-    fn echoed(&mut self, text: &str) {
+    fn echoed(&mut self, text: &str) -> Vec<Action> {
         if self.awaiting.front().is_some_and(|a| a.text == text)
             && let Some(a) = self.awaiting.pop_front()
         {
@@ -957,12 +976,63 @@ impl App {
             if self.input.text() == a.line {
                 self.input.clear();
             }
+            return self.release_input(false);
         }
+        Vec::new()
+    }
+
+    /// Whether the input line is waiting for the echo of what it sent.
+    pub fn input_locked(&self) -> bool {
+        !self.awaiting.is_empty()
+    }
+
+    /// The input line is free again: apply what was typed meanwhile. When the line was not
+    /// sent (`failed`) and something was typed meanwhile, the unsent line moves to the
+    /// history so the new typing starts on an empty line.
+    fn release_input(&mut self, failed: bool) -> Vec<Action> {
+        if self.input_locked() || self.typeahead.is_empty() {
+            return Vec::new();
+        }
+        if failed {
+            let line = self.input.text();
+            self.input.push_history(&line);
+            self.input.clear();
+            if let Some(status) = &mut self.status {
+                status.text.push_str(" (the line is in the history: Up)");
+            }
+        }
+        let mut actions = Vec::new();
+        for event in std::mem::take(&mut self.typeahead) {
+            actions.extend(self.update(event));
+        }
+        actions
     }
 
     /// Messages sent and not yet echoed by the server.
     pub fn awaiting_echo(&self) -> usize {
         self.awaiting.len()
+    }
+}
+
+/// Whether a key edits or sends the input line (as opposed to moving around the screen).
+fn is_line_key(key: &KeyEvent) -> bool {
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    let alt = key.modifiers.contains(KeyModifiers::ALT);
+    match key.code {
+        KeyCode::Char(c) if alt => matches!(c, 'b' | 'f'),
+        KeyCode::Char(c) if ctrl => matches!(c, 'a' | 'e' | 'w' | 'u' | 'k'),
+        KeyCode::Char(_)
+        | KeyCode::Enter
+        | KeyCode::Tab
+        | KeyCode::Backspace
+        | KeyCode::Delete
+        | KeyCode::Left
+        | KeyCode::Right
+        | KeyCode::Home
+        | KeyCode::End
+        | KeyCode::Up
+        | KeyCode::Down => true,
+        _ => false,
     }
 }
 

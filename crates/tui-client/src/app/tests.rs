@@ -354,7 +354,8 @@ fn commands() {
     );
     assert_eq!(names(&app).len(), 2, "/msg opens the conversation");
     assert_eq!(app.active, 0, "/msg does not switch");
-    app.input.clear();
+    messages(&mut app, vec![msg("alice", "bob", "hi there", 1)]);
+    assert_eq!(app.input.text(), "");
 
     assert_eq!(
         enter(&mut app, "/list"),
@@ -390,7 +391,8 @@ fn commands() {
         enter(&mut app, "//dance"),
         [send_action(Recipient::Everyone, "/dance")]
     );
-    app.input.clear();
+    messages(&mut app, vec![msg("alice", "*", "/dance", 2)]);
+    assert_eq!(app.input.text(), "");
 
     assert_eq!(enter(&mut app, "/msg bob"), []);
     assert_eq!(status(&app), Some("usage: /msg NAME TEXT"));
@@ -711,4 +713,53 @@ fn f2_picks_a_user_from_the_online_list() {
     key(&mut app, KeyCode::Esc);
     assert_eq!(app.users_cursor, None);
     assert_eq!(app.active, 1);
+}
+
+#[test]
+fn typing_while_waiting_for_the_echo_starts_the_next_line() {
+    let mut app = logged_in();
+    assert_eq!(
+        enter(&mut app, "first"),
+        [send_action(Recipient::Everyone, "first")]
+    );
+    assert!(app.input_locked());
+    // Typed (and sent) before the echo: held back, the kept line untouched.
+    assert_eq!(enter(&mut app, "second"), []);
+    app.update(Event::Paste(" pasted".into()));
+    assert_eq!(app.input.text(), "first");
+    // The echo frees the line: what was typed is applied, sending the second line.
+    let actions = messages(&mut app, vec![msg("alice", "*", "first", 1)]);
+    assert_eq!(actions, [send_action(Recipient::Everyone, "second")]);
+    assert_eq!(app.input.text(), "second");
+    // The paste waits for the second echo.
+    messages(&mut app, vec![msg("alice", "*", "second", 2)]);
+    assert_eq!(app.input.text(), " pasted");
+    assert_eq!(app.input.history(), ["first", "second"]);
+}
+
+#[test]
+fn a_refused_line_with_typing_after_it_goes_to_the_history() {
+    let mut app = logged_in();
+    enter(&mut app, "/msg nobody hi");
+    type_str(&mut app, "next");
+    reply(
+        &mut app,
+        Reply::fail(ErrorCode::NotFound, "no such user: nobody"),
+    );
+    assert_eq!(app.input.text(), "next");
+    assert_eq!(app.input.history(), ["/msg nobody hi"]);
+    assert_eq!(
+        status(&app),
+        Some("404: no such user: nobody (the line is in the history: Up)")
+    );
+}
+
+#[test]
+fn esc_stops_waiting_for_a_late_echo() {
+    let mut app = logged_in();
+    enter(&mut app, "hello");
+    type_str(&mut app, "!");
+    key(&mut app, KeyCode::Esc);
+    assert!(!app.input_locked());
+    assert_eq!(app.input.text(), "hello!");
 }

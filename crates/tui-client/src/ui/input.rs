@@ -66,7 +66,13 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let avail = w.saturating_sub(prompt_w + COUNTER_WIDTH);
     let (text, cursor_x) = visible(&app.input, avail, None);
     let mut spans = prompt;
-    spans.push(Span::raw(text));
+    // Sent and waiting for the server's echo: dimmed until it comes back.
+    let text_style = if app.input_locked() {
+        Style::new().fg(Color::DarkGray)
+    } else {
+        Style::new()
+    };
+    spans.push(Span::styled(text, text_style));
     frame.render_widget(Line::from(spans), area);
 
     if let Some(left) = app.chars_left() {
