@@ -327,3 +327,24 @@ fn own_messages_and_mentions_are_styled_apart() {
     let (x, y) = find("dave joined");
     assert_eq!(buffer[(x, y)].fg, Color::DarkGray);
 }
+
+#[test]
+fn tiny_terminals_do_not_break_the_layout() {
+    let mut screens = vec![busy_app(), new_app(), long_scrollback()];
+    let mut help = busy_app();
+    key(&mut help, KeyCode::F(1));
+    screens.push(help);
+    let mut picking = busy_app();
+    key(&mut picking, KeyCode::F(2));
+    screens.push(picking);
+    for app in &mut screens {
+        for (w, h) in [(1, 1), (2, 2), (5, 3), (10, 4), (20, 6), (49, 5), (80, 3)] {
+            resize(app, w, h);
+            for _ in 0..2 {
+                key(app, KeyCode::PageUp);
+            }
+            let terminal = render(app, w, h);
+            assert_eq!(terminal.backend().buffer().area.width, w);
+        }
+    }
+}
