@@ -232,6 +232,8 @@ pub enum Action {
     Net(NetRequest),
     /// Ring the terminal bell.
     Bell,
+    /// Repaint the whole terminal (it may hold garbage from another program).
+    Redraw,
     /// Leave the application.
     Quit,
 }
@@ -482,6 +484,7 @@ impl App {
         match key.code {
             KeyCode::Enter => return self.submit(),
             KeyCode::F(2) if !self.online.is_empty() => self.users_cursor = Some(0),
+            KeyCode::Char('l') if ctrl => return vec![Action::Redraw],
             KeyCode::Char('n') if ctrl => self.switch_by(1),
             KeyCode::Char('p') if ctrl => self.switch_by(-1),
             KeyCode::Char(d @ '1'..='9') if alt => {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::app::{Action, App};
-use crate::event::{Event, NetRequest};
+use crate::event::{Event, NetEvent, NetRequest};
 use crate::terminal::Tui;
 use crate::{net, ui};
 
@@ -28,7 +28,8 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The I/O error when the terminal cannot be drawn on.
 pub async fn run(terminal: &mut Tui, mut app: App, initial: Vec<Action>) -> io::Result<()> {
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
-    let (net_tx, net_task) = net::spawn(app.settings.server.clone(), events_tx.clone());
+    let (net_tx, mut net_task) = net::spawn(app.settings.server.clone(), events_tx.clone());
+    let mut net_running = true;
     let term_task = tokio::spawn(terminal_events(events_tx));
 
     let size = terminal.size()?;
@@ -42,7 +43,24 @@ pub async fn run(terminal: &mut Tui, mut app: App, initial: Vec<Action>) -> io::
             break;
         }
         terminal.draw(|frame| ui::draw(frame, &app))?;
-        let Some(event) = events.recv().await else {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            // The network task ends only when asked to, unless it failed: say so rather
+            // than showing a connection that is not there.
+            end = &mut net_task, if net_running => {
+                net_running = false;
+                let reason = match end {
+                    Err(e) if e.is_panic() => "the network task failed (see the log)",
+                    _ => "the network task stopped",
+                };
+                warn!(reason, "network task ended");
+                Some(Event::Net(NetEvent::Offline {
+                    reason: reason.into(),
+                    at_ms: net::now_ms(),
+                }))
+            }
+        };
+        let Some(event) = event else {
             break;
         };
         actions.extend(app.update(event));
@@ -56,7 +74,9 @@ pub async fn run(terminal: &mut Tui, mut app: App, initial: Vec<Action>) -> io::
     }
     term_task.abort();
     drop(net_tx);
-    let _ = tokio::time::timeout(QUIT_TIMEOUT, net_task).await;
+    if net_running {
+        let _ = tokio::time::timeout(QUIT_TIMEOUT, net_task).await;
+    }
     Ok(())
 }
 
@@ -79,6 +99,7 @@ fn perform(
                 out.write_all(b"\x07")?;
                 out.flush()?;
             }
+            Action::Redraw => terminal.clear()?,
             Action::Quit => quit = true,
         }
     }

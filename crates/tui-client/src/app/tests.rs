@@ -763,3 +763,9 @@ fn esc_stops_waiting_for_a_late_echo() {
     assert!(!app.input_locked());
     assert_eq!(app.input.text(), "hello!");
 }
+
+#[test]
+fn ctrl_l_repaints() {
+    let mut app = logged_in();
+    assert_eq!(ctrl(&mut app, 'l'), [Action::Redraw]);
+}

@@ -17,11 +17,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Up / Down", "previous / next line from the history"),
     ("Tab", "complete a user id or a /command"),
     (
-        "Left / Right, Home / End",
-        "move the cursor; to the start / end",
+        "Left/Right, Ctrl+Left/Right",
+        "move by a character / a word (Alt+B / F too)",
     ),
-    ("Ctrl+A / Ctrl+E", "to the start / end of the line"),
-    ("Ctrl+Left / Right, Alt+B / F", "previous / next word"),
+    (
+        "Home / End, Ctrl+A / Ctrl+E",
+        "to the start / end of the line",
+    ),
     (
         "Ctrl+W / Ctrl+U / Ctrl+K",
         "delete the word before / to the start / to end",
@@ -31,7 +33,7 @@ pub const KEYS: &[(&str, &str)] = &[
         "Mouse click",
         "show a conversation / talk privately to a user",
     ),
-    ("F1 / Esc, Ctrl+C", "show / close this help, quit"),
+    ("F1 / Esc, Ctrl+L, Ctrl+C", "help / close it, repaint, quit"),
 ];
 
 /// Commands, as (command, what it does).
@@ -47,7 +49,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
 ];
 
 /// Width of the key column when there is room for two columns.
-const KEY_COLUMN: usize = 29;
+const KEY_COLUMN: usize = 30;
 
 /// The help text for a popup `inner_width` cells wide: two columns when they fit, else
 /// each key on its own row with its meaning indented below.
