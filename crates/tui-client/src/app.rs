@@ -450,6 +450,8 @@ impl App {
                 KeyCode::PageDown => self.help_scroll = self.help_scroll.saturating_add(10),
                 _ => {}
             }
+            let screen = Rect::new(0, 0, self.size.0, self.size.1);
+            self.help_scroll = self.help_scroll.min(ui::help::max_scroll(screen));
             return Vec::new();
         }
         if let Some(i) = self.users_cursor {

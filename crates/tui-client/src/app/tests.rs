@@ -769,3 +769,23 @@ fn ctrl_l_repaints() {
     let mut app = logged_in();
     assert_eq!(ctrl(&mut app, 'l'), [Action::Redraw]);
 }
+
+#[test]
+fn help_scrolls_within_its_text() {
+    let mut app = logged_in();
+    app.update(Event::Resize {
+        width: 40,
+        height: 12,
+    });
+    key(&mut app, KeyCode::F(1));
+    for _ in 0..100 {
+        key(&mut app, KeyCode::Down);
+    }
+    let max = ui::help::max_scroll(Rect::new(0, 0, 40, 12));
+    assert!(max > 0);
+    assert_eq!(app.help_scroll, max);
+    key(&mut app, KeyCode::Up);
+    assert_eq!(app.help_scroll, max - 1);
+    key(&mut app, KeyCode::Esc);
+    assert_eq!((app.show_help, app.help_scroll), (false, 0));
+}

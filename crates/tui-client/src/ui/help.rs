@@ -78,6 +78,14 @@ pub fn lines(inner_width: u16) -> Vec<Line<'static>> {
     lines
 }
 
+/// The most the overlay can scroll on a terminal of this size.
+pub fn max_scroll(area: Rect) -> u16 {
+    let w = area.width.min(80);
+    let rows = lines(w.saturating_sub(2)).len() as u16;
+    let h = area.height.min(rows + 2);
+    rows.saturating_sub(h.saturating_sub(2))
+}
+
 /// Draws the overlay, centred over `area`, scrolled down by `scroll` rows (kept within
 /// the text).
 pub fn draw(frame: &mut Frame, area: Rect, scroll: u16) {
