@@ -258,6 +258,7 @@ fn help_overlay() {
 #[test]
 fn help_overlay_on_a_small_terminal_scrolls() {
     let mut app = busy_app();
+    resize(&mut app, 40, 14);
     key(&mut app, KeyCode::F(1));
     for _ in 0..3 {
         key(&mut app, KeyCode::Down);
