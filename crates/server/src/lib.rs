@@ -159,10 +159,8 @@ pub async fn run(
                 backoff = Duration::from_millis(10);
                 let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
-                tracker.spawn(async move {
-                    session::run(stream, peer, conn_id, shared).await;
-                    drop(permit);
-                });
+                let session = session::Session::new(stream, peer, conn_id, shared, permit);
+                tracker.spawn(session.run());
             }
             Err(e) => {
                 // Typically EMFILE: out of file descriptors. Wait for sessions to end.

@@ -22,6 +22,7 @@ use simpletextim_proto::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout};
 use tokio_util::codec::Decoder;
 
@@ -86,7 +87,7 @@ struct LoggedIn {
     outbox: Arc<Outbox>,
 }
 
-struct Session {
+pub(crate) struct Session {
     shared: Arc<Shared>,
     stream: TcpStream,
     conn_id: u64,
@@ -101,6 +102,7 @@ struct Session {
     bucket: Option<Bucket>,
     /// The outbox's wake-up was consumed while writing: look at the outbox before waiting.
     wake_pending: bool,
+    _permit: OwnedSemaphorePermit,
 }
 
 enum Event {
@@ -109,32 +111,48 @@ enum Event {
     Readable(io::Result<()>),
 }
 
-/// Serves one connection until it ends.
-pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, conn_id: u64, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let bucket = shared.config.rate_limit.map(|l| Bucket {
-        tokens: l.burst as f32,
-        last: Instant::now(),
-    });
-    let codec = ServerCodec::with_limits(
-        shared.config.max_command_frame,
-        simpletextim_proto::codec::DEFAULT_MAX_REPLY_FRAME,
-    );
-    let mut session = Session {
-        shared,
-        stream,
-        conn_id,
-        peer,
-        rbuf: BytesMut::new(),
-        codec,
-        out: FrameWriter::new(),
-        login: None,
-        failed_logins: 0,
-        bucket,
-        wake_pending: false,
-    };
-    let end = session.serve().await;
-    session.finish(end).await;
+impl Session {
+    /// A session for a just-accepted connection. `permit` (the connection limit's) is held
+    /// until the session ends.
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        conn_id: u64,
+        shared: Arc<Shared>,
+        permit: OwnedSemaphorePermit,
+    ) -> Session {
+        let _ = stream.set_nodelay(true);
+        let bucket = shared.config.rate_limit.map(|l| Bucket {
+            tokens: l.burst as f32,
+            last: Instant::now(),
+        });
+        let codec = ServerCodec::with_limits(
+            shared.config.max_command_frame,
+            simpletextim_proto::codec::DEFAULT_MAX_REPLY_FRAME,
+        );
+        Session {
+            shared,
+            stream,
+            conn_id,
+            peer,
+            rbuf: BytesMut::new(),
+            codec,
+            out: FrameWriter::new(),
+            login: None,
+            failed_logins: 0,
+            bucket,
+            wake_pending: false,
+            _permit: permit,
+        }
+    }
+
+    /// Serves the connection until it ends. The session is this future's only argument, so
+    /// it is stored once in the task.
+    pub(crate) async fn run(mut self) {
+        let end = self.serve().await;
+        // Boxed: the goodbye's state is only needed once, at the end.
+        Box::pin(self.finish(end)).await;
+    }
 }
 
 impl Session {
@@ -370,31 +388,47 @@ impl Session {
         None
     }
 
-    /// Writes the buffer out, then frees it. A kick during the write ends it at once if the
-    /// peer is a slow consumer; a takeover or shutdown gives it [`FINAL_WRITE`] to finish.
+    /// Writes the buffer out, then frees it. Most writes complete at once; only a full
+    /// socket makes it wait (boxed: the waiting state stays off the idle session's future).
     async fn write_out(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let mut off = 0;
-        let mut deadline: Option<Instant> = None;
-        loop {
-            let buf = self.out.pending();
-            if off == buf.len() {
-                break;
-            }
+        let written = self.try_write(0)?;
+        if written < self.out.pending().len() {
+            Box::pin(self.write_blocked(written)).await?;
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Writes from `off` until done or the socket is full; returns the new offset.
+    fn try_write(&mut self, mut off: usize) -> Result<usize, End> {
+        let buf = self.out.pending();
+        while off < buf.len() {
             match self.stream.try_write(&buf[off..]) {
-                Ok(n) => {
-                    off += n;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => return Err(End::Error),
             }
+        }
+        Ok(off)
+    }
+
+    /// Waits for the socket to take the rest of the buffer. A kick meanwhile ends it at once
+    /// if the peer is a slow consumer; a takeover or shutdown gives it [`FINAL_WRITE`] more.
+    async fn write_blocked(&mut self, mut off: usize) -> Result<(), End> {
+        let mut deadline: Option<Instant> = None;
+        while off < self.out.pending().len() {
             let watch = deadline.is_none();
             tokio::select! {
                 biased;
-                r = self.stream.writable() => if r.is_err() { return Err(End::Error) },
+                r = self.stream.writable() => {
+                    if r.is_err() {
+                        return Err(End::Error);
+                    }
+                    off = self.try_write(off)?;
+                }
                 () = self.shared.shutdown.cancelled(), if watch => {
                     deadline = Some(Instant::now() + FINAL_WRITE);
                 }
@@ -409,7 +443,6 @@ impl Session {
                 () = sleep_until(deadline) => return Err(End::Error),
             }
         }
-        self.out.clear();
         Ok(())
     }
 
