@@ -1,5 +1,6 @@
 //! The title bar (top: the conversation shown) and the status bar (above the input: server,
-//! own user id, connection state, active conversation, and the last error or notice).
+//! own user id, connection state, active conversation, activity in the other
+//! conversations, and the last error or notice).
 
 use ratatui::Frame;
 use ratatui::layout::Rect;
@@ -54,10 +55,13 @@ pub fn draw_status(frame: &mut Frame, area: Rect, app: &App) {
     let sep = Span::styled(" │ ", Style::new().fg(Color::Gray));
     let (conn, conn_color) = connection_label(&app.connection);
     let me = app.me.as_ref().map_or("-", |u| u.as_str());
-    let mut spans = vec![
-        Span::raw(" "),
-        Span::raw(sanitize(&app.settings.server)),
-        sep.clone(),
+    let mut spans = vec![Span::raw(" ")];
+    // On a narrow terminal the server's address gives way to what changes.
+    if area.width >= 60 {
+        spans.push(Span::raw(sanitize(&app.settings.server)));
+        spans.push(sep.clone());
+    }
+    spans.extend([
         Span::styled(me.to_owned(), Style::new().add_modifier(Modifier::BOLD)),
         sep.clone(),
         Span::styled(
@@ -66,7 +70,31 @@ pub fn draw_status(frame: &mut Frame, area: Rect, app: &App) {
         ),
         sep.clone(),
         Span::raw(app.active_conversation().id.name().to_owned()),
-    ];
+    ]);
+    // Activity elsewhere, WeeChat style: the numbers of conversations with unread
+    // messages, highlighted ones (private message, mention) in yellow.
+    let active: Vec<(usize, bool)> = app
+        .conversations
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| *i != app.active && c.unread > 0)
+        .map(|(i, c)| (i + 1, c.highlight))
+        .collect();
+    if !active.is_empty() {
+        spans.push(sep.clone());
+        spans.push(Span::raw("act "));
+        for (n, (number, highlight)) in active.into_iter().enumerate() {
+            if n > 0 {
+                spans.push(Span::raw(","));
+            }
+            let style = if highlight {
+                Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD)
+            } else {
+                Style::new().add_modifier(Modifier::BOLD)
+            };
+            spans.push(Span::styled(number.to_string(), style));
+        }
+    }
     if app.active_conversation().scroll > 0 {
         spans.push(sep.clone());
         spans.push(Span::raw("scrolled"));
