@@ -10,8 +10,10 @@
 //! and then calls [`Store::pending`] is guaranteed to see the message.
 
 mod memory;
+mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::{AccountInfo, DB_FILE_NAME, OpenError, SCHEMA_VERSION, SqliteStore};
 
 use futures::future::BoxFuture;
 use simpletextim_proto::{ChatMessage, UserId};

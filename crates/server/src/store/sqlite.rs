@@ -1,0 +1,926 @@
+//! The durable [`Store`]: accounts and offline mailboxes in one SQLite file.
+//!
+//! **Layout.** The data directory holds [`DB_FILE_NAME`] (`simpletextim.sqlite3`) plus, while
+//! the server runs, SQLite's `-wal` and `-shm` side files. `sqlite3 simpletextim.sqlite3`
+//! opens it. Tables (schema version [`SCHEMA_VERSION`], kept in `PRAGMA user_version`):
+//! - `accounts(key PRIMARY KEY, user_id, password_hash, created_ms, mailbox_len)`: `key` is
+//!   the case-folded id, `user_id` the spelling used at registration, `password_hash` an
+//!   Argon2id PHC string, `mailbox_len` the number of its mailbox rows (kept by triggers);
+//! - `mailbox(id PRIMARY KEY, recipient, sender, message, to_user, ts)`: `id` is the message id,
+//!   `recipient` an account key; indexed by `(recipient, id)` so a login reads oldest first;
+//! - `meta(name PRIMARY KEY, value)`: `max_message_id`, the highest message id ever stored,
+//!   so ids keep increasing after the messages carrying them were delivered and deleted.
+//!
+//! **Threading.** One dedicated thread owns the [`Connection`]. Each [`Store`] method puts a
+//! request into an unbounded FIFO channel *before* returning its future, and the future only
+//! waits on a oneshot answer: that is the ordering contract of [`Store`], and no database
+//! call ever runs on an async worker.
+//!
+//! **Group commit.** The thread takes every request queued at that moment (up to
+//! [`MAX_BATCH`]) and runs them in one `BEGIN IMMEDIATE … COMMIT`, each write inside its own
+//! savepoint, and answers them only after the commit returned. A request that fails (mailbox
+//! full, no such user, even a constraint error) is rolled back to its savepoint and answered
+//! with its error without touching the others; a failed `COMMIT` fails the whole batch. So
+//! a burst of offline messages costs one fsync per batch instead of one per message.
+//!
+//! **Durability.** WAL mode with `synchronous=FULL`: every commit fsyncs the WAL before the
+//! answer goes out, so an acknowledged message or account survives not only SIGKILL of the
+//! process (which `NORMAL` would also survive) but a power cut or kernel crash, which `NORMAL`
+//! in WAL mode does not. Group commit pays for the extra fsync.
+//!
+//! **Backup.** [`SqliteStore::backup_to`] runs `VACUUM INTO`, a consistent snapshot taken
+//! while the server keeps serving.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use rusqlite::{Connection, OptionalExtension, params};
+use simpletextim_proto::{ChatMessage, Recipient, UserId};
+use tokio::sync::oneshot;
+
+use super::{Account, Store, StoreError};
+
+/// The database file inside the data directory.
+pub const DB_FILE_NAME: &str = "simpletextim.sqlite3";
+
+/// The schema version this build writes (`PRAGMA user_version`). Opening runs the
+/// migrations from the file's version up to this one.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Most requests run in one transaction. Bounds the latency a huge backlog adds to the
+/// first request of a batch, and the memory held by answers waiting for the commit.
+const MAX_BATCH: usize = 4096;
+
+/// How long a statement waits for a lock held by another process (an admin command such
+/// as `simpletextim-server user add` running next to the server) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations: entry `i` takes a database from version `i` to `i + 1`. Never edit a
+/// released entry; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, offline mailbox, message-id high-water mark.
+    "CREATE TABLE accounts (
+         key           TEXT PRIMARY KEY NOT NULL,
+         user_id       TEXT NOT NULL,
+         password_hash TEXT NOT NULL,
+         created_ms    INTEGER NOT NULL,
+         mailbox_len   INTEGER NOT NULL DEFAULT 0
+     ) WITHOUT ROWID;
+     CREATE TABLE mailbox (
+         id        INTEGER PRIMARY KEY,
+         recipient TEXT NOT NULL,
+         sender    TEXT NOT NULL,
+         message   TEXT NOT NULL,
+         to_user   TEXT NOT NULL,
+         ts        INTEGER NOT NULL
+     );
+     CREATE INDEX mailbox_by_recipient ON mailbox (recipient, id);
+     -- Keeps accounts.mailbox_len equal to the recipient's row count whoever writes (even
+     -- the sqlite3 shell), so the cap check is one row lookup, not a count of the mailbox.
+     CREATE TRIGGER mailbox_insert AFTER INSERT ON mailbox BEGIN
+         UPDATE accounts SET mailbox_len = mailbox_len + 1 WHERE key = NEW.recipient;
+     END;
+     CREATE TRIGGER mailbox_delete AFTER DELETE ON mailbox BEGIN
+         UPDATE accounts SET mailbox_len = mailbox_len - 1 WHERE key = OLD.recipient;
+     END;
+     CREATE TABLE meta (
+         name  TEXT PRIMARY KEY NOT NULL,
+         value INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     INSERT INTO meta (name, value) VALUES ('max_message_id', 0);",
+];
+
+/// Why [`SqliteStore::open`] failed. The `Display` form is one line naming the path.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory does not exist and cannot be created.
+    #[error("cannot create data directory {}: {source}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// SQLite cannot open, configure or migrate the database (unwritable directory, not a
+    /// database, disk full…).
+    #[error("cannot open database {}: {source}", path.display())]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer version of the server.
+    #[error(
+        "database {} has schema version {found}, newer than this server's {supported}; \
+         use a newer server",
+        path.display()
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        supported: u32,
+    },
+    /// The store thread could not be started.
+    #[error("cannot start the store thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl From<OpenError> for StoreError {
+    fn from(e: OpenError) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// One account as `user list` shows it: no password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// The id as spelled when the account was created.
+    pub user_id: UserId,
+    /// When the account was created, in Unix milliseconds.
+    pub created_ms: u64,
+    /// Messages waiting in its offline mailbox.
+    pub pending: u64,
+}
+
+/// The SQLite-backed [`Store`]. See the module documentation for the file layout, the
+/// threading model and the durability guarantees.
+///
+/// Dropping it (or [`SqliteStore::close`]) lets the store thread finish every request
+/// already queued, then joins it.
+pub struct SqliteStore {
+    requests: mpsc::Sender<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it and `dir` if missing) the database `dir/`[`DB_FILE_NAME`], runs
+    /// the schema migrations, and starts the store thread. Mailboxes hold at most
+    /// `mailbox_cap` messages each.
+    ///
+    /// This blocks on disk I/O: call it before starting the async runtime, or from
+    /// `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`OpenError`] when the directory cannot be created, the database cannot be opened or
+    /// written, its schema is newer than [`SCHEMA_VERSION`], or the thread cannot start.
+    pub fn open(dir: &Path, mailbox_cap: usize) -> Result<SqliteStore, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE_NAME);
+        let conn = open_connection(&path)?;
+        let (requests, rx) = mpsc::channel();
+        let worker = Worker {
+            conn,
+            mailbox_cap,
+            #[cfg(test)]
+            commits: std::cell::Cell::new(0),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sqlite-store".into())
+            .spawn(move || worker.run(&rx))
+            .map_err(OpenError::Thread)?;
+        Ok(SqliteStore {
+            requests,
+            thread: Mutex::new(Some(thread)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every account, sorted by key (case-insensitively), with its mailbox size.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the database fails.
+    pub fn list_accounts(&self) -> BoxFuture<'static, Result<Vec<AccountInfo>, StoreError>> {
+        self.submit(Kind::Read, |w| w.list_accounts())
+    }
+
+    /// Deletes the account `key` and its offline mailbox; returns how many messages the
+    /// mailbox held. The message-id high-water mark is kept.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchUser`] when there is no such account; [`StoreError::Backend`]
+    /// when the database fails.
+    pub fn delete_account(&self, key: String) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.submit(Kind::Write, move |w| w.delete_account(&key))
+    }
+
+    /// Replaces the password hash (a PHC string) of the account `key`.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchUser`] when there is no such account; [`StoreError::Backend`]
+    /// when the database fails.
+    pub fn set_password_hash(
+        &self,
+        key: String,
+        password_hash: String,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.submit(Kind::Write, move |w| {
+            w.set_password_hash(&key, &password_hash)
+        })
+    }
+
+    /// Writes a consistent copy of the whole database to `dest` (`VACUUM INTO`) while the
+    /// store keeps serving; it reflects every request made before this call. The copy is a
+    /// plain SQLite file that [`SqliteStore::open`] accepts once named [`DB_FILE_NAME`].
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when `dest` exists already, is not valid UTF-8, or cannot be
+    /// written.
+    pub fn backup_to(&self, dest: PathBuf) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.submit(Kind::OutsideTransaction, move |w| w.backup_to(&dest))
+    }
+
+    /// Finishes every request already queued, stops the store thread and waits for it.
+    /// Requests made afterwards fail with [`StoreError::Backend`]. Dropping the store does
+    /// the same; calling this twice is harmless.
+    ///
+    /// Blocks until the thread has committed its last batch: from async code, call it
+    /// from `spawn_blocking` or at the very end of shutdown.
+    pub fn close(&self) {
+        // The send fails only if the thread is gone already; then there is nothing to stop.
+        let _ = self.requests.send(Msg::Close);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!(db = %self.path.display(), "the store thread panicked");
+        }
+    }
+
+    /// Queues `f` for the store thread and returns a future of its answer. The request is
+    /// in the queue when this returns, which is what gives the ordering contract.
+    fn submit<T, F>(&self, kind: Kind, f: F) -> BoxFuture<'static, Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Worker) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let call = Call {
+            kind,
+            f: Some(f),
+            result: None,
+            tx,
+        };
+        let queued = self.requests.send(Msg::Request(Box::new(call))).is_ok();
+        async move {
+            if !queued {
+                return Err(closed());
+            }
+            // A dropped answer means the thread stopped (closed or panicked) first.
+            rx.await.unwrap_or_else(|_| Err(closed()))
+        }
+        .boxed()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Store for SqliteStore {
+    fn account(&self, key: String) -> BoxFuture<'static, Result<Option<Account>, StoreError>> {
+        self.submit(Kind::Read, move |w| w.account(&key))
+    }
+
+    fn create_account(&self, account: Account) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.submit(Kind::Write, move |w| w.create_account(&account))
+    }
+
+    fn enqueue(
+        &self,
+        recipient_key: String,
+        message: ChatMessage,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.submit(Kind::Write, move |w| w.enqueue(&recipient_key, &message))
+    }
+
+    fn pending(&self, key: String) -> BoxFuture<'static, Result<Vec<ChatMessage>, StoreError>> {
+        self.submit(Kind::Read, move |w| w.pending(&key))
+    }
+
+    fn delete_delivered(
+        &self,
+        key: String,
+        up_to_id: u64,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.submit(Kind::Write, move |w| w.delete_delivered(&key, up_to_id))
+    }
+
+    fn max_message_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.submit(Kind::Read, |w| w.max_message_id())
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Backend("the store is closed".into())
+}
+
+/// Opens the file, sets the connection up and brings the schema to [`SCHEMA_VERSION`].
+fn open_connection(path: &Path) -> Result<Connection, OpenError> {
+    let db_err = |source| OpenError::Database {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(db_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+    // Switching to WAL writes the file header: the first point where an unwritable
+    // directory or a file that is not a database shows up.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Still durable (rollback journal), only slower and blocking readers; some
+        // network file systems cannot do WAL.
+        tracing::warn!(db = %path.display(), mode, "SQLite refused WAL mode");
+    }
+    // FULL, not NORMAL: see the module docs (durability across power loss, paid for by
+    // group commit).
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db_err)?;
+    // The WAL is reset after each checkpoint, but a huge batch can grow it; give the
+    // space back instead of keeping a large file forever.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(db_err)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Runs the migrations from the file's `user_version` up to [`SCHEMA_VERSION`], each in its
+/// own transaction together with the version bump, so a crash leaves a consistent version.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), OpenError> {
+    let db_err = |source| OpenError::Database {
+        path: path.to_owned(),
+        source,
+    };
+    let found: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db_err)?;
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::TooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", from + 1)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        tracing::info!(db = %path.display(), version = from + 1, "database schema migrated");
+    }
+    Ok(())
+}
+
+/// What the store thread receives.
+enum Msg {
+    Request(Box<dyn Request>),
+    /// Finish what is queued before this, then stop.
+    Close,
+}
+
+/// Where a request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Inside the batch transaction, without a savepoint.
+    Read,
+    /// Inside the batch transaction, in its own savepoint.
+    Write,
+    /// Between transactions (`VACUUM INTO` cannot run inside one): the batch so far is
+    /// committed first.
+    OutsideTransaction,
+}
+
+/// A queued request with its answer channel, its result type erased.
+trait Request: Send {
+    fn kind(&self) -> Kind;
+    /// Runs the request; whether it succeeded.
+    fn execute(&mut self, worker: &Worker) -> bool;
+    /// Sends the result, or `batch_error` when the transaction holding the request was
+    /// not committed.
+    fn answer(self: Box<Self>, batch_error: Option<&str>);
+}
+
+struct Call<T, F> {
+    kind: Kind,
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    tx: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Request for Call<T, F>
+where
+    T: Send,
+    F: FnOnce(&Worker) -> Result<T, StoreError> + Send,
+{
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn execute(&mut self, worker: &Worker) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        let result = f(worker);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, batch_error: Option<&str>) {
+        let result = match (batch_error, self.result) {
+            (Some(e), _) => Err(StoreError::Backend(e.to_owned())),
+            (None, Some(r)) => r,
+            (None, None) => Err(StoreError::Backend("request was not executed".into())),
+        };
+        // The caller may have dropped its future; nobody to tell then.
+        let _ = self.tx.send(result);
+    }
+}
+
+/// The store thread's state: the connection and the settings requests need.
+struct Worker {
+    conn: Connection,
+    mailbox_cap: usize,
+    /// Transactions committed, so tests can see requests share them.
+    #[cfg(test)]
+    commits: std::cell::Cell<u64>,
+}
+
+/// The requests run in the open transaction, waiting for its commit to be answered.
+#[derive(Default)]
+struct Batch {
+    open: bool,
+    done: Vec<Box<dyn Request>>,
+}
+
+impl Worker {
+    /// The thread's loop: take what is queued, run it as one transaction, answer, repeat
+    /// until [`Msg::Close`] or every sender is gone.
+    fn run(self, rx: &mpsc::Receiver<Msg>) {
+        let mut queue = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let Ok(first) = rx.recv() else {
+                return;
+            };
+            queue.push(first);
+            while queue.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => queue.push(m),
+                    Err(_) => break,
+                }
+            }
+            if self.run_batch(&mut queue) {
+                return;
+            }
+        }
+    }
+
+    /// Runs the queued messages in order; whether a [`Msg::Close`] was among them. Everything
+    /// before the close is answered; what follows it is dropped, so its callers see the
+    /// store as closed.
+    fn run_batch(&self, queue: &mut Vec<Msg>) -> bool {
+        let mut batch = Batch::default();
+        let mut close = false;
+        for msg in queue.drain(..) {
+            if close {
+                continue;
+            }
+            let mut req = match msg {
+                Msg::Close => {
+                    close = true;
+                    continue;
+                }
+                Msg::Request(r) => r,
+            };
+            match req.kind() {
+                Kind::OutsideTransaction => {
+                    self.finish(&mut batch);
+                    req.execute(self);
+                    req.answer(None);
+                }
+                kind => {
+                    if !batch.open {
+                        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                            req.answer(Some(&format!("cannot start a transaction: {e}")));
+                            continue;
+                        }
+                        batch.open = true;
+                    }
+                    if kind == Kind::Write {
+                        self.execute_in_savepoint(&mut *req);
+                    } else {
+                        req.execute(self);
+                    }
+                    batch.done.push(req);
+                    if self.conn.is_autocommit() {
+                        // SQLite rolled the whole transaction back on its own (it does on
+                        // some I/O errors and on a full disk): nothing in it was stored.
+                        batch.open = false;
+                        fail_all(&mut batch.done, "transaction rolled back by the database");
+                    }
+                }
+            }
+        }
+        self.finish(&mut batch);
+        close
+    }
+
+    /// Runs a write so that, when it fails, none of its statements stay in the batch.
+    fn execute_in_savepoint(&self, req: &mut dyn Request) {
+        if let Err(e) = self.exec_cached("SAVEPOINT request") {
+            tracing::error!(error = %e, "cannot open a savepoint");
+            // Not executed: its answer says so.
+            return;
+        }
+        let ok = req.execute(self);
+        let end = if ok {
+            self.exec_cached("RELEASE request")
+        } else {
+            self.exec_cached("ROLLBACK TO request")
+                .and_then(|()| self.exec_cached("RELEASE request"))
+        };
+        if let Err(e) = end {
+            // The transaction itself is gone then; the caller sees `is_autocommit`.
+            tracing::error!(error = %e, "cannot close a savepoint");
+        }
+    }
+
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    /// Commits the open transaction, if any, and answers the requests run in it.
+    fn finish(&self, batch: &mut Batch) {
+        if !batch.open {
+            return;
+        }
+        batch.open = false;
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                #[cfg(test)]
+                self.commits.set(self.commits.get() + 1);
+                tracing::trace!(requests = batch.done.len(), "batch committed");
+                for req in batch.done.drain(..) {
+                    req.answer(None);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = batch.done.len(), "commit failed");
+                // A failed COMMIT can leave the transaction open (SQLITE_BUSY); end it so
+                // the next batch starts clean. Failing again just means it is gone already.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                fail_all(&mut batch.done, &format!("commit failed: {e}"));
+            }
+        }
+    }
+
+    fn account(&self, key: &str) -> Result<Option<Account>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT user_id, password_hash, created_ms FROM accounts WHERE key = ?1",
+            )?
+            .query_row([key], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(user_id, password_hash, created_ms)| {
+            Ok(Account {
+                user_id: parse_user_id(&user_id)?,
+                password_hash,
+                created_ms: to_u64(created_ms)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn create_account(&self, account: &Account) -> Result<(), StoreError> {
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO accounts (key, user_id, password_hash, created_ms)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO NOTHING",
+            )?
+            .execute(params![
+                account.user_id.key(),
+                account.user_id.as_str(),
+                account.password_hash,
+                to_i64(account.created_ms)?,
+            ])?;
+        if inserted == 0 {
+            return Err(StoreError::AccountExists(account.user_id.to_string()));
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, recipient_key: &str, message: &ChatMessage) -> Result<(), StoreError> {
+        // Checked and inserted in one transaction on the only writing thread, under the
+        // database write lock (BEGIN IMMEDIATE): no other writer can slip in between.
+        let count: i64 = self
+            .conn
+            .prepare_cached("SELECT mailbox_len FROM accounts WHERE key = ?1")?
+            .query_row([recipient_key], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchUser(recipient_key.to_owned()))?;
+        if usize::try_from(count).map_or(true, |c| c >= self.mailbox_cap) {
+            return Err(StoreError::MailboxFull(recipient_key.to_owned()));
+        }
+        let id = to_i64(message.id)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO mailbox (id, recipient, sender, message, to_user, ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                id,
+                recipient_key,
+                message.user_id.as_str(),
+                message.message,
+                message.to.as_str(),
+                to_i64(message.ts)?,
+            ])?;
+        self.conn
+            .prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE name = 'max_message_id'")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    fn pending(&self, key: &str) -> Result<Vec<ChatMessage>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sender, message, to_user, id, ts FROM mailbox
+             WHERE recipient = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut messages = Vec::new();
+        for row in rows {
+            let (sender, message, to, id, ts) = row?;
+            let to = to
+                .parse::<Recipient>()
+                .map_err(|e| corrupt(format!("recipient {to:?}: {}", e.reason)))?;
+            messages.push(ChatMessage {
+                user_id: parse_user_id(&sender)?,
+                message,
+                to,
+                id: to_u64(id)?,
+                ts: to_u64(ts)?,
+            });
+        }
+        Ok(messages)
+    }
+
+    fn delete_delivered(&self, key: &str, up_to_id: u64) -> Result<(), StoreError> {
+        // Ids above i64::MAX cannot be stored, so "up to" such an id means all of them.
+        let up_to = i64::try_from(up_to_id).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached("DELETE FROM mailbox WHERE recipient = ?1 AND id <= ?2")?
+            .execute(params![key, up_to])?;
+        Ok(())
+    }
+
+    fn max_message_id(&self) -> Result<u64, StoreError> {
+        let v: i64 = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE name = 'max_message_id'")?
+            .query_row([], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        to_u64(v)
+    }
+
+    fn list_accounts(&self) -> Result<Vec<AccountInfo>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT user_id, created_ms, mailbox_len FROM accounts ORDER BY key")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut accounts = Vec::new();
+        for row in rows {
+            let (user_id, created_ms, pending) = row?;
+            accounts.push(AccountInfo {
+                user_id: parse_user_id(&user_id)?,
+                created_ms: to_u64(created_ms)?,
+                pending: to_u64(pending)?,
+            });
+        }
+        Ok(accounts)
+    }
+
+    fn delete_account(&self, key: &str) -> Result<u64, StoreError> {
+        // Mailbox first, while the account row its triggers update still exists; the
+        // savepoint around every write undoes it if the account turns out not to exist.
+        let messages = self
+            .conn
+            .prepare_cached("DELETE FROM mailbox WHERE recipient = ?1")?
+            .execute([key])?;
+        let removed = self
+            .conn
+            .prepare_cached("DELETE FROM accounts WHERE key = ?1")?
+            .execute([key])?;
+        if removed == 0 {
+            return Err(StoreError::NoSuchUser(key.to_owned()));
+        }
+        Ok(messages as u64)
+    }
+
+    fn set_password_hash(&self, key: &str, password_hash: &str) -> Result<(), StoreError> {
+        let changed = self
+            .conn
+            .prepare_cached("UPDATE accounts SET password_hash = ?2 WHERE key = ?1")?
+            .execute([key, password_hash])?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchUser(key.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
+        let dest_str = dest.to_str().ok_or_else(|| {
+            StoreError::Backend(format!("backup path {} is not valid UTF-8", dest.display()))
+        })?;
+        self.conn
+            .execute("VACUUM INTO ?1", [dest_str])
+            .map_err(|e| StoreError::Backend(format!("backup to {}: {e}", dest.display())))?;
+        Ok(())
+    }
+}
+
+fn fail_all(done: &mut Vec<Box<dyn Request>>, reason: &str) {
+    for req in done.drain(..) {
+        req.answer(Some(reason));
+    }
+}
+
+fn corrupt(what: String) -> StoreError {
+    StoreError::Backend(format!("corrupt database: {what}"))
+}
+
+fn parse_user_id(s: &str) -> Result<UserId, StoreError> {
+    UserId::new(s).map_err(|e| corrupt(format!("user id {s:?}: {}", e.reason)))
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} is too large to store")))
+}
+
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt(format!("negative value {v}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: u64, to: &str) -> ChatMessage {
+        ChatMessage {
+            user_id: UserId::new("bob").unwrap_or_else(|e| panic!("{e:?}")),
+            message: format!("m{id}"),
+            to: Recipient::User(UserId::new(to).unwrap_or_else(|e| panic!("{e:?}"))),
+            id,
+            ts: id / 2,
+        }
+    }
+
+    fn account(name: &str) -> Account {
+        Account {
+            user_id: UserId::new(name).unwrap_or_else(|e| panic!("{e:?}")),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            created_ms: 7,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_is_rolled_back_alone() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(dir.path(), 10)?;
+        store.create_account(account("alice")).await?;
+        // Queued together, so most likely one batch; the outcome must not depend on it.
+        let ok1 = store.enqueue("alice".into(), msg(1, "alice"));
+        // Same id: passes the checks, then the INSERT hits the primary key.
+        let dup = store.enqueue("alice".into(), msg(1, "alice"));
+        let big = store.enqueue("alice".into(), msg(u64::MAX, "alice"));
+        let ok2 = store.enqueue("alice".into(), msg(2, "alice"));
+        ok1.await?;
+        assert!(matches!(dup.await, Err(StoreError::Backend(_))));
+        assert!(matches!(big.await, Err(StoreError::Backend(_))));
+        ok2.await?;
+        let ids: Vec<u64> = store
+            .pending("alice".into())
+            .await?
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(store.max_message_id().await?, 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn queued_requests_share_one_commit() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(dir.path(), 1000)?;
+        store.create_account(account("alice")).await?;
+        let commits = || store.submit(Kind::Read, |w| Ok(w.commits.get()));
+        let before = commits().await?;
+        // Hold the store thread inside a request while 500 writes queue up behind it.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let held = store.submit(Kind::Read, move |_| {
+            wait.recv()
+                .map_err(|_| StoreError::Backend("test gate dropped".into()))
+        });
+        let writes: Vec<_> = (1..=500)
+            .map(|id| store.enqueue("alice".into(), msg(id, "alice")))
+            .collect();
+        release.send(())?;
+        held.await?;
+        for w in writes {
+            w.await?;
+        }
+        // Commits since `before` was read: the batch of that read, the held request's
+        // batch, and at most one more for what queued behind it (MAX_BATCH exceeds 500).
+        // One fsync per write would make this about 500.
+        let n = commits().await? - before;
+        assert!((2..=3).contains(&n), "{n} commits");
+        assert_eq!(store.pending("alice".into()).await?.len(), 500);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn requests_after_close_fail_cleanly() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(dir.path(), 10)?;
+        let before = store.create_account(account("alice"));
+        store.close();
+        before.await?;
+        let after = store.account("alice".into()).await;
+        assert!(matches!(after, Err(StoreError::Backend(ref m)) if m.contains("closed")));
+        store.close();
+        Ok(())
+    }
+
+    #[test]
+    fn schema_version_is_recorded() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        drop(SqliteStore::open(dir.path(), 1)?);
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME))?;
+        let v: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        assert_eq!(mode, "wal");
+        Ok(())
+    }
+}

@@ -1,0 +1,566 @@
+//! The SQLite store against real temporary directories: accounts, the offline mailbox and
+//! its cap, survival across reopening, migrations, open errors, and the ordering contract
+//! under concurrent callers.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use simpletextim_proto::{ChatMessage, Recipient, UserId};
+use simpletextim_server::store::{
+    Account, AccountInfo, DB_FILE_NAME, OpenError, SCHEMA_VERSION, SqliteStore, Store, StoreError,
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap_or_else(|e| panic!("bad test user id {s:?}: {e:?}"))
+}
+
+fn account(name: &str, created_ms: u64) -> Account {
+    Account {
+        user_id: uid(name),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA${name}"),
+        created_ms,
+    }
+}
+
+fn msg(id: u64, from: &str, to: &str) -> ChatMessage {
+    ChatMessage {
+        user_id: uid(from),
+        message: format!("message {id} from {from}"),
+        to: Recipient::User(uid(to)),
+        id,
+        ts: 1_764_168_000_000 + id,
+    }
+}
+
+fn ids(messages: &[ChatMessage]) -> Vec<u64> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+fn open(dir: &Path, cap: usize) -> Result<SqliteStore, OpenError> {
+    SqliteStore::open(dir, cap)
+}
+
+#[tokio::test]
+async fn accounts_are_created_read_and_unique_case_insensitively() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 10)?;
+    assert_eq!(store.account("alice".into()).await?, None);
+    store.create_account(account("Alice", 42)).await?;
+    assert_eq!(
+        store.account("alice".into()).await?,
+        Some(account("Alice", 42))
+    );
+    let dup = store.create_account(account("ALICE", 43)).await;
+    assert!(
+        matches!(dup, Err(StoreError::AccountExists(ref id)) if id == "ALICE"),
+        "{dup:?}"
+    );
+    // The first spelling and password stay.
+    assert_eq!(
+        store.account("alice".into()).await?,
+        Some(account("Alice", 42))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn enqueue_to_unknown_user_stores_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 10)?;
+    let r = store.enqueue("carol".into(), msg(5, "bob", "carol")).await;
+    assert!(
+        matches!(r, Err(StoreError::NoSuchUser(ref k)) if k == "carol"),
+        "{r:?}"
+    );
+    assert_eq!(store.max_message_id().await?, 0);
+    // An account created later finds an empty mailbox.
+    store.create_account(account("carol", 1)).await?;
+    assert_eq!(store.pending("carol".into()).await?, vec![]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pending_is_oldest_first_and_per_recipient() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 10)?;
+    store.create_account(account("alice", 1)).await?;
+    store.create_account(account("dave", 1)).await?;
+    for (id, to) in [(3, "alice"), (4, "dave"), (7, "alice"), (9, "alice")] {
+        store.enqueue(to.into(), msg(id, "bob", to)).await?;
+    }
+    let alice = store.pending("alice".into()).await?;
+    assert_eq!(
+        alice,
+        vec![
+            msg(3, "bob", "alice"),
+            msg(7, "bob", "alice"),
+            msg(9, "bob", "alice")
+        ]
+    );
+    assert_eq!(ids(&store.pending("dave".into()).await?), [4]);
+    // Reading does not consume.
+    assert_eq!(ids(&store.pending("alice".into()).await?), [3, 7, 9]);
+    assert_eq!(store.max_message_id().await?, 9);
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_delivered_deletes_only_up_to_the_id() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 10)?;
+    store.create_account(account("alice", 1)).await?;
+    store.create_account(account("dave", 1)).await?;
+    for (id, to) in [(1, "alice"), (2, "dave"), (3, "alice"), (4, "alice")] {
+        store.enqueue(to.into(), msg(id, "bob", to)).await?;
+    }
+    store.delete_delivered("alice".into(), 3).await?;
+    assert_eq!(ids(&store.pending("alice".into()).await?), [4]);
+    assert_eq!(ids(&store.pending("dave".into()).await?), [2]);
+    // The per-account count the cap check reads follows inserts and deletes.
+    let counts = |v: Vec<AccountInfo>| -> Vec<(String, u64)> {
+        v.iter()
+            .map(|a| (a.user_id.to_string(), a.pending))
+            .collect()
+    };
+    assert_eq!(
+        counts(store.list_accounts().await?),
+        [("alice".to_owned(), 1), ("dave".to_owned(), 1)]
+    );
+    store.delete_delivered("alice".into(), 4).await?;
+    assert_eq!(store.pending("alice".into()).await?, vec![]);
+    assert_eq!(
+        counts(store.list_accounts().await?),
+        [("alice".to_owned(), 0), ("dave".to_owned(), 1)]
+    );
+    // The high-water mark counts delivered and deleted messages.
+    assert_eq!(store.max_message_id().await?, 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn mailbox_cap_is_exact_and_a_full_mailbox_stores_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 3)?;
+    store.create_account(account("alice", 1)).await?;
+    store.create_account(account("dave", 1)).await?;
+    for id in 1..=3 {
+        store
+            .enqueue("alice".into(), msg(id, "bob", "alice"))
+            .await?;
+    }
+    let full = store.enqueue("alice".into(), msg(4, "bob", "alice")).await;
+    assert!(
+        matches!(full, Err(StoreError::MailboxFull(ref k)) if k == "alice"),
+        "{full:?}"
+    );
+    assert_eq!(ids(&store.pending("alice".into()).await?), [1, 2, 3]);
+    assert_eq!(store.max_message_id().await?, 3);
+    // Another mailbox is not affected.
+    store.enqueue("dave".into(), msg(5, "bob", "dave")).await?;
+    // Delivering frees room.
+    store.delete_delivered("alice".into(), 1).await?;
+    store
+        .enqueue("alice".into(), msg(6, "bob", "alice"))
+        .await?;
+    assert_eq!(ids(&store.pending("alice".into()).await?), [2, 3, 6]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn failures_inside_one_burst_do_not_poison_the_others() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 5)?;
+    store.create_account(account("alice", 1)).await?;
+    store.create_account(account("dave", 1)).await?;
+    // All issued before any is awaited, so they queue together and share transactions.
+    let mut futures = Vec::new();
+    for id in 1..=20u64 {
+        let to = match id % 3 {
+            0 => "alice",
+            1 => "dave",
+            _ => "nobody",
+        };
+        futures.push((id, to, store.enqueue(to.into(), msg(id, "bob", to))));
+    }
+    let (mut ok, mut full, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, to, f) in futures {
+        match f.await {
+            Ok(()) => ok.push(id),
+            Err(StoreError::MailboxFull(k)) if k == to => full.push(id),
+            Err(StoreError::NoSuchUser(k)) if k == to => unknown.push(id),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // alice: 3 6 9 12 15 | 18; dave: 1 4 7 10 13 | 16 19; nobody: the rest.
+    assert_eq!(ok, [1, 3, 4, 6, 7, 9, 10, 12, 13, 15]);
+    assert_eq!(full, [16, 18, 19]);
+    assert_eq!(unknown, [2, 5, 8, 11, 14, 17, 20]);
+    assert_eq!(
+        ids(&store.pending("alice".into()).await?),
+        [3, 6, 9, 12, 15]
+    );
+    assert_eq!(ids(&store.pending("dave".into()).await?), [1, 4, 7, 10, 13]);
+    assert_eq!(store.max_message_id().await?, 15);
+    Ok(())
+}
+
+#[tokio::test]
+async fn everything_survives_reopening_the_directory() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let store = open(dir.path(), 10)?;
+        store.create_account(account("Alice", 11)).await?;
+        store.create_account(account("dave", 12)).await?;
+        for id in [5, 6, 8] {
+            store
+                .enqueue("alice".into(), msg(id, "dave", "Alice"))
+                .await?;
+        }
+        store
+            .enqueue("dave".into(), msg(20, "Alice", "dave"))
+            .await?;
+        store.delete_delivered("dave".into(), 20).await?;
+        // Queued and not awaited: closing must still finish it.
+        let last = store.enqueue("alice".into(), msg(21, "dave", "Alice"));
+        drop(store);
+        last.await?;
+    }
+    let store = open(dir.path(), 10)?;
+    assert_eq!(
+        store.account("alice".into()).await?,
+        Some(account("Alice", 11))
+    );
+    assert_eq!(
+        store.account("dave".into()).await?,
+        Some(account("dave", 12))
+    );
+    assert_eq!(
+        store.pending("alice".into()).await?,
+        vec![
+            msg(5, "dave", "Alice"),
+            msg(6, "dave", "Alice"),
+            msg(8, "dave", "Alice"),
+            msg(21, "dave", "Alice"),
+        ]
+    );
+    assert_eq!(store.pending("dave".into()).await?, vec![]);
+    assert_eq!(store.max_message_id().await?, 21);
+    Ok(())
+}
+
+#[tokio::test]
+async fn administration_lists_changes_deletes_and_backs_up() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 10)?;
+    store.create_account(account("bob", 2)).await?;
+    store.create_account(account("Alice", 1)).await?;
+    store
+        .enqueue("alice".into(), msg(1, "bob", "Alice"))
+        .await?;
+    store
+        .enqueue("alice".into(), msg(2, "bob", "Alice"))
+        .await?;
+    assert_eq!(
+        store.list_accounts().await?,
+        vec![
+            AccountInfo {
+                user_id: uid("Alice"),
+                created_ms: 1,
+                pending: 2
+            },
+            AccountInfo {
+                user_id: uid("bob"),
+                created_ms: 2,
+                pending: 0
+            },
+        ]
+    );
+
+    store
+        .set_password_hash("alice".into(), "$argon2id$new".into())
+        .await?;
+    let alice = store.account("alice".into()).await?;
+    assert_eq!(
+        alice.map(|a| a.password_hash),
+        Some("$argon2id$new".to_owned())
+    );
+    let r = store.set_password_hash("nobody".into(), "x".into()).await;
+    assert!(matches!(r, Err(StoreError::NoSuchUser(_))), "{r:?}");
+
+    // Backup taken now: both accounts and alice's two messages.
+    let backup_dir = tempfile::tempdir()?;
+    let backup = backup_dir.path().join(DB_FILE_NAME);
+    store.backup_to(backup.clone()).await?;
+    // VACUUM INTO refuses to overwrite.
+    let again = store.backup_to(backup.clone()).await;
+    assert!(matches!(again, Err(StoreError::Backend(_))), "{again:?}");
+
+    assert_eq!(store.delete_account("ALICE".to_lowercase()).await?, 2);
+    assert_eq!(store.account("alice".into()).await?, None);
+    assert_eq!(store.pending("alice".into()).await?, vec![]);
+    let r = store.delete_account("alice".into()).await;
+    assert!(matches!(r, Err(StoreError::NoSuchUser(_))), "{r:?}");
+    assert_eq!(store.max_message_id().await?, 2);
+    // A new account of that name does not inherit the old mailbox.
+    store.create_account(account("alice", 3)).await?;
+    assert_eq!(store.pending("alice".into()).await?, vec![]);
+
+    let restored = open(backup_dir.path(), 10)?;
+    assert_eq!(
+        restored
+            .list_accounts()
+            .await?
+            .iter()
+            .map(|a| (a.user_id.to_string(), a.pending))
+            .collect::<Vec<_>>(),
+        [("Alice".to_owned(), 2), ("bob".to_owned(), 0)]
+    );
+    assert_eq!(ids(&restored.pending("alice".into()).await?), [1, 2]);
+    assert_eq!(restored.max_message_id().await?, 2);
+    Ok(())
+}
+
+#[test]
+fn an_empty_directory_is_created_and_migrated() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("not").join("there").join("yet");
+    let store = open(&dir, 10)?;
+    assert_eq!(store.path(), dir.join(DB_FILE_NAME));
+    drop(store);
+    let conn = Connection::open(dir.join(DB_FILE_NAME))?;
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    assert_eq!(version, SCHEMA_VERSION);
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(tables, ["accounts", "mailbox", "meta"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_empty_database_file_is_version_zero_and_migrates() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // What an interrupted first start can leave: the file exists, no schema yet.
+    std::fs::write(dir.path().join(DB_FILE_NAME), b"")?;
+    let store = open(dir.path(), 10)?;
+    store.create_account(account("alice", 1)).await?;
+    assert_eq!(store.max_message_id().await?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_clear_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?;
+    }
+    let err = open(dir.path(), 10).map(drop).err();
+    assert!(
+        matches!(err, Some(OpenError::TooNew { found, supported, .. })
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{err:?}"
+    );
+    let text = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("newer"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    Ok(())
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_created_is_a_clear_error() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let file = tmp.path().join("file.txt");
+    std::fs::write(&file, b"not a directory")?;
+    // Even root cannot create a directory below a regular file.
+    let dir = file.join("sub");
+    let err = open(&dir, 10).map(drop).err();
+    assert!(matches!(err, Some(OpenError::CreateDir { .. })), "{err:?}");
+    let text = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.starts_with("cannot create data directory "), "{text}");
+    assert!(text.contains("file.txt/sub"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    Ok(())
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_clear_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join(DB_FILE_NAME),
+        "this is no SQLite file, but long enough to have a header ...................",
+    )?;
+    let err = open(dir.path(), 10).map(drop).err();
+    assert!(matches!(err, Some(OpenError::Database { .. })), "{err:?}");
+    let text = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.starts_with("cannot open database "), "{text}");
+    assert!(text.contains(DB_FILE_NAME), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_enqueues_all_land() -> TestResult {
+    const USERS: u64 = 8;
+    const PER_USER: u64 = 250;
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(open(dir.path(), PER_USER as usize)?);
+    for u in 0..USERS {
+        store.create_account(account(&format!("u{u}"), u)).await?;
+    }
+    let mut tasks = Vec::new();
+    for u in 0..USERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let to = format!("u{u}");
+            let mut futures = Vec::new();
+            for i in 0..PER_USER {
+                let id = 1 + i * USERS + u;
+                futures.push(store.enqueue(to.clone(), msg(id, "bob", &to)));
+                // Let the other tasks interleave their calls with ours.
+                if i % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            for f in futures {
+                f.await?;
+            }
+            Ok::<(), StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    for u in 0..USERS {
+        let got = ids(&store.pending(format!("u{u}")).await?);
+        let want: Vec<u64> = (0..PER_USER).map(|i| 1 + i * USERS + u).collect();
+        assert_eq!(got, want, "mailbox of u{u}");
+    }
+    assert_eq!(store.max_message_id().await?, USERS * PER_USER);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operation_sees_every_operation_called_before_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(open(dir.path(), 1000)?);
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("user{t}");
+            // Not awaited before the next call: the call order alone must decide.
+            let created = store.create_account(account(&name, t));
+            let mut last = Vec::new();
+            for i in 0..100u64 {
+                let id = 1 + t * 1000 + i;
+                let enqueued = store.enqueue(name.clone(), msg(id, "bob", &name));
+                let seen = store.pending(name.clone());
+                let deleted = if i % 10 == 9 {
+                    Some(store.delete_delivered(name.clone(), id))
+                } else {
+                    None
+                };
+                let after_delete = store.pending(name.clone());
+                enqueued.await?;
+                let seen = ids(&seen.await?);
+                if seen.last() != Some(&id) {
+                    return Err(format!("{name}: pending after enqueue {id} saw {seen:?}").into());
+                }
+                if let Some(d) = deleted {
+                    d.await?;
+                    let rest = after_delete.await?;
+                    if !rest.is_empty() {
+                        return Err(format!("{name}: left after delete: {rest:?}").into());
+                    }
+                } else {
+                    last = ids(&after_delete.await?);
+                }
+            }
+            created.await?;
+            Ok::<Vec<u64>, Box<dyn std::error::Error + Send + Sync>>(last)
+        }));
+    }
+    for (t, task) in tasks.into_iter().enumerate() {
+        let last = task.await?.map_err(|e| e.to_string())?;
+        // After the last delete (i = 99) the final non-delete read was at i = 98.
+        let base = 1 + t as u64 * 1000;
+        assert_eq!(last, (base + 90..=base + 98).collect::<Vec<_>>());
+    }
+    Ok(())
+}
+
+/// Set in the child process of [`an_acknowledged_write_survives_sigkill`].
+const CHILD_DIR_VAR: &str = "SIMPLETEXTIM_STORE_SIGKILL_CHILD_DIR";
+const COMMITTED: &str = "STORE-CHILD-COMMITTED";
+
+/// The child half of [`an_acknowledged_write_survives_sigkill`]: a no-op in a normal run.
+/// With the variable set, it stores an account and a message, says so on stdout, and
+/// then blocks on stdin until the parent kills it.
+#[test]
+fn sigkill_child_writer() -> TestResult {
+    let Some(dir) = std::env::var_os(CHILD_DIR_VAR) else {
+        return Ok(());
+    };
+    let store = open(Path::new(&dir), 10)?;
+    futures::executor::block_on(async {
+        store.create_account(account("alice", 1)).await?;
+        store.enqueue("alice".into(), msg(77, "bob", "alice")).await
+    })?;
+    println!("{COMMITTED}");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    // Never returns normally: no destructor, no clean close of the database.
+    let mut sink = String::new();
+    std::io::stdin().read_line(&mut sink)?;
+    std::process::abort();
+}
+
+#[test]
+fn an_acknowledged_write_survives_sigkill() -> TestResult {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "sigkill_child_writer",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_VAR, dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no child stdout")?;
+    let mut committed = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        // libtest may print "test NAME ... " before it on the same line.
+        if line?.contains(COMMITTED) {
+            committed = true;
+            break;
+        }
+    }
+    // SIGKILL on Unix, with the store thread still running and the database open.
+    child.kill()?;
+    child.wait()?;
+    assert!(committed, "the child never reported its commit");
+
+    let store = open(dir.path(), 10)?;
+    futures::executor::block_on(async {
+        assert_eq!(
+            store.account("alice".into()).await?,
+            Some(account("alice", 1))
+        );
+        assert_eq!(
+            store.pending("alice".into()).await?,
+            vec![msg(77, "bob", "alice")]
+        );
+        assert_eq!(store.max_message_id().await?, 77);
+        Ok(())
+    })
+}
