@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use simpletextim_proto::{
-    ChatMessage, Client, ClientError, ClientReceiver, ClientSender, Command, ErrorCode, Password,
-    Reply, UserId,
+    ChatMessage, Client, ClientError, ClientReceiver, ClientSender, CodecError, Command, ErrorCode,
+    Password, Reply, UserId,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -190,10 +190,22 @@ async fn session(
     events: &mpsc::Sender<Event>,
 ) -> End {
     let mut taken_over: Option<String> = None;
+    // A frame that is not a reply we know (a newer server's extension) is skipped, not
+    // fatal. The frame reader reports it as an error followed by one end-of-stream that
+    // is not real, so that one is skipped too. (Frames already buffered behind it then
+    // wait for the next bytes from the socket: a tolerant decoder in the proto crate
+    // would do better.)
+    let mut skip_end = false;
     loop {
         tokio::select! {
             reply = rx.next() => match reply {
+                Some(Err(ClientError::Codec(CodecError::InvalidReply(e)))) => {
+                    warn!(error = %e, "skipping a reply this client does not know");
+                    skip_end = true;
+                }
+                None if skip_end => skip_end = false,
                 Some(Ok(reply)) => {
+                    skip_end = false;
                     if let Reply::Fail { fail } = &reply
                         && fail.error_code == ErrorCode::Conflict
                     {
