@@ -959,7 +959,7 @@ impl App {
             text: sanitize(&m.message),
         };
         self.push_entry(index, entry, true);
-        if index != self.active || pending {
+        if (index != self.active || pending) && !own {
             let conv = &mut self.conversations[index];
             conv.unread += 1;
             if !own && (private || mention) {

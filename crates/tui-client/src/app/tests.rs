@@ -356,6 +356,11 @@ fn commands() {
     assert_eq!(app.active, 0, "/msg does not switch");
     messages(&mut app, vec![msg("alice", "bob", "hi there", 1)]);
     assert_eq!(app.input.text(), "");
+    assert_eq!(
+        names(&app)[1],
+        ("bob".into(), 0, false),
+        "our own line is not unread"
+    );
 
     assert_eq!(
         enter(&mut app, "/list"),
