@@ -89,13 +89,18 @@ impl Report {
     pub fn human(&self) -> String {
         let l = &self.latency_us;
         if self.workload == "conns" {
-            let per = self.extra.get("bytes_per_conn").and_then(serde_json::Value::as_f64);
+            let per = self
+                .extra
+                .get("bytes_per_conn")
+                .and_then(serde_json::Value::as_f64);
             return format!(
                 "conns: {} connections logged in in {:.3} s ({:.0}/s); server RSS per connection: {}",
                 self.clients,
                 self.login_s,
                 self.logins_per_s,
-                per.map_or("unknown (no --server-pid)".to_owned(), |b| format!("{b:.0} bytes")),
+                per.map_or("unknown (no --server-pid)".to_owned(), |b| format!(
+                    "{b:.0} bytes"
+                )),
             );
         }
         let mut s = format!(

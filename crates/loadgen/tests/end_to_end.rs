@@ -1,0 +1,137 @@
+//! The workloads against the real server library on `127.0.0.1:0`, with small counts: every
+//! message expected arrives, and the figures add up. Not a benchmark: nothing is timed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use simpletextim_loadgen::net::Bind;
+use simpletextim_loadgen::report::Report;
+use simpletextim_loadgen::workload::Common;
+use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
+use simpletextim_loadgen::workload::offline::{self, OfflineOpts};
+use simpletextim_loadgen::workload::presence::{self, PresenceOpts};
+use simpletextim_server::{Config, MemoryStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+async fn server() -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        insecure_fast_hash: true,
+        rate_limit: None,
+        store: Arc::new(MemoryStore::new(1000)),
+        ..Config::default()
+    };
+    tokio::spawn(simpletextim_server::run(listener, config, shutdown.clone()));
+    (addr, shutdown)
+}
+
+fn common(server: SocketAddr, prefix: &str) -> Common {
+    Common {
+        server,
+        prefix: prefix.to_owned(),
+        timeout: Duration::from_secs(30),
+        login_concurrency: 8,
+        size: 40,
+        settle: Duration::from_millis(50),
+        bind: Bind::Any,
+    }
+}
+
+fn assert_complete(r: &Report) {
+    assert!(!r.timed_out, "{}", r.to_json_line());
+    assert_eq!(r.delivered, r.expected, "{}", r.to_json_line());
+    assert_eq!(r.lost, 0);
+    assert_eq!(r.out_of_order, 0);
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert_eq!(r.disconnected, 0);
+    assert_eq!(r.latency_us.count, r.delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_flood_and_open_loop_deliver_everything() {
+    let (addr, shutdown) = server().await;
+    let flood = FanoutOpts {
+        clients: 20,
+        senders: 3,
+        messages: 25,
+        window: 4,
+        rate: None,
+    };
+    let r = chat::fanout(&common(addr, "ff"), &flood).await.unwrap();
+    assert_complete(&r);
+    assert_eq!((r.clients, r.sent, r.expected), (20, 75, 20 * 75));
+    assert_eq!(r.extra["echoes"], 75);
+
+    let open = FanoutOpts {
+        rate: Some(200.0),
+        messages: 5,
+        ..flood
+    };
+    let r = chat::fanout(&common(addr, "fo"), &open).await.unwrap();
+    assert_complete(&r);
+    assert_eq!((r.sent, r.expected), (15, 20 * 15));
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_messages_reach_their_recipients() {
+    let (addr, shutdown) = server().await;
+    let o = PrivateOpts {
+        clients: 10,
+        messages: 12,
+        window: 3,
+    };
+    let r = chat::private(&common(addr, "pv"), &o).await.unwrap();
+    assert_complete(&r);
+    // Every message is delivered twice: to its recipient and as the sender's echo.
+    assert_eq!((r.sent, r.expected), (120, 240));
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_views_end_correct() {
+    let (addr, shutdown) = server().await;
+    let o = PresenceOpts {
+        clients: 15,
+        churn: 6,
+        churn_secs: 0.3,
+        senders: 2,
+        rate: 40.0,
+        chat_secs: 0.5,
+    };
+    let r = presence::run(&common(addr, "pr"), &o).await.unwrap();
+    assert_complete(&r);
+    assert_eq!(r.extra["views_correct"], 15);
+    assert_eq!(r.extra["views_wrong"], 0);
+    assert_eq!(r.extra["list_len"], 15);
+    assert_eq!(r.extra["churn_logins"], 6);
+    assert_eq!(r.extra["presence_errors"], 0);
+    // Each online client saw each churning user leave once.
+    assert_eq!(r.extra["left_seen"], 15 * 6);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_mailboxes_are_delivered_at_login() {
+    let (addr, shutdown) = server().await;
+    let o = OfflineOpts {
+        recipients: 6,
+        senders: 2,
+        messages: 30,
+        window: 8,
+    };
+    let r = offline::run(&common(addr, "of"), &o).await.unwrap();
+    assert_complete(&r);
+    assert_eq!(r.sent, 60);
+    assert_eq!(r.extra["stored"], 60);
+    assert_eq!(r.extra["mailbox_delivered"], 60);
+    assert_eq!(r.extra["mailbox_lost"], 0);
+    assert_eq!(r.extra["mailbox_max"], 10);
+    shutdown.cancel();
+}
