@@ -86,34 +86,65 @@ pub fn write_text(out: &mut Vec<u8>, marker: Marker, len: usize) {
     }
 }
 
-/// Parses an unsigned decimal number at the start of `s`, ending at `end`. Returns the
-/// number and the bytes after `end`.
-fn number(s: &[u8], end: u8) -> Option<(u64, &[u8])> {
+/// Parses an unsigned decimal number (1 to 19 digits, so it cannot overflow) at the start
+/// of `s`, which must be followed by `end`. Returns the number and how many bytes it and
+/// `end` took.
+#[inline]
+fn number(s: &[u8], end: u8) -> Option<(u64, usize)> {
     let mut n: u64 = 0;
-    for (i, &b) in s.iter().enumerate().take(21) {
-        match b {
-            b'0'..=b'9' => n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?,
-            _ if b == end && i > 0 => return Some((n, &s[i + 1..])),
-            _ => return None,
+    let mut i = 0;
+    while i < s.len() {
+        let d = s[i].wrapping_sub(b'0');
+        if d > 9 {
+            break;
         }
+        if i == 19 {
+            return None; // a 20th digit could overflow
+        }
+        n = n * 10 + u64::from(d);
+        i += 1;
     }
-    None
+    if i == 0 || s.get(i) != Some(&end) {
+        return None;
+    }
+    Some((n, i + 1))
 }
 
 /// Reads a marker at the start of a message text (the bytes right after `"message":"`).
+#[inline]
 pub fn parse_marker(text: &[u8]) -> Option<Marker> {
-    let rest = text.strip_prefix(b"~")?;
-    let (sender, rest) = number(rest, b'~')?;
-    let (seq, rest) = number(rest, b'~')?;
-    let (sent_us, _) = number(rest, b'~')?;
-    Some(Marker {
-        sender: u32::try_from(sender).ok()?,
-        seq: u32::try_from(seq).ok()?,
-        sent_us,
-    })
+    parse_marker_len(text).map(|(m, _)| m)
+}
+
+/// Reads a marker and returns its length in bytes too.
+#[inline]
+fn parse_marker_len(text: &[u8]) -> Option<(Marker, usize)> {
+    if text.first() != Some(&b'~') {
+        return None;
+    }
+    let mut at = 1;
+    let (sender, n) = number(&text[at..], b'~')?;
+    at += n;
+    let (seq, n) = number(&text[at..], b'~')?;
+    at += n;
+    let (sent_us, n) = number(&text[at..], b'~')?;
+    at += n;
+    Some((
+        Marker {
+            sender: u32::try_from(sender).ok()?,
+            seq: u32::try_from(seq).ok()?,
+            sent_us,
+        },
+        at,
+    ))
 }
 
 /// Finds the chat messages of a `message` frame. Build one per task and reuse it.
+///
+/// After a marker it jumps to the next `"` (a one-byte search, much cheaper than the
+/// substring search) instead of searching through the rest of the text. That quote is at
+/// or before the end of the text (an escaped one comes earlier), so no key is skipped and
+/// the count stays exact.
 #[derive(Debug, Clone)]
 pub struct MessageScanner {
     finder: memmem::Finder<'static>,
@@ -135,11 +166,24 @@ impl MessageScanner {
 
     /// Calls `each` once per chat message in the frame, with its marker if the text starts
     /// with one; returns how many messages there were.
+    #[inline]
     pub fn for_each(&self, frame: &[u8], mut each: impl FnMut(Option<Marker>)) -> usize {
         let mut n = 0;
-        for at in self.finder.find_iter(frame) {
+        let mut pos = 0;
+        while let Some(found) = self.finder.find(&frame[pos..]) {
             n += 1;
-            each(parse_marker(&frame[at + KEY_MESSAGE.len()..]));
+            let text = pos + found + KEY_MESSAGE.len();
+            match parse_marker_len(&frame[text..]) {
+                Some((marker, len)) => {
+                    each(Some(marker));
+                    let after = text + len;
+                    pos = memchr::memchr(b'"', &frame[after..]).map_or(frame.len(), |q| after + q);
+                }
+                None => {
+                    each(None);
+                    pos = text;
+                }
+            }
         }
         n
     }
@@ -240,6 +284,15 @@ mod tests {
     }
 
     #[test]
+    fn escaped_quotes_and_fake_keys_inside_a_text_are_not_messages() {
+        let tricky = br#"{"command":"message","messages":[{"user_id":"a","message":"~1~2~3~\"message\":\"~4~5~6~","to":"*"},{"user_id":"b","message":"~7~8~9~","to":"*"}]}"#;
+        let mut senders = Vec::new();
+        let n = MessageScanner::new().for_each(tricky, |m| senders.push(m.map(|m| m.sender)));
+        assert_eq!(n, 2);
+        assert_eq!(senders, vec![Some(1), Some(7)]);
+    }
+
+    #[test]
     fn text_round_trips_through_the_marker() {
         let marker = Marker {
             sender: 9,
@@ -262,6 +315,13 @@ mod tests {
         assert_eq!(parse_marker(b"~1~2~3"), None);
         assert_eq!(parse_marker(b"~99999999999~2~3~"), None);
         assert_eq!(parse_marker(b"~1~2~99999999999999999999999~"), None);
+        assert_eq!(parse_marker(b"~1~2~99999999999999999999~"), None);
+        assert_eq!(
+            parse_marker(b"~1~2~9999999999999999999~").map(|m| m.sent_us),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(parse_marker(b""), None);
+        assert_eq!(parse_marker(b"~1~2~3"), None);
     }
 
     #[test]
