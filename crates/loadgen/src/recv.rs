@@ -25,8 +25,14 @@ pub struct Shared {
     pub base: Instant,
     /// Latency of every delivered message.
     pub latency: SharedHistogram,
-    /// Latency of messages sent inside [`Shared::window_us`] (presence: during the churn).
+    /// Latency of messages sent inside the window below (presence: during the churn).
     pub latency_in_window: SharedHistogram,
+    /// Open loop: latency from when each message was actually written rather than
+    /// scheduled (without the load generator's own send lag).
+    pub latency_from_write: SharedHistogram,
+    /// Open loop: how late each send left after its scheduled time (the load generator's
+    /// own timer lag, part of the latency it reports), in microseconds.
+    pub send_lag: SharedHistogram,
     /// Start of the send-time window, in microseconds since `base`, whose messages also go
     /// to `latency_in_window` (presence: the churn); both 0 for none.
     pub window_from_us: AtomicU64,
@@ -49,6 +55,8 @@ impl Shared {
             base: Instant::now(),
             latency: SharedHistogram::new(),
             latency_in_window: SharedHistogram::new(),
+            send_lag: SharedHistogram::new(),
+            latency_from_write: SharedHistogram::new(),
             window_from_us: AtomicU64::new(0),
             window_to_us: AtomicU64::new(0),
             remaining: AtomicUsize::new(receivers),
@@ -206,6 +214,7 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
     let scanner = MessageScanner::new();
     let mut latency = shared.latency.recorder();
     let mut latency_in_window = shared.latency_in_window.recorder();
+    let mut latency_from_write = shared.latency_from_write.recorder();
     let mut last_seq = vec![u32::MAX; expect.senders];
     let mut view = expect.churn.as_ref().map(|c| View::new(c.users));
     let mut seen = Seen::default();
@@ -265,6 +274,9 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
                     if m.sent_us >= win_from && m.sent_us < win_to {
                         latency_in_window.record(us);
                     }
+                    if m.written_us != 0 {
+                        latency_from_write.record(now.saturating_sub(m.written_us));
+                    }
                     if Some(m.sender) == expect.me {
                         echoes += 1;
                     }
@@ -320,6 +332,7 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
     }
     latency.flush();
     latency_in_window.flush();
+    latency_from_write.flush();
     seen
 }
 

@@ -15,8 +15,9 @@
 //! # The marker
 //! Every message the load generator sends starts with `~SENDER~SEQ~MICROS~`: the sender's
 //! index, the message's sequence number from that sender, and when it was sent (or, open
-//! loop, scheduled), in microseconds since the run's base instant. Padding (`x`) makes the
-//! text the requested length. Only ASCII, so the server never escapes it.
+//! loop, scheduled), in microseconds since the run's base instant. Open loop adds
+//! `WRITTEN~`, when the message was actually written. Padding (`x`) makes the text the
+//! requested length. Only ASCII, so the server never escapes it.
 
 use memchr::memmem;
 
@@ -72,6 +73,8 @@ pub struct Marker {
     pub seq: u32,
     /// When it was sent (or scheduled), in microseconds since the run's base instant.
     pub sent_us: u64,
+    /// Open loop: when it was actually written (at or after `sent_us`); 0 when absent.
+    pub written_us: u64,
 }
 
 /// Writes a message text: the marker, then `x` up to `len` bytes (the marker alone when it
@@ -81,6 +84,9 @@ pub fn write_text(out: &mut Vec<u8>, marker: Marker, len: usize) {
     out.clear();
     // Writing to a Vec cannot fail.
     let _ = write!(out, "~{}~{}~{}~", marker.sender, marker.seq, marker.sent_us);
+    if marker.written_us != 0 {
+        let _ = write!(out, "{}~", marker.written_us);
+    }
     if out.len() < len {
         out.resize(len, b'x');
     }
@@ -129,11 +135,18 @@ fn parse_marker_len(text: &[u8]) -> Option<(Marker, usize)> {
     at += n;
     let (sent_us, n) = number(&text[at..], b'~')?;
     at += n;
+    let mut written_us = 0;
+    if text.get(at).is_some_and(u8::is_ascii_digit) {
+        let (w, n) = number(&text[at..], b'~')?;
+        written_us = w;
+        at += n;
+    }
     Some((
         Marker {
             sender: u32::try_from(sender).ok()?,
             seq: u32::try_from(seq).ok()?,
             sent_us,
+            written_us,
         },
         at,
     ))
@@ -268,7 +281,8 @@ mod tests {
                 Some(Marker {
                     sender: 1,
                     seq: 0,
-                    sent_us: 1500
+                    sent_us: 1500,
+                    written_us: 0
                 }),
                 // An escaped quote inside a text is not a key: still three messages, and
                 // this text has no marker at its start.
@@ -276,7 +290,8 @@ mod tests {
                 Some(Marker {
                     sender: 12,
                     seq: 34,
-                    sent_us: 5_678_901_234
+                    sent_us: 5_678_901_234,
+                    written_us: 0
                 }),
             ]
         );
@@ -298,6 +313,7 @@ mod tests {
             sender: 9,
             seq: 199,
             sent_us: 123_456,
+            written_us: 0,
         };
         let mut text = Vec::new();
         write_text(&mut text, marker, 40);
@@ -305,6 +321,13 @@ mod tests {
         assert_eq!(parse_marker(&text), Some(marker));
         write_text(&mut text, marker, 3);
         assert_eq!(text, b"~9~199~123456~");
+        let open_loop = Marker {
+            written_us: 123_789,
+            ..marker
+        };
+        write_text(&mut text, open_loop, 24);
+        assert_eq!(text, b"~9~199~123456~123789~xxx");
+        assert_eq!(parse_marker(&text), Some(open_loop));
     }
 
     #[test]

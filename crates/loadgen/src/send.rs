@@ -74,6 +74,7 @@ pub async fn send(writer: &mut OwnedWriteHalf, plan: &Plan, shared: &Shared) -> 
     let mut to = Vec::with_capacity(40);
     let mut seq = 0u32;
     let base = tokio::time::Instant::from_std(shared.base);
+    let mut lag = shared.send_lag.recorder();
     while seq < plan.count {
         let (n, sent_us) = match &plan.pace {
             Pace::Window(window) => {
@@ -108,11 +109,16 @@ pub async fn send(writer: &mut OwnedWriteHalf, plan: &Plan, shared: &Shared) -> 
                 (1, due.saturating_duration_since(base).as_micros() as u64)
             }
         };
+        let written_us = match plan.pace {
+            Pace::Schedule { .. } => shared.now_us().max(1),
+            Pace::Window(_) => 0,
+        };
         for i in 0..n {
             let marker = Marker {
                 sender: plan.me,
                 seq: seq + i,
                 sent_us,
+                written_us,
             };
             write_text(&mut text, marker, plan.size);
             to.clear();
@@ -133,6 +139,9 @@ pub async fn send(writer: &mut OwnedWriteHalf, plan: &Plan, shared: &Shared) -> 
             .write_all(&buf)
             .await
             .map_err(|e| Error::io("cannot send", e))?;
+        if let Pace::Schedule { .. } = plan.pace {
+            lag.record(shared.now_us().saturating_sub(sent_us));
+        }
         buf.clear();
         seq += n;
     }

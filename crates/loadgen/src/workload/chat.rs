@@ -231,6 +231,16 @@ async fn run_chat(
     );
     report.latency_us = shared.latency.summary();
     report.set("echoes", seen.echoes);
+    if report.rate.is_some() {
+        report.set(
+            "send_lag_us",
+            serde_json::to_value(shared.send_lag.summary()).unwrap_or_default(),
+        );
+        report.set(
+            "latency_from_write_us",
+            serde_json::to_value(shared.latency_from_write.summary()).unwrap_or_default(),
+        );
+    }
     if let Some(e) = send_error {
         report.set("send_error", e.to_string());
     }

@@ -180,6 +180,14 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
         "latency_during_churn_us",
         serde_json::to_value(shared.latency_in_window.summary()).unwrap_or_default(),
     );
+    report.set(
+        "send_lag_us",
+        serde_json::to_value(shared.send_lag.summary()).unwrap_or_default(),
+    );
+    report.set(
+        "latency_from_write_us",
+        serde_json::to_value(shared.latency_from_write.summary()).unwrap_or_default(),
+    );
     report.set("churn", o.churn);
     report.set("churn_secs", o.churn_secs);
     report.set("churn_logins", churned.logins);
