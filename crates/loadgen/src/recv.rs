@@ -44,6 +44,9 @@ pub struct Shared {
     pub all_done: Notify,
     /// Cancelled to stop every receiver.
     pub stop: CancellationToken,
+    /// `joined` notices received by all receivers together (to know when a login storm has
+    /// drained: N logins make exactly N(N−1)/2 of them).
+    pub joined_seen: AtomicU64,
     /// The length of the last `list` reply any receiver saw, or -1.
     pub last_list: AtomicI64,
 }
@@ -62,6 +65,7 @@ impl Shared {
             remaining: AtomicUsize::new(receivers),
             all_done: Notify::new(),
             stop: CancellationToken::new(),
+            joined_seen: AtomicU64::new(0),
             last_list: AtomicI64::new(-1),
         })
     }
@@ -298,6 +302,7 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
                 let joined = kind == Kind::Joined;
                 if joined {
                     seen.joined += 1;
+                    shared.joined_seen.fetch_add(1, Ordering::Relaxed);
                 } else {
                     seen.left += 1;
                 }

@@ -209,8 +209,14 @@ impl MessageScanner {
 
 /// The `user_id` of a `joined` or `left` frame.
 pub fn user_id(frame: &[u8]) -> Option<&[u8]> {
-    let at = memmem::find(frame, KEY_USER_ID)? + KEY_USER_ID.len();
-    let rest = &frame[at..];
+    // The server's layout first (no search), any key order second.
+    let rest = match frame
+        .strip_prefix(br#"{"command":"joined","user_id":""#)
+        .or_else(|| frame.strip_prefix(br#"{"command":"left","user_id":""#))
+    {
+        Some(rest) => rest,
+        None => &frame[memmem::find(frame, KEY_USER_ID)? + KEY_USER_ID.len()..],
+    };
     let end = memchr::memchr(b'"', rest)?;
     Some(&rest[..end])
 }
@@ -352,6 +358,14 @@ mod tests {
         assert_eq!(
             user_id(br#"{"command":"joined","user_id":"lgc17"}"#),
             Some(&b"lgc17"[..])
+        );
+        assert_eq!(
+            user_id(br#"{"command":"left","user_id":"a.b"}"#),
+            Some(&b"a.b"[..])
+        );
+        assert_eq!(
+            user_id(br#"{"user_id":"x_1","command":"left"}"#),
+            Some(&b"x_1"[..])
         );
         assert_eq!(
             error_code(br#"{"command":"fail","fail":{"error_code":429,"reason":"slow down"}}"#),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::{BUSY_READ_BUFFER, Common, Rng, finish, join_senders, login_all, secs, spawn_senders};
+use super::{
+    BUSY_READ_BUFFER, Common, Rng, finish, join_senders, login_all, secs, settle, spawn_senders,
+};
 use crate::net::Error;
 use crate::recv::{Expect, Shared};
 use crate::report::Report;
@@ -200,7 +202,8 @@ async fn run_chat(
     report.size = common.size;
     report.login_s = secs(login);
     report.logins_per_s = n as f64 / secs(login).max(1e-9);
-    tokio::time::sleep(common.settle).await;
+    let settled = settle(common, shared, n, deadline).await;
+    report.set("settle_s", secs(settled));
 
     // Open-loop schedules begin a little after now, the same instant for every sender.
     let start_at = tokio::time::Instant::now() + Duration::from_millis(5);

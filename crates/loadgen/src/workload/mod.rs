@@ -36,7 +36,7 @@ pub struct Common {
     pub login_concurrency: usize,
     /// Text length in bytes.
     pub size: usize,
-    /// Pause between the logins and the first message, for `joined` notices to drain.
+    /// Pause between the logins (and their `joined` notices) and the first message.
     pub settle: Duration,
     /// Where client sockets are bound.
     pub bind: Bind,
@@ -130,6 +130,30 @@ pub async fn finish(shared: &Shared, clients: Vec<Client>) -> (Seen, u64, usize)
         drop(writer);
     }
     (total, closed, views_ok)
+}
+
+/// Waits until the `joined` notices of `n` logins have all arrived (exactly n(n−1)/2: each
+/// pair of clients makes one, to whichever logged in first), bounded by `deadline`, then
+/// `common.settle` more; returns how long it waited. Without this, a run's first messages
+/// would compete with the tail of its own login storm.
+pub async fn settle(
+    common: &Common,
+    shared: &Shared,
+    n: usize,
+    deadline: tokio::time::Instant,
+) -> Duration {
+    let t = Instant::now();
+    let all = (n as u64) * (n as u64).saturating_sub(1) / 2;
+    while shared
+        .joined_seen
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < all
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(common.settle).await;
+    t.elapsed()
 }
 
 /// Sender tasks, each holding its client's write half while it runs.

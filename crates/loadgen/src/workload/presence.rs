@@ -95,7 +95,7 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
         .collect();
     let (mut clients, login) =
         login_all(common, users, &shared, BUSY_READ_BUFFER, deadline).await?;
-    tokio::time::sleep(common.settle).await;
+    let settled = super::settle(common, &shared, n, deadline).await;
 
     let start_at = tokio::time::Instant::now() + Duration::from_millis(5);
     for p in &mut plans {
@@ -188,6 +188,7 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
         "latency_from_write_us",
         serde_json::to_value(shared.latency_from_write.summary()).unwrap_or_default(),
     );
+    report.set("settle_s", secs(settled));
     report.set("churn", o.churn);
     report.set("churn_secs", o.churn_secs);
     report.set("churn_logins", churned.logins);
