@@ -369,6 +369,15 @@ impl Server {
     }
 }
 
+/// User + system CPU seconds from a `/proc/PID/stat` text (fields 14 and 15, in clock ticks
+/// of 1/100 s).
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// The address in a tracing line `… listening on 127.0.0.1:40349`.
 fn listening_addr(log: &str) -> Option<String> {
     let at = log.find("listening on ")? + "listening on ".len();
@@ -493,7 +502,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             n += 1;
             eprintln!("== {} (run {} of {})", s.id, k + 1, s.runs);
             let mut server = Server::start(&server_bin, &work, n, with_data)?;
-            let r = run_loadgen(&loadgen_bin, &server, &s, "lg");
+            let t = Instant::now();
+            let mut r = run_loadgen(&loadgen_bin, &server, &s, "lg");
+            let wall = t.elapsed().as_secs_f64();
+            // The server's CPU over the run, to set beside the load generator's own.
+            let cpu = fs::read_to_string(format!("/proc/{}/stat", server.pid()))
+                .ok()
+                .and_then(|stat| cpu_seconds(&stat));
+            if let Ok(Value::Object(o)) = &mut r {
+                o.insert("wall_s".into(), json!(wall));
+                if let Some(cpu) = cpu {
+                    o.insert("server_cpu_s".into(), json!(cpu));
+                }
+            }
             server.stop();
             let _ = fs::remove_file(&server.log);
             match r {
@@ -1029,6 +1050,36 @@ fn markdown(doc: &Value) -> String {
         );
     }
 
+    // CPU split.
+    let _ = writeln!(s, "### Who uses the CPU\n");
+    let _ = writeln!(
+        s,
+        "CPU seconds of the server and of the load generator over the median run (logins included), against its wall time; 2 cores give 2 CPU seconds per second. Where the load generator's share is large, the figures are the machine's with both on it, not the server's alone.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| scenario | wall s | server CPU s | load generator CPU s | load generator share |\n|---|---|---|---|---|"
+    );
+    if let Some(all) = doc["scenarios"].as_array() {
+        for sc in all {
+            let r = &sc["median"];
+            let (Some(wall), Some(server), Some(lg)) = (
+                num(r, "/wall_s"),
+                num(r, "/server_cpu_s"),
+                num(r, "/loadgen_cpu_s"),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {wall:.1} | {server:.1} | {lg:.1} | {:.0} % |",
+                sc["id"].as_str().unwrap_or(""),
+                100.0 * lg / (server + lg).max(1e-9)
+            );
+        }
+    }
+    s.push('\n');
+
     // Commands.
     let _ = writeln!(s, "### Exact commands\n");
     let _ = writeln!(
@@ -1313,6 +1364,13 @@ mod tests {
         let runs = vec![run(3e6, 5), json!({"error": "x"}), run(2e6, 7)];
         assert_eq!(median_index(&runs, Metric::DeliveriesPerS), Some(2));
         assert_eq!(median_index(&[], Metric::P99), None);
+    }
+
+    #[test]
+    fn reads_cpu_seconds() {
+        let stat = "77 (simpletextim-se) S 1 77 77 0 -1 4194560 2000 0 0 0 1234 66 0 0 20 0 3";
+        assert_eq!(cpu_seconds(stat), Some(13.0));
+        assert_eq!(cpu_seconds("77 (x) S"), None);
     }
 
     #[test]

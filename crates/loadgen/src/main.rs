@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use simpletextim_loadgen::net::{self, Bind};
 use simpletextim_loadgen::report::Report;
+use simpletextim_loadgen::stats;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
 use simpletextim_loadgen::workload::{Common, conns, offline, presence};
 
@@ -173,5 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
     });
     // Idle sockets and their tasks need not be waited for.
     rt.shutdown_timeout(Duration::from_millis(100));
-    Ok(report?)
+    let mut report = report?;
+    if let (Some(r), Some(cpu)) = (&mut report, stats::own_cpu_seconds()) {
+        // Its own share of the machine: is the load generator what saturates?
+        r.set("loadgen_cpu_s", cpu);
+    }
+    Ok(report)
 }

@@ -150,6 +150,29 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
     }
 }
 
+/// Clock ticks per second of `/proc/PID/stat` times (`CLK_TCK`, 100 on Linux).
+pub const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU seconds (user + system) a process used, from a `/proc/PID/stat` text; with
+/// `children`, those of its waited-for children too.
+pub fn parse_cpu_seconds(stat: &str, children: bool) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14–17 of the file (utime, stime, cutime, cstime) are 11–14 after the name.
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let mut ticks = tick(11)? + tick(12)?;
+    if children {
+        ticks += tick(13)? + tick(14)?;
+    }
+    Some(ticks as f64 / CLOCK_TICKS)
+}
+
+/// CPU seconds this process and its waited-for children used so far.
+pub fn own_cpu_seconds() -> Option<f64> {
+    parse_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?, true)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -197,6 +220,15 @@ mod tests {
         assert_eq!(s.p50, 1);
         // 3 significant digits: the bucket of MAX_US reports a value within 0.1 %.
         assert!(s.max >= MAX_US && s.max <= MAX_US + MAX_US / 1000, "{s:?}");
+    }
+
+    #[test]
+    fn parses_cpu_seconds() {
+        let stat = "4242 (simpletextim (x)) S 1 4242 4242 0 -1 4194560 2000 0 0 0 150 50 7 3 20 0 3 0 100 1000 200";
+        assert_eq!(parse_cpu_seconds(stat, false), Some(2.0));
+        assert_eq!(parse_cpu_seconds(stat, true), Some(2.1));
+        assert_eq!(parse_cpu_seconds("1 (x) S 1", false), None);
+        assert!(own_cpu_seconds().is_some());
     }
 
     #[test]
