@@ -244,10 +244,12 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
     check_done(&mut seen, &view, &mut done);
 
     loop {
+        // The stop comes first: once the run is over, frames that keep coming (the `left`
+        // notices of clients already closing) are not counted.
         let frame = tokio::select! {
             biased;
-            f = reader.next() => f,
             () = &mut stopped => break,
+            f = reader.next() => f,
         };
         let frame = match frame {
             Some(Ok(frame)) => frame,
