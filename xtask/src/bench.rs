@@ -578,11 +578,11 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
 fn splice(old: &str, generated: &str) -> String {
     let block = format!("{BEGIN}\n{generated}{END}\n");
     match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{block}{}",
-            &old[..b],
-            old[e + END.len()..].trim_start_matches('\n')
-        ),
+        (Some(b), Some(e)) if e > b => {
+            let after = old[e + END.len()..].trim_start_matches('\n');
+            let gap = if after.is_empty() { "" } else { "\n" };
+            format!("{}{block}{gap}{after}", &old[..b])
+        }
         _ if old.trim().is_empty() => format!("# Benchmarks\n\n{block}"),
         _ => format!("{}\n\n{block}", old.trim_end()),
     }
@@ -1392,7 +1392,7 @@ mod tests {
             format!("# Benchmarks\n\nIntro.\n\n{BEGIN}\nA\n{END}\n\n## Optimisation log\n\nB.\n");
         assert_eq!(
             splice(&edited, "C\n"),
-            format!("# Benchmarks\n\nIntro.\n\n{BEGIN}\nC\n{END}\n## Optimisation log\n\nB.\n")
+            format!("# Benchmarks\n\nIntro.\n\n{BEGIN}\nC\n{END}\n\n## Optimisation log\n\nB.\n")
         );
         assert_eq!(
             splice("# Old\n", "D\n"),
