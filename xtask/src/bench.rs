@@ -214,6 +214,15 @@ fn suite(quick: bool, runs: Option<usize>) -> Vec<Scenario> {
         MessagesPerS,
         120,
     ));
+    // The same for ten times longer: the 100-message run lasts about 0.4 s, ramp included.
+    s.push(scenario(
+        "private-flood-long",
+        "private flood, 1000 clients × 1000",
+        "private -c 1000 -m 1000 -w 16",
+        r,
+        MessagesPerS,
+        120,
+    ));
     s.push(scenario(
         "offline",
         "offline, 100 senders × 500 to 1000 offline users",
@@ -539,14 +548,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         SERVER_ARGS.join(" "),
         if with_data { " --data TEMPDIR" } else { "" }
     );
+    let json_path = out_dir.join("bench/results.json");
+    let mut suite_seconds = started.elapsed().as_secs();
+    if args.only.is_some() {
+        // A partial run updates its scenarios in the last results and keeps the others.
+        let old = fs::read_to_string(&json_path).ok();
+        suite_seconds += old
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|d| d["suite_seconds"].as_u64())
+            .unwrap_or(0);
+        results = merge(old.as_deref(), results);
+    }
     let doc = json!({
         "machine": machine,
         "quick": args.quick,
         "server_command": server_cmd,
-        "suite_seconds": started.elapsed().as_secs(),
+        "suite_seconds": suite_seconds,
         "scenarios": results,
     });
-    let json_path = out_dir.join("bench/results.json");
     fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")?;
     let latency_svg = latency_chart(&doc);
     fs::write(out_dir.join("bench/latency.svg"), latency_svg)?;
@@ -561,6 +581,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The scenarios of an earlier results file with those of `new` put in their place (by id)
+/// or added at the end.
+fn merge(old: Option<&str>, new: Vec<Value>) -> Vec<Value> {
+    let mut all: Vec<Value> = old
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .and_then(|doc| doc["scenarios"].as_array().cloned())
+        .unwrap_or_default();
+    for sc in new {
+        match all.iter_mut().find(|o| o["id"] == sc["id"]) {
+            Some(slot) => *slot = sc,
+            None => all.push(sc),
+        }
+    }
+    all
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
@@ -791,7 +827,7 @@ fn markdown(doc: &Value) -> String {
     if let Some(all) = doc["scenarios"].as_array() {
         for sc in all {
             let id = sc["id"].as_str().unwrap_or("");
-            if id.starts_with("fanout-scale") || id == "fanout-flood" || id == "private-flood" {
+            if id.starts_with("fanout-scale") || id == "fanout-flood" || id.starts_with("private") {
                 flood_ids.push(id.to_owned());
             }
         }
@@ -1364,6 +1400,28 @@ mod tests {
         let runs = vec![run(3e6, 5), json!({"error": "x"}), run(2e6, 7)];
         assert_eq!(median_index(&runs, Metric::DeliveriesPerS), Some(2));
         assert_eq!(median_index(&[], Metric::P99), None);
+    }
+
+    #[test]
+    fn partial_runs_merge_into_earlier_results() {
+        let old = r#"{"scenarios":[{"id":"a","v":1},{"id":"b","v":1}]}"#;
+        let merged = merge(
+            Some(old),
+            vec![json!({"id":"b","v":2}), json!({"id":"c","v":2})],
+        );
+        assert_eq!(
+            merged,
+            vec![
+                json!({"id":"a","v":1}),
+                json!({"id":"b","v":2}),
+                json!({"id":"c","v":2})
+            ]
+        );
+        assert_eq!(
+            merge(None, vec![json!({"id":"x"})]),
+            vec![json!({"id":"x"})]
+        );
+        assert_eq!(merge(Some("not json"), vec![]), Vec::<Value>::new());
     }
 
     #[test]
