@@ -3,14 +3,19 @@
 //! Parses options, sets up logging (tracing to stderr, level from `RUST_LOG`), raises the
 //! open-file limit, binds the listener, and turns SIGINT/SIGTERM into a graceful shutdown.
 
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
-use clap::Parser;
-use simpletextim_server::{Config, DEFAULT_MAILBOX_CAP, MemoryStore, RateLimit, Registration};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::executor::block_on;
+use simpletextim_proto::{Password, UserId};
+use simpletextim_server::auth::{HashCost, hash_password};
+use simpletextim_server::store::{Account, SqliteStore, StoreError};
+use simpletextim_server::{Config, DEFAULT_MAILBOX_CAP, RateLimit, Registration, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -20,9 +25,20 @@ const RESERVED_FDS: u64 = 64;
 
 /// SimpleTextIM chat server: public and private messages, presence and an offline mailbox,
 /// over length-delimited JSON on TCP.
+///
+/// Without a subcommand it serves. Accounts and offline messages live in one SQLite file,
+/// DIR/simpletextim.sqlite3, which `sqlite3` can open. To back it up while the server runs,
+/// use `simpletextim-server backup FILE` (a consistent copy via VACUUM INTO).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Cli {
+    /// Directory of the database (created if missing).
+    #[arg(long, global = true, default_value = "./simpletextim-data")]
+    data: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Cmd>,
+
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, default_value = simpletextim_server::DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -57,8 +73,44 @@ struct Cli {
     max_connections: Option<usize>,
 
     /// Hash passwords with minimal Argon2id cost. INSECURE: for benchmarks and tests only.
-    #[arg(long)]
+    #[arg(long, global = true)]
     insecure_fast_hash: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Manage accounts in the data directory (works while the server runs).
+    User {
+        #[command(subcommand)]
+        action: UserCmd,
+    },
+    /// Write a consistent copy of the database to FILE (safe while the server runs).
+    Backup {
+        /// Where to write the copy; must not exist.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// Create an account. The password is read from standard input (first line), or
+    /// prompted for without echo on a terminal; never from the command line.
+    Add {
+        /// The user id.
+        name: String,
+    },
+    /// Set an account's password (read like `add`).
+    Passwd {
+        /// The user id.
+        name: String,
+    },
+    /// Delete an account and its offline messages.
+    Del {
+        /// The user id.
+        name: String,
+    },
+    /// List the accounts.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -71,17 +123,51 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
-    match serve(cli) {
+    let result = match cli.command {
+        None => serve(cli),
+        Some(Cmd::User { ref action }) => user(&cli, action),
+        Some(Cmd::Backup { ref file }) => backup(&cli.data, cli.mailbox_cap, file),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("simpletextim-server: {e:#}");
+            eprintln!("simpletextim-server: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes on one line, skipping a cause whose text the message before it
+/// already ends with (some errors print their source themselves).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.ends_with(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+fn open_store(data: &Path, mailbox_cap: usize) -> anyhow::Result<SqliteStore> {
+    Ok(SqliteStore::open(data, mailbox_cap)?)
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
+    // Opened before the runtime: opening blocks (migrations), and a bad directory should
+    // fail before anything listens.
+    let store = Arc::new(open_store(&cli.data, cli.mailbox_cap)?);
+    tracing::info!(database = %store.path().display(), "store open");
+    let result = serve_with(cli, store.clone());
+    // Finish every queued write before exiting.
+    store.close();
+    result
+}
+
 #[tokio::main]
-async fn serve(cli: Cli) -> anyhow::Result<()> {
+async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     let max_connections = cli
         .max_connections
@@ -101,7 +187,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             per_sec: cli.rate_limit,
             burst: cli.rate_burst.max(1),
         }),
-        store: Arc::new(MemoryStore::new(cli.mailbox_cap)),
+        store,
         ..Config::default()
     };
     let listener = TcpListener::bind(cli.listen)
@@ -149,4 +235,103 @@ async fn on_signal(shutdown: CancellationToken) {
         () = term => tracing::info!("SIGTERM: shutting down"),
     }
     shutdown.cancel();
+}
+
+/// `user add|passwd|del|list`.
+fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
+    let store = open_store(&cli.data, cli.mailbox_cap)?;
+    let cost = if cli.insecure_fast_hash {
+        HashCost::InsecureFast
+    } else {
+        HashCost::Default
+    };
+    match action {
+        UserCmd::Add { name } => {
+            let user_id = UserId::new(name).map_err(|f| anyhow::anyhow!(f.reason))?;
+            let password = read_password(&format!("Password for {user_id}: "))?;
+            let account = Account {
+                password_hash: hash_password(password.expose(), cost)
+                    .map_err(|f| anyhow::anyhow!(f.reason))?,
+                user_id: user_id.clone(),
+                created_ms: simpletextim_server::now_ms(),
+            };
+            match block_on(store.create_account(account)) {
+                Ok(()) => println!("created {user_id}"),
+                Err(StoreError::AccountExists(_)) => bail!("user {user_id} exists already"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCmd::Passwd { name } => {
+            let user_id = UserId::new(name).map_err(|f| anyhow::anyhow!(f.reason))?;
+            if block_on(store.account(user_id.key()))?.is_none() {
+                bail!("no such user: {user_id}");
+            }
+            let password = read_password(&format!("New password for {user_id}: "))?;
+            let phc =
+                hash_password(password.expose(), cost).map_err(|f| anyhow::anyhow!(f.reason))?;
+            match block_on(store.set_password_hash(user_id.key(), phc)) {
+                Ok(()) => println!("password of {user_id} changed"),
+                Err(StoreError::NoSuchUser(_)) => bail!("no such user: {user_id}"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCmd::Del { name } => {
+            let user_id = UserId::new(name).map_err(|f| anyhow::anyhow!(f.reason))?;
+            match block_on(store.delete_account(user_id.key())) {
+                Ok(dropped) => println!("deleted {user_id} ({dropped} unread messages dropped)"),
+                Err(StoreError::NoSuchUser(_)) => bail!("no such user: {user_id}"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        UserCmd::List => {
+            let accounts = block_on(store.list_accounts())?;
+            println!("{:<32}  {:<20}  {:>7}", "USER", "CREATED (UTC)", "UNREAD");
+            for a in accounts {
+                let created = chrono::DateTime::from_timestamp_millis(a.created_ms as i64)
+                    .map_or_else(
+                        || "?".to_owned(),
+                        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    );
+                println!(
+                    "{:<32}  {:<20}  {:>7}",
+                    a.user_id.as_str(),
+                    created,
+                    a.pending
+                );
+            }
+        }
+    }
+    store.close();
+    Ok(())
+}
+
+/// `backup FILE`.
+fn backup(data: &Path, mailbox_cap: usize, file: &Path) -> anyhow::Result<()> {
+    let store = open_store(data, mailbox_cap)?;
+    block_on(store.backup_to(file.to_path_buf()))
+        .with_context(|| format!("cannot back up to {}", file.display()))?;
+    store.close();
+    println!("backed up {} to {}", store.path().display(), file.display());
+    Ok(())
+}
+
+/// A password from the terminal (without echo, asked twice) or from the first line of
+/// standard input.
+fn read_password(prompt: &str) -> anyhow::Result<Password> {
+    let text = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(prompt).context("cannot read the password")?;
+        let again = rpassword::prompt_password("Again: ").context("cannot read the password")?;
+        if first != again {
+            bail!("the passwords differ");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    Password::new(&text).map_err(|f| anyhow::anyhow!(f.reason))
 }
