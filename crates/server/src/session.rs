@@ -448,6 +448,15 @@ impl Session {
 
     /// Says goodbye as the end calls for, and tells the hub.
     async fn finish(mut self, end: End) {
+        // Leave the hub before the last write: from then on no message is queued for this
+        // session, and a private message to this user goes to their mailbox instead of an
+        // outbox that is about to close (it would otherwise be echoed, then lost). On
+        // shutdown the hub is going away with every session.
+        if let Some(login) = &self.login
+            && end != End::Shutdown
+        {
+            self.shared.hub.leave(&login.user_id, self.conn_id);
+        }
         match end {
             End::TakenOver => {
                 let _ = self.drain_outbox();
@@ -460,7 +469,11 @@ impl Session {
                     .push_reply(&Reply::fail(ErrorCode::Unavailable, "server shutting down"));
             }
             End::SlowConsumer | End::Error | End::Eof => self.out.clear(),
-            End::Exit | End::TooManyFailedLogins | End::FrameTooLarge => {}
+            // What was queued up to the leave goes out before the close.
+            End::Exit => {
+                let _ = self.drain_outbox();
+            }
+            End::TooManyFailedLogins | End::FrameTooLarge => {}
         }
         if !self.out.is_empty() {
             let buf = self.out.take();
@@ -469,9 +482,6 @@ impl Session {
         let _ = timeout(FINAL_WRITE, self.stream.shutdown()).await;
         if let Some(login) = &self.login {
             tracing::info!(peer = %self.peer, user = %login.user_id, conn = self.conn_id, reason = ?end, "session ended");
-            if end != End::Shutdown {
-                self.shared.hub.leave(&login.user_id, self.conn_id);
-            }
         } else {
             tracing::debug!(peer = %self.peer, reason = ?end, "connection closed");
         }
