@@ -33,14 +33,19 @@ const RESERVED_FDS: u64 = 64;
 #[command(version, about, long_about)]
 struct Cli {
     /// Directory of the database (created if missing).
-    #[arg(long, global = true, default_value = "./simpletextim-data")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "./simpletextim-data"
+    )]
     data: PathBuf,
 
     #[command(subcommand)]
     command: Option<Cmd>,
 
     /// Address to listen on (port 0 picks a free port; the log says which).
-    #[arg(long, default_value = simpletextim_server::DEFAULT_LISTEN)]
+    #[arg(long, value_name = "ADDR", default_value = simpletextim_server::DEFAULT_LISTEN)]
     listen: SocketAddr,
 
     /// Whether the first login of a free user id creates the account.
@@ -48,28 +53,28 @@ struct Cli {
     registration: Registration,
 
     /// Most private messages kept for one offline user; past it senders get `fail 503`.
-    #[arg(long, default_value_t = DEFAULT_MAILBOX_CAP)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAILBOX_CAP)]
     mailbox_cap: usize,
 
     /// Largest command frame a client may send, in bytes (longer: `fail 413`, then close).
-    #[arg(long, default_value_t = simpletextim_proto::codec::DEFAULT_MAX_COMMAND_FRAME)]
+    #[arg(long, value_name = "BYTES", default_value_t = simpletextim_proto::codec::DEFAULT_MAX_COMMAND_FRAME)]
     max_frame: usize,
 
     /// Messages and notices queued for one client before it counts as a slow consumer and
     /// is disconnected.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, value_name = "N", default_value_t = 4096)]
     outbox: usize,
 
     /// Sustained `send`/`list` commands per second per session (0: no limit).
-    #[arg(long, default_value_t = 200.0)]
+    #[arg(long, value_name = "PER_SEC", default_value_t = 200.0)]
     rate_limit: f64,
 
     /// Commands a session may send in one burst before the rate limit applies.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, value_name = "N", default_value_t = 2000)]
     rate_burst: u32,
 
     /// Most connections served at once [default: the open-file limit less a reserve].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
 
     /// Hash passwords with minimal Argon2id cost. INSECURE: for benchmarks and tests only.
