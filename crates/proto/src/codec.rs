@@ -204,6 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn unknown_reply_kinds_decode_as_unknown_and_the_next_frame_follows() {
+        let mut codec = ClientCodec::new();
+        let mut buf = frame(br#"{"command":"typing","user_id":"bob","extra":[1,2]}"#);
+        buf.extend_from_slice(&frame(br#"{"command":"joined","user_id":"bob"}"#));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Reply::Unknown));
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Reply::Joined {
+                user_id: "bob".parse().unwrap()
+            })
+        );
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
     fn partial_frames_wait_for_more() {
         let mut codec = ServerCodec::new();
         let whole = frame(br#"{"command":"exit"}"#);

@@ -43,6 +43,9 @@ impl ChatMessage {
 
 /// A reply from the server to a client.
 ///
+/// Non-exhaustive, and with a catch-all [`Reply::Unknown`]: a newer server may add reply
+/// kinds, and a client built on this crate skips them instead of losing its connection.
+///
 /// ```
 /// use simpletextim_proto::{ErrorCode, Failure, Reply};
 /// let r: Reply = serde_json::from_str(
@@ -56,6 +59,7 @@ impl ChatMessage {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Reply {
     /// Chat messages, possibly several in one frame. Also the login acknowledgement, which
     /// carries the messages kept while the user was offline (possibly none).
@@ -83,6 +87,17 @@ pub enum Reply {
         /// Who.
         user_id: UserId,
     },
+    /// A reply kind this crate does not know (its `command` is none of the above), from a
+    /// newer server: skip it. Its fields are not kept. This crate never produces it; it
+    /// serializes as `{"command":"unknown"}`.
+    ///
+    /// ```
+    /// use simpletextim_proto::Reply;
+    /// let r = Reply::from_json(br#"{"command":"typing","user_id":"bob"}"#).unwrap();
+    /// assert_eq!(r, Reply::Unknown);
+    /// ```
+    #[serde(other)]
+    Unknown,
 }
 
 impl Reply {
@@ -101,8 +116,12 @@ impl Reply {
 
     /// Parses a reply from the JSON payload of a frame.
     ///
+    /// A payload whose `command` is a string this crate does not know parses as
+    /// [`Reply::Unknown`].
+    ///
     /// # Errors
-    /// The `serde_json` error when the payload is not a reply this crate knows.
+    /// The `serde_json` error when the payload is not a JSON object with a string
+    /// `command`, or when a known reply's fields are wrong.
     pub fn from_json(json: &[u8]) -> Result<Reply, serde_json::Error> {
         serde_json::from_slice(json)
     }

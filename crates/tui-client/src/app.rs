@@ -876,6 +876,8 @@ impl App {
                 Vec::new()
             }
             Reply::Fail { fail } => self.on_fail(&fail),
+            // A kind of reply from a newer server: nothing to show.
+            _ => Vec::new(),
         }
     }
 

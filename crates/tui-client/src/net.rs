@@ -190,11 +190,10 @@ async fn session(
     events: &mpsc::Sender<Event>,
 ) -> End {
     let mut taken_over: Option<String> = None;
-    // A frame that is not a reply we know (a newer server's extension) is skipped, not
-    // fatal. The frame reader reports it as an error followed by one end-of-stream that
-    // is not real, so that one is skipped too. (Frames already buffered behind it then
-    // wait for the next bytes from the socket: a tolerant decoder in the proto crate
-    // would do better.)
+    // A reply kind this client does not know (a newer server's extension) arrives as
+    // `Reply::Unknown` and is not passed on. A known kind with fields this client
+    // cannot read is skipped too, not fatal: the frame reader reports it as an error
+    // followed by one end-of-stream that is not real, so that one is skipped as well.
     let mut skip_end = false;
     loop {
         tokio::select! {
@@ -204,6 +203,10 @@ async fn session(
                     skip_end = true;
                 }
                 None if skip_end => skip_end = false,
+                Some(Ok(Reply::Unknown)) => {
+                    skip_end = false;
+                    warn!("skipping a reply this client does not know");
+                }
                 Some(Ok(reply)) => {
                     skip_end = false;
                     if let Reply::Fail { fail } = &reply
