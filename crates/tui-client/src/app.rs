@@ -782,6 +782,10 @@ impl App {
                 self.login.password.clear();
                 if self.was_logged_in {
                     self.notice(0, at_ms, EntryKind::Info, "reconnected".into());
+                    // An error of the lost connection ("server shutting down") is over.
+                    if self.status.as_ref().is_some_and(|s| s.error) {
+                        self.status = None;
+                    }
                 }
                 self.was_logged_in = true;
                 let mut actions = Vec::new();

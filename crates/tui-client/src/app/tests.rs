@@ -621,6 +621,8 @@ fn reconnection_keeps_the_screen() {
     }));
     assert_eq!(actions, [Action::Net(NetRequest::Send(Command::List))]);
     assert_eq!(app.connection, Connection::Connected);
+    // The error of the lost connection is over.
+    assert_eq!(status(&app), None);
     assert_eq!(app.input.text(), "unsent");
     let texts: Vec<&str> = app.conversations[0]
         .entries
