@@ -53,6 +53,9 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// How long a shutdown waits for sessions to say goodbye.
     pub shutdown_grace: Duration,
+    /// How long a connection may stay without logging in (time spent checking its
+    /// password not counted); then it gets `fail 401` and is closed.
+    pub login_timeout: Duration,
     /// Accounts and mailboxes.
     pub store: Arc<dyn Store>,
 }
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("rate_limit", &self.rate_limit)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("login_timeout", &self.login_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +90,7 @@ impl Default for Config {
                 burst: 2000,
             }),
             shutdown_grace: Duration::from_secs(4),
+            login_timeout: Duration::from_secs(30),
             store: Arc::new(MemoryStore::new(DEFAULT_MAILBOX_CAP)),
         }
     }

@@ -73,6 +73,10 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 2000)]
     rate_burst: u32,
 
+    /// Seconds a connection may stay without logging in before it is closed (`fail 401`).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    login_timeout: u64,
+
     /// Most connections served at once [default: the open-file limit less a reserve].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -192,6 +196,7 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
             per_sec: cli.rate_limit,
             burst: cli.rate_burst.max(1),
         }),
+        login_timeout: std::time::Duration::from_secs(cli.login_timeout.max(1)),
         store,
         ..Config::default()
     };

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +21,11 @@ use simpletextim_proto::{
     CodecError, Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply, ServerCodec,
     UserId,
 };
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, Sleep, timeout};
 use tokio_util::codec::Decoder;
 
 use crate::Shared;
@@ -38,6 +40,11 @@ const READ_CHUNK: usize = 4096;
 /// How long a last write (the `fail` before a close) may take before we give up on a peer
 /// that does not read.
 const FINAL_WRITE: Duration = Duration::from_secs(2);
+/// TCP keepalive: a peer that vanished (no FIN, no RST) is found out after this much
+/// silence plus the kernel's probes, and its session ends with `left`.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A token bucket: `burst` commands at once, refilled at `per_sec`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,6 +87,7 @@ enum End {
     TakenOver,
     SlowConsumer,
     Shutdown,
+    LoginTimeout,
 }
 
 struct LoggedIn {
@@ -102,6 +110,9 @@ pub(crate) struct Session {
     bucket: Option<Bucket>,
     /// The outbox's wake-up was consumed while writing: look at the outbox before waiting.
     wake_pending: bool,
+    /// Until the login: when the connection is closed if it has not logged in. Boxed so
+    /// that a logged-in session carries no timer.
+    login_deadline: Option<Pin<Box<Sleep>>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -109,6 +120,7 @@ enum Event {
     Shutdown,
     Outbox,
     Readable(io::Result<()>),
+    LoginTimeout,
 }
 
 impl Session {
@@ -122,6 +134,11 @@ impl Session {
         permit: OwnedSemaphorePermit,
     ) -> Session {
         let _ = stream.set_nodelay(true);
+        let keepalive = TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL);
+        let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let login_deadline = Some(Box::pin(tokio::time::sleep(shared.config.login_timeout)));
         let bucket = shared.config.rate_limit.map(|l| Bucket {
             tokens: l.burst as f32,
             last: Instant::now(),
@@ -142,6 +159,7 @@ impl Session {
             failed_logins: 0,
             bucket,
             wake_pending: false,
+            login_deadline,
             _permit: permit,
         }
     }
@@ -172,6 +190,7 @@ impl Session {
                 () = self.shared.shutdown.cancelled() => Event::Shutdown,
                 () = outbox_changed(&self.login) => Event::Outbox,
                 r = self.stream.readable() => Event::Readable(r),
+                () = deadline_passed(&mut self.login_deadline) => Event::LoginTimeout,
             };
             match event {
                 Event::Shutdown => return End::Shutdown,
@@ -179,6 +198,10 @@ impl Session {
                     if let Err(end) = self.drain_outbox() {
                         return end;
                     }
+                }
+                Event::LoginTimeout => {
+                    self.fail(Failure::new(ErrorCode::Unauthorized, "login timed out"));
+                    return End::LoginTimeout;
                 }
                 Event::Readable(Err(_)) => return End::Error,
                 Event::Readable(Ok(())) => {
@@ -353,6 +376,7 @@ impl Session {
             user_id: user_id.clone(),
             outbox: outbox.clone(),
         });
+        self.login_deadline = None;
         self.login = Some(LoggedIn {
             user_id: user_id.clone(),
             outbox,
@@ -473,7 +497,7 @@ impl Session {
             End::Exit => {
                 let _ = self.drain_outbox();
             }
-            End::TooManyFailedLogins | End::FrameTooLarge => {}
+            End::TooManyFailedLogins | End::FrameTooLarge | End::LoginTimeout => {}
         }
         if !self.out.is_empty() {
             let buf = self.out.take();
@@ -492,6 +516,14 @@ impl Session {
 async fn outbox_changed(login: &Option<LoggedIn>) {
     match login {
         Some(l) => l.outbox.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the login deadline passes; never once logged in.
+async fn deadline_passed(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(d) => d.as_mut().await,
         None => std::future::pending().await,
     }
 }

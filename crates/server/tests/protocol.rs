@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use simpletextim_proto::{ClientError, Command, ErrorCode, Password, Recipient, Reply};
@@ -56,6 +57,35 @@ async fn three_failed_logins_close_the_connection() {
         );
     }
     raw.assert_closed().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_does_not_log_in_in_time_gets_401_and_is_closed() {
+    let s = start_with(Config {
+        login_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    // Silent from the start.
+    let mut silent = Raw::connect(&s).await;
+    // A failed login does not stop the clock.
+    let mut failing = Raw::connect(&s).await;
+    failing.frame(br#"{"command":"list"}"#).await;
+    assert_eq!(
+        failing.reply().await,
+        fail(ErrorCode::Unauthorized, "login required")
+    );
+    for raw in [&mut silent, &mut failing] {
+        assert_eq!(
+            raw.reply().await,
+            fail(ErrorCode::Unauthorized, "login timed out")
+        );
+        raw.assert_closed().await;
+    }
+    // A session that logged in is not timed out.
+    let (mut alice, _) = login(&s, "alice").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_nothing_before_marker(&mut alice, "alice", "still here").await;
 }
 
 #[tokio::test]
