@@ -123,15 +123,18 @@ enum UserCmd {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Serving logs at info; the one-shot subcommands say what they did on stdout and log
+    // only warnings.
+    let default_level = if cli.command.is_none() { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli),
         Some(Cmd::User { ref action }) => user(&cli, action),
