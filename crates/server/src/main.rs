@@ -126,7 +126,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Serving logs at info; the one-shot subcommands say what they did on stdout and log
     // only warnings.
-    let default_level = if cli.command.is_none() { "info" } else { "warn" };
+    let default_level = if cli.command.is_none() {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
