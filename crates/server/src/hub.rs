@@ -124,7 +124,9 @@ impl Hub {
     }
 
     /// Accepts a private message: delivered to the recipient when online, otherwise stored
-    /// in their mailbox; echoed to the sender (`from_conn`) either way, once accepted.
+    /// in their mailbox; echoed to the sender (`from_conn`) either way, once accepted. A
+    /// recipient whose outbox is full is cut off as a slow consumer and the message is
+    /// stored for its next login.
     ///
     /// # Errors
     /// `404` when the recipient has no account, `503` when their mailbox is full or the
@@ -210,18 +212,25 @@ impl Inner {
         key: &str,
         text: &MessageText,
     ) -> Option<()> {
-        let to = self.members.get(key)?.user_id.clone();
+        let recipient = self.members.get(key)?;
+        let (to, to_conn) = (recipient.user_id.clone(), recipient.conn_id);
         let msg = self.accept(from.clone(), Recipient::User(to), text.clone());
         let obj = encode_chat(&msg);
         let mut slow = Vec::new();
         if let Some(m) = self.members.get(key) {
-            if m.conn_id != from_conn {
-                offer(m, Out::Chat(obj.clone()), &mut slow);
-            }
+            offer(m, Out::Chat(obj.clone()), &mut slow);
         }
-        if let Some(m) = self.members.get(&from.key()) {
-            if m.conn_id == from_conn {
-                offer(m, Out::Chat(obj), &mut slow);
+        if !slow.is_empty() {
+            // The recipient's outbox is full: it is cut off as a slow consumer, and the
+            // message goes to its mailbox (the caller stores it) instead of being lost.
+            self.cut_off(slow);
+            return None;
+        }
+        if to_conn != from_conn {
+            if let Some(m) = self.members.get(&from.key()) {
+                if m.conn_id == from_conn {
+                    offer(m, Out::Chat(obj), &mut slow);
+                }
             }
         }
         self.cut_off(slow);

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use simpletextim_proto::{
-    CodecError, Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply, ServerCodec,
-    UserId,
+    ChatMessage, CodecError, Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply,
+    ServerCodec, UserId,
 };
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
@@ -31,7 +31,7 @@ use tokio_util::codec::Decoder;
 use crate::Shared;
 use crate::hub::Member;
 use crate::outbox::{KickReason, Outbox};
-use crate::wire::FrameWriter;
+use crate::wire::{FrameWriter, Out};
 
 /// Failed logins after which the connection is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
@@ -105,6 +105,9 @@ pub(crate) struct Session {
     codec: ServerCodec,
     /// Frames waiting to be written; empty (no allocation) when all is written.
     out: FrameWriter,
+    /// How much of `out` the socket has taken (what a session that fails mid-write has
+    /// delivered).
+    out_written: usize,
     login: Option<LoggedIn>,
     failed_logins: u32,
     bucket: Option<Bucket>,
@@ -155,6 +158,7 @@ impl Session {
             rbuf: BytesMut::new(),
             codec,
             out: FrameWriter::new(),
+            out_written: 0,
             login: None,
             failed_logins: 0,
             bucket,
@@ -396,16 +400,16 @@ impl Session {
                 return Some(End::Error);
             }
         };
-        let up_to = pending.iter().map(|m| m.id).max();
+        let delivered: Vec<u64> = pending.iter().map(|m| m.id).collect();
         // The ack is the session's first frame: nothing from the outbox has been written.
         self.out.push_reply(&Reply::Message { messages: pending });
         if let Err(end) = self.write_out().await {
             return Some(end);
         }
-        if let Some(up_to) = up_to {
+        if !delivered.is_empty() {
             // Written to the socket: now they may go. A crash before this line delivers them
             // again at the next login rather than losing them.
-            if let Err(e) = self.shared.store.delete_delivered(key, up_to).await {
+            if let Err(e) = self.shared.store.delete_delivered(key, delivered).await {
                 tracing::error!(user = %user_id, error = %e, "cannot delete delivered messages");
             }
         }
@@ -423,20 +427,25 @@ impl Session {
             Box::pin(self.write_blocked(written)).await?;
         }
         self.out.clear();
+        self.out_written = 0;
         Ok(())
     }
 
     /// Writes from `off` until done or the socket is full; returns the new offset.
     fn try_write(&mut self, mut off: usize) -> Result<usize, End> {
         let buf = self.out.pending();
-        while off < buf.len() {
+        let result = loop {
+            if off >= buf.len() {
+                break Ok(off);
+            }
             match self.stream.try_write(&buf[off..]) {
                 Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return Err(End::Error),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(off),
+                Err(_) => break Err(End::Error),
             }
-        }
-        Ok(off)
+        };
+        self.out_written = off;
+        result
     }
 
     /// Waits for the socket to take the rest of the buffer. A kick meanwhile ends it at once
@@ -492,7 +501,10 @@ impl Session {
                 self.out
                     .push_reply(&Reply::fail(ErrorCode::Unavailable, "server shutting down"));
             }
-            End::SlowConsumer | End::Error | End::Eof => self.out.clear(),
+            End::SlowConsumer | End::Error | End::Eof => {
+                self.keep_undelivered_private().await;
+                self.out.clear();
+            }
             // What was queued up to the leave goes out before the close.
             End::Exit => {
                 let _ = self.drain_outbox();
@@ -517,6 +529,58 @@ async fn outbox_changed(login: &Option<LoggedIn>) {
     match login {
         Some(l) => l.outbox.changed().await,
         None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    /// Stores in the mailbox the private messages to this user that were echoed to their
+    /// senders but never reached the socket: those still in the outbox, and those in the
+    /// part of the write buffer the socket did not take. Called once the session has left
+    /// the hub, so nothing more is queued. The user gets them at the next login.
+    async fn keep_undelivered_private(&mut self) {
+        let Some(login) = &self.login else {
+            return;
+        };
+        let me = Recipient::User(login.user_id.clone());
+        let mut kept: Vec<ChatMessage> = Vec::new();
+        let pending = self.out.pending();
+        let mut at = 0;
+        while let Some(header) = pending.get(at..at + 4) {
+            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let end = at + 4 + len;
+            if end > self.out_written
+                && let Some(payload) = pending.get(at + 4..end)
+                && let Ok(Reply::Message { messages }) = Reply::from_json(payload)
+            {
+                kept.extend(messages.into_iter().filter(|m| m.to == me));
+            }
+            at = end;
+        }
+        for item in login.outbox.take().items {
+            if let Out::Chat(obj) = item
+                && let Ok(m) = serde_json::from_slice::<ChatMessage>(&obj)
+                && m.to == me
+            {
+                kept.push(m);
+            }
+        }
+        if kept.is_empty() {
+            return;
+        }
+        let key = login.user_id.key();
+        let stores: Vec<_> = kept
+            .into_iter()
+            .map(|m| self.shared.store.enqueue(key.clone(), m))
+            .collect();
+        let total = stores.len();
+        let mut lost = 0usize;
+        for store in stores {
+            if let Err(e) = store.await {
+                lost += 1;
+                tracing::error!(user = %login.user_id, error = %e, "undelivered private message lost");
+            }
+        }
+        tracing::info!(user = %login.user_id, kept = total - lost, lost, "undelivered private messages kept for the next login");
     }
 }
 

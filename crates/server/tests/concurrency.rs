@@ -187,3 +187,95 @@ async fn slow_consumer_is_disconnected_without_stalling_others() {
         }
     }
 }
+
+/// A slow consumer loses no private message that was echoed to its sender: what its socket
+/// took arrives before the close, and the rest (its outbox, the unwritten part of its last
+/// write, what was sent after the cut-off) is in its mailbox at the next login, in order.
+#[tokio::test]
+async fn private_messages_to_a_slow_consumer_are_kept_for_its_next_login() {
+    let s = start_with(Config {
+        outbox_capacity: 64,
+        ..config()
+    })
+    .await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.addr).await.unwrap();
+    let mut slow = Client::from_stream(stream);
+    assert_eq!(slow.login("slow", "pw-of-slow").await.unwrap(), vec![]);
+    let (mut fast, _) = login(&s, "fast").await;
+    assert_eq!(
+        next(&mut slow).await,
+        Reply::Joined {
+            user_id: uid("fast")
+        }
+    );
+
+    let text = "y".repeat(140);
+    let mut echoed: Vec<ChatMessage> = Vec::new();
+    let mut slow_left = false;
+    let mut after_left = 0;
+    // Batches of 50 (below fast's own outbox of 64), each waiting for its echoes, until
+    // slow was cut off and 100 more were sent; bounded by 200 000 messages.
+    while after_left < 100 && echoed.len() < 200_000 {
+        for _ in 0..50 {
+            fast.send(&simpletextim_proto::Command::send(
+                simpletextim_proto::Recipient::User(uid("slow")),
+                text.parse().unwrap(),
+            ))
+            .await
+            .unwrap();
+        }
+        let mut got = 0;
+        while got < 50 {
+            match next(&mut fast).await {
+                Reply::Message { messages } => {
+                    got += messages.len();
+                    echoed.extend(messages);
+                }
+                Reply::Left { user_id } if user_id.as_str() == "slow" => slow_left = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if slow_left {
+            after_left += 50;
+        }
+    }
+    assert!(
+        slow_left,
+        "slow was never cut off in {} messages",
+        echoed.len()
+    );
+
+    // What slow's socket took, read to the end.
+    let mut received: Vec<ChatMessage> = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(r) = slow.next().await {
+            match r {
+                Ok(Reply::Message { messages }) => received.extend(messages),
+                Ok(Reply::Joined { .. }) => {}
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => break,
+            }
+        }
+    })
+    .await
+    .expect("slow consumer not closed");
+    assert!(received.len() < echoed.len(), "slow got everything");
+
+    let (_slow, pending) = login(&s, "slow").await;
+    let received_len = received.len();
+    let mut delivered = received;
+    delivered.extend(pending);
+    assert_eq!(delivered.len(), echoed.len());
+    if let Some(i) = (0..echoed.len()).find(|&i| delivered[i] != echoed[i]) {
+        let ids = |v: &[ChatMessage]| v.iter().map(|m| m.id % 100_000).collect::<Vec<_>>();
+        let lo = i.saturating_sub(3);
+        let hi = (i + 5).min(echoed.len());
+        panic!(
+            "first difference at {i} (received {received_len}): delivered {:?} echoed {:?}",
+            ids(&delivered[lo..hi]),
+            ids(&echoed[lo..hi])
+        );
+    }
+}

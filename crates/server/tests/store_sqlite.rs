@@ -108,7 +108,7 @@ async fn pending_is_oldest_first_and_per_recipient() -> TestResult {
 }
 
 #[tokio::test]
-async fn delete_delivered_deletes_only_up_to_the_id() -> TestResult {
+async fn delete_delivered_deletes_exactly_the_ids_given() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(dir.path(), 10)?;
     store.create_account(account("alice", 1)).await?;
@@ -116,7 +116,10 @@ async fn delete_delivered_deletes_only_up_to_the_id() -> TestResult {
     for (id, to) in [(1, "alice"), (2, "dave"), (3, "alice"), (4, "alice")] {
         store.enqueue(to.into(), msg(id, "bob", to)).await?;
     }
-    store.delete_delivered("alice".into(), 3).await?;
+    // 2 is dave's, 9 does not exist: both ignored.
+    store
+        .delete_delivered("alice".into(), vec![1, 3, 2, 9])
+        .await?;
     assert_eq!(ids(&store.pending("alice".into()).await?), [4]);
     assert_eq!(ids(&store.pending("dave".into()).await?), [2]);
     // The per-account count the cap check reads follows inserts and deletes.
@@ -129,7 +132,14 @@ async fn delete_delivered_deletes_only_up_to_the_id() -> TestResult {
         counts(store.list_accounts().await?),
         [("alice".to_owned(), 1), ("dave".to_owned(), 1)]
     );
-    store.delete_delivered("alice".into(), 4).await?;
+    // A message stored after the ack was read, with a lower id, is not deleted with it.
+    store
+        .enqueue("alice".into(), msg(0, "bob", "alice"))
+        .await?;
+    assert_eq!(ids(&store.pending("alice".into()).await?), [0, 4]);
+    store.delete_delivered("alice".into(), vec![4]).await?;
+    assert_eq!(ids(&store.pending("alice".into()).await?), [0]);
+    store.delete_delivered("alice".into(), vec![0]).await?;
     assert_eq!(store.pending("alice".into()).await?, vec![]);
     assert_eq!(
         counts(store.list_accounts().await?),
@@ -161,7 +171,7 @@ async fn mailbox_cap_is_exact_and_a_full_mailbox_stores_nothing() -> TestResult 
     // Another mailbox is not affected.
     store.enqueue("dave".into(), msg(5, "bob", "dave")).await?;
     // Delivering frees room.
-    store.delete_delivered("alice".into(), 1).await?;
+    store.delete_delivered("alice".into(), vec![1]).await?;
     store
         .enqueue("alice".into(), msg(6, "bob", "alice"))
         .await?;
@@ -222,7 +232,7 @@ async fn everything_survives_reopening_the_directory() -> TestResult {
         store
             .enqueue("dave".into(), msg(20, "Alice", "dave"))
             .await?;
-        store.delete_delivered("dave".into(), 20).await?;
+        store.delete_delivered("dave".into(), vec![20]).await?;
         // Queued and not awaited: closing must still finish it.
         let last = store.enqueue("alice".into(), msg(21, "dave", "Alice"));
         drop(store);
@@ -460,7 +470,8 @@ async fn an_operation_sees_every_operation_called_before_it() -> TestResult {
                 let enqueued = store.enqueue(name.clone(), msg(id, "bob", &name));
                 let seen = store.pending(name.clone());
                 let deleted = if i % 10 == 9 {
-                    Some(store.delete_delivered(name.clone(), id))
+                    // Everything this user was sent so far.
+                    Some(store.delete_delivered(name.clone(), (1 + t * 1000..=id).collect()))
                 } else {
                     None
                 };

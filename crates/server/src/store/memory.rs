@@ -74,7 +74,9 @@ impl Store for MemoryStore {
                 return Err(StoreError::MailboxFull(recipient_key));
             }
             i.max_id = i.max_id.max(message.id);
-            mailbox.push_back(message);
+            // Oldest (lowest id) first, even for a message kept with an older id.
+            let at = mailbox.partition_point(|m| m.id < message.id);
+            mailbox.insert(at, message);
             Ok(())
         })
     }
@@ -91,11 +93,12 @@ impl Store for MemoryStore {
     fn delete_delivered(
         &self,
         key: String,
-        up_to_id: u64,
+        mut ids: Vec<u64>,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
+        ids.sort_unstable();
         self.with(move |i| {
             if let Some(m) = i.mailboxes.get_mut(&key) {
-                m.retain(|msg| msg.id > up_to_id);
+                m.retain(|msg| ids.binary_search(&msg.id).is_err());
                 if m.is_empty() {
                     i.mailboxes.remove(&key);
                 }

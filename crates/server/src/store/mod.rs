@@ -74,12 +74,14 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::delete_delivered`].
     fn pending(&self, key: String) -> BoxFuture<'static, Result<Vec<ChatMessage>, StoreError>>;
 
-    /// Deletes the messages of `key` with an id up to and including `up_to_id`, once the
-    /// login acknowledgement that carried them has been written to the socket.
+    /// Deletes the messages of `key` with these ids (the ones a login acknowledgement
+    /// carried, once it has been written to the socket). Exactly those: a message stored
+    /// meanwhile with a lower id (one a slow consumer's session kept when it was cut off)
+    /// stays for the next login. Ids that are not there are ignored.
     fn delete_delivered(
         &self,
         key: String,
-        up_to_id: u64,
+        ids: Vec<u64>,
     ) -> BoxFuture<'static, Result<(), StoreError>>;
 
     /// The highest message id ever stored, counting messages since delivered and deleted

@@ -334,9 +334,9 @@ impl Store for SqliteStore {
     fn delete_delivered(
         &self,
         key: String,
-        up_to_id: u64,
+        ids: Vec<u64>,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
-        self.submit(Kind::Write, move |w| w.delete_delivered(&key, up_to_id))
+        self.submit(Kind::Write, move |w| w.delete_delivered(&key, &ids))
     }
 
     fn max_message_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
@@ -718,12 +718,14 @@ impl Worker {
         Ok(messages)
     }
 
-    fn delete_delivered(&self, key: &str, up_to_id: u64) -> Result<(), StoreError> {
-        // Ids above i64::MAX cannot be stored, so "up to" such an id means all of them.
-        let up_to = i64::try_from(up_to_id).unwrap_or(i64::MAX);
-        self.conn
-            .prepare_cached("DELETE FROM mailbox WHERE recipient = ?1 AND id <= ?2")?
-            .execute(params![key, up_to])?;
+    fn delete_delivered(&self, key: &str, ids: &[u64]) -> Result<(), StoreError> {
+        let mut delete = self
+            .conn
+            .prepare_cached("DELETE FROM mailbox WHERE recipient = ?1 AND id = ?2")?;
+        // Ids above i64::MAX cannot have been stored.
+        for id in ids.iter().filter_map(|&id| i64::try_from(id).ok()) {
+            delete.execute(params![key, id])?;
+        }
         Ok(())
     }
 
