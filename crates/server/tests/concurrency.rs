@@ -97,21 +97,28 @@ async fn every_public_message_reaches_every_client_once_in_per_sender_order() {
     }
 }
 
-/// A client that never reads is cut off once its outbox is full; the others hear `left`
-/// and keep chatting.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumer_is_disconnected_without_stalling_others() {
+/// A server with small outboxes (64) and a client `slow` logged in with a small receive
+/// buffer, so that the kernel stops taking the server's writes to it early.
+#[allow(clippy::unwrap_used)]
+async fn server_with_a_slow_client() -> (TestServer, Client) {
     let s = start_with(Config {
         outbox_capacity: 64,
         ..config()
     })
     .await;
-    // A small receive buffer, so the kernel stops taking the server's writes early.
     let sock = TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let stream = sock.connect(s.addr).await.unwrap();
     let mut slow = Client::from_stream(stream);
-    assert_eq!(slow.login("slow", "pw").await.unwrap(), vec![]);
+    assert_eq!(slow.login("slow", "pw-of-slow").await.unwrap(), vec![]);
+    (s, slow)
+}
+
+/// A client that never reads is cut off once its outbox is full; the others hear `left`
+/// and keep chatting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_disconnected_without_stalling_others() {
+    let (s, mut slow) = server_with_a_slow_client().await;
 
     let (fast, _) = login(&s, "fast").await;
     let (mut tx, rx) = fast.into_split();
@@ -193,16 +200,7 @@ async fn slow_consumer_is_disconnected_without_stalling_others() {
 /// write, what was sent after the cut-off) is in its mailbox at the next login, in order.
 #[tokio::test]
 async fn private_messages_to_a_slow_consumer_are_kept_for_its_next_login() {
-    let s = start_with(Config {
-        outbox_capacity: 64,
-        ..config()
-    })
-    .await;
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(s.addr).await.unwrap();
-    let mut slow = Client::from_stream(stream);
-    assert_eq!(slow.login("slow", "pw-of-slow").await.unwrap(), vec![]);
+    let (s, mut slow) = server_with_a_slow_client().await;
     let (mut fast, _) = login(&s, "fast").await;
     assert_eq!(
         next(&mut slow).await,
