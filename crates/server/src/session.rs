@@ -37,6 +37,9 @@ use crate::wire::{FrameWriter, Out};
 const MAX_FAILED_LOGINS: u32 = 3;
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 4096;
+/// Bytes of replies a session buffers before it writes them, while it handles the commands
+/// of one read.
+const MAX_BUFFERED_REPLIES: usize = 64 * 1024;
 /// How long a last write (the `fail` before a close) may take before we give up on a peer
 /// that does not read.
 const FINAL_WRITE: Duration = Duration::from_secs(2);
@@ -237,6 +240,14 @@ impl Session {
                 Ok(Some(Ok(command))) => {
                     if let Some(end) = self.handle(command).await {
                         return Some(end);
+                    }
+                    // A read chunk can hold hundreds of commands, and a `list` reply can be
+                    // large: write what they produced before taking the next one, so a
+                    // client that sends without reading cannot make us buffer much.
+                    if self.out.len() > MAX_BUFFERED_REPLIES {
+                        if let Err(end) = self.write_out().await {
+                            return Some(end);
+                        }
                     }
                 }
                 Ok(Some(Err(failure))) => self.fail(failure),
