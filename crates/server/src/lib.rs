@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 pub use auth::{HashCost, Registration};
 pub use session::RateLimit;
 pub use store::{MemoryStore, Store};
+pub use wire::Framing;
 
 use auth::Authenticator;
 use hub::Hub;
@@ -123,6 +124,20 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    run_listeners(vec![(listener, Framing::LengthDelimited)], config, shutdown).await
+}
+
+/// Like [`run`], on several listeners at once, each with its framing: the protocol's
+/// length-delimited frames, or one JSON object per line (the `--listen-lines` debugging
+/// listener). Every session shares the one hub, whatever its listener.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_listeners(
+    listeners: Vec<(TcpListener, Framing)>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let store = config.store.clone();
     let min_id = store
         .max_message_id()
@@ -146,6 +161,35 @@ pub async fn run(
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
     let conn_ids = AtomicU64::new(1);
+    futures::future::join_all(listeners.into_iter().map(|(listener, framing)| {
+        accept_loop(listener, framing, &shared, &limit, &tracker, &conn_ids)
+    }))
+    .await;
+    tracker.close();
+    let sessions = tracker.len();
+    tracing::info!(sessions, "shutting down");
+    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.len(),
+            "sessions still closing at the end of the grace period"
+        );
+    }
+    Ok(())
+}
+
+/// Accepts connections on one listener until shutdown, a session task each.
+async fn accept_loop(
+    listener: TcpListener,
+    framing: Framing,
+    shared: &Arc<Shared>,
+    limit: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    conn_ids: &AtomicU64,
+) {
+    let shutdown = &shared.shutdown;
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
@@ -164,7 +208,7 @@ pub async fn run(
                 backoff = Duration::from_millis(10);
                 let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
-                let session = session::Session::new(stream, peer, conn_id, shared, permit);
+                let session = session::Session::new(stream, peer, conn_id, shared, permit, framing);
                 tracker.spawn(session.run());
             }
             Err(e) => {
@@ -175,18 +219,4 @@ pub async fn run(
             }
         }
     }
-    drop(listener);
-    tracker.close();
-    let sessions = tracker.len();
-    tracing::info!(sessions, "shutting down");
-    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = tracker.len(),
-            "sessions still closing at the end of the grace period"
-        );
-    }
-    Ok(())
 }

@@ -15,7 +15,7 @@ use futures::executor::block_on;
 use simpletextim_proto::{Password, UserId};
 use simpletextim_server::auth::{HashCost, hash_password};
 use simpletextim_server::store::{Account, SqliteStore, StoreError};
-use simpletextim_server::{Config, DEFAULT_MAILBOX_CAP, RateLimit, Registration, Store};
+use simpletextim_server::{Config, DEFAULT_MAILBOX_CAP, Framing, RateLimit, Registration, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,11 @@ struct Cli {
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, value_name = "ADDR", default_value = simpletextim_server::DEFAULT_LISTEN)]
     listen: SocketAddr,
+
+    /// Also serve the protocol as one JSON object per line on this address, for `nc` or
+    /// telnet debugging [default: off].
+    #[arg(long, value_name = "ADDR")]
+    listen_lines: Option<SocketAddr>,
 
     /// Whether the first login of a free user id creates the account.
     #[arg(long, value_enum, default_value_t = Registration::Open)]
@@ -211,11 +216,20 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr().context("listener has no address")?;
+    let mut listeners = vec![(listener, Framing::LengthDelimited)];
+    if let Some(lines_addr) = cli.listen_lines {
+        let lines = TcpListener::bind(lines_addr)
+            .await
+            .with_context(|| format!("cannot listen on {lines_addr}"))?;
+        let bound = lines.local_addr().context("listener has no address")?;
+        tracing::info!("line protocol (one JSON object per line, for debugging) on {bound}");
+        listeners.push((lines, Framing::Lines));
+    }
     tracing::info!("listening on {addr}");
 
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    simpletextim_server::run(listener, config, shutdown).await?;
+    simpletextim_server::run_listeners(listeners, config, shutdown).await?;
     tracing::info!("bye");
     Ok(())
 }

@@ -31,7 +31,7 @@ use tokio_util::codec::Decoder;
 use crate::Shared;
 use crate::hub::Member;
 use crate::outbox::{KickReason, Outbox};
-use crate::wire::{FrameWriter, Out};
+use crate::wire::{FrameWriter, Framing, LineCodec, Out};
 
 /// Failed logins after which the connection is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
@@ -105,7 +105,7 @@ pub(crate) struct Session {
     peer: SocketAddr,
     /// Bytes read and not yet decoded; empty (no allocation) between commands.
     rbuf: BytesMut,
-    codec: ServerCodec,
+    codec: Codec,
     /// Frames waiting to be written; empty (no allocation) when all is written.
     out: FrameWriter,
     /// How much of `out` the socket has taken (what a session that fails mid-write has
@@ -120,6 +120,25 @@ pub(crate) struct Session {
     /// that a logged-in session carries no timer.
     login_deadline: Option<Pin<Box<Sleep>>>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The command decoder of the connection's framing.
+enum Codec {
+    LengthDelimited(ServerCodec),
+    /// Boxed: rare (the debugging listener), and larger.
+    Lines(Box<LineCodec>),
+}
+
+impl Codec {
+    fn decode(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<Result<Command, Failure>>, CodecError> {
+        match self {
+            Codec::LengthDelimited(c) => c.decode(src),
+            Codec::Lines(c) => c.decode(src),
+        }
+    }
 }
 
 enum Event {
@@ -138,6 +157,7 @@ impl Session {
         conn_id: u64,
         shared: Arc<Shared>,
         permit: OwnedSemaphorePermit,
+        framing: Framing,
     ) -> Session {
         let _ = stream.set_nodelay(true);
         let keepalive = TcpKeepalive::new()
@@ -149,10 +169,15 @@ impl Session {
             tokens: l.burst as f32,
             last: Instant::now(),
         });
-        let codec = ServerCodec::with_limits(
-            shared.config.max_command_frame,
-            simpletextim_proto::codec::DEFAULT_MAX_REPLY_FRAME,
-        );
+        let codec = match framing {
+            Framing::LengthDelimited => Codec::LengthDelimited(ServerCodec::with_limits(
+                shared.config.max_command_frame,
+                simpletextim_proto::codec::DEFAULT_MAX_REPLY_FRAME,
+            )),
+            Framing::Lines => {
+                Codec::Lines(Box::new(LineCodec::new(shared.config.max_command_frame)))
+            }
+        };
         Session {
             shared,
             stream,
@@ -160,7 +185,7 @@ impl Session {
             peer,
             rbuf: BytesMut::new(),
             codec,
-            out: FrameWriter::new(),
+            out: FrameWriter::with_framing(framing),
             out_written: 0,
             login: None,
             failed_logins: 0,
@@ -554,18 +579,10 @@ impl Session {
         };
         let me = Recipient::User(login.user_id.clone());
         let mut kept: Vec<ChatMessage> = Vec::new();
-        let pending = self.out.pending();
-        let mut at = 0;
-        while let Some(header) = pending.get(at..at + 4) {
-            let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let end = at + 4 + len;
-            if end > self.out_written
-                && let Some(payload) = pending.get(at + 4..end)
-                && let Ok(Reply::Message { messages }) = Reply::from_json(payload)
-            {
+        for reply in self.out.unwritten_replies(self.out_written) {
+            if let Reply::Message { messages } = reply {
                 kept.extend(messages.into_iter().filter(|m| m.to == me));
             }
-            at = end;
         }
         for item in login.outbox.take().items {
             if let Out::Chat(obj) = item

@@ -4,9 +4,66 @@
 //! A chat message is serialized once, when it is accepted ([`encode_chat`]); every recipient
 //! gets a cheap clone of the same [`Bytes`]. A session's writer then joins the chat messages
 //! queued for it into one `message` frame ([`FrameWriter`]): a copy, not a serialization.
+//!
+//! Two framings carry the same JSON objects: the protocol's length-delimited frames, and
+//! (for `nc`/telnet debugging, on a listener of its own) one object per line, read by
+//! [`LineCodec`].
 
-use bytes::{BufMut, Bytes, BytesMut};
-use simpletextim_proto::{ChatMessage, Reply};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use simpletextim_proto::{ChatMessage, CodecError, Command, Failure, Reply};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
+
+/// How JSON objects are delimited on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// The protocol's frames: a 4-byte big-endian length, then the object.
+    #[default]
+    LengthDelimited,
+    /// One object per line (`\n`-terminated, `\r\n` tolerated): the debugging listener.
+    Lines,
+}
+
+/// Reads commands one per line, with the same limit and answers as the framed protocol:
+/// a line that is not a valid command is a recoverable `fail` (400), a line longer than the
+/// limit is fatal (413, then close). Blank lines are skipped.
+#[derive(Debug)]
+pub struct LineCodec {
+    inner: AnyDelimiterCodec,
+    max: usize,
+}
+
+impl LineCodec {
+    /// A codec refusing lines longer than `max` bytes.
+    pub fn new(max: usize) -> LineCodec {
+        LineCodec {
+            inner: AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max),
+            max,
+        }
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Result<Command, Failure>;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
+        loop {
+            let line = match self.inner.decode(src) {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ok(None),
+                Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                    return Err(CodecError::FrameTooLarge { max: self.max });
+                }
+                Err(AnyDelimiterCodecError::Io(e)) => return Err(CodecError::Io(e)),
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some(Command::from_json(line)));
+        }
+    }
+}
 
 /// Chat messages joined into one frame stop growing past this many bytes (another frame
 /// follows).
@@ -35,19 +92,28 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
 const MESSAGE_FRAME_HEAD: &[u8] = br#"{"command":"message","messages":["#;
 const MESSAGE_FRAME_TAIL: &[u8] = b"]}";
 
-/// Builds length-prefixed frames into one write buffer, joining consecutive chat messages
-/// into shared `message` frames.
+/// Builds frames into one write buffer, joining consecutive chat messages into shared
+/// `message` frames.
 #[derive(Debug, Default)]
 pub struct FrameWriter {
     buf: BytesMut,
-    /// Offset of the length header of the open `message` frame, if one is open.
+    /// Offset of the open `message` frame (of its length header), if one is open.
     open_batch: Option<usize>,
+    framing: Framing,
 }
 
 impl FrameWriter {
-    /// An empty writer.
+    /// An empty writer of length-delimited frames.
     pub fn new() -> FrameWriter {
         FrameWriter::default()
+    }
+
+    /// An empty writer of frames in `framing`.
+    pub fn with_framing(framing: Framing) -> FrameWriter {
+        FrameWriter {
+            framing,
+            ..FrameWriter::default()
+        }
     }
 
     /// Appends one outbox item.
@@ -67,7 +133,9 @@ impl FrameWriter {
             _ => {
                 self.close_batch();
                 self.open_batch = Some(self.buf.len());
-                self.buf.put_u32(0); // patched in close_batch
+                if self.framing == Framing::LengthDelimited {
+                    self.buf.put_u32(0); // patched in close_batch
+                }
                 self.buf.put_slice(MESSAGE_FRAME_HEAD);
             }
         }
@@ -78,10 +146,19 @@ impl FrameWriter {
     pub fn push_frame(&mut self, payload: &[u8]) {
         self.close_batch();
         self.buf.reserve(4 + payload.len());
-        // Replies the server builds are far below the 16 MiB limit except a `list` of
-        // hundreds of thousands of users, which still fits a u32 length.
-        self.buf.put_u32(payload.len() as u32);
-        self.buf.put_slice(payload);
+        match self.framing {
+            LengthDelimited => {
+                // Replies the server builds are far below the 16 MiB limit except a `list`
+                // of hundreds of thousands of users, which still fits a u32 length.
+                self.buf.put_u32(payload.len() as u32);
+                self.buf.put_slice(payload);
+            }
+            // serde_json escapes newlines inside strings: a payload is one line.
+            Lines => {
+                self.buf.put_slice(payload);
+                self.buf.put_u8(b'\n');
+            }
+        }
     }
 
     /// Appends a reply, serializing it.
@@ -92,9 +169,49 @@ impl FrameWriter {
     fn close_batch(&mut self) {
         if let Some(start) = self.open_batch.take() {
             self.buf.put_slice(MESSAGE_FRAME_TAIL);
-            let len = (self.buf.len() - start - 4) as u32;
-            self.buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            match self.framing {
+                LengthDelimited => {
+                    let len = (self.buf.len() - start - 4) as u32;
+                    self.buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+                }
+                Lines => self.buf.put_u8(b'\n'),
+            }
         }
+    }
+
+    /// The replies of the frames not entirely within the first `written` bytes: what a
+    /// session that failed mid-write did not deliver.
+    pub fn unwritten_replies(&mut self, written: usize) -> Vec<Reply> {
+        self.close_batch();
+        let mut replies = Vec::new();
+        let mut rest: &[u8] = &self.buf;
+        let mut at = 0;
+        while !rest.is_empty() {
+            let (payload, frame_len) = match self.framing {
+                LengthDelimited => {
+                    if rest.len() < 4 {
+                        break;
+                    }
+                    let len = (&rest[..4]).get_u32() as usize;
+                    match rest.get(4..4 + len) {
+                        Some(payload) => (payload, 4 + len),
+                        None => break,
+                    }
+                }
+                Lines => match rest.iter().position(|&b| b == b'\n') {
+                    Some(end) => (&rest[..end], end + 1),
+                    None => break,
+                },
+            };
+            at += frame_len;
+            if at > written
+                && let Ok(reply) = Reply::from_json(payload)
+            {
+                replies.push(reply);
+            }
+            rest = &rest[frame_len..];
+        }
+        replies
     }
 
     /// Whether nothing is waiting to be written.
@@ -126,6 +243,8 @@ impl FrameWriter {
         self.open_batch = None;
     }
 }
+
+use Framing::{LengthDelimited, Lines};
 
 #[cfg(test)]
 mod tests {
@@ -210,5 +329,76 @@ mod tests {
             .map(|m| m.id)
             .collect();
         assert_eq!(ids, (0..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn lines_framing_writes_one_object_per_line() {
+        let mut w = FrameWriter::with_framing(Framing::Lines);
+        let (a, b) = (msg(1, "hi"), msg(2, "there"));
+        w.push_chat(&encode_chat(&a));
+        w.push_chat(&encode_chat(&b));
+        w.push_reply(&Reply::Joined {
+            user_id: UserId::new("carol").unwrap(),
+        });
+        w.push_chat(&encode_chat(&a));
+        let bytes = w.take();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        assert!(text.ends_with('\n'));
+        let batch = |m: Vec<ChatMessage>| {
+            String::from_utf8(Reply::Message { messages: m }.to_json()).unwrap()
+        };
+        assert_eq!(
+            lines,
+            [
+                batch(vec![a.clone(), b]).as_str(),
+                r#"{"command":"joined","user_id":"carol"}"#,
+                batch(vec![a]).as_str(),
+            ]
+        );
+    }
+
+    #[test]
+    fn unwritten_replies_are_the_frames_not_wholly_written() {
+        for framing in [Framing::LengthDelimited, Framing::Lines] {
+            let mut w = FrameWriter::with_framing(framing);
+            let joined = Reply::Joined {
+                user_id: UserId::new("carol").unwrap(),
+            };
+            w.push_reply(&joined);
+            let first_len = w.len();
+            w.push_chat(&encode_chat(&msg(1, "a")));
+            w.push_chat(&encode_chat(&msg(2, "b")));
+            let batch = Reply::Message {
+                messages: vec![msg(1, "a"), msg(2, "b")],
+            };
+            assert_eq!(w.unwritten_replies(0), [joined.clone(), batch.clone()]);
+            assert_eq!(w.unwritten_replies(first_len - 1), [joined, batch.clone()]);
+            assert_eq!(w.unwritten_replies(first_len), std::slice::from_ref(&batch));
+            assert_eq!(w.unwritten_replies(first_len + 5), [batch]);
+            let all = w.len();
+            assert_eq!(w.unwritten_replies(all), []);
+        }
+    }
+
+    #[test]
+    fn line_codec_reads_commands_skips_blank_lines_and_limits_length() {
+        let mut c = LineCodec::new(64);
+        let mut buf = BytesMut::from(
+            &b"{\"command\":\"list\"}\r\n\n  \r\nnot json\n{\"command\":\"exit\"}\n{\"comm"[..],
+        );
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Ok(Command::List)));
+        match c.decode(&mut buf).unwrap() {
+            Some(Err(f)) => assert_eq!(f.error_code, simpletextim_proto::ErrorCode::BadRequest),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Ok(Command::Exit)));
+        // A partial line waits for more.
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&[b'x'; 100]);
+        assert!(matches!(
+            c.decode(&mut buf),
+            Err(CodecError::FrameTooLarge { max: 64 })
+        ));
     }
 }

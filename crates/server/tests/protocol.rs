@@ -649,3 +649,92 @@ async fn shutdown_sends_503_to_every_session_and_returns() {
         .unwrap()
         .unwrap();
 }
+
+/// The debugging listener: the same protocol, one JSON object per line, sharing the hub
+/// with the framed listener.
+#[tokio::test]
+async fn the_line_listener_speaks_the_protocol_one_object_per_line() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let framed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lines = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (framed_addr, lines_addr) = (framed.local_addr().unwrap(), lines.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(simpletextim_server::run_listeners(
+        vec![
+            (framed, simpletextim_server::Framing::LengthDelimited),
+            (lines, simpletextim_server::Framing::Lines),
+        ],
+        config(),
+        shutdown.clone(),
+    ));
+
+    let (r, mut w) = TcpStream::connect(lines_addr).await.unwrap().into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    let mut read_line = async |r: &mut BufReader<_>| {
+        line.clear();
+        tokio::time::timeout(WAIT, r.read_line(&mut line))
+            .await
+            .expect("no line in time")
+            .unwrap();
+        line.clone()
+    };
+    w.write_all(b"{\"command\":\"login alice/pw\"}\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_line(&mut r).await,
+        "{\"command\":\"message\",\"messages\":[]}\n"
+    );
+
+    // A framed client and a line client see each other.
+    let mut bob = simpletextim_proto::Client::connect(framed_addr).await.unwrap();
+    bob.login("bob", "pw").await.unwrap();
+    assert_eq!(
+        read_line(&mut r).await,
+        "{\"command\":\"joined\",\"user_id\":\"bob\"}\n"
+    );
+    w.write_all(b"\n{\"command\":\"send\",\"message\":\"hi bob\"}\n")
+        .await
+        .unwrap();
+    let echo = read_line(&mut r).await;
+    let m = next_chat(&mut bob).await;
+    assert_eq!(m, chat_like(&m, "alice", "hi bob", Recipient::Everyone));
+    assert_eq!(
+        echo,
+        format!(
+            "{{\"command\":\"message\",\"messages\":[{{\"user_id\":\"alice\",\"message\":\"hi bob\",\"to\":\"*\",\"id\":{},\"ts\":{}}}]}}\n",
+            m.id, m.ts
+        )
+    );
+    // Bad input: 400, and the connection stays open.
+    w.write_all(b"hello?\n{\"command\":\"list\"}\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_line(&mut r).await,
+        "{\"command\":\"fail\",\"fail\":{\"error_code\":400,\"reason\":\"invalid JSON: expected value at line 1 column 1\"}}\n"
+    );
+    assert_eq!(
+        read_line(&mut r).await,
+        "{\"command\":\"list\",\"list\":[\"alice\",\"bob\"]}\n"
+    );
+    // A line over the limit: 413, then close.
+    w.write_all(&[b'x'; 5000]).await.unwrap();
+    assert_eq!(
+        read_line(&mut r).await,
+        "{\"command\":\"fail\",\"fail\":{\"error_code\":413,\"reason\":\"frame over the size limit of 4096 bytes\"}}\n"
+    );
+    assert_eq!(read_line(&mut r).await, "");
+    assert_eq!(
+        next(&mut bob).await,
+        Reply::Left {
+            user_id: uid("alice")
+        }
+    );
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
