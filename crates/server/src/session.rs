@@ -484,6 +484,18 @@ impl Session {
         result
     }
 
+    /// Writes the whole buffer, however long the socket takes (the caller bounds it),
+    /// keeping `out_written` up to date.
+    async fn write_final(&mut self) -> Result<(), End> {
+        while self.out_written < self.out.pending().len() {
+            if self.stream.writable().await.is_err() {
+                return Err(End::Error);
+            }
+            self.try_write(self.out_written)?;
+        }
+        Ok(())
+    }
+
     /// Waits for the socket to take the rest of the buffer. A kick meanwhile ends it at once
     /// if the peer is a slow consumer; a takeover or shutdown gives it [`FINAL_WRITE`] more.
     async fn write_blocked(&mut self, mut off: usize) -> Result<(), End> {
@@ -548,8 +560,13 @@ impl Session {
             End::TooManyFailedLogins | End::FrameTooLarge | End::LoginTimeout => {}
         }
         if !self.out.is_empty() {
-            let buf = self.out.take();
-            let _ = timeout(FINAL_WRITE, self.stream.write_all(&buf)).await;
+            self.out_written = 0;
+            let written = timeout(FINAL_WRITE, self.write_final()).await;
+            if !matches!(written, Ok(Ok(()))) {
+                // The peer did not take it all: keep its private messages for next time.
+                self.keep_undelivered_private().await;
+            }
+            self.out.clear();
         }
         let _ = timeout(FINAL_WRITE, self.stream.shutdown()).await;
         if let Some(login) = &self.login {
@@ -627,3 +644,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
