@@ -9,12 +9,19 @@
 //! in-memory work (lookups, queueing onto outboxes, encoding one message) and never across an `.await`.
 //! Holding it during a fan-out is what gives every recipient the same order, and ids that
 //! increase in the order messages were accepted.
+//!
+//! Presence notices (`joined`, `left`) are queued *lazily*: they do not wake an idle
+//! session. They leave with its next chat message or reply, in queue order, or at the
+//! latest one [`PRESENCE_TICK`] later, when [`Hub::presence_ticker`] wakes the sessions on
+//! its flush list (only those with lazy items waiting; nothing runs while no notice is).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use bytes::Bytes;
 use simpletextim_proto::{ChatMessage, ErrorCode, Failure, MessageText, Recipient, Reply, UserId};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{KickReason, Outbox};
 use crate::store::{Store, StoreError};
@@ -31,15 +38,25 @@ pub struct Member {
     pub outbox: Arc<Outbox>,
 }
 
+/// The longest a presence notice waits in an idle session's outbox before the session is
+/// woken to write it.
+pub const PRESENCE_TICK: Duration = Duration::from_millis(50);
+
 struct Inner {
     members: HashMap<String, Member>,
     last_id: u64,
+    /// Outboxes holding lazy items (presence notices) that nothing has woken yet.
+    to_flush: Vec<Arc<Outbox>>,
+    /// The hub's `tick`.
+    tick: Arc<Notify>,
 }
 
 /// Membership and fan-out. Cheap to share behind an `Arc`.
 pub struct Hub {
     inner: Mutex<Inner>,
     store: Arc<dyn Store>,
+    /// Wakes [`Hub::presence_ticker`] when the flush list stops being empty.
+    tick: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -51,12 +68,16 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub whose message ids start above `min_id`.
     pub fn new(store: Arc<dyn Store>, min_id: u64) -> Hub {
+        let tick = Arc::new(Notify::new());
         Hub {
             inner: Mutex::new(Inner {
                 members: HashMap::new(),
                 last_id: min_id,
+                to_flush: Vec::new(),
+                tick: tick.clone(),
             }),
             store,
+            tick,
         }
     }
 
@@ -82,7 +103,34 @@ impl Hub {
                 let frame = encode_reply(&Reply::Joined {
                     user_id: user_id.clone(),
                 });
-                inner.broadcast(Out::Frame(frame), Some(conn_id));
+                inner.broadcast_notice(Out::Frame(frame), Some(conn_id));
+            }
+        }
+    }
+
+    /// Wakes, [`PRESENCE_TICK`] after the first of them, the sessions that hold presence
+    /// notices nothing else has woken them for; runs until `shutdown`. The server runs one
+    /// beside the hub: without it, notices to an idle session would wait for its next chat.
+    pub async fn presence_ticker(&self, shutdown: CancellationToken) {
+        let mut flushing: Vec<Arc<Outbox>> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = self.tick.notified() => {}
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(PRESENCE_TICK) => {}
+            }
+            std::mem::swap(&mut self.lock().to_flush, &mut flushing);
+            for outbox in flushing.drain(..) {
+                outbox.flush_lazy();
+            }
+            if flushing.capacity() > 1024 {
+                // A storm's list is not kept for the quiet that follows.
+                flushing = Vec::new();
             }
         }
     }
@@ -259,9 +307,25 @@ impl Inner {
         self.cut_off(slow);
     }
 
+    /// Offers a presence notice to every member except `except`, lazily (it does not wake
+    /// them), then cuts off the slow ones.
+    fn broadcast_notice(&mut self, item: Out, except: Option<u64>) {
+        let mut slow = Vec::new();
+        let was_empty = self.to_flush.is_empty();
+        for m in self.members.values() {
+            if Some(m.conn_id) != except {
+                offer_lazy(m, item.clone(), &mut slow, &mut self.to_flush);
+            }
+        }
+        if was_empty && !self.to_flush.is_empty() {
+            self.tick.notify_one();
+        }
+        self.cut_off(slow);
+    }
+
     fn announce_left(&mut self, user_id: UserId) {
         let frame = encode_reply(&Reply::Left { user_id });
-        self.broadcast(Out::Frame(Bytes::clone(&frame)), None);
+        self.broadcast_notice(Out::Frame(frame), None);
     }
 
     /// Removes and kicks slow consumers, telling the others they left. Telling them may
@@ -279,8 +343,17 @@ impl Inner {
             let frame = encode_reply(&Reply::Left {
                 user_id: m.user_id.clone(),
             });
+            let was_empty = self.to_flush.is_empty();
             for other in self.members.values() {
-                offer(other, Out::Frame(frame.clone()), &mut slow);
+                offer_lazy(
+                    other,
+                    Out::Frame(frame.clone()),
+                    &mut slow,
+                    &mut self.to_flush,
+                );
+            }
+            if was_empty && !self.to_flush.is_empty() {
+                self.tick.notify_one();
             }
         }
     }
@@ -290,6 +363,21 @@ impl Inner {
 fn offer(m: &Member, item: Out, slow: &mut Vec<(String, u64)>) {
     if m.outbox.push(item).is_err() {
         slow.push((m.user_id.key(), m.conn_id));
+    }
+}
+
+/// Queues a presence notice for a member without waking it; an outbox that needs a later
+/// wake-up goes on `to_flush`. A full outbox marks the member slow.
+fn offer_lazy(
+    m: &Member,
+    item: Out,
+    slow: &mut Vec<(String, u64)>,
+    to_flush: &mut Vec<Arc<Outbox>>,
+) {
+    match m.outbox.push_lazy(item) {
+        Ok(true) => to_flush.push(m.outbox.clone()),
+        Ok(false) => {}
+        Err(_) => slow.push((m.user_id.key(), m.conn_id)),
     }
 }
 
@@ -303,4 +391,90 @@ fn store_failure(e: StoreError) -> Failure {
         ErrorCode::Unavailable,
         "storage unavailable, try again later",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::time::Instant;
+
+    fn member(hub: &Hub, conn_id: u64, name: &str) -> Arc<Outbox> {
+        let outbox = Outbox::new(64);
+        hub.join(Member {
+            conn_id,
+            user_id: UserId::new(name).expect("valid id"),
+            outbox: outbox.clone(),
+        });
+        outbox
+    }
+
+    fn frames(outbox: &Outbox) -> Vec<String> {
+        outbox
+            .take()
+            .items
+            .iter()
+            .map(|i| match i {
+                Out::Frame(b) | Out::Chat(b) => String::from_utf8_lossy(b).into_owned(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn presence_notices_reach_an_idle_session_in_order_within_a_tick() {
+        let hub = Arc::new(Hub::new(Arc::new(MemoryStore::new(10)), 0));
+        let shutdown = CancellationToken::new();
+        let ticker = tokio::spawn({
+            let hub = hub.clone();
+            let shutdown = shutdown.clone();
+            async move { hub.presence_ticker(shutdown).await }
+        });
+        let alice = member(&hub, 1, "alice");
+        let started = Instant::now();
+        let _bob = member(&hub, 2, "bob");
+        let _carol = member(&hub, 3, "carol");
+        hub.leave(&UserId::new("bob").expect("valid id"), 2);
+        // Queued, but nobody woke alice: the notices wait for the tick.
+        {
+            use futures::FutureExt;
+            assert!(alice.changed().now_or_never().is_none());
+        }
+        tokio::time::timeout(Duration::from_secs(5), alice.changed())
+            .await
+            .expect("woken by the presence ticker");
+        assert!(started.elapsed() >= PRESENCE_TICK);
+        assert_eq!(
+            frames(&alice),
+            vec![
+                r#"{"command":"joined","user_id":"bob"}"#,
+                r#"{"command":"joined","user_id":"carol"}"#,
+                r#"{"command":"left","user_id":"bob"}"#,
+            ]
+        );
+        shutdown.cancel();
+        ticker.await.expect("ticker ends on shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_public_message_wakes_at_once_and_carries_the_notices_before_it() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let _bob = member(&hub, 2, "bob");
+        hub.publish(
+            &UserId::new("bob").expect("valid id"),
+            MessageText::new("hi").expect("valid text"),
+        );
+        // No ticker runs here: the chat alone wakes alice.
+        tokio::time::timeout(Duration::from_secs(5), alice.changed())
+            .await
+            .expect("woken by the chat");
+        let got = frames(&alice);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], r#"{"command":"joined","user_id":"bob"}"#);
+        assert!(
+            got[1].starts_with(r#"{"user_id":"bob","message":"hi","to":"*""#),
+            "{}",
+            got[1]
+        );
+    }
 }

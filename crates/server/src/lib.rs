@@ -158,6 +158,11 @@ pub async fn run_listeners(
         shutdown: shutdown.clone(),
         config,
     });
+    // Presence notices do not wake idle sessions; this wakes those still holding some.
+    let ticker = {
+        let shared = shared.clone();
+        tokio::spawn(async move { shared.hub.presence_ticker(shared.shutdown.clone()).await })
+    };
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
     let conn_ids = AtomicU64::new(1);
@@ -166,6 +171,7 @@ pub async fn run_listeners(
     }))
     .await;
     tracker.close();
+    ticker.abort();
     let sessions = tracker.len();
     tracing::info!(sessions, "shutting down");
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())

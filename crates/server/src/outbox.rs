@@ -4,6 +4,12 @@
 //! It is a `VecDeque` behind a `std::sync::Mutex` and a `tokio::sync::Notify`, not a tokio
 //! channel: an idle outbox allocates nothing (a channel allocates its first block of slots
 //! up front), and the session takes everything queued in one swap.
+//!
+//! Items are queued *eagerly* (chat: the session is woken at once) or *lazily* (presence
+//! notices: [`Outbox::push_lazy`] queues without waking). A lazy item leaves with the next
+//! eager item or reply, in queue order, or when the hub's presence ticker calls
+//! [`Outbox::flush_lazy`] a few tens of milliseconds later. A login storm of N users then
+//! costs each idle session one wake-up and one `write` per tick instead of one per notice.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +35,10 @@ pub struct Full;
 struct State {
     items: VecDeque<Out>,
     kicked: Option<KickReason>,
+    /// The session has been woken since its last `take`: further pushes need not wake it.
+    woken: bool,
+    /// The outbox is on the hub's list of outboxes to flush at the next tick.
+    listed: bool,
 }
 
 /// A bounded queue of frames for one session, and its kick switch.
@@ -64,8 +74,9 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an item, waking the session if the queue was empty. Items for a kicked
-    /// session are dropped: it is going away and will say nothing more but goodbye.
+    /// Queues an item and wakes the session (unless it was woken already since it last
+    /// took its items). Items for a kicked session are dropped: it is going away and will
+    /// say nothing more but goodbye.
     ///
     /// # Errors
     /// [`Full`] when `capacity` items are queued already; nothing is queued then.
@@ -77,14 +88,49 @@ impl Outbox {
         if s.items.len() >= self.capacity {
             return Err(Full);
         }
-        let was_empty = s.items.is_empty();
         s.items.push_back(item);
+        let wake = !std::mem::replace(&mut s.woken, true);
         drop(s);
-        if was_empty {
+        if wake {
             // A stored permit covers a session that is between `take` and waiting.
             self.notify.notify_one();
         }
         Ok(())
+    }
+
+    /// Queues an item without waking the session: it leaves with the next eager item or
+    /// reply, or at the next [`Outbox::flush_lazy`]. Returns `Ok(true)` when the caller
+    /// must put this outbox on its flush list (it was not on it, and nothing will wake the
+    /// session otherwise).
+    ///
+    /// # Errors
+    /// [`Full`] when `capacity` items are queued already; nothing is queued then.
+    pub fn push_lazy(&self, item: Out) -> Result<bool, Full> {
+        let mut s = self.lock();
+        if s.kicked.is_some() {
+            return Ok(false);
+        }
+        if s.items.len() >= self.capacity {
+            return Err(Full);
+        }
+        s.items.push_back(item);
+        let list = !s.woken && !s.listed;
+        if list {
+            s.listed = true;
+        }
+        Ok(list)
+    }
+
+    /// Wakes the session if lazy items are still waiting; the hub's ticker calls it for
+    /// each outbox on its flush list. The outbox leaves the list.
+    pub fn flush_lazy(&self) {
+        let mut s = self.lock();
+        s.listed = false;
+        let wake = !s.items.is_empty() && !std::mem::replace(&mut s.woken, true);
+        drop(s);
+        if wake {
+            self.notify.notify_one();
+        }
     }
 
     /// Tells the session to close. The first reason sticks.
@@ -100,9 +146,10 @@ impl Outbox {
         self.lock().kicked
     }
 
-    /// Takes everything queued.
+    /// Takes everything queued. From now on, a push wakes the session again.
     pub fn take(&self) -> Taken {
         let mut s = self.lock();
+        s.woken = false;
         Taken {
             items: std::mem::take(&mut s.items),
             kicked: s.kicked,
@@ -135,6 +182,72 @@ mod tests {
         let t = o.take();
         assert_eq!(t.items.len(), 0);
         assert_eq!(t.kicked, Some(KickReason::TakenOver));
+    }
+
+    fn frame(s: &'static str) -> Out {
+        Out::Frame(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn texts(items: &VecDeque<Out>) -> Vec<&[u8]> {
+        items
+            .iter()
+            .map(|i| match i {
+                Out::Frame(b) | Out::Chat(b) => &b[..],
+            })
+            .collect()
+    }
+
+    fn woken(o: &Outbox) -> bool {
+        use futures::FutureExt;
+        o.changed().now_or_never().is_some()
+    }
+
+    #[test]
+    fn lazy_items_wait_for_a_flush_and_are_listed_once() {
+        let o = Outbox::new(8);
+        // The first lazy item asks to be listed; later ones do not.
+        assert_eq!(o.push_lazy(frame("j1")), Ok(true));
+        assert_eq!(o.push_lazy(frame("j2")), Ok(false));
+        assert!(!woken(&o));
+        o.flush_lazy();
+        assert!(woken(&o));
+        assert_eq!(texts(&o.take().items), vec![&b"j1"[..], b"j2"]);
+        // Taken: the next lazy item asks to be listed again.
+        assert_eq!(o.push_lazy(frame("j3")), Ok(true));
+        o.flush_lazy();
+        assert_eq!(texts(&o.take().items), vec![&b"j3"[..]]);
+        // A flush with nothing waiting wakes nobody.
+        let _ = woken(&o);
+        o.flush_lazy();
+        assert!(!woken(&o));
+    }
+
+    #[test]
+    fn an_eager_item_carries_the_lazy_ones_in_order() {
+        let o = Outbox::new(8);
+        assert_eq!(o.push_lazy(frame("joined")), Ok(true));
+        assert!(!woken(&o));
+        assert_eq!(o.push(frame("chat")), Ok(()));
+        assert!(woken(&o));
+        // Woken already: a lazy item now needs no listing, and a flush no second wake-up.
+        assert_eq!(o.push_lazy(frame("left")), Ok(false));
+        o.flush_lazy();
+        assert!(!woken(&o));
+        assert_eq!(
+            texts(&o.take().items),
+            vec![&b"joined"[..], b"chat", b"left"]
+        );
+    }
+
+    #[test]
+    fn lazy_pushes_are_bounded_and_dropped_once_kicked() {
+        let o = Outbox::new(1);
+        assert_eq!(o.push_lazy(frame("1")), Ok(true));
+        assert_eq!(o.push_lazy(frame("2")), Err(Full));
+        o.kick(KickReason::SlowConsumer);
+        let _ = o.take();
+        assert_eq!(o.push_lazy(frame("3")), Ok(false));
+        assert_eq!(o.take().items.len(), 0);
     }
 
     #[tokio::test]
