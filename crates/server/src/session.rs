@@ -196,12 +196,17 @@ impl Session {
         }
     }
 
-    /// Serves the connection until it ends. The session is this future's only argument, so
-    /// it is stored once in the task.
-    pub(crate) async fn run(mut self) {
-        let end = self.serve().await;
-        // Boxed: the goodbye's state is only needed once, at the end.
-        Box::pin(self.finish(end)).await;
+    /// Serves the connection until it ends.
+    ///
+    /// Not an `async fn`: an async fn moves its argument into a local of its body, and the
+    /// compiler then keeps room for both (the session twice in every task). The session is
+    /// captured once here and used in place.
+    pub(crate) fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let end = self.serve().await;
+            // Boxed: the goodbye's state is only needed once, at the end.
+            Box::pin(self.finish(end)).await;
+        }
     }
 }
 
