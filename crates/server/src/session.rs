@@ -201,6 +201,7 @@ impl Session {
     /// Not an `async fn`: an async fn moves its argument into a local of its body, and the
     /// compiler then keeps room for both (the session twice in every task). The session is
     /// captured once here and used in place.
+    #[allow(clippy::manual_async_fn)]
     pub(crate) fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
             let end = self.serve().await;
