@@ -49,6 +49,8 @@ struct Inner {
     to_flush: Vec<Arc<Outbox>>,
     /// The hub's `tick`.
     tick: Arc<Notify>,
+    /// Set by [`Hub::shut_down`]: a session that joins later is told at once.
+    shutting_down: bool,
 }
 
 /// Membership and fan-out. Cheap to share behind an `Arc`.
@@ -75,6 +77,7 @@ impl Hub {
                 last_id: min_id,
                 to_flush: Vec::new(),
                 tick: tick.clone(),
+                shutting_down: false,
             }),
             store,
             tick,
@@ -94,6 +97,9 @@ impl Hub {
         let key = member.user_id.key();
         let user_id = member.user_id.clone();
         let conn_id = member.conn_id;
+        if inner.shutting_down {
+            member.outbox.kick(KickReason::Shutdown);
+        }
         match inner.members.insert(key, member) {
             Some(old) => {
                 tracing::info!(user = %user_id, old = old.conn_id, new = conn_id, "session taken over");
@@ -105,6 +111,18 @@ impl Hub {
                 });
                 inner.broadcast_notice(Out::Frame(frame), Some(conn_id));
             }
+        }
+    }
+
+    /// Tells every logged-in session, and every one that logs in from now on, that the
+    /// server is shutting down. A logged-in session learns of the shutdown from its outbox,
+    /// so that it does not wait on the server-wide cancellation token (a notifier shared by
+    /// every session, whose waiter list each of them would join and leave at every wake-up).
+    pub fn shut_down(&self) {
+        let mut inner = self.lock();
+        inner.shutting_down = true;
+        for m in inner.members.values() {
+            m.outbox.kick(KickReason::Shutdown);
         }
     }
 
@@ -476,5 +494,31 @@ mod tests {
             "{}",
             got[1]
         );
+    }
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn shut_down_kicks_every_member_and_every_later_one() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let join = |conn_id, name| {
+            let outbox = Outbox::new(8);
+            hub.join(Member {
+                conn_id,
+                user_id: UserId::new(name).expect("valid id"),
+                outbox: outbox.clone(),
+            });
+            outbox
+        };
+        let alice = join(1, "alice");
+        assert_eq!(alice.kicked(), None);
+        hub.shut_down();
+        assert_eq!(alice.kicked(), Some(KickReason::Shutdown));
+        let bob = join(2, "bob");
+        assert_eq!(bob.kicked(), Some(KickReason::Shutdown));
     }
 }

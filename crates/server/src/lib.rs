@@ -158,10 +158,14 @@ pub async fn run_listeners(
         shutdown: shutdown.clone(),
         config,
     });
-    // Presence notices do not wake idle sessions; this wakes those still holding some.
+    // Presence notices do not wake idle sessions; this wakes those still holding some. On
+    // shutdown it tells the logged-in sessions through their outboxes.
     let ticker = {
         let shared = shared.clone();
-        tokio::spawn(async move { shared.hub.presence_ticker(shared.shutdown.clone()).await })
+        tokio::spawn(async move {
+            shared.hub.presence_ticker(shared.shutdown.clone()).await;
+            shared.hub.shut_down();
+        })
     };
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
@@ -171,7 +175,8 @@ pub async fn run_listeners(
     }))
     .await;
     tracker.close();
-    ticker.abort();
+    // It ends on the shutdown too, once every logged-in session has been told.
+    let _ = ticker.await;
     let sessions = tracker.len();
     tracing::info!(sessions, "shutting down");
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())

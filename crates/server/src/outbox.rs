@@ -25,6 +25,8 @@ pub enum KickReason {
     TakenOver,
     /// Its outbox stayed full.
     SlowConsumer,
+    /// The server is shutting down (`fail 503`).
+    Shutdown,
 }
 
 /// The outbox is full: its session is a slow consumer.

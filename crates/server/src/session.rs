@@ -225,7 +225,7 @@ impl Session {
             }
             let event = tokio::select! {
                 biased;
-                () = self.shared.shutdown.cancelled() => Event::Shutdown,
+                () = shutdown_before_login(&self.login, &self.shared.shutdown) => Event::Shutdown,
                 () = outbox_changed(&self.login) => Event::Outbox,
                 r = self.stream.readable() => Event::Readable(r),
                 () = deadline_passed(&mut self.login_deadline) => Event::LoginTimeout,
@@ -334,6 +334,7 @@ impl Session {
             None => Ok(()),
             Some(KickReason::TakenOver) => Err(End::TakenOver),
             Some(KickReason::SlowConsumer) => Err(End::SlowConsumer),
+            Some(KickReason::Shutdown) => Err(End::Shutdown),
         }
     }
 
@@ -523,7 +524,9 @@ impl Session {
                     self.wake_pending = true;
                     match self.login.as_ref().and_then(|l| l.outbox.kicked()) {
                         Some(KickReason::SlowConsumer) => return Err(End::SlowConsumer),
-                        Some(KickReason::TakenOver) => deadline = Some(Instant::now() + FINAL_WRITE),
+                        Some(KickReason::TakenOver | KickReason::Shutdown) => {
+                            deadline = Some(Instant::now() + FINAL_WRITE);
+                        }
                         None => {}
                     }
                 }
@@ -580,6 +583,18 @@ impl Session {
         } else {
             tracing::debug!(peer = %self.peer, reason = ?end, "connection closed");
         }
+    }
+}
+
+/// Resolves on the server's shutdown, but only before login: a logged-in session learns of
+/// it from its outbox ([`KickReason::Shutdown`]).
+async fn shutdown_before_login(
+    login: &Option<LoggedIn>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    match login {
+        Some(_) => std::future::pending().await,
+        None => shutdown.cancelled().await,
     }
 }
 
