@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -42,8 +42,12 @@ pub struct Shared {
     pub remaining: AtomicUsize,
     /// Notified when `remaining` reaches zero.
     pub all_done: Notify,
-    /// Cancelled to stop every receiver.
+    /// Cancelled to stop every receiver (through [`Shared::stop`]).
     pub stop: CancellationToken,
+    /// Set by [`Shared::stop`] before `stop` is cancelled: what a receiver checks per frame
+    /// (an atomic load; `CancellationToken::is_cancelled` takes a mutex that every receiver
+    /// shares).
+    stopped: AtomicBool,
     /// `joined` notices received by all receivers together (to know when a login storm has
     /// drained: N logins make exactly N(N−1)/2 of them).
     pub joined_seen: AtomicU64,
@@ -65,9 +69,22 @@ impl Shared {
             remaining: AtomicUsize::new(receivers),
             all_done: Notify::new(),
             stop: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
             joined_seen: AtomicU64::new(0),
             last_list: AtomicI64::new(-1),
         })
+    }
+
+    /// Stops every receiver: frames received from now on are not counted.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.cancel();
+    }
+
+    /// Whether [`Shared::stop`] was called.
+    #[inline]
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// Microseconds since `base`.
@@ -244,13 +261,17 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
     check_done(&mut seen, &view, &mut done);
 
     loop {
-        // The stop comes first: once the run is over, frames that keep coming (the `left`
-        // notices of clients already closing) are not counted.
+        // A frame that is ready is taken without polling the stop (whose poll takes a lock
+        // every receiver shares); the flag checked after it keeps frames that come once the
+        // run is over (the `left` notices of clients already closing) from being counted.
         let frame = tokio::select! {
             biased;
-            () = &mut stopped => break,
             f = reader.next() => f,
+            () = &mut stopped => break,
         };
+        if shared.stopped() {
+            break;
+        }
         let frame = match frame {
             Some(Ok(frame)) => frame,
             Some(Err(_)) | None => {

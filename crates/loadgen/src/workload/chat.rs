@@ -216,7 +216,7 @@ async fn run_chat(
     let senders = spawn_senders(&mut clients, plans, shared);
     let all = shared.wait_all(deadline).await;
     let ended = Instant::now();
-    shared.stop.cancel();
+    shared.stop();
     let (sent, send_error) = join_senders(&mut clients, senders).await;
     let (seen, closed, _) = finish(shared, clients).await;
     let end = if all {

@@ -107,7 +107,7 @@ pub async fn login_all(
             ))
         }
         Err(e) => {
-            shared.stop.cancel();
+            shared.stop();
             Err(e)
         }
     }
@@ -116,7 +116,7 @@ pub async fn login_all(
 /// Stops the receivers and adds up what they saw. Returns the sum, how many connections
 /// the server closed, and how many receivers ended with a correct presence view.
 pub async fn finish(shared: &Shared, clients: Vec<Client>) -> (Seen, u64, usize) {
-    shared.stop.cancel();
+    shared.stop();
     let mut total = Seen::default();
     let mut closed = 0;
     let mut views_ok = 0;

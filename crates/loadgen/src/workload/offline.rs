@@ -125,7 +125,7 @@ pub async fn run(common: &Common, o: &OfflineOpts) -> Result<Report, Error> {
     let sender_tasks = spawn_senders(&mut clients, plans, &shared);
     let all = shared.wait_all(deadline).await;
     let ended = Instant::now();
-    shared.stop.cancel();
+    shared.stop();
     let (sent, send_error) = join_senders(&mut clients, sender_tasks).await;
     let (seen, closed, _) = finish(&shared, clients).await;
     let end = if all {

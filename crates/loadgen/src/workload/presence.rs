@@ -145,7 +145,7 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
         }
         None => -1,
     };
-    shared.stop.cancel();
+    shared.stop();
     let (sent, send_error) = join_senders(&mut clients, sender_tasks).await;
     let (seen, closed, views_ok) = finish(&shared, clients).await;
 
