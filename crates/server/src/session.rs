@@ -327,6 +327,9 @@ impl Session {
             return Ok(());
         };
         let taken = login.outbox.take();
+        if taken.items.len() > 1 {
+            self.out.reserve_for(&taken.items);
+        }
         for item in &taken.items {
             self.out.push(item);
         }

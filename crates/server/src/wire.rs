@@ -219,6 +219,21 @@ impl FrameWriter {
         self.buf.is_empty()
     }
 
+    /// Makes room for `items` at once, so that a batch is copied into one allocation
+    /// instead of a buffer that grows (and is copied) several times.
+    pub fn reserve_for<'a>(&mut self, items: impl IntoIterator<Item = &'a Out>) {
+        // Each item: its bytes, a separator or a line end, and at worst a frame of its own.
+        let frame = 4 + MESSAGE_FRAME_HEAD.len() + MESSAGE_FRAME_TAIL.len();
+        let n: usize = items
+            .into_iter()
+            .map(|item| match item {
+                Out::Chat(b) => b.len() + 1,
+                Out::Frame(b) => b.len() + frame,
+            })
+            .sum();
+        self.buf.reserve(n + frame);
+    }
+
     /// How many bytes are waiting.
     pub fn len(&self) -> usize {
         self.buf.len()
@@ -308,6 +323,24 @@ mod tests {
             }
             .to_json()[..]
         );
+    }
+
+    #[test]
+    fn reserve_for_makes_room_for_the_whole_batch_at_once() {
+        let joined = encode_reply(&Reply::Joined {
+            user_id: UserId::new("carol").unwrap(),
+        });
+        let mut items = vec![Out::Frame(joined)];
+        items.extend((0..50).map(|i| Out::Chat(encode_chat(&msg(i, "some text")))));
+        let mut w = FrameWriter::new();
+        w.reserve_for(&items);
+        let room = w.buf.capacity();
+        for item in &items {
+            w.push(item);
+        }
+        let bytes = w.take();
+        assert!(bytes.len() <= room, "{} > {room}", bytes.len());
+        assert_eq!(decode_all(bytes).len(), 2);
     }
 
     #[test]
