@@ -227,7 +227,9 @@ impl Session {
                 biased;
                 () = shutdown_before_login(&self.login, &self.shared.shutdown) => Event::Shutdown,
                 () = outbox_changed(&self.login) => Event::Outbox,
-                r = self.stream.readable() => Event::Readable(r),
+                // `poll_read_ready` keeps the waker in the socket's reader slot: no waiter list to
+                // join and leave at every wake-up, and a smaller future than `readable()`.
+                r = std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)) => Event::Readable(r),
                 () = deadline_passed(&mut self.login_deadline) => Event::LoginTimeout,
             };
             match event {
