@@ -690,7 +690,9 @@ async fn the_line_listener_speaks_the_protocol_one_object_per_line() {
     );
 
     // A framed client and a line client see each other.
-    let mut bob = simpletextim_proto::Client::connect(framed_addr).await.unwrap();
+    let mut bob = simpletextim_proto::Client::connect(framed_addr)
+        .await
+        .unwrap();
     bob.login("bob", "pw").await.unwrap();
     assert_eq!(
         read_line(&mut r).await,
