@@ -3,11 +3,23 @@
 //! Parses options, sets up logging (tracing to stderr, level from `RUST_LOG`), raises the
 //! open-file limit, binds the listener, and turns SIGINT/SIGTERM into a graceful shutdown.
 
-/// jemalloc, configured in `.cargo/config.toml` to return freed memory to the system within
-/// about a second: glibc's malloc kept the holes a login storm left between long-lived
-/// sessions resident (3–5 KiB per idle connection).
+/// jemalloc, configured by [`MALLOC_CONF`] to return freed memory to the system within about
+/// a second: glibc's malloc kept the holes a login storm left between long-lived sessions
+/// resident (3–5 KiB per idle connection).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read by jemalloc before `main` (the `malloc_conf` variable of
+/// jemalloc's API, under the `_rjem_` prefix of `tikv-jemalloc-sys`): a background thread
+/// purges dirty pages after a second and returns them to the system at once. Being part of the
+/// binary, it holds however the server is built (`cargo install` included); the environment
+/// variable `_RJEM_MALLOC_CONF` can still override it at run time.
+// SAFETY: jemalloc reads this symbol as a `const char *` to a NUL-terminated string, which a
+// `&[u8; N]` to a literal ending in `\0` is; no other item of the program defines it
+// (jemalloc's own definition is weak).
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
