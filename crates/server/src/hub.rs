@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{KickReason, Outbox};
 use crate::store::{Store, StoreError};
-use crate::wire::{Out, encode_chat, encode_reply};
+use crate::wire::{ChatHead, Out, encode_chat, encode_reply};
 
 /// What the hub keeps of a logged-in session.
 #[derive(Debug, Clone)]
@@ -184,9 +184,11 @@ impl Hub {
 
     /// Accepts a public message and delivers it to everyone online, the sender included.
     pub fn publish(&self, from: &UserId, text: MessageText) {
+        let head = ChatHead::new(from, text.as_str());
         let mut inner = self.lock();
-        let msg = inner.accept(from.clone(), Recipient::Everyone, text);
-        inner.broadcast(Out::Chat(encode_chat(&msg)), None);
+        let (id, ts) = next_id(&mut inner.last_id);
+        let obj = head.finish(Recipient::Everyone.as_str(), id, ts);
+        inner.broadcast(Out::Chat(obj), None);
     }
 
     /// Accepts a private message: delivered to the recipient when online, otherwise stored
@@ -205,7 +207,9 @@ impl Hub {
         text: MessageText,
     ) -> Result<(), Failure> {
         let key = to.key();
-        if let Some(()) = self.deliver_online(from, from_conn, &key, &text) {
+        let from_key = from.key();
+        let head = ChatHead::new(from, text.as_str());
+        if self.lock().deliver_online(&from_key, from_conn, &key, head) {
             return Ok(());
         }
         // Offline (or unknown): learn the recipient's registered spelling first.
@@ -215,9 +219,10 @@ impl Hub {
             .await
             .map_err(store_failure)?
             .ok_or_else(|| no_such_user(to))?;
+        let head = ChatHead::new(from, text.as_str());
         let pending = {
             let mut inner = self.lock();
-            if let Some(()) = inner.deliver_online(from, from_conn, &key, &text) {
+            if inner.deliver_online(&from_key, from_conn, &key, head) {
                 return Ok(());
             }
             let msg = inner.accept(from.clone(), Recipient::User(account.user_id), text);
@@ -229,8 +234,8 @@ impl Hub {
         let (fut, msg) = pending;
         match fut.await {
             Ok(()) => {
-                self.lock()
-                    .echo(from_conn, from, Out::Chat(encode_chat(&msg)));
+                let obj = encode_chat(&msg);
+                self.lock().echo(from_conn, &from_key, Out::Chat(obj));
                 Ok(())
             }
             Err(StoreError::NoSuchUser(_)) => Err(no_such_user(to)),
@@ -241,72 +246,62 @@ impl Hub {
             Err(e) => Err(store_failure(e)),
         }
     }
-
-    fn deliver_online(
-        &self,
-        from: &UserId,
-        from_conn: u64,
-        key: &str,
-        text: &MessageText,
-    ) -> Option<()> {
-        self.lock().deliver_online(from, from_conn, key, text)
-    }
 }
 
 impl Inner {
     /// Gives a message its id and timestamp.
     fn accept(&mut self, from: UserId, to: Recipient, text: MessageText) -> ChatMessage {
-        let ts = crate::now_ms();
-        // Ids are unique and increasing across restarts without a disk write per message:
-        // at least the last one + 1, and at least the clock in microseconds-ish units
-        // (ms × 1000), which a restart cannot go behind. ts × 1000 stays below 2^53 (exact
-        // in JavaScript) until the year 2255.
-        self.last_id = (self.last_id + 1).max(ts.saturating_mul(1000));
+        let (id, ts) = next_id(&mut self.last_id);
         ChatMessage {
             user_id: from,
             message: text.into_string(),
             to,
-            id: self.last_id,
+            id,
             ts,
         }
     }
 
+    /// Delivers a private message to its recipient, if online, and echoes it to the sender
+    /// (`from_key`, case-folded, on connection `from_conn`). Returns `false` when the message
+    /// must be stored instead: the recipient is offline, or its outbox was full (it is then cut
+    /// off as a slow consumer).
     fn deliver_online(
         &mut self,
-        from: &UserId,
+        from_key: &str,
         from_conn: u64,
         key: &str,
-        text: &MessageText,
-    ) -> Option<()> {
-        let recipient = self.members.get(key)?;
-        let (to, to_conn) = (recipient.user_id.clone(), recipient.conn_id);
-        let msg = self.accept(from.clone(), Recipient::User(to), text.clone());
-        let obj = encode_chat(&msg);
+        head: ChatHead,
+    ) -> bool {
+        let Some(recipient) = self.members.get(key) else {
+            return false;
+        };
+        let to_conn = recipient.conn_id;
+        let (id, ts) = next_id(&mut self.last_id);
+        let obj = head.finish(recipient.user_id.as_str(), id, ts);
         let mut slow = Vec::new();
-        if let Some(m) = self.members.get(key) {
-            offer(m, Out::Chat(obj.clone()), &mut slow);
-        }
+        offer(recipient, Out::Chat(obj.clone()), &mut slow);
         if !slow.is_empty() {
             // The recipient's outbox is full: it is cut off as a slow consumer, and the
             // message goes to its mailbox (the caller stores it) instead of being lost.
             self.cut_off(slow);
-            return None;
+            return false;
         }
         if to_conn != from_conn {
-            if let Some(m) = self.members.get(&from.key()) {
+            if let Some(m) = self.members.get(from_key) {
                 if m.conn_id == from_conn {
                     offer(m, Out::Chat(obj), &mut slow);
                 }
             }
         }
         self.cut_off(slow);
-        Some(())
+        true
     }
 
-    /// Sends to the sender's own session, if it is still the logged-in one.
-    fn echo(&mut self, from_conn: u64, from: &UserId, item: Out) {
+    /// Sends to the sender's own session (`from_key`, case-folded), if it is still the
+    /// logged-in one.
+    fn echo(&mut self, from_conn: u64, from_key: &str, item: Out) {
         let mut slow = Vec::new();
-        if let Some(m) = self.members.get(&from.key()) {
+        if let Some(m) = self.members.get(from_key) {
             if m.conn_id == from_conn {
                 offer(m, item, &mut slow);
             }
@@ -375,6 +370,16 @@ impl Inner {
             }
         }
     }
+}
+
+/// The next message id and its timestamp. Ids are unique and increasing across restarts
+/// without a disk write per message: at least the last one + 1, and at least the clock in
+/// microseconds-ish units (ms × 1000), which a restart cannot go behind. ts × 1000 stays
+/// below 2^53 (exact in JavaScript) until the year 2255.
+fn next_id(last_id: &mut u64) -> (u64, u64) {
+    let ts = crate::now_ms();
+    *last_id = (*last_id + 1).max(ts.saturating_mul(1000));
+    (*last_id, ts)
 }
 
 /// Queues `item` for a member; a full outbox marks it slow.
