@@ -565,3 +565,30 @@ async fn backup_copies_a_running_servers_database() {
     let (_bob, pending) = server.user("bob").await;
     assert_eq!(pending, vec![private("alice", "bob", "in the backup", &m)]);
 }
+
+/// The binary's allocator is jemalloc with the options of its `malloc_conf` symbol: the
+/// background thread that returns freed pages to the system (what keeps an idle connection
+/// under 2 KiB after a login storm) runs, however the binary was built.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_binary_runs_jemalloc_with_its_background_thread() {
+    let data = tempdir();
+    let server = Server::start(data.path(), &[]);
+    let tasks = format!("/proc/{}/task", server.child.id());
+    let deadline = Instant::now() + WAIT;
+    let names = loop {
+        let names: Vec<String> = std::fs::read_dir(&tasks)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect();
+        if names.iter().any(|n| n == "jemalloc_bg_thd") || Instant::now() > deadline {
+            break names;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        names.iter().any(|n| n == "jemalloc_bg_thd"),
+        "no jemalloc background thread among {names:?}"
+    );
+}
