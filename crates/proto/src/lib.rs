@@ -37,6 +37,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 mod client;
 pub mod codec;
 mod command;
