@@ -470,57 +470,52 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        let written = self.try_write(0)?;
-        if written < self.out.pending().len() {
-            Box::pin(self.write_blocked(written)).await?;
+        self.try_write()?;
+        if self.out_unwritten() {
+            Box::pin(self.write_blocked(true)).await?;
         }
+        self.clear_out();
+        Ok(())
+    }
+
+    /// Empties the write buffer (and frees it).
+    fn clear_out(&mut self) {
         self.out.clear();
         self.out_written = 0;
-        Ok(())
     }
 
-    /// Writes from `off` until done or the socket is full; returns the new offset.
-    fn try_write(&mut self, mut off: usize) -> Result<usize, End> {
+    /// Whether part of the write buffer has not been taken by the socket yet.
+    fn out_unwritten(&mut self) -> bool {
+        self.out_written < self.out.pending().len()
+    }
+
+    /// Writes the buffer from `out_written` on, until done or the socket is full.
+    fn try_write(&mut self) -> Result<(), End> {
         let buf = self.out.pending();
-        let result = loop {
-            if off >= buf.len() {
-                break Ok(off);
+        while self.out_written < buf.len() {
+            match self.stream.try_write(&buf[self.out_written..]) {
+                Ok(n) => self.out_written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(End::Error),
             }
-            match self.stream.try_write(&buf[off..]) {
-                Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(off),
-                Err(_) => break Err(End::Error),
-            }
-        };
-        self.out_written = off;
-        result
-    }
-
-    /// Writes the whole buffer, however long the socket takes (the caller bounds it),
-    /// keeping `out_written` up to date.
-    async fn write_final(&mut self) -> Result<(), End> {
-        while self.out_written < self.out.pending().len() {
-            if self.stream.writable().await.is_err() {
-                return Err(End::Error);
-            }
-            self.try_write(self.out_written)?;
         }
         Ok(())
     }
 
-    /// Waits for the socket to take the rest of the buffer. A kick meanwhile ends it at once
-    /// if the peer is a slow consumer; a takeover or shutdown gives it [`FINAL_WRITE`] more.
-    async fn write_blocked(&mut self, mut off: usize) -> Result<(), End> {
+    /// Waits for the socket to take the rest of the buffer. With `watch_kicks`, a kick
+    /// meanwhile ends it at once if the peer is a slow consumer, and a takeover or shutdown
+    /// gives it [`FINAL_WRITE`] more; without (the goodbye), the caller bounds the wait.
+    async fn write_blocked(&mut self, watch_kicks: bool) -> Result<(), End> {
         let mut deadline: Option<Instant> = None;
-        while off < self.out.pending().len() {
-            let watch = deadline.is_none();
+        while self.out_unwritten() {
+            let watch = watch_kicks && deadline.is_none();
             tokio::select! {
                 biased;
                 r = self.stream.writable() => {
                     if r.is_err() {
                         return Err(End::Error);
                     }
-                    off = self.try_write(off)?;
+                    self.try_write()?;
                 }
                 () = self.shared.shutdown.cancelled(), if watch => {
                     deadline = Some(Instant::now() + FINAL_WRITE);
@@ -565,7 +560,7 @@ impl Session {
             }
             End::SlowConsumer | End::Error | End::Eof => {
                 self.keep_undelivered_private().await;
-                self.out.clear();
+                self.clear_out();
             }
             // What was queued up to the leave goes out before the close.
             End::Exit => {
@@ -574,13 +569,12 @@ impl Session {
             End::TooManyFailedLogins | End::FrameTooLarge | End::LoginTimeout => {}
         }
         if !self.out.is_empty() {
-            self.out_written = 0;
-            let written = timeout(FINAL_WRITE, self.write_final()).await;
+            let written = timeout(FINAL_WRITE, self.write_blocked(false)).await;
             if !matches!(written, Ok(Ok(()))) {
                 // The peer did not take it all: keep its private messages for next time.
                 self.keep_undelivered_private().await;
             }
-            self.out.clear();
+            self.clear_out();
         }
         let _ = timeout(FINAL_WRITE, self.stream.shutdown()).await;
         if let Some(login) = &self.login {
