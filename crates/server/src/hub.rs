@@ -47,7 +47,7 @@ struct Inner {
     last_id: u64,
     /// Outboxes holding lazy items (presence notices) that nothing has woken yet.
     to_flush: Vec<Arc<Outbox>>,
-    /// The hub's `tick`.
+    /// Wakes [`Hub::presence_ticker`] when the flush list stops being empty.
     tick: Arc<Notify>,
     /// Set by [`Hub::shut_down`]: a session that joins later is told at once.
     shutting_down: bool,
@@ -57,8 +57,6 @@ struct Inner {
 pub struct Hub {
     inner: Mutex<Inner>,
     store: Arc<dyn Store>,
-    /// Wakes [`Hub::presence_ticker`] when the flush list stops being empty.
-    tick: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -70,17 +68,15 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub whose message ids start above `min_id`.
     pub fn new(store: Arc<dyn Store>, min_id: u64) -> Hub {
-        let tick = Arc::new(Notify::new());
         Hub {
             inner: Mutex::new(Inner {
                 members: HashMap::new(),
                 last_id: min_id,
                 to_flush: Vec::new(),
-                tick: tick.clone(),
+                tick: Arc::new(Notify::new()),
                 shutting_down: false,
             }),
             store,
-            tick,
         }
     }
 
@@ -130,12 +126,13 @@ impl Hub {
     /// notices nothing else has woken them for; runs until `shutdown`. The server runs one
     /// beside the hub: without it, notices to an idle session would wait for its next chat.
     pub async fn presence_ticker(&self, shutdown: CancellationToken) {
+        let tick = self.lock().tick.clone();
         let mut flushing: Vec<Arc<Outbox>> = Vec::new();
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                () = self.tick.notified() => {}
+                () = tick.notified() => {}
             }
             tokio::select! {
                 biased;
@@ -324,16 +321,28 @@ impl Inner {
     /// them), then cuts off the slow ones.
     fn broadcast_notice(&mut self, item: Out, except: Option<u64>) {
         let mut slow = Vec::new();
+        self.queue_notice(&item, except, &mut slow);
+        self.cut_off(slow);
+    }
+
+    /// Queues a presence notice lazily for every member except `except`: a full outbox is
+    /// added to `slow`, and the presence ticker is woken when its flush list stops being
+    /// empty.
+    fn queue_notice(&mut self, item: &Out, except: Option<u64>, slow: &mut Vec<(String, u64)>) {
         let was_empty = self.to_flush.is_empty();
         for m in self.members.values() {
-            if Some(m.conn_id) != except {
-                offer_lazy(m, item.clone(), &mut slow, &mut self.to_flush);
+            if Some(m.conn_id) == except {
+                continue;
+            }
+            match m.outbox.push_lazy(item.clone()) {
+                Ok(true) => self.to_flush.push(m.outbox.clone()),
+                Ok(false) => {}
+                Err(_) => slow.push((m.user_id.key(), m.conn_id)),
             }
         }
         if was_empty && !self.to_flush.is_empty() {
             self.tick.notify_one();
         }
-        self.cut_off(slow);
     }
 
     fn announce_left(&mut self, user_id: UserId) {
@@ -356,18 +365,7 @@ impl Inner {
             let frame = encode_reply(&Reply::Left {
                 user_id: m.user_id.clone(),
             });
-            let was_empty = self.to_flush.is_empty();
-            for other in self.members.values() {
-                offer_lazy(
-                    other,
-                    Out::Frame(frame.clone()),
-                    &mut slow,
-                    &mut self.to_flush,
-                );
-            }
-            if was_empty && !self.to_flush.is_empty() {
-                self.tick.notify_one();
-            }
+            self.queue_notice(&Out::Frame(frame), None, &mut slow);
         }
     }
 }
@@ -386,21 +384,6 @@ fn next_id(last_id: &mut u64) -> (u64, u64) {
 fn offer(m: &Member, item: Out, slow: &mut Vec<(String, u64)>) {
     if m.outbox.push(item).is_err() {
         slow.push((m.user_id.key(), m.conn_id));
-    }
-}
-
-/// Queues a presence notice for a member without waking it; an outbox that needs a later
-/// wake-up goes on `to_flush`. A full outbox marks the member slow.
-fn offer_lazy(
-    m: &Member,
-    item: Out,
-    slow: &mut Vec<(String, u64)>,
-    to_flush: &mut Vec<Arc<Outbox>>,
-) {
-    match m.outbox.push_lazy(item) {
-        Ok(true) => to_flush.push(m.outbox.clone()),
-        Ok(false) => {}
-        Err(_) => slow.push((m.user_id.key(), m.conn_id)),
     }
 }
 
