@@ -83,14 +83,9 @@ impl Outbox {
     /// # Errors
     /// [`Full`] when `capacity` items are queued already; nothing is queued then.
     pub fn push(&self, item: Out) -> Result<(), Full> {
-        let mut s = self.lock();
-        if s.kicked.is_some() {
+        let Some(mut s) = self.queue(item)? else {
             return Ok(());
-        }
-        if s.items.len() >= self.capacity {
-            return Err(Full);
-        }
-        s.items.push_back(item);
+        };
         let wake = !std::mem::replace(&mut s.woken, true);
         drop(s);
         if wake {
@@ -108,19 +103,28 @@ impl Outbox {
     /// # Errors
     /// [`Full`] when `capacity` items are queued already; nothing is queued then.
     pub fn push_lazy(&self, item: Out) -> Result<bool, Full> {
-        let mut s = self.lock();
-        if s.kicked.is_some() {
+        let Some(mut s) = self.queue(item)? else {
             return Ok(false);
-        }
-        if s.items.len() >= self.capacity {
-            return Err(Full);
-        }
-        s.items.push_back(item);
+        };
         let list = !s.woken && !s.listed;
         if list {
             s.listed = true;
         }
         Ok(list)
+    }
+
+    /// Appends `item` and returns the locked state, or `None` (the item dropped) when the
+    /// session was kicked.
+    fn queue(&self, item: Out) -> Result<Option<MutexGuard<'_, State>>, Full> {
+        let mut s = self.lock();
+        if s.kicked.is_some() {
+            return Ok(None);
+        }
+        if s.items.len() >= self.capacity {
+            return Err(Full);
+        }
+        s.items.push_back(item);
+        Ok(Some(s))
     }
 
     /// Wakes the session if lazy items are still waiting; the hub's ticker calls it for
