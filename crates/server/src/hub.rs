@@ -493,20 +493,11 @@ mod shutdown_tests {
     #[test]
     fn shut_down_kicks_every_member_and_every_later_one() {
         let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
-        let join = |conn_id, name| {
-            let outbox = Outbox::new(8);
-            hub.join(Member {
-                conn_id,
-                user_id: UserId::new(name).expect("valid id"),
-                outbox: outbox.clone(),
-            });
-            outbox
-        };
-        let alice = join(1, "alice");
+        let alice = member(&hub, 1, "alice");
         assert_eq!(alice.kicked(), None);
         hub.shut_down();
         assert_eq!(alice.kicked(), Some(KickReason::Shutdown));
-        let bob = join(2, "bob");
+        let bob = member(&hub, 2, "bob");
         assert_eq!(bob.kicked(), Some(KickReason::Shutdown));
     }
 }
