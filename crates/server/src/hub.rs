@@ -483,12 +483,6 @@ mod tests {
             got[1]
         );
     }
-}
-
-#[cfg(test)]
-mod shutdown_tests {
-    use super::*;
-    use crate::store::MemoryStore;
 
     #[test]
     fn shut_down_kicks_every_member_and_every_later_one() {
