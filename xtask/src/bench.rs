@@ -1493,6 +1493,23 @@ mod tests {
         assert!(svg.contains("a&lt;b"));
     }
 
+    /// The committed report (`docs/BENCHMARKS.md` between the markers, `docs/bench/*.svg`)
+    /// is what the generator makes of the committed `docs/bench/results.json`, byte for
+    /// byte: any change to the generator that changes the report shows here. The text
+    /// outside the markers is hand-written and not compared.
+    #[test]
+    fn committed_report_is_regenerated_exactly() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let read = |p: &str| fs::read_to_string(docs.join(p)).unwrap();
+        let doc: Value = serde_json::from_str(&read("bench/results.json")).unwrap();
+        let committed = read("BENCHMARKS.md");
+        let b = committed.find(BEGIN).unwrap() + BEGIN.len() + 1;
+        let e = committed.find(END).unwrap();
+        assert_eq!(markdown(&doc), committed[b..e]);
+        assert_eq!(latency_chart(&doc), read("bench/latency.svg"));
+        assert_eq!(throughput_chart(&doc), read("bench/throughput.svg"));
+    }
+
     #[test]
     fn report_has_targets_tables_and_commands() {
         let doc = json!({
