@@ -752,7 +752,10 @@ impl App {
                     && users.contains(at)
                     && let Some(row) =
                         usize::from(at.y - users.y).checked_sub(ui::users::HEADER_ROWS)
-                    && let Some(user) = self.online.get(row).cloned()
+                    && let Some(user) = self
+                        .online
+                        .get(ui::users::first_shown(self, users) + row)
+                        .cloned()
                 {
                     self.open_query(user);
                 }

@@ -796,3 +796,32 @@ fn help_scrolls_within_its_text() {
     key(&mut app, KeyCode::Esc);
     assert_eq!((app.show_help, app.help_scroll), (false, 0));
 }
+
+#[test]
+fn a_click_on_the_users_panel_after_f2_scrolled_it_opens_the_user_shown() {
+    let mut app = logged_in();
+    app.update(Event::Resize {
+        width: 100,
+        height: 20,
+    });
+    let list: Vec<UserId> = (0..30).map(|i| uid(&format!("user{i:02}"))).collect();
+    reply(&mut app, Reply::List { list });
+    // F2 then End: the selection is the last user, so the panel shows the end of the list.
+    key(&mut app, KeyCode::F(2));
+    key(&mut app, KeyCode::End);
+    let users = app.layout().users.unwrap();
+    let rows = usize::from(users.height) - 1;
+    let first = 30 - rows;
+    assert!(first > 0, "the panel must be scrolled for this test");
+    // The first name row shows `online[first]`: a click there opens that user.
+    app.update(Event::Mouse(MouseEvent {
+        kind: MouseEventKind::Down(MouseButton::Left),
+        column: users.x + 1,
+        row: users.y + 1,
+        modifiers: KeyModifiers::NONE,
+    }));
+    assert_eq!(
+        app.active_conversation().id,
+        ConvId::Private(uid(&format!("user{first:02}")))
+    );
+}
