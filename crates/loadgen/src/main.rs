@@ -177,7 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
     let mut report = report?;
     if let (Some(r), Some(cpu)) = (&mut report, stats::own_cpu_seconds()) {
         // Its own share of the machine: is the load generator what saturates?
-        r.set("loadgen_cpu_s", cpu);
+        r.loadgen_cpu_s = Some(cpu);
     }
     Ok(report)
 }

@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::recv::Seen;
 use crate::stats::Summary;
 
-/// The result of one run. Fields that do not apply to a workload are `null`.
-#[derive(Debug, Clone, Serialize, Default)]
+/// The result of one run. The common fields are always in the JSON line (`window` and
+/// `rate` are `null` where they do not apply); the figures of some workloads only are left
+/// out of the others' lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Report {
     /// `fanout`, `private`, `presence`, `conns` or `offline`.
     pub workload: String,
@@ -55,9 +57,116 @@ pub struct Report {
     pub latency_us: Summary,
     /// Whether the run hit `--timeout` before everything expected arrived.
     pub timed_out: bool,
-    /// Workload-specific figures.
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+
+    // Figures of some workloads only, absent from the JSON line of the others. They are
+    // declared in alphabetical order, the order of the JSON line's keys.
+    /// `conns`: server RSS per connection (after − before, over the connections), rounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_conn: Option<f64>,
+    /// `presence`: users logged in and out during the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<usize>,
+    /// `presence`: churning logins that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn_failures: Option<usize>,
+    /// `presence`: median churning login time, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn_login_ms_p50: Option<f64>,
+    /// `presence`: 99th percentile churning login time, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn_login_ms_p99: Option<f64>,
+    /// `presence`: churning logins that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn_logins: Option<usize>,
+    /// `presence`: seconds the churning logins are spread over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn_secs: Option<f64>,
+    /// `conns`: connections asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conns: Option<usize>,
+    /// `fanout`, `private`: echoes the senders received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echoes: Option<u64>,
+    /// `presence`, `conns`: `joined` notices received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_seen: Option<u64>,
+    /// `presence`: latency of the chat messages sent during the churn, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_during_churn_us: Option<Summary>,
+    /// Open loop (`fanout --rate`, `presence`): latency counted from the actual write
+    /// instead of the scheduled send time, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_from_write_us: Option<Summary>,
+    /// `presence`: `left` notices received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_seen: Option<u64>,
+    /// `presence`: length of the `list` reply at the end; -1 when none came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_len: Option<i64>,
+    /// CPU seconds (user + system) of the load generator itself, its child processes
+    /// included; absent where `/proc` cannot tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loadgen_cpu_s: Option<f64>,
+    /// `offline`: messages per second delivered in the recipients' login acknowledgements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_deliveries_per_s: Option<f64>,
+    /// `offline`: messages delivered in the recipients' login acknowledgements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_delivered: Option<usize>,
+    /// `offline`: seconds the recipients' logins took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_login_s: Option<f64>,
+    /// `offline`: stored messages not delivered at login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_lost: Option<u64>,
+    /// `offline`: the largest mailbox (messages to one recipient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_max: Option<usize>,
+    /// `presence`: presence events that contradict what came before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_errors: Option<u64>,
+    /// `conns`: load-generator processes holding the connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<usize>,
+    /// `conns`: server RSS extrapolated to 100 000 connections, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_at_100k: Option<f64>,
+    /// `conns`: server RSS extrapolated to 1 000 000 connections, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_at_1m: Option<f64>,
+    /// The first error of a sender, which stopped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_error: Option<String>,
+    /// Open loop: how late the sends were against their schedule, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag_us: Option<Summary>,
+    /// CPU seconds of the server over the run; the harness that started the server
+    /// (`cargo xtask bench`) fills it in, the load generator never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_s: Option<f64>,
+    /// `conns`: server RSS after the connections logged in, bytes (needs `--server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_after: Option<u64>,
+    /// `conns`: server RSS before the first connection, bytes (needs `--server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_before: Option<u64>,
+    /// `fanout`, `private`, `presence`: seconds waited after the logins for the
+    /// `joined` notices to drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_s: Option<f64>,
+    /// `offline`: messages stored (confirmed by their echo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<u64>,
+    /// `presence`: clients whose view of who is online ended correct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views_correct: Option<usize>,
+    /// `presence`: clients whose view ended wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views_wrong: Option<usize>,
+    /// Wall seconds of the load-generator process; filled in by the harness, like
+    /// [`Report::server_cpu_s`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
 }
 
 impl Report {
@@ -75,24 +184,17 @@ impl Report {
         }
     }
 
-    /// Adds a workload-specific figure.
-    pub fn set(&mut self, key: &str, value: impl Into<serde_json::Value>) {
-        self.extra.insert(key.to_owned(), value.into());
-    }
-
     /// The one-line JSON form.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
+        serde_json::to_string(self)
+            .expect("a Report serializes: its map keys are numbers, and a float that is not finite becomes null")
     }
 
     /// A short human summary.
     pub fn human(&self) -> String {
         let l = &self.latency_us;
         if self.workload == "conns" {
-            let per = self
-                .extra
-                .get("bytes_per_conn")
-                .and_then(serde_json::Value::as_f64);
+            let per = self.bytes_per_conn;
             return format!(
                 "conns: {} connections logged in in {:.3} s ({:.0}/s); server RSS per connection: {}",
                 self.clients,
@@ -161,7 +263,7 @@ mod tests {
             ..Seen::default()
         };
         r.deliveries(&seen, 6, 0.5);
-        r.set("bytes_per_conn", 1234);
+        r.bytes_per_conn = Some(1234.0);
         assert_eq!(r.lost, 1);
         assert_eq!(r.deliveries_per_s, 10.0);
         assert_eq!(r.messages_per_s, 4.0);
@@ -174,8 +276,33 @@ mod tests {
                 r#""out_of_order":0,"fails":{},"disconnected":0,"elapsed_s":0.5,"#,
                 r#""deliveries_per_s":10.0,"messages_per_s":4.0,"latency_us":{"count":0,"#,
                 r#""p50":0,"p90":0,"p99":0,"p999":0,"max":0,"mean":0},"timed_out":false,"#,
-                r#""bytes_per_conn":1234}"#
+                r#""bytes_per_conn":1234.0}"#
             )
         );
+        // What the harness reads back is what was printed.
+        let back: Report = serde_json::from_str(&r.to_json_line()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn json_line_reads_back_with_fails_and_open_loop_figures() {
+        let r = Report {
+            workload: "presence".into(),
+            fails: BTreeMap::from([(503, 2)]),
+            rate: Some(100.0),
+            send_lag_us: Some(Summary {
+                count: 1,
+                p50: 7,
+                ..Summary::default()
+            }),
+            list_len: Some(-1),
+            send_error: Some("cannot send".into()),
+            ..Report::default()
+        };
+        let line = r.to_json_line();
+        assert!(line.contains(r#""fails":{"503":2}"#), "{line}");
+        assert!(!line.contains("bytes_per_conn"), "{line}");
+        let back: Report = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, r);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Samples a recorder buffers before merging them into the shared histogram.
 pub const FLUSH_EVERY: usize = 512;
@@ -89,7 +89,7 @@ impl Drop for Recorder {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Summary {
     /// Samples.
     pub count: u64,

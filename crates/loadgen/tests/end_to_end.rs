@@ -66,7 +66,7 @@ async fn fanout_flood_and_open_loop_deliver_everything() {
     let r = chat::fanout(&common(addr, "ff"), &flood).await.unwrap();
     assert_complete(&r);
     assert_eq!((r.clients, r.sent, r.expected), (20, 75, 20 * 75));
-    assert_eq!(r.extra["echoes"], 75);
+    assert_eq!(r.echoes, Some(75));
 
     let open = FanoutOpts {
         rate: Some(200.0),
@@ -107,13 +107,13 @@ async fn presence_views_end_correct() {
     };
     let r = presence::run(&common(addr, "pr"), &o).await.unwrap();
     assert_complete(&r);
-    assert_eq!(r.extra["views_correct"], 15);
-    assert_eq!(r.extra["views_wrong"], 0);
-    assert_eq!(r.extra["list_len"], 15);
-    assert_eq!(r.extra["churn_logins"], 6);
-    assert_eq!(r.extra["presence_errors"], 0);
+    assert_eq!(r.views_correct, Some(15));
+    assert_eq!(r.views_wrong, Some(0));
+    assert_eq!(r.list_len, Some(15));
+    assert_eq!(r.churn_logins, Some(6));
+    assert_eq!(r.presence_errors, Some(0));
     // Each online client saw each churning user leave once.
-    assert_eq!(r.extra["left_seen"], 15 * 6);
+    assert_eq!(r.left_seen, Some(15 * 6));
     shutdown.cancel();
 }
 
@@ -129,9 +129,9 @@ async fn offline_mailboxes_are_delivered_at_login() {
     let r = offline::run(&common(addr, "of"), &o).await.unwrap();
     assert_complete(&r);
     assert_eq!(r.sent, 60);
-    assert_eq!(r.extra["stored"], 60);
-    assert_eq!(r.extra["mailbox_delivered"], 60);
-    assert_eq!(r.extra["mailbox_lost"], 0);
-    assert_eq!(r.extra["mailbox_max"], 10);
+    assert_eq!(r.stored, Some(60));
+    assert_eq!(r.mailbox_delivered, Some(60));
+    assert_eq!(r.mailbox_lost, Some(0));
+    assert_eq!(r.mailbox_max, Some(10));
     shutdown.cancel();
 }

@@ -203,7 +203,7 @@ async fn run_chat(
     report.login_s = secs(login);
     report.logins_per_s = n as f64 / secs(login).max(1e-9);
     let settled = settle(common, shared, n, deadline).await;
-    report.set("settle_s", secs(settled));
+    report.settle_s = Some(secs(settled));
 
     // Open-loop schedules begin a little after now, the same instant for every sender.
     let start_at = tokio::time::Instant::now() + Duration::from_millis(5);
@@ -233,19 +233,11 @@ async fn run_chat(
         secs(end.saturating_duration_since(started)),
     );
     report.latency_us = shared.latency.summary();
-    report.set("echoes", seen.echoes);
+    report.echoes = Some(seen.echoes);
     if report.rate.is_some() {
-        report.set(
-            "send_lag_us",
-            serde_json::to_value(shared.send_lag.summary()).unwrap_or_default(),
-        );
-        report.set(
-            "latency_from_write_us",
-            serde_json::to_value(shared.latency_from_write.summary()).unwrap_or_default(),
-        );
+        report.send_lag_us = Some(shared.send_lag.summary());
+        report.latency_from_write_us = Some(shared.latency_from_write.summary());
     }
-    if let Some(e) = send_error {
-        report.set("send_error", e.to_string());
-    }
+    report.send_error = send_error.map(|e| e.to_string());
     Ok(())
 }

@@ -210,16 +210,16 @@ pub async fn run(common: &Common, o: &ConnsOpts) -> Result<Report, Error> {
         disconnected: closed,
         ..Report::default()
     };
-    report.set("conns", o.conns);
-    report.set("processes", o.conns.div_ceil(o.per_process.max(1)));
-    report.set("joined_seen", joined);
+    report.conns = Some(o.conns);
+    report.processes = Some(o.conns.div_ceil(o.per_process.max(1)));
+    report.joined_seen = Some(joined);
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        report.set("server_rss_before", before);
-        report.set("server_rss_after", after);
+        report.server_rss_before = Some(before);
+        report.server_rss_after = Some(after);
         let per = after.saturating_sub(before) as f64 / ready.max(1) as f64;
-        report.set("bytes_per_conn", per.round());
-        report.set("rss_at_100k", (before as f64 + per * 1e5).round());
-        report.set("rss_at_1m", (before as f64 + per * 1e6).round());
+        report.bytes_per_conn = Some(per.round());
+        report.rss_at_100k = Some((before as f64 + per * 1e5).round());
+        report.rss_at_1m = Some((before as f64 + per * 1e6).round());
     }
     Ok(report)
 }

@@ -171,23 +171,13 @@ pub async fn run(common: &Common, o: &OfflineOpts) -> Result<Report, Error> {
     report.deliveries(&seen, sent, secs(end.saturating_duration_since(started)));
     report.messages_per_s = stored as f64 / report.elapsed_s.max(1e-9);
     report.latency_us = shared.latency.summary();
-    report.set("stored", stored);
-    report.set("mailbox_delivered", mailbox_delivered);
-    report.set(
-        "mailbox_lost",
-        stored.saturating_sub(mailbox_delivered as u64),
-    );
-    report.set(
-        "mailbox_max",
-        per_recipient.iter().copied().max().unwrap_or(0),
-    );
-    report.set("mailbox_login_s", login_all_s);
-    report.set(
-        "mailbox_deliveries_per_s",
-        mailbox_delivered as f64 / login_all_s.max(1e-9),
-    );
-    if let Some(e) = send_error {
-        report.set("send_error", e.to_string());
-    }
+    report.stored = Some(stored);
+    report.mailbox_delivered = Some(mailbox_delivered);
+    report.mailbox_lost = Some(stored.saturating_sub(mailbox_delivered as u64));
+    // No recipients, no mailboxes: the largest holds nothing.
+    report.mailbox_max = Some(per_recipient.iter().copied().max().unwrap_or(0));
+    report.mailbox_login_s = Some(login_all_s);
+    report.mailbox_deliveries_per_s = Some(mailbox_delivered as f64 / login_all_s.max(1e-9));
+    report.send_error = send_error.map(|e| e.to_string());
     Ok(report)
 }

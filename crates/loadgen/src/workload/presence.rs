@@ -124,7 +124,10 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
 
     let all = shared.wait_all(deadline).await;
     let ended = Instant::now();
-    let churned = churn.await.unwrap_or_default();
+    // Nothing aborts the churn task, so it can only fail by panicking: pass the panic on.
+    let churned = churn
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
 
     // The server's own view: one `list` from the last client (not a sender, whose write
     // half its sender task holds).
@@ -176,23 +179,14 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
         secs(end.saturating_duration_since(started)),
     );
     report.latency_us = shared.latency.summary();
-    report.set(
-        "latency_during_churn_us",
-        serde_json::to_value(shared.latency_in_window.summary()).unwrap_or_default(),
-    );
-    report.set(
-        "send_lag_us",
-        serde_json::to_value(shared.send_lag.summary()).unwrap_or_default(),
-    );
-    report.set(
-        "latency_from_write_us",
-        serde_json::to_value(shared.latency_from_write.summary()).unwrap_or_default(),
-    );
-    report.set("settle_s", secs(settled));
-    report.set("churn", o.churn);
-    report.set("churn_secs", o.churn_secs);
-    report.set("churn_logins", churned.logins);
-    report.set("churn_failures", churned.failures);
+    report.latency_during_churn_us = Some(shared.latency_in_window.summary());
+    report.send_lag_us = Some(shared.send_lag.summary());
+    report.latency_from_write_us = Some(shared.latency_from_write.summary());
+    report.settle_s = Some(secs(settled));
+    report.churn = Some(o.churn);
+    report.churn_secs = Some(o.churn_secs);
+    report.churn_logins = Some(churned.logins);
+    report.churn_failures = Some(churned.failures);
     let mut ms = churned.login_ms;
     ms.sort_by(f64::total_cmp);
     let pct = |q: f64| -> f64 {
@@ -202,17 +196,15 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
             ms[((ms.len() - 1) as f64 * q).round() as usize]
         }
     };
-    report.set("churn_login_ms_p50", pct(0.5));
-    report.set("churn_login_ms_p99", pct(0.99));
-    report.set("views_correct", views_ok);
-    report.set("views_wrong", n - views_ok);
-    report.set("list_len", list_len);
-    report.set("presence_errors", seen.churn_errors);
-    report.set("joined_seen", seen.joined);
-    report.set("left_seen", seen.left);
-    if let Some(e) = send_error {
-        report.set("send_error", e.to_string());
-    }
+    report.churn_login_ms_p50 = Some(pct(0.5));
+    report.churn_login_ms_p99 = Some(pct(0.99));
+    report.views_correct = Some(views_ok);
+    report.views_wrong = Some(n - views_ok);
+    report.list_len = Some(list_len);
+    report.presence_errors = Some(seen.churn_errors);
+    report.joined_seen = Some(seen.joined);
+    report.left_seen = Some(seen.left);
+    report.send_error = send_error.map(|e| e.to_string());
     Ok(report)
 }
 
