@@ -19,13 +19,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use simpletextim_proto::{ChatMessage, ErrorCode, Failure, MessageText, Recipient, Reply, UserId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{KickReason, Outbox};
 use crate::store::{Store, StoreError};
-use crate::wire::{ChatHead, Out, encode_chat, encode_reply};
+use crate::wire::{ChatHead, Out, Private, encode_chat, encode_reply};
 
 /// What the hub keeps of a logged-in session.
 #[derive(Debug, Clone)]
@@ -51,6 +52,9 @@ struct Inner {
     tick: Arc<Notify>,
     /// Set by [`Hub::shut_down`]: a session that joins later is told at once.
     shutting_down: bool,
+    /// Members whose outbox was found full by the operation under way: [`Inner::cut_off`]
+    /// removes them before the lock is released (empty between operations).
+    slow: Vec<(String, u64)>,
 }
 
 /// Membership and fan-out. Cheap to share behind an `Arc`.
@@ -75,6 +79,7 @@ impl Hub {
                 to_flush: Vec::new(),
                 tick: Arc::new(Notify::new()),
                 shutting_down: false,
+                slow: Vec::new(),
             }),
             store,
         }
@@ -205,10 +210,24 @@ impl Hub {
     ) -> Result<(), Failure> {
         let key = to.key();
         let from_key = from.key();
-        let head = ChatHead::new(from, text.as_str());
-        if self.lock().deliver_online(&from_key, from_conn, &key, head) {
-            return Ok(());
-        }
+        let draft = Draft::new(from, text);
+        let cut_off = {
+            let mut inner = self.lock();
+            match inner.deliver_online(&from_key, from_conn, &key, draft) {
+                Delivery::Delivered => return Ok(()),
+                Delivery::Offline(draft) => Err(draft),
+                // Stored under the lock, as for an offline recipient (see below).
+                Delivery::CutOff(msg) => Ok((self.store.enqueue(key.clone(), msg.clone()), msg)),
+            }
+        };
+        let draft = match cut_off {
+            Ok((stored, msg)) => {
+                return self
+                    .echo_once_stored(stored, msg, (from_conn, &from_key), to)
+                    .await;
+            }
+            Err(draft) => draft,
+        };
         // Offline (or unknown): learn the recipient's registered spelling first.
         let account = self
             .store
@@ -216,23 +235,38 @@ impl Hub {
             .await
             .map_err(store_failure)?
             .ok_or_else(|| no_such_user(to))?;
-        let head = ChatHead::new(from, text.as_str());
-        let pending = {
+        let (stored, msg) = {
             let mut inner = self.lock();
-            if inner.deliver_online(&from_key, from_conn, &key, head) {
-                return Ok(());
-            }
-            let msg = inner.accept(from.clone(), Recipient::User(account.user_id), text);
+            let msg = match inner.deliver_online(&from_key, from_conn, &key, draft) {
+                Delivery::Delivered => return Ok(()),
+                Delivery::CutOff(msg) => msg,
+                Delivery::Offline(draft) => {
+                    let (id, ts) = next_id(&mut inner.last_id);
+                    draft.finish(account.user_id, id, ts).msg
+                }
+            };
             // Called under the lock: a login that registers after this point and then
             // reads its mailbox sees this message (the store's ordering contract).
-            let fut = self.store.enqueue(key, msg.clone());
-            (fut, msg)
+            (self.store.enqueue(key, msg.clone()), msg)
         };
-        let (fut, msg) = pending;
-        match fut.await {
+        self.echo_once_stored(stored, msg, (from_conn, &from_key), to)
+            .await
+    }
+
+    /// Echoes a private message to its sender (`from_key`, case-folded, on connection
+    /// `from_conn`) once the store has it, or turns the store's refusal into the sender's
+    /// `fail`.
+    async fn echo_once_stored(
+        &self,
+        stored: BoxFuture<'static, Result<(), StoreError>>,
+        msg: ChatMessage,
+        (from_conn, from_key): (u64, &str),
+        to: &UserId,
+    ) -> Result<(), Failure> {
+        match stored.await {
             Ok(()) => {
                 let obj = encode_chat(&msg);
-                self.lock().echo(from_conn, &from_key, Out::Chat(obj));
+                self.lock().echo(from_conn, from_key, Out::Chat(obj));
                 Ok(())
             }
             Err(StoreError::NoSuchUser(_)) => Err(no_such_user(to)),
@@ -245,90 +279,112 @@ impl Hub {
     }
 }
 
-impl Inner {
-    /// Gives a message its id and timestamp.
-    fn accept(&mut self, from: UserId, to: Recipient, text: MessageText) -> ChatMessage {
-        let (id, ts) = next_id(&mut self.last_id);
-        ChatMessage {
-            user_id: from,
-            message: text.into_string(),
-            to,
-            id,
-            ts,
+/// A private message before the hub gives it an id: the costly encoding of sender and text
+/// is done before the hub's lock is taken.
+struct Draft {
+    head: ChatHead,
+    from: UserId,
+    text: MessageText,
+}
+
+impl Draft {
+    fn new(from: &UserId, text: MessageText) -> Draft {
+        Draft {
+            head: ChatHead::new(from, text.as_str()),
+            from: from.clone(),
+            text,
         }
     }
 
+    /// The message to `to` with its id and time, and its encoding.
+    fn finish(self, to: UserId, id: u64, ts: u64) -> Private {
+        Private {
+            obj: self.head.finish(to.as_str(), id, ts),
+            msg: ChatMessage {
+                user_id: self.from,
+                message: self.text.into_string(),
+                to: Recipient::User(to),
+                id,
+                ts,
+            },
+        }
+    }
+}
+
+/// What [`Inner::deliver_online`] did with a private message.
+enum Delivery {
+    /// Queued for the recipient (and echoed to the sender).
+    Delivered,
+    /// The recipient is not online: the draft, untouched.
+    Offline(Draft),
+    /// The recipient's outbox was full: it is cut off, and this message (with its id) must
+    /// go to its mailbox.
+    CutOff(ChatMessage),
+}
+
+impl Inner {
     /// Delivers a private message to its recipient, if online, and echoes it to the sender
-    /// (`from_key`, case-folded, on connection `from_conn`). Returns `false` when the message
-    /// must be stored instead: the recipient is offline, or its outbox was full (it is then cut
-    /// off as a slow consumer).
+    /// (`from_key`, case-folded, on connection `from_conn`).
     fn deliver_online(
         &mut self,
         from_key: &str,
         from_conn: u64,
         key: &str,
-        head: ChatHead,
-    ) -> bool {
+        draft: Draft,
+    ) -> Delivery {
         let Some(recipient) = self.members.get(key) else {
-            return false;
+            return Delivery::Offline(draft);
         };
         let to_conn = recipient.conn_id;
         let (id, ts) = next_id(&mut self.last_id);
-        let obj = head.finish(recipient.user_id.as_str(), id, ts);
-        let mut slow = Vec::new();
-        offer(recipient, Out::Chat(obj.clone()), &mut slow);
-        if !slow.is_empty() {
+        let private = Arc::new(draft.finish(recipient.user_id.clone(), id, ts));
+        offer(recipient, Out::Private(private.clone()), &mut self.slow);
+        if !self.slow.is_empty() {
             // The recipient's outbox is full: it is cut off as a slow consumer, and the
             // message goes to its mailbox (the caller stores it) instead of being lost.
-            self.cut_off(slow);
-            return false;
+            self.cut_off();
+            let private = Arc::try_unwrap(private)
+                .expect("a push to a full outbox keeps no copy of the item");
+            return Delivery::CutOff(private.msg);
         }
         if to_conn != from_conn {
-            if let Some(m) = self.members.get(from_key) {
-                if m.conn_id == from_conn {
-                    offer(m, Out::Chat(obj), &mut slow);
-                }
-            }
+            self.echo(from_conn, from_key, Out::Chat(private.obj.clone()));
         }
-        self.cut_off(slow);
-        true
+        Delivery::Delivered
     }
 
     /// Sends to the sender's own session (`from_key`, case-folded), if it is still the
     /// logged-in one.
     fn echo(&mut self, from_conn: u64, from_key: &str, item: Out) {
-        let mut slow = Vec::new();
         if let Some(m) = self.members.get(from_key) {
             if m.conn_id == from_conn {
-                offer(m, item, &mut slow);
+                offer(m, item, &mut self.slow);
             }
         }
-        self.cut_off(slow);
+        self.cut_off();
     }
 
     /// Offers `item` to every member except `except`, then cuts off the slow ones.
     fn broadcast(&mut self, item: Out, except: Option<u64>) {
-        let mut slow = Vec::new();
         for m in self.members.values() {
             if Some(m.conn_id) != except {
-                offer(m, item.clone(), &mut slow);
+                offer(m, item.clone(), &mut self.slow);
             }
         }
-        self.cut_off(slow);
+        self.cut_off();
     }
 
     /// Offers a presence notice to every member except `except`, lazily (it does not wake
     /// them), then cuts off the slow ones.
     fn broadcast_notice(&mut self, item: Out, except: Option<u64>) {
-        let mut slow = Vec::new();
-        self.queue_notice(&item, except, &mut slow);
-        self.cut_off(slow);
+        self.queue_notice(&item, except);
+        self.cut_off();
     }
 
     /// Queues a presence notice lazily for every member except `except`: a full outbox is
-    /// added to `slow`, and the presence ticker is woken when its flush list stops being
-    /// empty.
-    fn queue_notice(&mut self, item: &Out, except: Option<u64>, slow: &mut Vec<(String, u64)>) {
+    /// added to the slow list, and the presence ticker is woken when its flush list stops
+    /// being empty.
+    fn queue_notice(&mut self, item: &Out, except: Option<u64>) {
         let was_empty = self.to_flush.is_empty();
         for m in self.members.values() {
             if Some(m.conn_id) == except {
@@ -337,7 +393,7 @@ impl Inner {
             match m.outbox.push_lazy(item.clone()) {
                 Ok(true) => self.to_flush.push(m.outbox.clone()),
                 Ok(false) => {}
-                Err(_) => slow.push((m.user_id.key(), m.conn_id)),
+                Err(_) => self.slow.push((m.user_id.key(), m.conn_id)),
             }
         }
         if was_empty && !self.to_flush.is_empty() {
@@ -350,10 +406,11 @@ impl Inner {
         self.broadcast_notice(Out::Frame(frame), None);
     }
 
-    /// Removes and kicks slow consumers, telling the others they left. Telling them may
-    /// find more slow consumers; the loop ends because each round removes members.
-    fn cut_off(&mut self, mut slow: Vec<(String, u64)>) {
-        while let Some((key, conn_id)) = slow.pop() {
+    /// Removes and kicks the slow consumers found by the offers before, telling the others
+    /// they left. Telling them may find more slow consumers; the loop ends because each
+    /// round removes members. Every operation that offers items ends with it.
+    fn cut_off(&mut self) {
+        while let Some((key, conn_id)) = self.slow.pop() {
             if self.members.get(&key).is_none_or(|m| m.conn_id != conn_id) {
                 continue;
             }
@@ -365,7 +422,7 @@ impl Inner {
             let frame = encode_reply(&Reply::Left {
                 user_id: m.user_id.clone(),
             });
-            self.queue_notice(&Out::Frame(frame), None, &mut slow);
+            self.queue_notice(&Out::Frame(frame), None);
         }
     }
 }
@@ -420,9 +477,7 @@ mod tests {
             .take()
             .items
             .iter()
-            .map(|i| match i {
-                Out::Frame(b) | Out::Chat(b) => String::from_utf8_lossy(b).into_owned(),
-            })
+            .map(|i| String::from_utf8_lossy(i.bytes()).into_owned())
             .collect()
     }
 

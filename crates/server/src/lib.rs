@@ -102,7 +102,6 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) hub: Hub,
     pub(crate) auth: Authenticator,
-    pub(crate) store: Arc<dyn Store>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -153,8 +152,7 @@ pub async fn run_listeners(
     };
     let shared = Arc::new(Shared {
         hub: Hub::new(store.clone(), min_id),
-        auth: Authenticator::new(store.clone(), config.registration, cost, config.hash_pool),
-        store,
+        auth: Authenticator::new(store, config.registration, cost, config.hash_pool),
         shutdown: shutdown.clone(),
         config,
     });

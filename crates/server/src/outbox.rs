@@ -195,12 +195,7 @@ mod tests {
     }
 
     fn texts(items: &VecDeque<Out>) -> Vec<&[u8]> {
-        items
-            .iter()
-            .map(|i| match i {
-                Out::Frame(b) | Out::Chat(b) => &b[..],
-            })
-            .collect()
+        items.iter().map(|i| &i.bytes()[..]).collect()
     }
 
     fn woken(o: &Outbox) -> bool {

@@ -10,7 +10,9 @@
 //! (for `nc`/telnet debugging, on a listener of its own) one object per line, read by
 //! [`LineCodec`].
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use simpletextim_proto::{ChatMessage, CodecError, Command, Failure, Reply, UserId};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
@@ -70,19 +72,47 @@ impl Decoder for LineCodec {
 /// follows).
 const MAX_BATCH_FRAME: usize = 64 * 1024;
 
-/// One item of a session's outbox.
+/// One item of a session's outbox. It says what it is, so that nothing is ever parsed back
+/// from the bytes: a private message to the session's user carries the message beside its
+/// encoding, to be kept in the mailbox if it does not reach the socket.
 #[derive(Debug, Clone)]
 pub enum Out {
-    /// One chat message object, already JSON (`{"user_id":…,"message":…,…}`).
+    /// A chat message object, already JSON (`{"user_id":…,"message":…,…}`): a public
+    /// message, or the echo of a private message the session's user sent.
     Chat(Bytes),
+    /// A private message to the session's user.
+    Private(Arc<Private>),
     /// A whole reply payload, already JSON (`{"command":"joined",…}`).
     Frame(Bytes),
 }
 
+/// A private message on its way to its recipient: the encoded object every copy shares (the
+/// sender's echo too), and the message itself, which the recipient's session stores back in
+/// the mailbox when it ends before the socket took it.
+#[derive(Debug)]
+pub struct Private {
+    /// The chat object, as [`encode_chat`] writes it.
+    pub obj: Bytes,
+    /// The message the object encodes.
+    pub msg: ChatMessage,
+}
+
+impl Out {
+    /// The encoded bytes of the item.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Out::Chat(b) | Out::Frame(b) => b,
+            Out::Private(p) => &p.obj,
+        }
+    }
+}
+
 /// Serializes a chat message object once, for every recipient.
 pub fn encode_chat(msg: &ChatMessage) -> Bytes {
-    // Serializing a struct of strings and integers cannot fail.
-    Bytes::from(serde_json::to_vec(msg).unwrap_or_default())
+    Bytes::from(
+        serde_json::to_vec(msg)
+            .expect("a ChatMessage is strings and integers, which serde_json always serializes"),
+    )
 }
 
 /// A chat object encoded up to its `to` field: `{"user_id":…,"message":…,"to":`. The
@@ -122,8 +152,7 @@ impl ChatHead {
 
 /// Appends `s` as a JSON string, escaped as serde_json escapes it.
 fn json_str(buf: &mut Vec<u8>, s: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, s);
+    serde_json::to_writer(&mut *buf, s).expect("writing a JSON string into a Vec cannot fail");
 }
 
 /// Serializes a whole reply.
@@ -135,14 +164,22 @@ const MESSAGE_FRAME_HEAD: &[u8] = br#"{"command":"message","messages":["#;
 const MESSAGE_FRAME_TAIL: &[u8] = b"]}";
 
 /// Builds frames into one write buffer, joining consecutive chat messages into shared
-/// `message` frames.
+/// `message` frames, and records where each private message to the session's user ends up,
+/// so that what a failed write did not deliver is known without reading the bytes back.
 #[derive(Debug, Default)]
 pub struct FrameWriter {
     buf: BytesMut,
     /// Offset of the open `message` frame (of its length header), if one is open.
     open_batch: Option<usize>,
     framing: Framing,
+    /// The private messages in `buf`, each with the end offset of its frame: it is
+    /// delivered once the socket has taken that many bytes. While its frame is open the end
+    /// is [`OPEN`].
+    private: Vec<(usize, Arc<Private>)>,
 }
+
+/// The end offset of a private message whose frame is still open.
+const OPEN: usize = usize::MAX;
 
 impl FrameWriter {
     /// An empty writer of length-delimited frames.
@@ -162,6 +199,10 @@ impl FrameWriter {
     pub fn push(&mut self, item: &Out) {
         match item {
             Out::Chat(obj) => self.push_chat(obj),
+            Out::Private(p) => {
+                self.push_chat(&p.obj);
+                self.private.push((OPEN, p.clone()));
+            }
             Out::Frame(payload) => self.push_frame(payload),
         }
     }
@@ -218,42 +259,24 @@ impl FrameWriter {
                 }
                 Lines => self.buf.put_u8(b'\n'),
             }
+            let end = self.buf.len();
+            for (at, _) in self.private.iter_mut().rev() {
+                if *at != OPEN {
+                    break;
+                }
+                *at = end;
+            }
         }
     }
 
-    /// The replies of the frames not entirely within the first `written` bytes: what a
-    /// session that failed mid-write did not deliver.
-    pub fn unwritten_replies(&mut self, written: usize) -> Vec<Reply> {
+    /// The private messages whose frames are not entirely within the first `written` bytes:
+    /// what a session that failed mid-write did not deliver, oldest first.
+    pub fn unwritten_private(&mut self, written: usize) -> impl Iterator<Item = &ChatMessage> {
         self.close_batch();
-        let mut replies = Vec::new();
-        let mut rest: &[u8] = &self.buf;
-        let mut at = 0;
-        while !rest.is_empty() {
-            let (payload, frame_len) = match self.framing {
-                LengthDelimited => {
-                    if rest.len() < 4 {
-                        break;
-                    }
-                    let len = (&rest[..4]).get_u32() as usize;
-                    match rest.get(4..4 + len) {
-                        Some(payload) => (payload, 4 + len),
-                        None => break,
-                    }
-                }
-                Lines => match rest.iter().position(|&b| b == b'\n') {
-                    Some(end) => (&rest[..end], end + 1),
-                    None => break,
-                },
-            };
-            at += frame_len;
-            if at > written
-                && let Ok(reply) = Reply::from_json(payload)
-            {
-                replies.push(reply);
-            }
-            rest = &rest[frame_len..];
-        }
-        replies
+        self.private
+            .iter()
+            .filter(move |(end, _)| *end > written)
+            .map(|(_, p)| &p.msg)
     }
 
     /// Whether nothing is waiting to be written.
@@ -269,7 +292,7 @@ impl FrameWriter {
         let n: usize = items
             .into_iter()
             .map(|item| match item {
-                Out::Chat(b) => b.len() + 1,
+                Out::Chat(_) | Out::Private(_) => item.bytes().len() + 1,
                 Out::Frame(b) => b.len() + frame,
             })
             .sum();
@@ -284,6 +307,7 @@ impl FrameWriter {
     /// Closes the open batch and returns everything to write. The writer is then empty.
     pub fn take(&mut self) -> BytesMut {
         self.close_batch();
+        self.private.clear();
         self.buf.split()
     }
 
@@ -298,6 +322,7 @@ impl FrameWriter {
     pub fn clear(&mut self) {
         self.buf = BytesMut::new();
         self.open_batch = None;
+        self.private = Vec::new();
     }
 }
 
@@ -487,26 +512,72 @@ mod tests {
         );
     }
 
+    fn private(id: u64, text: &str) -> Out {
+        let msg = chat(
+            "bob",
+            text,
+            Recipient::User(UserId::new("alice").unwrap()),
+            id,
+            id,
+        );
+        Out::Private(Arc::new(Private {
+            obj: encode_chat(&msg),
+            msg,
+        }))
+    }
+
+    fn ids<'a>(msgs: impl Iterator<Item = &'a ChatMessage>) -> Vec<u64> {
+        msgs.map(|m| m.id).collect()
+    }
+
     #[test]
-    fn unwritten_replies_are_the_frames_not_wholly_written() {
+    fn unwritten_private_are_those_whose_frames_were_not_wholly_written() {
         for framing in [Framing::LengthDelimited, Framing::Lines] {
             let mut w = FrameWriter::with_framing(framing);
-            let joined = Reply::Joined {
+            w.push(&private(1, "a"));
+            w.push_reply(&Reply::Joined {
                 user_id: UserId::new("carol").unwrap(),
+            });
+            let first_len = w.pending().len();
+            // A public message and a private one share the second frame.
+            w.push(&Out::Chat(encode_chat(&msg(2, "public"))));
+            w.push(&private(3, "b"));
+            let all = w.pending().len();
+            assert_eq!(ids(w.unwritten_private(0)), [1, 3]);
+            // The first frame (private 1 alone) ends before the joined notice.
+            let first_frame = {
+                let mut alone = FrameWriter::with_framing(framing);
+                alone.push(&private(1, "a"));
+                alone.pending().len()
             };
-            w.push_reply(&joined);
-            let first_len = w.len();
-            w.push_chat(&encode_chat(&msg(1, "a")));
-            w.push_chat(&encode_chat(&msg(2, "b")));
-            let batch = Reply::Message {
-                messages: vec![msg(1, "a"), msg(2, "b")],
-            };
-            assert_eq!(w.unwritten_replies(0), [joined.clone(), batch.clone()]);
-            assert_eq!(w.unwritten_replies(first_len - 1), [joined, batch.clone()]);
-            assert_eq!(w.unwritten_replies(first_len), std::slice::from_ref(&batch));
-            assert_eq!(w.unwritten_replies(first_len + 5), [batch]);
-            let all = w.len();
-            assert_eq!(w.unwritten_replies(all), []);
+            assert_eq!(ids(w.unwritten_private(first_frame - 1)), [1, 3]);
+            assert_eq!(ids(w.unwritten_private(first_frame)), [3]);
+            assert_eq!(ids(w.unwritten_private(first_len)), [3]);
+            assert_eq!(ids(w.unwritten_private(all - 1)), [3]);
+            assert_eq!(ids(w.unwritten_private(all)), Vec::<u64>::new());
+            // The bytes are the ordinary frames.
+            assert_eq!(
+                decode_all_framed(w.take(), framing)
+                    .iter()
+                    .map(|r| match r {
+                        Reply::Message { messages } => messages.len(),
+                        _ => 0,
+                    })
+                    .collect::<Vec<_>>(),
+                [1, 0, 2]
+            );
+            assert_eq!(ids(w.unwritten_private(0)), Vec::<u64>::new());
+        }
+    }
+
+    fn decode_all_framed(bytes: BytesMut, framing: Framing) -> Vec<Reply> {
+        match framing {
+            Framing::LengthDelimited => decode_all(bytes),
+            Framing::Lines => std::str::from_utf8(&bytes)
+                .unwrap()
+                .lines()
+                .map(|l| Reply::from_json(l.as_bytes()).unwrap())
+                .collect(),
         }
     }
 

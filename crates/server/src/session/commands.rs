@@ -1,0 +1,149 @@
+//! What each command does: `login`, `send`, `list` and `exit`, and the checks before them
+//! (logged in, within the rate limit).
+
+use simpletextim_proto::{
+    Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply, UserId,
+};
+
+use super::{End, LoggedIn, Session};
+use crate::hub::Member;
+use crate::outbox::Outbox;
+
+/// Failed logins after which the connection is closed.
+const MAX_FAILED_LOGINS: u32 = 3;
+
+impl Session {
+    /// Handles one command.
+    ///
+    /// # Errors
+    /// How the session ends, if the command ends it.
+    pub(super) async fn handle(&mut self, command: Command) -> Result<(), End> {
+        match command {
+            // Boxed: logging in is rare and its future is the largest; keeping it off the
+            // session's own future keeps every idle session small.
+            Command::Login { user_id, password } => {
+                return Box::pin(self.login(user_id, password)).await;
+            }
+            Command::Exit => {
+                let _ = self.drain_outbox();
+                return Err(End::Exit);
+            }
+            Command::Send { .. } | Command::List if self.login.is_none() => {
+                self.fail(Failure::new(ErrorCode::Unauthorized, "login required"));
+            }
+            _ if !self.allowed() => {
+                self.fail(Failure::new(
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded, slow down",
+                ));
+            }
+            Command::Send { to, message } => self.send(to, message).await,
+            Command::List => {
+                let list = self.shared.hub.list();
+                self.reply(&Reply::List { list });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the rate limit lets one more command through.
+    fn allowed(&mut self) -> bool {
+        match (&mut self.bucket, self.shared.config.rate_limit) {
+            (Some(bucket), Some(limit)) => bucket.allow(limit),
+            _ => true,
+        }
+    }
+
+    async fn send(&mut self, to: Recipient, message: MessageText) {
+        let Some(login) = &self.login else { return };
+        match to {
+            Recipient::Everyone => self.shared.hub.publish(&login.user_id, message),
+            Recipient::User(to) => {
+                let from = login.user_id.clone();
+                let sent = Box::pin(self.shared.hub.send_private(
+                    &from,
+                    self.conn_id,
+                    &to,
+                    message,
+                ));
+                if let Err(failure) = sent.await {
+                    self.fail(failure);
+                }
+            }
+        }
+    }
+
+    /// Checks the password, joins the hub, and writes the login ack with the mailbox.
+    ///
+    /// # Errors
+    /// How the session ends: too many failed logins, the store failing, or the ack's write.
+    async fn login(&mut self, user_id: UserId, password: Password) -> Result<(), End> {
+        if let Some(login) = &self.login {
+            let reason = format!("already logged in as {}", login.user_id);
+            self.fail(Failure::new(ErrorCode::Conflict, reason));
+            return Ok(());
+        }
+        let user_id = match self.shared.auth.login(&user_id, &password).await {
+            Ok(registered) => registered,
+            Err(failure) => return self.login_failed(&user_id, failure),
+        };
+        let outbox = Outbox::new(self.shared.config.outbox_capacity);
+        self.shared.hub.join(Member {
+            conn_id: self.conn_id,
+            user_id: user_id.clone(),
+            outbox: outbox.clone(),
+        });
+        self.login_deadline = None;
+        self.login = Some(LoggedIn {
+            user_id: user_id.clone(),
+            outbox,
+        });
+        let peer = self.conn.peer();
+        tracing::info!(%peer, user = %user_id, conn = self.conn_id, "logged in");
+        // Registered first, mailbox read second: a private message accepted in between is
+        // either in the mailbox (the store's ordering contract) or in our outbox.
+        let key = user_id.key();
+        let store = &self.shared.config.store;
+        let pending = match store.pending(key.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(user = %user_id, error = %e, "cannot read mailbox");
+                self.conn.queue_reply(&Reply::fail(
+                    ErrorCode::Unavailable,
+                    "storage unavailable, try again later",
+                ));
+                return Err(End::Error);
+            }
+        };
+        let delivered: Vec<u64> = pending.iter().map(|m| m.id).collect();
+        // The ack is the session's first frame: nothing from the outbox has been written.
+        self.conn.queue_reply(&Reply::Message { messages: pending });
+        self.write_out().await?;
+        if !delivered.is_empty() {
+            // Written to the socket: now they may go. A crash before this line delivers them
+            // again at the next login rather than losing them.
+            let deleted = self.shared.config.store.delete_delivered(key, delivered);
+            if let Err(e) = deleted.await {
+                tracing::error!(user = %user_id, error = %e, "cannot delete delivered messages");
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a refused login; closes the connection after [`MAX_FAILED_LOGINS`] wrong
+    /// passwords.
+    fn login_failed(&mut self, user_id: &UserId, failure: Failure) -> Result<(), End> {
+        let unauthorized = failure.error_code == ErrorCode::Unauthorized;
+        if unauthorized {
+            tracing::info!(peer = %self.conn.peer(), user = %user_id, "login failed");
+        }
+        self.fail(failure);
+        if unauthorized {
+            self.failed_logins += 1;
+            if self.failed_logins >= MAX_FAILED_LOGINS {
+                return Err(End::TooManyFailedLogins);
+            }
+        }
+        Ok(())
+    }
+}

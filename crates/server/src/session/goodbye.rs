@@ -1,0 +1,99 @@
+//! The end of a session: leave the hub, say goodbye as the end calls for, keep the private
+//! messages that did not reach the socket, close.
+
+use simpletextim_proto::{ChatMessage, ErrorCode, Reply};
+use tokio::time::timeout;
+
+use super::{End, FINAL_WRITE, Session};
+
+impl Session {
+    /// Says goodbye as the end calls for, and tells the hub.
+    pub(super) async fn finish(mut self, end: End) {
+        // Leave the hub before the last write: from then on no message is queued for this
+        // session, and a private message to this user goes to their mailbox instead of an
+        // outbox that is about to close (it would otherwise be echoed, then lost). On
+        // shutdown the hub is going away with every session.
+        if let Some(login) = &self.login
+            && end != End::Shutdown
+        {
+            self.shared.hub.leave(&login.user_id, self.conn_id);
+        }
+        match end {
+            End::TakenOver => {
+                let _ = self.drain_outbox();
+                self.conn
+                    .queue_reply(&Reply::fail(ErrorCode::Conflict, "logged in elsewhere"));
+            }
+            End::Shutdown => {
+                let _ = self.drain_outbox();
+                self.conn
+                    .queue_reply(&Reply::fail(ErrorCode::Unavailable, "server shutting down"));
+            }
+            End::SlowConsumer | End::Error | End::Eof => {
+                self.keep_undelivered_private().await;
+                self.conn.clear_output();
+            }
+            // What was queued up to the leave goes out before the close.
+            End::Exit => {
+                let _ = self.drain_outbox();
+            }
+            End::TooManyFailedLogins | End::FrameTooLarge | End::LoginTimeout => {}
+        }
+        if self.conn.has_output() {
+            let written = timeout(FINAL_WRITE, self.write_blocked(false)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                // The peer did not take it all: keep its private messages for next time.
+                self.keep_undelivered_private().await;
+            }
+            self.conn.clear_output();
+        }
+        let peer = self.conn.peer();
+        let _ = timeout(FINAL_WRITE, self.conn.shutdown()).await;
+        if let Some(login) = &self.login {
+            tracing::info!(%peer, user = %login.user_id, conn = self.conn_id, reason = ?end, "session ended");
+        } else {
+            tracing::debug!(%peer, reason = ?end, "connection closed");
+        }
+    }
+
+    /// Stores in the mailbox the private messages to this user that were echoed to their
+    /// senders but never reached the socket: those in the part of the write buffer the
+    /// socket did not take, then those still in the outbox. Called once the session has left
+    /// the hub, so nothing more is queued. The user gets them at the next login.
+    async fn keep_undelivered_private(&mut self) {
+        let Some(login) = &self.login else {
+            return;
+        };
+        let mut kept: Vec<ChatMessage> = self.conn.unwritten_private().cloned().collect();
+        kept.extend(
+            login
+                .outbox
+                .take()
+                .items
+                .iter()
+                .filter_map(|item| match item {
+                    crate::wire::Out::Private(p) => Some(p.msg.clone()),
+                    _ => None,
+                }),
+        );
+        if kept.is_empty() {
+            return;
+        }
+        let key = login.user_id.key();
+        let store = &self.shared.config.store;
+        // Every store request is made before any is awaited: they commit together.
+        let stores: Vec<_> = kept
+            .into_iter()
+            .map(|m| store.enqueue(key.clone(), m))
+            .collect();
+        let total = stores.len();
+        let mut lost = 0usize;
+        for stored in stores {
+            if let Err(e) = stored.await {
+                lost += 1;
+                tracing::error!(user = %login.user_id, error = %e, "undelivered private message lost");
+            }
+        }
+        tracing::info!(user = %login.user_id, kept = total - lost, lost, "undelivered private messages kept for the next login");
+    }
+}

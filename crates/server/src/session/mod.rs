@@ -1,0 +1,328 @@
+//! One task per connection: the protocol's state machine over a [`Connection`].
+//!
+//! A session is either waiting for a login or logged in. It waits on four things at once:
+//! the server's shutdown (before login; a logged-in session hears of it from its outbox),
+//! its outbox (chat and notices the hub queued, or a kick: takeover, slow consumer,
+//! shutdown), the socket becoming readable, and the login deadline. Replies to the client's
+//! own commands go into the write buffer after everything already queued, so a client sees
+//! its echoes and `fail`s in order.
+//!
+//! - `conn.rs`: the socket, buffers and framing (bytes in, commands out; items in, bytes out);
+//! - `commands.rs`: what each command does (login, send, list, exit) and the rate limit;
+//! - `goodbye.rs`: how each way of ending is said to the client and the hub, and the
+//!   private messages kept for the next login.
+
+mod commands;
+mod conn;
+mod goodbye;
+mod rate;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use simpletextim_proto::{CodecError, ErrorCode, Failure, Reply, UserId};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+
+use crate::Shared;
+use crate::outbox::{KickReason, Outbox};
+use crate::wire::Framing;
+use conn::{Connection, Filled};
+use rate::Bucket;
+pub use rate::RateLimit;
+
+/// Bytes of replies a session buffers before it writes them, while it handles the commands
+/// of one read.
+const MAX_BUFFERED_REPLIES: usize = 64 * 1024;
+/// How long a last write (the `fail` before a close) may take before we give up on a peer
+/// that does not read.
+const FINAL_WRITE: Duration = Duration::from_secs(2);
+
+/// How a session ends, for the log and for deciding what the client and the others hear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Exit,
+    Eof,
+    TooManyFailedLogins,
+    FrameTooLarge,
+    Error,
+    TakenOver,
+    SlowConsumer,
+    Shutdown,
+    LoginTimeout,
+}
+
+impl From<KickReason> for End {
+    fn from(reason: KickReason) -> End {
+        match reason {
+            KickReason::TakenOver => End::TakenOver,
+            KickReason::SlowConsumer => End::SlowConsumer,
+            KickReason::Shutdown => End::Shutdown,
+        }
+    }
+}
+
+/// A logged-in session's identity and its outbox.
+struct LoggedIn {
+    user_id: UserId,
+    outbox: Arc<Outbox>,
+}
+
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    conn: Connection,
+    conn_id: u64,
+    login: Option<LoggedIn>,
+    failed_logins: u32,
+    bucket: Option<Bucket>,
+    /// The outbox's wake-up was consumed while writing: look at the outbox before waiting.
+    wake_pending: bool,
+    /// Until the login: when the connection is closed if it has not logged in. Boxed so
+    /// that a logged-in session carries no timer.
+    login_deadline: Option<Pin<Box<Sleep>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What woke a waiting session.
+enum Event {
+    Shutdown,
+    Outbox,
+    Readable(std::io::Result<()>),
+    LoginTimeout,
+}
+
+impl Session {
+    /// A session for a just-accepted connection. `permit` (the connection limit's) is held
+    /// until the session ends.
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        conn_id: u64,
+        shared: Arc<Shared>,
+        permit: OwnedSemaphorePermit,
+        framing: Framing,
+    ) -> Session {
+        let conn = Connection::new(stream, peer, framing, shared.config.max_command_frame);
+        let login_deadline = Some(Box::pin(tokio::time::sleep(shared.config.login_timeout)));
+        let bucket = shared.config.rate_limit.map(Bucket::full);
+        Session {
+            shared,
+            conn,
+            conn_id,
+            login: None,
+            failed_logins: 0,
+            bucket,
+            wake_pending: false,
+            login_deadline,
+            _permit: permit,
+        }
+    }
+
+    /// Serves the connection until it ends.
+    ///
+    /// Not an `async fn`: an async fn moves its argument into a local of its body, and the
+    /// compiler then keeps room for both (the session twice in every task). The session is
+    /// captured once here and used in place.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let end = self.serve().await;
+            // Boxed: the goodbye's state is only needed once, at the end.
+            Box::pin(self.finish(end)).await;
+        }
+    }
+
+    /// The session's loop: write what is buffered, then wait for the next event and handle
+    /// it, until something ends the session.
+    async fn serve(&mut self) -> End {
+        loop {
+            if let Err(end) = self.write_out().await {
+                return end;
+            }
+            if std::mem::take(&mut self.wake_pending) {
+                if let Err(end) = self.drain_outbox() {
+                    return end;
+                }
+                continue;
+            }
+            let event = tokio::select! {
+                biased;
+                () = shutdown_before_login(&self.login, &self.shared.shutdown) => Event::Shutdown,
+                () = outbox_changed(&self.login) => Event::Outbox,
+                r = std::future::poll_fn(|cx| self.conn.poll_read_ready(cx)) => Event::Readable(r),
+                () = deadline_passed(&mut self.login_deadline) => Event::LoginTimeout,
+            };
+            let handled = match event {
+                Event::Shutdown => Err(End::Shutdown),
+                Event::Outbox => self.drain_outbox(),
+                Event::LoginTimeout => {
+                    self.fail(Failure::new(ErrorCode::Unauthorized, "login timed out"));
+                    Err(End::LoginTimeout)
+                }
+                Event::Readable(Err(_)) => Err(End::Error),
+                Event::Readable(Ok(())) => self.read_and_handle().await,
+            };
+            if let Err(end) = handled {
+                return end;
+            }
+        }
+    }
+
+    /// Reads what the socket has and handles every complete command in it.
+    ///
+    /// # Errors
+    /// How the session ends, when a command, the framing or the peer ends it.
+    async fn read_and_handle(&mut self) -> Result<(), End> {
+        let filled = self.conn.fill().map_err(|e| {
+            tracing::debug!(peer = %self.conn.peer(), error = %e, "read failed");
+            End::Error
+        })?;
+        if filled == Filled::Nothing {
+            return Ok(());
+        }
+        loop {
+            match self.conn.next_command() {
+                Ok(Some(Ok(command))) => {
+                    self.handle(command).await?;
+                    // A read chunk can hold hundreds of commands, and a `list` reply can be
+                    // large: write what they produced before taking the next one, so a
+                    // client that sends without reading cannot make us buffer much.
+                    if self.conn.buffered() > MAX_BUFFERED_REPLIES {
+                        self.write_out().await?;
+                    }
+                }
+                Ok(Some(Err(failure))) => self.fail(failure),
+                Ok(None) => break,
+                Err(CodecError::FrameTooLarge { max }) => {
+                    self.fail(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!("frame over the size limit of {max} bytes"),
+                    ));
+                    return Err(End::FrameTooLarge);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %self.conn.peer(), error = %e, "read failed");
+                    return Err(End::Error);
+                }
+            }
+        }
+        self.conn.release_read_buffer();
+        match filled {
+            Filled::Eof => Err(End::Eof),
+            Filled::Data | Filled::Nothing => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        self.reply(&Reply::Fail { fail: failure });
+    }
+
+    /// Queues a direct reply after everything the hub already queued for this client.
+    fn reply(&mut self, reply: &Reply) {
+        // A kick found here is acted on at the next wake-up, which `kick` also caused.
+        let _ = self.drain_outbox();
+        self.conn.queue_reply(reply);
+    }
+
+    /// Moves what the hub queued into the write buffer.
+    ///
+    /// # Errors
+    /// How the session ends when it was kicked.
+    fn drain_outbox(&mut self) -> Result<(), End> {
+        let Some(login) = &self.login else {
+            return Ok(());
+        };
+        let taken = login.outbox.take();
+        self.conn.queue_all(taken.items.iter());
+        match taken.kicked {
+            None => Ok(()),
+            Some(reason) => Err(reason.into()),
+        }
+    }
+
+    /// Writes the buffer out. Most writes complete at once; only a full socket makes it
+    /// wait (boxed: the waiting state stays off the idle session's future).
+    ///
+    /// # Errors
+    /// How the session ends when the socket fails or a kick ends the wait.
+    async fn write_out(&mut self) -> Result<(), End> {
+        if !self.conn.has_output() {
+            return Ok(());
+        }
+        self.conn.try_flush().map_err(|_| End::Error)?;
+        if self.conn.has_output() {
+            Box::pin(self.write_blocked(true)).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the socket to take the rest of the buffer. With `watch_kicks`, a kick
+    /// meanwhile ends it at once if the peer is a slow consumer, and a takeover or shutdown
+    /// gives it [`FINAL_WRITE`] more; without (the goodbye), the caller bounds the wait.
+    async fn write_blocked(&mut self, watch_kicks: bool) -> Result<(), End> {
+        let mut deadline: Option<Instant> = None;
+        while self.conn.has_output() {
+            let watch = watch_kicks && deadline.is_none();
+            tokio::select! {
+                biased;
+                r = self.conn.writable() => {
+                    r.map_err(|_| End::Error)?;
+                    self.conn.try_flush().map_err(|_| End::Error)?;
+                }
+                () = self.shared.shutdown.cancelled(), if watch => {
+                    deadline = Some(Instant::now() + FINAL_WRITE);
+                }
+                () = outbox_changed(&self.login), if watch => {
+                    self.wake_pending = true;
+                    match self.login.as_ref().and_then(|l| l.outbox.kicked()) {
+                        Some(KickReason::SlowConsumer) => return Err(End::SlowConsumer),
+                        Some(KickReason::TakenOver | KickReason::Shutdown) => {
+                            deadline = Some(Instant::now() + FINAL_WRITE);
+                        }
+                        None => {}
+                    }
+                }
+                () = sleep_until(deadline) => return Err(End::Error),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on the server's shutdown, but only before login: a logged-in session learns of
+/// it from its outbox ([`KickReason::Shutdown`]).
+async fn shutdown_before_login(
+    login: &Option<LoggedIn>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    match login {
+        Some(_) => std::future::pending().await,
+        None => shutdown.cancelled().await,
+    }
+}
+
+/// Waits for the outbox to change; never resolves before login.
+async fn outbox_changed(login: &Option<LoggedIn>) {
+    match login {
+        Some(l) => l.outbox.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the login deadline passes; never once logged in.
+async fn deadline_passed(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(d) => d.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`; never resolves without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
