@@ -380,7 +380,7 @@ fn open_connection(path: &Path) -> Result<Connection, OpenError> {
     // Checkpoint (copy the WAL back into the database file) every 8192 pages (32 MiB)
     // instead of SQLite's 1000: a checkpoint writes each page once however many commits
     // changed it, and mailbox inserts touch the same index and account pages again and
-    // again. Offline messages/s with 100 senders: about 29 k -> 36 k.
+    // again, so rarer checkpoints write less.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(db_err)?;
     migrate(&mut conn, path)?;
