@@ -6,8 +6,8 @@
 //!
 //! The 19 MiB of Argon2 memory are reused from hash to hash (a small pool of buffers, one
 //! per hash running at once) instead of allocated each time: glibc's malloc keeps freed
-//! blocks of that size in its per-thread arenas, and a storm of a few hundred logins used
-//! to leave the server at 600–800 MB of RSS.
+//! blocks of that size in its per-thread arenas, so allocating them per hash on the many
+//! blocking threads would leave the memory of a login storm held long after it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -46,10 +46,12 @@ impl HashCost {
     fn argon2(self) -> Argon2<'static> {
         match self {
             HashCost::Default => Argon2::default(),
-            HashCost::InsecureFast => match Params::new(8, 1, 1, None) {
-                Ok(p) => Argon2::new(Algorithm::Argon2id, Version::V0x13, p),
-                Err(_) => Argon2::default(),
-            },
+            HashCost::InsecureFast => Argon2::new(
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(8, 1, 1, None)
+                    .expect("8 KiB, 1 pass, 1 lane: Argon2's minimum parameters are valid"),
+            ),
         }
     }
 }
@@ -71,6 +73,8 @@ fn argon2_output(
     let mut salt_buf = [0u8; 64];
     let salt = salt.decode_b64(&mut salt_buf)?;
     let pooled = BUFFERS.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    // No pooled buffer (the first hashes, or every buffer in use) is no failure: start
+    // from an empty one, sized just below.
     let mut blocks = pooled.unwrap_or_default();
     blocks.resize(params.block_count(), Block::default());
     let output = Output::init_with(out_len, |out| {
@@ -122,18 +126,25 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
             return Ok(false);
         };
         let algorithm = Algorithm::try_from(hash.algorithm)?;
+        // A PHC string without `v=` means version 0x13, as for the argon2 crate's own
+        // verifier.
         let version = hash
             .version
             .map(Version::try_from)
             .transpose()?
-            .unwrap_or_default();
+            .unwrap_or(Version::V0x13);
         let params = Params::try_from(&hash)?;
         let argon = Argon2::new(algorithm, version, params.clone());
         let computed = argon2_output(&argon, &params, password.as_bytes(), salt, expected.len())?;
         // `Output`'s equality is constant-time.
         Ok(computed == expected)
     };
-    check().unwrap_or(false)
+    check().unwrap_or_else(|e| {
+        // A stored hash that cannot be read (corrupt, or an unsupported algorithm): the
+        // login fails, and the operator should hear why.
+        tracing::warn!(error = %e, "password hash cannot be verified");
+        false
+    })
 }
 
 /// Logs users in against the store, creating accounts when registration is open.
@@ -158,13 +169,21 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// An authenticator running at most `pool` hashes at once.
+    ///
+    /// Hashes a dummy password first (once, at startup), to verify unknown user ids against.
+    ///
+    /// # Panics
+    /// If hashing fails, which it cannot with the fixed Argon2 parameters of [`HashCost`]:
+    /// better than an empty dummy hash, which would make a login for an unknown user id
+    /// answer faster than one for a known id and so tell which ids exist.
     pub fn new(
         store: Arc<dyn Store>,
         registration: Registration,
         cost: HashCost,
         pool: usize,
     ) -> Authenticator {
-        let dummy_hash = hash_password("not a password", cost).unwrap_or_default();
+        let dummy_hash = hash_password("not a password", cost)
+            .expect("hashing with the fixed Argon2 parameters of HashCost cannot fail");
         Authenticator {
             store,
             registration,
@@ -282,6 +301,14 @@ mod tests {
         ] {
             assert!(!verify_password("x", bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_dummy_hash_is_a_real_one() {
+        let store = Arc::new(crate::store::MemoryStore::new(10));
+        let auth = Authenticator::new(store, Registration::Open, HashCost::InsecureFast, 1);
+        assert!(auth.dummy_hash.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+        assert!(verify_password("not a password", &auth.dummy_hash));
     }
 
     #[test]

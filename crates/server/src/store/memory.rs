@@ -83,10 +83,10 @@ impl Store for MemoryStore {
 
     fn pending(&self, key: String) -> BoxFuture<'static, Result<Vec<ChatMessage>, StoreError>> {
         self.with(move |i| {
+            // No mailbox (it is removed when emptied): nothing waits.
             Ok(i.mailboxes
                 .get(&key)
-                .map(|m| m.iter().cloned().collect())
-                .unwrap_or_default())
+                .map_or_else(Vec::new, |m| m.iter().cloned().collect()))
         })
     }
 
