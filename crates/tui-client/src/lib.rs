@@ -8,6 +8,8 @@
 //!   and the pure function [`app::App::update`] from an [`event::Event`] to
 //!   [`app::Action`]s. Start reading here.
 //! - [`ui`]: rendering, a pure function of the state, one file per pane.
+//! - [`layout`]: screen geometry (where panes go, which row shows what) that `app` and
+//!   `ui` both use: `ui` reads `app`, `app` never imports `ui`.
 //! - [`input`]: the line editor; [`text`]: sanitizing, widths and wrapping.
 //! - [`net`]: the network task around [`simpletextim_proto::Client`], with reconnection.
 //! - [`run`]: the event loop joining the terminal task and the network task;
@@ -19,6 +21,7 @@
 pub mod app;
 pub mod event;
 pub mod input;
+pub mod layout;
 pub mod net;
 pub mod run;
 pub mod terminal;

@@ -170,7 +170,8 @@ impl Peer {
 
     fn texts(&self, index: usize) -> Vec<String> {
         self.app.conversations[index]
-            .entries
+            .msgs
+            .entries()
             .iter()
             .map(|e| e.text.clone())
             .collect()
@@ -212,7 +213,8 @@ async fn two_people_chat_publicly_and_privately() {
         .await;
     bob.until("bob gets the public message", |a| {
         a.conversations[0]
-            .entries
+            .msgs
+            .entries()
             .iter()
             .any(|e| e.text.starts_with("hello bob"))
     })
@@ -243,7 +245,7 @@ async fn two_people_chat_publicly_and_privately() {
         .until("alice's answer echoed", |a| a.input.is_empty())
         .await;
     bob.until("bob gets the answer", |a| {
-        a.conversations.len() == 2 && a.conversations[1].entries.len() == 2
+        a.conversations.len() == 2 && a.conversations[1].msgs.entries().len() == 2
     })
     .await;
 

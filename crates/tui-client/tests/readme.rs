@@ -18,7 +18,7 @@ fn readme_lists_every_key_and_command() {
             "README.md lacks the command {command:?}"
         );
     }
-    for command in simpletextim_tui::app::COMMANDS {
+    for command in simpletextim_tui::app::command_names() {
         assert!(
             COMMANDS
                 .iter()

@@ -1,8 +1,10 @@
 //! Unit tests of the state updates: each feeds events to an [`App`] and checks the exact
 //! state and actions that follow.
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
-use simpletextim_proto::{ChatMessage, Command, ErrorCode, Recipient, Reply, UserId};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use simpletextim_proto::{ChatMessage, Command, ErrorCode, Password, Recipient, Reply, UserId};
+
+use crate::event::NetEvent;
 
 use super::*;
 
@@ -211,7 +213,7 @@ fn private_message_from_someone_new_opens_a_conversation_and_rings() {
         names(&app),
         [("all".into(), 0, false), ("dave".into(), 1, true),]
     );
-    let entry = &app.conversations[1].entries[0];
+    let entry = &app.conversations[1].msgs.entries()[0];
     assert_eq!(entry.text, "psst");
     assert_eq!(
         entry.kind,
@@ -251,7 +253,8 @@ fn a_line_naming_me_rings_and_marks_its_conversation() {
     assert_eq!(app.conversations[0].unread, 3);
     assert!(app.conversations[0].highlight);
     let mentions: Vec<bool> = app.conversations[0]
-        .entries
+        .msgs
+        .entries()
         .iter()
         .map(|e| matches!(e.kind, EntryKind::Chat { mention: true, .. }))
         .collect();
@@ -263,7 +266,7 @@ fn public_message_in_the_active_conversation_is_not_unread() {
     let mut app = logged_in();
     assert_eq!(messages(&mut app, vec![msg("bob", "*", "hi all", 1)]), []);
     assert_eq!(names(&app), [("all".into(), 0, false)]);
-    assert_eq!(app.conversations[0].entries.len(), 1);
+    assert_eq!(app.conversations[0].msgs.entries().len(), 1);
 }
 
 #[test]
@@ -276,14 +279,14 @@ fn sent_text_stays_in_the_input_until_the_server_echoes_it() {
     );
     assert_eq!(app.input.text(), "hello everyone");
     assert_eq!(app.awaiting_echo(), 1);
-    assert!(app.conversations[0].entries.is_empty());
+    assert!(app.conversations[0].msgs.entries().is_empty());
 
     messages(&mut app, vec![msg("alice", "*", "hello everyone", 7)]);
     assert_eq!(app.input.text(), "");
     assert_eq!(app.awaiting_echo(), 0);
     assert_eq!(app.input.history(), ["hello everyone"]);
     assert_eq!(
-        app.conversations[0].entries[0].kind,
+        app.conversations[0].msgs.entries()[0].kind,
         EntryKind::Chat {
             from: uid("alice"),
             own: true,
@@ -341,7 +344,7 @@ fn text_in_a_private_conversation_goes_to_the_peer() {
     );
     // The echo of our private message is filed under the recipient.
     messages(&mut app, vec![msg("alice", "bob", "just us", 3)]);
-    assert_eq!(app.conversations[1].entries.len(), 1);
+    assert_eq!(app.conversations[1].msgs.entries().len(), 1);
     assert_eq!(app.input.text(), "");
 }
 
@@ -372,12 +375,12 @@ fn commands() {
             list: vec![uid("bob"), uid("alice")],
         },
     );
-    let last = app.conversations[0].entries.last().unwrap();
+    let last = app.conversations[0].msgs.entries().back().unwrap();
     assert_eq!(last.text, "online (2): alice, bob");
     assert_eq!(last.kind, EntryKind::Info);
 
     assert_eq!(enter(&mut app, "/clear"), []);
-    assert!(app.conversations[0].entries.is_empty());
+    assert!(app.conversations[0].msgs.entries().is_empty());
 
     assert_eq!(enter(&mut app, "/help"), []);
     assert!(app.show_help);
@@ -471,13 +474,14 @@ fn presence_keeps_the_users_panel_live() {
     let online: Vec<&str> = app.online.iter().map(UserId::as_str).collect();
     assert_eq!(online, ["Aaron", "alice", "carol"]);
     let public: Vec<&str> = app.conversations[0]
-        .entries
+        .msgs
+        .entries()
         .iter()
         .map(|e| e.text.as_str())
         .collect();
     assert_eq!(public, ["carol joined", "Aaron joined", "BOB left"]);
     // Carol's own conversation hears about her too; notices are not unread messages.
-    assert_eq!(app.conversations[1].entries.len(), 1);
+    assert_eq!(app.conversations[1].msgs.entries().len(), 1);
     assert_eq!(app.conversations[0].unread, 0);
 }
 
@@ -494,7 +498,7 @@ fn scrolled_up_view_stays_put_and_counts_new_messages() {
         .collect();
     messages(&mut app, batch);
     key(&mut app, KeyCode::PageUp);
-    assert_eq!(app.conversations[0].scroll, page);
+    assert_eq!(app.conversations[0].msgs.scroll(), page);
     messages(
         &mut app,
         vec![
@@ -503,18 +507,18 @@ fn scrolled_up_view_stays_put_and_counts_new_messages() {
         ],
     );
     let conv = &app.conversations[0];
-    assert_eq!(conv.scroll, page + 2, "view kept on the same rows");
-    assert_eq!(conv.new_below, 2);
+    assert_eq!(conv.msgs.scroll(), page + 2, "view kept on the same rows");
+    assert_eq!(conv.msgs.new_below(), 2);
     key(&mut app, KeyCode::PageDown);
     key(&mut app, KeyCode::PageDown);
     let conv = &app.conversations[0];
-    assert_eq!((conv.scroll, conv.new_below), (0, 0));
+    assert_eq!((conv.msgs.scroll(), conv.msgs.new_below()), (0, 0));
     // Scrolling up stops at the oldest row (30 messages, 2 new, 1 date line).
     for _ in 0..20 {
         key(&mut app, KeyCode::PageUp);
     }
     let max = 33 - usize::from(app.layout().messages.height);
-    assert_eq!(app.conversations[0].scroll, max);
+    assert_eq!(app.conversations[0].msgs.scroll(), max);
 }
 
 #[test]
@@ -539,9 +543,9 @@ fn mouse_wheel_and_clicks() {
         })
     };
     app.update(mouse(MouseEventKind::ScrollUp, 40, 5));
-    assert_eq!(app.conversations[0].scroll, 3);
+    assert_eq!(app.conversations[0].msgs.scroll(), 3);
     app.update(mouse(MouseEventKind::ScrollDown, 40, 5));
-    assert_eq!(app.conversations[0].scroll, 0);
+    assert_eq!(app.conversations[0].msgs.scroll(), 0);
     // The users panel: header row 1, then alice on row 2, bob on row 3.
     let users = app.layout().users.unwrap();
     app.update(mouse(
@@ -625,7 +629,8 @@ fn reconnection_keeps_the_screen() {
     assert_eq!(status(&app), None);
     assert_eq!(app.input.text(), "unsent");
     let texts: Vec<&str> = app.conversations[0]
-        .entries
+        .msgs
+        .entries()
         .iter()
         .map(|e| e.text.as_str())
         .collect();
@@ -670,7 +675,7 @@ fn network_text_is_sanitized() {
         &mut app,
         vec![msg("bob", "*", "x\u{1b}[2J\u{7}y\u{202e}", 1)],
     );
-    assert_eq!(app.conversations[0].entries[0].text, "x�[2J�y�");
+    assert_eq!(app.conversations[0].msgs.entries()[0].text, "x�[2J�y�");
 }
 
 #[test]
@@ -680,7 +685,7 @@ fn scrollback_is_bounded() {
         .map(|i| msg("bob", "*", "x", i))
         .collect();
     messages(&mut app, batch);
-    assert_eq!(app.conversations[0].entries.len(), MAX_ENTRIES);
+    assert_eq!(app.conversations[0].msgs.entries().len(), MAX_ENTRIES);
 }
 
 #[test]
@@ -788,7 +793,7 @@ fn help_scrolls_within_its_text() {
     for _ in 0..100 {
         key(&mut app, KeyCode::Down);
     }
-    let max = ui::help::max_scroll(Rect::new(0, 0, 40, 12));
+    let max = layout::help(&HELP, Rect::new(0, 0, 40, 12)).max_scroll;
     assert!(max > 0);
     assert_eq!(app.help_scroll, max);
     key(&mut app, KeyCode::Up);

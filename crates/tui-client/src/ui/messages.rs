@@ -9,51 +9,34 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Clear;
 
-use crate::app::{App, ConvId, Conversation, Entry, EntryKind, TimeZone};
-use crate::text::{truncate, width, wrap};
+use crate::app::{App, ConvId, Conversation, EntryKind, EntryLayout};
+use crate::text::{truncate, width};
 use crate::ui::name_color;
 
-/// Narrowest text column kept beside the time and sender before continuation rows give
-/// up the indentation.
-const MIN_TEXT_WIDTH: usize = 10;
-
-/// The rows of entry `index` of a conversation at a pane width: a date line first when
-/// its local day differs from the previous entry's, then its wrapped text.
-pub fn entry_block(
-    conv: &Conversation,
-    index: usize,
-    pane_width: u16,
-    tz: TimeZone,
-) -> Vec<Line<'static>> {
-    let w = usize::from(pane_width).max(1);
-    let mut out = Vec::new();
-    let Some(entry) = conv.entries.get(index) else {
-        return out;
+/// The rows of entry `index` of a conversation at a pane width, styled: the rows
+/// [`crate::app::MsgArea::entry_layout`] lays out (the scroll arithmetic counts the same).
+pub fn entry_block(conv: &Conversation, index: usize, pane_width: u16) -> Vec<Line<'static>> {
+    let (Some(entry), Some(layout)) = (
+        conv.msgs.entries().get(index),
+        conv.msgs.entry_layout(index, pane_width),
+    ) else {
+        return Vec::new();
     };
-    let local = tz.local(entry.ts_ms);
-    let previous_day = index
-        .checked_sub(1)
-        .and_then(|i| conv.entries.get(i))
-        .map(|e| tz.local(e.ts_ms).date());
-    if previous_day != Some(local.date()) {
-        out.push(date_line(local.date(), w));
+    let w = usize::from(pane_width).max(1);
+    let mut out = Vec::with_capacity(layout.rows());
+    if let Some(date) = layout.date {
+        out.push(date_line(date, w));
     }
-    entry_rows(entry, local.format("%H:%M ").to_string(), w, &mut out);
+    let (prefix, text_style) = prefix(&entry.kind, layout.time.clone());
+    entry_rows(prefix, text_style, layout, &mut out);
     out
 }
 
 /// All rows of a conversation at a pane width, oldest first.
-pub fn rows(conv: &Conversation, pane_width: u16, tz: TimeZone) -> Vec<Line<'static>> {
-    (0..conv.entries.len())
-        .flat_map(|i| entry_block(conv, i, pane_width, tz))
+pub fn rows(conv: &Conversation, pane_width: u16) -> Vec<Line<'static>> {
+    (0..conv.msgs.entries().len())
+        .flat_map(|i| entry_block(conv, i, pane_width))
         .collect()
-}
-
-/// How many rows [`rows`] gives.
-pub fn row_count(conv: &Conversation, pane_width: u16, tz: TimeZone) -> usize {
-    (0..conv.entries.len())
-        .map(|i| entry_block(conv, i, pane_width, tz).len())
-        .sum()
 }
 
 /// The last `needed` rows of a conversation (fewer when it has fewer), oldest first, and
@@ -62,15 +45,14 @@ pub fn row_count(conv: &Conversation, pane_width: u16, tz: TimeZone) -> usize {
 pub fn last_rows(
     conv: &Conversation,
     pane_width: u16,
-    tz: TimeZone,
     needed: usize,
 ) -> (Vec<Line<'static>>, bool) {
     let mut blocks = Vec::new();
     let mut count = 0;
-    let mut i = conv.entries.len();
+    let mut i = conv.msgs.entries().len();
     while i > 0 && count < needed {
         i -= 1;
-        let block = entry_block(conv, i, pane_width, tz);
+        let block = entry_block(conv, i, pane_width);
         count += block.len();
         blocks.push(block);
     }
@@ -86,9 +68,11 @@ fn date_line(date: NaiveDate, w: usize) -> Line<'static> {
     Line::styled(text, Style::new().fg(Color::DarkGray))
 }
 
-fn entry_rows(entry: &Entry, time: String, w: usize, out: &mut Vec<Line<'static>>) {
+/// The styled time and marker of an entry, and the style of its text.
+fn prefix(kind: &EntryKind, time: String) -> (Vec<Span<'static>>, Style) {
     let dim = Style::new().fg(Color::DarkGray);
-    let (mut prefix, text_style) = match &entry.kind {
+    let (before, name, after) = kind.marker();
+    match kind {
         EntryKind::Chat { from, own, mention } => {
             let mut name_style = Style::new().fg(name_color(from.as_str()));
             if *own {
@@ -102,37 +86,43 @@ fn entry_rows(entry: &Entry, time: String, w: usize, out: &mut Vec<Line<'static>
             (
                 vec![
                     Span::styled(time, dim),
-                    Span::raw("<"),
-                    Span::styled(from.as_str().to_owned(), name_style),
-                    Span::raw("> "),
+                    Span::raw(before),
+                    Span::styled(name.to_owned(), name_style),
+                    Span::raw(after),
                 ],
                 text_style,
             )
         }
-        EntryKind::Joined(_) => (
-            vec![Span::styled(time, dim), Span::styled("--> ", dim)],
+        EntryKind::Joined(_) | EntryKind::Left(_) => (
+            vec![Span::styled(time, dim), Span::styled(before, dim)],
             dim,
         ),
-        EntryKind::Left(_) => (
-            vec![Span::styled(time, dim), Span::styled("<-- ", dim)],
-            dim,
-        ),
-        EntryKind::Info => {
-            let s = Style::new().fg(Color::Cyan);
-            (vec![Span::styled(time, dim), Span::styled("-!- ", s)], s)
+        EntryKind::Info | EntryKind::Error => {
+            let colour = if matches!(kind, EntryKind::Info) {
+                Color::Cyan
+            } else {
+                Color::Red
+            };
+            let s = Style::new().fg(colour);
+            (vec![Span::styled(time, dim), Span::styled(before, s)], s)
         }
-        EntryKind::Error => {
-            let s = Style::new().fg(Color::Red);
-            (vec![Span::styled(time, dim), Span::styled("-!- ", s)], s)
-        }
-    };
-    let prefix_w: usize = prefix.iter().map(|s| width(&s.content)).sum();
-    if prefix_w + MIN_TEXT_WIDTH <= w {
-        let mut rows = wrap(&entry.text, w - prefix_w).into_iter();
-        let first = rows.next().unwrap_or_default();
+    }
+}
+
+/// The prefix and text rows of an entry, as laid out: the first text row beside the
+/// prefix and the others indented, or (too narrow) the prefix alone and the text below.
+fn entry_rows(
+    mut prefix: Vec<Span<'static>>,
+    text_style: Style,
+    layout: EntryLayout,
+    out: &mut Vec<Line<'static>>,
+) {
+    if layout.beside {
+        let mut rows = layout.text.into_iter();
+        let first = rows.next().expect("wrap returns at least one row");
         prefix.push(Span::styled(first, text_style));
         out.push(Line::from(prefix));
-        let indent = " ".repeat(prefix_w);
+        let indent = " ".repeat(layout.prefix_width);
         for row in rows {
             out.push(Line::from(vec![
                 Span::raw(indent.clone()),
@@ -140,9 +130,8 @@ fn entry_rows(entry: &Entry, time: String, w: usize, out: &mut Vec<Line<'static>
             ]));
         }
     } else {
-        // Too narrow to indent: the prefix on its own row, the text below at full width.
         out.push(Line::from(prefix));
-        for row in wrap(&entry.text, w) {
+        for row in layout.text {
             out.push(Line::styled(row, text_style));
         }
     }
@@ -154,7 +143,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         return;
     }
     let conv = app.active_conversation();
-    if conv.entries.is_empty() {
+    if conv.msgs.entries().is_empty() {
         let hint = match &conv.id {
             ConvId::Public => "No messages yet: type to talk to everyone. F1: help".to_owned(),
             ConvId::Private(u) => format!("Private conversation with {u}. F1: help"),
@@ -168,9 +157,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         return;
     }
     let h = usize::from(area.height);
-    let (all, _) = last_rows(conv, area.width, app.settings.tz, conv.scroll + h);
+    let (all, _) = last_rows(conv, area.width, conv.msgs.scroll() + h);
     // Scrolled past the oldest row: show the top of the conversation.
-    let scroll = conv.scroll.min(all.len().saturating_sub(h));
+    let scroll = conv.msgs.scroll().min(all.len().saturating_sub(h));
     let end = all.len() - scroll;
     let start = end.saturating_sub(h);
     let shown = end - start;
@@ -179,8 +168,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     for (i, line) in all[start..end].iter().enumerate() {
         frame.render_widget(line, Rect::new(area.x, top + i as u16, area.width, 1));
     }
-    if scroll > 0 && conv.new_below > 0 {
-        let n = conv.new_below;
+    if scroll > 0 && conv.msgs.new_below() > 0 {
+        let n = conv.msgs.new_below();
         let label = format!(
             " ↓ {n} new message{} (PageDown) ",
             if n == 1 { "" } else { "s" }
@@ -201,21 +190,25 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::Entry;
     use simpletextim_proto::UserId;
 
     fn conv(n: u64) -> Conversation {
         let mut c = crate::app::tests_support::conversation();
         for i in 0..n {
-            c.entries.push(Entry {
-                // Three entries a day.
-                ts_ms: i * 8 * 3_600_000,
-                kind: EntryKind::Chat {
-                    from: UserId::new("bob").unwrap(),
-                    own: false,
-                    mention: false,
+            c.msgs.push(
+                Entry {
+                    // Three entries a day.
+                    ts_ms: i * 8 * 3_600_000,
+                    kind: EntryKind::Chat {
+                        from: UserId::new("bob").unwrap(),
+                        own: false,
+                        mention: false,
+                    },
+                    text: format!("message {i} that is long enough to wrap on narrow panes"),
                 },
-                text: format!("message {i} that is long enough to wrap on narrow panes"),
-            });
+                true,
+            );
         }
         c
     }
@@ -226,12 +219,14 @@ mod tests {
 
     #[test]
     fn last_rows_is_the_tail_of_rows() {
-        let c = conv(10);
+        let mut c = conv(10);
         for w in [20, 40, 80] {
-            let all = text(&rows(&c, w, TimeZone::utc()));
-            assert_eq!(row_count(&c, w, TimeZone::utc()), all.len());
+            let all = text(&rows(&c, w));
+            // The row count the scroll arithmetic keeps is the rows drawn.
+            c.msgs.resize((w, 10));
+            assert_eq!(c.msgs.total_rows(), all.len());
             for needed in [0, 1, 5, 17, all.len(), all.len() + 3] {
-                let (tail, complete) = last_rows(&c, w, TimeZone::utc(), needed);
+                let (tail, complete) = last_rows(&c, w, needed);
                 let n = needed.min(all.len());
                 assert_eq!(text(&tail), all[all.len() - n..], "w={w} needed={needed}");
                 assert_eq!(complete, needed >= all.len(), "w={w} needed={needed}");
@@ -242,7 +237,7 @@ mod tests {
     #[test]
     fn a_date_line_starts_each_day() {
         let c = conv(4);
-        let all = text(&rows(&c, 80, TimeZone::utc()));
+        let all = text(&rows(&c, 80));
         let dates: Vec<&String> = all.iter().filter(|r| r.starts_with("──")).collect();
         assert_eq!(dates.len(), 2);
         assert!(all[0].starts_with("── Thursday 1 January 1970 "));

@@ -95,7 +95,7 @@ pub fn draw_status(frame: &mut Frame, area: Rect, app: &App) {
             spans.push(Span::styled(number.to_string(), style));
         }
     }
-    if app.active_conversation().scroll > 0 {
+    if app.active_conversation().msgs.scroll() > 0 {
         spans.push(sep.clone());
         spans.push(Span::raw("scrolled"));
     }

@@ -7,21 +7,13 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 
 use crate::app::App;
+use crate::layout::{self, USERS_HEADER_ROWS};
 use crate::text::truncate;
 use crate::ui::name_color;
 
-/// Rows above the first name.
-pub const HEADER_ROWS: usize = 1;
-
-/// Index in `app.online` of the first user shown: 0, unless the keyboard selection (F2)
-/// is further down than the panel is tall.
-pub fn first_shown(app: &App, area: Rect) -> usize {
-    let rows = usize::from(area.height).saturating_sub(HEADER_ROWS).max(1);
-    app.users_cursor.map_or(0, |i| (i + 1).saturating_sub(rows))
-}
-
-/// Draws the panel; row `HEADER_ROWS + i` is `app.online[first_shown + i]` (mouse clicks
-/// rely on it).
+/// Draws the panel: a header, then from the first user shown (see
+/// [`layout::first_user_shown`]; mouse clicks find users with the same arithmetic) one name
+/// a row.
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if area.height == 0 {
         return;
@@ -32,14 +24,14 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         Style::new().add_modifier(Modifier::BOLD),
     );
     frame.render_widget(header, Rect::new(area.x, area.y, area.width, 1));
-    let rows = usize::from(area.height) - HEADER_ROWS;
-    let first = first_shown(app, area);
+    let rows = layout::user_rows(area);
+    let first = layout::first_user_shown(app.users_cursor, area);
     let overflow = app.online.len() - first > rows;
     for (i, user) in app.online.iter().skip(first).enumerate() {
         if i >= rows {
             break;
         }
-        let y = area.y + (HEADER_ROWS + i) as u16;
+        let y = area.y + (USERS_HEADER_ROWS + i) as u16;
         let selected = app.users_cursor == Some(first + i);
         let line = if overflow && i + 1 == rows && !selected {
             let more = app.online.len() - first - i;

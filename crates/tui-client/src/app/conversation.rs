@@ -1,0 +1,377 @@
+//! Conversations and their message areas.
+//!
+//! A [`Conversation`] is its identity, its unread marks and a [`MsgArea`] (after osa1/tiny's
+//! type of that name): the entries, how far the view is scrolled up, and the layout height
+//! of the entries at the message pane's width, cached so scrolling does not lay out the
+//! whole scrollback again. How an entry is laid out in rows ([`MsgArea::entry_layout`]) is
+//! decided here, once: the message pane's renderer styles these rows and the scroll
+//! arithmetic counts them, so both always agree.
+//!
+//! This module is a leaf of `app`: it imports nothing from the rest of the crate but
+//! [`crate::text`].
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, FixedOffset, Local, NaiveDate, NaiveDateTime};
+use simpletextim_proto::UserId;
+
+use crate::text::{width, wrap};
+
+/// Most entries kept per conversation; older ones are dropped.
+pub const MAX_ENTRIES: usize = 5000;
+
+/// Narrowest text column kept beside the time and sender before continuation rows give
+/// up the indentation.
+const MIN_TEXT_WIDTH: usize = 10;
+
+/// How local times are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeZone {
+    /// The machine's time zone.
+    Local,
+    /// A fixed offset from UTC (tests use this to stay independent of the machine).
+    Fixed(FixedOffset),
+}
+
+impl TimeZone {
+    /// UTC.
+    pub fn utc() -> TimeZone {
+        TimeZone::Fixed(chrono::Offset::fix(&chrono::Utc))
+    }
+
+    /// The local date and time of a Unix-milliseconds timestamp. A timestamp past what
+    /// chrono represents (year 262 143; only a misbehaving server sends one) is shown as
+    /// the Unix epoch rather than refused: the message itself is still worth showing.
+    pub fn local(self, ts_ms: u64) -> NaiveDateTime {
+        let utc = i64::try_from(ts_ms)
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or(DateTime::UNIX_EPOCH);
+        match self {
+            TimeZone::Local => utc.with_timezone(&Local).naive_local(),
+            TimeZone::Fixed(offset) => utc.with_timezone(&offset).naive_local(),
+        }
+    }
+}
+
+/// A conversation's identity: the public one, or one per private peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConvId {
+    /// "all": public messages.
+    Public,
+    /// Private messages with this user.
+    Private(UserId),
+}
+
+impl ConvId {
+    /// The name shown in the sidebar and prompt.
+    pub fn name(&self) -> &str {
+        match self {
+            ConvId::Public => "all",
+            ConvId::Private(u) => u.as_str(),
+        }
+    }
+}
+
+/// What an entry of a conversation is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A chat message.
+    Chat {
+        /// The sender.
+        from: UserId,
+        /// Sent by us.
+        own: bool,
+        /// Names us (and is not ours).
+        mention: bool,
+    },
+    /// Someone logged in.
+    Joined(UserId),
+    /// Someone left.
+    Left(UserId),
+    /// A notice from the client (online list, reconnection…).
+    Info,
+    /// A problem (connection lost…).
+    Error,
+}
+
+impl EntryKind {
+    /// The marker between the time and the text, in three parts so the sender's name can be
+    /// styled apart: `("<", name, "> ")` for a chat message, `("--> ", "", "")` for a join,
+    /// `("<-- ", "", "")` for a leave, `("-!- ", "", "")` for a notice or an error.
+    pub fn marker(&self) -> (&'static str, &str, &'static str) {
+        match self {
+            EntryKind::Chat { from, .. } => ("<", from.as_str(), "> "),
+            EntryKind::Joined(_) => ("--> ", "", ""),
+            EntryKind::Left(_) => ("<-- ", "", ""),
+            EntryKind::Info | EntryKind::Error => ("-!- ", "", ""),
+        }
+    }
+}
+
+/// One line of a conversation, before wrapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// When, in Unix milliseconds.
+    pub ts_ms: u64,
+    /// What it is.
+    pub kind: EntryKind,
+    /// The text, already sanitized for the terminal.
+    pub text: String,
+}
+
+/// An entry laid out at a pane width, before styling: the rows it takes, top to bottom,
+/// are the date line (when there is one), then the prefix (time and marker) with the
+/// first text row beside it and the other text rows indented below it — or, on panes too
+/// narrow for that, the prefix alone and every text row below it at full width.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryLayout {
+    /// The local day, when it differs from the previous entry's: a date line goes first.
+    pub date: Option<NaiveDate>,
+    /// The local time, `HH:MM `.
+    pub time: String,
+    /// Width of the time and marker, in cells.
+    pub prefix_width: usize,
+    /// The text rows sit beside the prefix (else below it).
+    pub beside: bool,
+    /// The wrapped text, at least one row.
+    pub text: Vec<String>,
+}
+
+impl EntryLayout {
+    /// How many rows the entry takes.
+    pub fn rows(&self) -> usize {
+        let prefix_row = usize::from(!self.beside);
+        usize::from(self.date.is_some()) + prefix_row + self.text.len()
+    }
+}
+
+/// The message area of one conversation: its entries, its scroll position and the layout
+/// height of its entries at the pane's width (kept up to date as entries come and go, so
+/// page scrolls and the scrolled-up view's anchoring cost what one entry costs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgArea {
+    /// The entries, oldest first, at most [`MAX_ENTRIES`].
+    entries: VecDeque<Entry>,
+    /// Rows scrolled up from the bottom (0: following new messages).
+    scroll: usize,
+    /// Messages that arrived below the view while scrolled up.
+    new_below: usize,
+    /// The message pane's width and height, in cells.
+    size: (u16, u16),
+    /// How times (and so date lines) are computed.
+    tz: TimeZone,
+    /// Rows of all entries at the pane's width: the sum of their [`EntryLayout::rows`].
+    rows: usize,
+}
+
+impl MsgArea {
+    /// An empty area for a message pane of `size` (width, height).
+    pub fn new(size: (u16, u16), tz: TimeZone) -> MsgArea {
+        MsgArea {
+            entries: VecDeque::new(),
+            scroll: 0,
+            new_below: 0,
+            size,
+            tz,
+            rows: 0,
+        }
+    }
+
+    /// The entries, oldest first.
+    pub fn entries(&self) -> &VecDeque<Entry> {
+        &self.entries
+    }
+
+    /// Rows scrolled up from the bottom (0: following new messages).
+    pub fn scroll(&self) -> usize {
+        self.scroll
+    }
+
+    /// Messages that arrived below the view while scrolled up.
+    pub fn new_below(&self) -> usize {
+        self.new_below
+    }
+
+    /// How times are shown.
+    pub fn tz(&self) -> TimeZone {
+        self.tz
+    }
+
+    /// Rows of all entries at the pane's width.
+    pub fn total_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Entry `index` laid out at `pane_width` (`None` past the last entry).
+    pub fn entry_layout(&self, index: usize, pane_width: u16) -> Option<EntryLayout> {
+        let entry = self.entries.get(index)?;
+        let w = usize::from(pane_width).max(1);
+        let local = self.tz.local(entry.ts_ms);
+        let previous_day = index
+            .checked_sub(1)
+            .and_then(|i| self.entries.get(i))
+            .map(|e| self.tz.local(e.ts_ms).date());
+        let time = local.format("%H:%M ").to_string();
+        let (before, name, after) = entry.kind.marker();
+        let prefix_width = width(&time) + width(before) + width(name) + width(after);
+        let beside = prefix_width + MIN_TEXT_WIDTH <= w;
+        let text_width = if beside { w - prefix_width } else { w };
+        Some(EntryLayout {
+            date: (previous_day != Some(local.date())).then_some(local.date()),
+            time,
+            prefix_width,
+            beside,
+            text: wrap(&entry.text, text_width),
+        })
+    }
+
+    /// Rows of entry `index` at the pane's width (0 past the last entry).
+    fn entry_rows(&self, index: usize) -> usize {
+        self.entry_layout(index, self.size.0)
+            .map_or(0, |l| l.rows())
+    }
+
+    /// Adds an entry at the bottom, dropping the oldest past [`MAX_ENTRIES`]. A
+    /// scrolled-up view stays on the rows it shows; a chat message (`is_message`) added
+    /// below it is counted for the "new messages" marker.
+    pub fn push(&mut self, entry: Entry, is_message: bool) {
+        self.entries.push_back(entry);
+        let added = self.entry_rows(self.entries.len() - 1);
+        self.rows += added;
+        if self.entries.len() > MAX_ENTRIES {
+            self.drop_oldest();
+        }
+        if self.scroll > 0 {
+            self.scroll += added;
+            if is_message {
+                self.new_below += 1;
+            }
+        }
+    }
+
+    /// Drops the oldest entry. The next one becomes the first, which always opens with a
+    /// date line, so its rows are counted again.
+    fn drop_oldest(&mut self) {
+        let before = self.entry_rows(0) + self.entry_rows(1);
+        self.entries.pop_front();
+        self.rows = self.rows + self.entry_rows(0) - before;
+    }
+
+    /// Empties the area (`/clear`).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.rows = 0;
+        self.scroll = 0;
+        self.new_below = 0;
+    }
+
+    /// The message pane is now `size` (width, height): the entries are counted again at
+    /// the new width and the view kept within them.
+    pub fn resize(&mut self, size: (u16, u16)) {
+        let width_changed = size.0 != self.size.0;
+        self.size = size;
+        if width_changed {
+            self.rows = (0..self.entries.len()).map(|i| self.entry_rows(i)).sum();
+        }
+        self.scroll_up(0);
+        if self.scroll == 0 {
+            self.new_below = 0;
+        }
+    }
+
+    /// Rows a page scroll moves: the pane's height less one row of context.
+    pub fn page(&self) -> usize {
+        usize::from(self.size.1).saturating_sub(1).max(1)
+    }
+
+    /// Scrolls `rows` up, no further than the oldest row at the top of the pane.
+    pub fn scroll_up(&mut self, rows: usize) {
+        let max = self.rows.saturating_sub(usize::from(self.size.1));
+        self.scroll = (self.scroll + rows).min(max);
+    }
+
+    /// Scrolls `rows` down; at the bottom the "new messages" count is over.
+    pub fn scroll_down(&mut self, rows: usize) {
+        self.scroll = self.scroll.saturating_sub(rows);
+        if self.scroll == 0 {
+            self.new_below = 0;
+        }
+    }
+}
+
+/// A conversation: its identity, its marks in the sidebar and its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// Which conversation.
+    pub id: ConvId,
+    /// Messages that arrived while it was not shown.
+    pub unread: usize,
+    /// A private message or a mention arrived while it was not shown.
+    pub highlight: bool,
+    /// Its entries and scroll position.
+    pub msgs: MsgArea,
+}
+
+impl Conversation {
+    /// An empty conversation for a message pane of `size` (width, height).
+    pub fn new(id: ConvId, size: (u16, u16), tz: TimeZone) -> Conversation {
+        Conversation {
+            id,
+            unread: 0,
+            highlight: false,
+            msgs: MsgArea::new(size, tz),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64, text: &str) -> Entry {
+        Entry {
+            // Three entries a day.
+            ts_ms: i * 8 * 3_600_000,
+            kind: EntryKind::Chat {
+                from: UserId::new("bob").expect("valid user id"),
+                own: false,
+                mention: false,
+            },
+            text: text.to_owned(),
+        }
+    }
+
+    /// The cached row count is what laying every entry out again gives, through pushes,
+    /// drops of the oldest entry (date lines move) and resizes.
+    #[test]
+    fn the_cached_height_follows_the_entries() {
+        let mut area = MsgArea::new((30, 10), TimeZone::utc());
+        let recount = |a: &MsgArea| {
+            (0..a.entries().len())
+                .map(|i| a.entry_rows(i))
+                .sum::<usize>()
+        };
+        for i in 0..(MAX_ENTRIES as u64 + 7) {
+            area.push(entry(i, "some words that wrap on a narrow pane"), true);
+        }
+        assert_eq!(area.entries().len(), MAX_ENTRIES);
+        assert_eq!(area.total_rows(), recount(&area));
+        area.resize((80, 10));
+        assert_eq!(area.total_rows(), recount(&area));
+        area.clear();
+        assert_eq!(area.total_rows(), 0);
+    }
+
+    #[test]
+    fn narrow_panes_put_the_text_below_the_prefix() {
+        let mut area = MsgArea::new((12, 5), TimeZone::utc());
+        area.push(entry(0, "hello"), true);
+        let layout = area.entry_layout(0, 12).expect("one entry");
+        assert!(!layout.beside);
+        assert_eq!((layout.prefix_width, layout.rows()), (12, 3));
+        let wide = area.entry_layout(0, 40).expect("one entry");
+        assert!(wide.beside);
+        assert_eq!(wide.rows(), 2);
+    }
+}
