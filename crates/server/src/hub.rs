@@ -179,11 +179,6 @@ impl Hub {
         list
     }
 
-    /// How many users are online.
-    pub fn online(&self) -> usize {
-        self.lock().members.len()
-    }
-
     /// Accepts a public message and delivers it to everyone online, the sender included.
     pub fn publish(&self, from: &UserId, text: MessageText) {
         let head = ChatHead::new(from, text.as_str());

@@ -7,11 +7,11 @@
 //! (persistence), `wire.rs` (how queued messages become frames).
 
 pub mod auth;
-pub mod hub;
-pub mod outbox;
+mod hub;
+mod outbox;
 mod session;
 pub mod store;
-pub mod wire;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,15 @@ use hub::Hub;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 /// Default per-recipient offline mailbox cap.
 pub const DEFAULT_MAILBOX_CAP: usize = 1000;
+/// Default outbox capacity: items queued for one session before it is a slow consumer.
+pub const DEFAULT_OUTBOX: usize = 4096;
+/// Default per-session rate limit on `send` and `list`.
+pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
+    per_sec: 200.0,
+    burst: 2000,
+};
+/// Default time a connection may take to log in.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything the server can be configured with.
 #[derive(Clone)]
@@ -81,17 +90,14 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_command_frame: simpletextim_proto::codec::DEFAULT_MAX_COMMAND_FRAME,
-            outbox_capacity: 4096,
+            outbox_capacity: DEFAULT_OUTBOX,
             registration: Registration::Open,
             insecure_fast_hash: false,
             hash_pool: std::thread::available_parallelism().map_or(2, usize::from),
             max_connections: 10_000,
-            rate_limit: Some(RateLimit {
-                per_sec: 200.0,
-                burst: 2000,
-            }),
+            rate_limit: Some(DEFAULT_RATE_LIMIT),
             shutdown_grace: Duration::from_secs(4),
-            login_timeout: Duration::from_secs(30),
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
             store: Arc::new(MemoryStore::new(DEFAULT_MAILBOX_CAP)),
         }
     }

@@ -33,7 +33,9 @@ use futures::executor::block_on;
 use simpletextim_proto::{Password, UserId};
 use simpletextim_server::auth::{HashCost, hash_password};
 use simpletextim_server::store::{Account, SqliteStore, StoreError};
-use simpletextim_server::{Config, DEFAULT_MAILBOX_CAP, Framing, RateLimit, Registration, Store};
+use simpletextim_server::{
+    Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit, Registration, Store,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -85,19 +87,19 @@ struct Cli {
 
     /// Messages and notices queued for one client before it counts as a slow consumer and
     /// is disconnected.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
+    #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_OUTBOX)]
     outbox: usize,
 
     /// Sustained `send`/`list` commands per second per session (0: no limit).
-    #[arg(long, value_name = "PER_SEC", default_value_t = 200.0)]
+    #[arg(long, value_name = "PER_SEC", default_value_t = DEFAULT_RATE_LIMIT.per_sec)]
     rate_limit: f64,
 
     /// Commands a session may send in one burst before the rate limit applies.
-    #[arg(long, value_name = "N", default_value_t = 2000)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE_LIMIT.burst)]
     rate_burst: u32,
 
     /// Seconds a connection may stay without logging in before it is closed (`fail 401`).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = simpletextim_server::DEFAULT_LOGIN_TIMEOUT.as_secs())]
     login_timeout: u64,
 
     /// Most connections served at once [default: the open-file limit less a reserve].

@@ -183,6 +183,7 @@ const OPEN: usize = usize::MAX;
 
 impl FrameWriter {
     /// An empty writer of length-delimited frames.
+    #[cfg(test)]
     pub fn new() -> FrameWriter {
         FrameWriter::default()
     }
@@ -305,6 +306,7 @@ impl FrameWriter {
     }
 
     /// Closes the open batch and returns everything to write. The writer is then empty.
+    #[cfg(test)]
     pub fn take(&mut self) -> BytesMut {
         self.close_batch();
         self.private.clear();
