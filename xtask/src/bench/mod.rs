@@ -1,0 +1,216 @@
+//! `cargo xtask bench`: builds release binaries, runs the standard benchmark suite (a fresh
+//! server on loopback for every run, the load generator against it), and writes
+//! `docs/BENCHMARKS.md`, `docs/bench/results.json` and SVG charts.
+//!
+//! `--quick` runs a tiny version of every scenario once (about a minute, a smoke check that
+//! asserts nothing about speed) and writes to `target/bench-quick/` instead of `docs/`.
+//!
+//! The generated part of `BENCHMARKS.md` sits between two marker comments; text outside
+//! them (the optimisation log) is kept as it is.
+//!
+//! - [`suite`]: the scenarios and the targets the report checks;
+//! - [`server`]: starting and stopping a server, its CPU time;
+//! - [`loadgen`]: running the load generator, reading its report;
+//! - [`results`]: `results.json`, medians, merging partial runs;
+//! - [`markdown`] and [`svg`]: the report.
+
+mod loadgen;
+mod markdown;
+mod results;
+mod server;
+mod suite;
+mod svg;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use results::{Results, Run, ScenarioResult};
+use server::{Server, ServerBin};
+use suite::Scenario;
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A tiny suite, each scenario once, written to target/bench-quick/ (smoke check).
+    #[arg(long)]
+    quick: bool,
+    /// Runs per scenario (the median is reported) [default: 3, or 1 with --quick].
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Only the scenarios whose id contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// Skip `cargo build --release` (use the binaries already in target/release).
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// Entry point.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    if !args.no_build {
+        build(&root)?;
+    }
+    let server_bin = ServerBin::probe(root.join("target/release/simpletextim-server"))?;
+    let loadgen_bin = root.join("target/release/simpletextim-loadgen");
+    let out_dir = if args.quick {
+        root.join("target/bench-quick")
+    } else {
+        root.join("docs")
+    };
+    let work = root.join("target/bench-work");
+    for dir in [&work, &out_dir.join("bench")] {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let json_path = out_dir.join("bench/results.json");
+    // Read before the suite runs, so that a file that cannot be merged stops it early.
+    let old = match args.only {
+        Some(_) => Results::load(&json_path)?,
+        None => None,
+    };
+
+    let machine = results::machine();
+    let started = Instant::now();
+    let mut scenarios = Vec::new();
+    let mut n = 0;
+    for s in suite::suite(args.quick, args.runs) {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|o| !s.id.contains(o.as_str()))
+        {
+            continue;
+        }
+        scenarios.push(run_scenario(&s, &server_bin, &loadgen_bin, &work, &mut n)?);
+    }
+    // A partial run updates its scenarios in the last results and keeps the others.
+    let suite_seconds = started.elapsed().as_secs() + old.as_ref().map_or(0, |o| o.suite_seconds);
+    let doc = Results {
+        machine,
+        quick: args.quick,
+        server_command: server_bin.command(),
+        suite_seconds,
+        scenarios: results::merge(old, scenarios),
+    };
+    let md_path = out_dir.join("BENCHMARKS.md");
+    write_report(&doc, &out_dir, &md_path)?;
+    eprintln!(
+        "wrote {}, {} and the charts in {:.0} s",
+        md_path.display(),
+        json_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `cargo build --release` of the server and the load generator.
+fn build(root: &Path) -> anyhow::Result<()> {
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "simpletextim-server",
+        "-p",
+        "simpletextim-loadgen",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build --release failed ({status})");
+    }
+    Ok(())
+}
+
+/// Every run of one scenario (`n` counts the runs of the suite) and its median. A failed
+/// run is recorded as such; only a server that does not start stops the suite.
+fn run_scenario(
+    s: &Scenario,
+    server_bin: &ServerBin,
+    loadgen_bin: &Path,
+    work: &Path,
+    n: &mut usize,
+) -> anyhow::Result<ScenarioResult> {
+    let mut runs = Vec::new();
+    for k in 0..s.runs {
+        *n += 1;
+        eprintln!("== {} (run {} of {})", s.id, k + 1, s.runs);
+        let mut server = Server::start(server_bin, work, *n)?;
+        let t = Instant::now();
+        let report = loadgen::run(loadgen_bin, &server, s, "lg");
+        let wall = t.elapsed().as_secs_f64();
+        // The server's CPU over the run, to set beside the load generator's own.
+        let cpu = server.cpu_seconds();
+        server.stop();
+        runs.push(match report {
+            Ok(mut r) => {
+                r.wall_s = Some(wall);
+                if cpu.is_none() {
+                    eprintln!("{}: the server's CPU time is unknown (no /proc)", s.id);
+                }
+                r.server_cpu_s = cpu;
+                Run::Done(Box::new(r))
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Run::Failed {
+                    error: format!("{e:#}"),
+                }
+            }
+        });
+    }
+    let median = results::median_index(&runs, s.metric)
+        .and_then(|i| runs[i].report())
+        .cloned();
+    Ok(ScenarioResult {
+        id: s.id.clone(),
+        title: s.title.clone(),
+        command: s.command(),
+        runs,
+        median,
+    })
+}
+
+/// Writes `results.json`, the charts and the generated part of `BENCHMARKS.md`.
+fn write_report(doc: &Results, out_dir: &Path, md_path: &Path) -> anyhow::Result<()> {
+    let write = |path: PathBuf, text: String| {
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(out_dir.join("bench/results.json"), doc.to_json())?;
+    write(out_dir.join("bench/latency.svg"), svg::latency_chart(doc))?;
+    write(
+        out_dir.join("bench/throughput.svg"),
+        svg::throughput_chart(doc),
+    )?;
+    // No report yet: the generated part becomes a new one.
+    let old = match fs::read_to_string(md_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", md_path.display())),
+    };
+    write(
+        md_path.to_owned(),
+        markdown::splice(&old, &markdown::markdown(doc)),
+    )
+}
+
+/// The workspace root: the parent of xtask's own directory.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::current_dir())?;
+    Ok(dir
+        .parent()
+        .filter(|p| p.join("Cargo.toml").exists())
+        .map_or(dir.clone(), Path::to_path_buf))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,212 @@
+//! The server under test: one fresh process per run, on loopback, with its log in a file
+//! from which its address is read.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Server options every run uses: cheap password hashing (thousands of logins would
+/// otherwise measure Argon2id), no per-session rate limit (flood scenarios).
+const SERVER_ARGS: &[&str] = &["--insecure-fast-hash", "--rate-limit", "0"];
+/// Quiet per-session logging; `listening on` (info) is still logged.
+const SERVER_LOG: &str = "info,simpletextim_server::session=warn,simpletextim_server::auth=warn";
+/// How long a server may take to log its address.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server binary and how every run starts it.
+#[derive(Debug)]
+pub struct ServerBin {
+    /// The binary.
+    pub path: PathBuf,
+    /// Whether it has a `--data` option (a store); each run then gets its own directory.
+    pub with_data: bool,
+}
+
+impl ServerBin {
+    /// Asks the binary's `--help` whether it takes `--data`.
+    pub fn probe(path: PathBuf) -> anyhow::Result<ServerBin> {
+        let help = Command::new(&path)
+            .arg("--help")
+            .output()
+            .with_context(|| format!("cannot run {}", path.display()))?;
+        let with_data = String::from_utf8_lossy(&help.stdout).contains("--data");
+        Ok(ServerBin { path, with_data })
+    }
+
+    /// The command line of every run, as the report shows it.
+    pub fn command(&self) -> String {
+        format!(
+            "RUST_LOG={SERVER_LOG} simpletextim-server --listen 127.0.0.1:0 {}{}",
+            SERVER_ARGS.join(" "),
+            if self.with_data {
+                " --data TEMPDIR"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// A server process started for one run.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// The address it listens on.
+    pub addr: String,
+    log: PathBuf,
+    data: Option<PathBuf>,
+}
+
+impl Server {
+    /// Starts run `n`'s server with its log (and data directory) in `work`, and waits for
+    /// it to log its address.
+    pub fn start(bin: &ServerBin, work: &Path, n: usize) -> anyhow::Result<Server> {
+        let log = work.join(format!("server-{n}.log"));
+        let data = bin.with_data.then(|| work.join(format!("data-{n}")));
+        let mut cmd = Command::new(&bin.path);
+        cmd.args(["--listen", "127.0.0.1:0"]).args(SERVER_ARGS);
+        if let Some(d) = &data {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            cmd.arg("--data").arg(d);
+        }
+        let log_file =
+            fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let child = cmd
+            .env("RUST_LOG", SERVER_LOG)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.path.display()))?;
+        let mut server = Server {
+            child,
+            addr: String::new(),
+            log,
+            data,
+        };
+        match server.wait_for_address() {
+            Ok(addr) => {
+                server.addr = addr;
+                Ok(server)
+            }
+            Err(e) => {
+                server.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the log until the server says where it listens, exits, or takes too long.
+    fn wait_for_address(&mut self) -> anyhow::Result<String> {
+        let until = Instant::now() + START_TIMEOUT;
+        while Instant::now() < until {
+            let text = fs::read_to_string(&self.log)
+                .with_context(|| format!("cannot read {}", self.log.display()))?;
+            if let Some(addr) = listening_addr(&text) {
+                return Ok(addr);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the server exited at start ({status}):\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "the server did not log `listening on` within {} s",
+            START_TIMEOUT.as_secs()
+        )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds the server has used so far; `None` where `/proc` cannot
+    /// tell (not Linux, or the process is gone).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        cpu_seconds(&stat)
+    }
+
+    /// SIGTERM, then up to [`STOP_TIMEOUT`] for a graceful exit, then SIGKILL; then
+    /// removes its log and data directory. Failures to clean up are reported, not fatal:
+    /// the next run uses other paths.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        if let Err(e) = Command::new("kill").args(["-TERM", &pid]).status() {
+            eprintln!("cannot run kill -TERM {pid} ({e}); killing it");
+        }
+        let until = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            eprintln!("the server did not exit within {STOP_TIMEOUT:?} of SIGTERM; killing it");
+            // Errors here mean it has exited meanwhile.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let mut leftovers = vec![self.log.clone()];
+        leftovers.extend(self.data.clone());
+        for path in leftovers {
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(e) = removed {
+                eprintln!("cannot remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// User + system CPU seconds from a `/proc/PID/stat` text (fields 14 and 15, in clock ticks
+/// of 1/100 s).
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// The address in a tracing line `… listening on 127.0.0.1:40349`.
+fn listening_addr(log: &str) -> Option<String> {
+    let at = log.find("listening on ")? + "listening on ".len();
+    let addr: String = log[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    (!addr.is_empty()).then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_seconds() {
+        let stat = "77 (simpletextim-se) S 1 77 77 0 -1 4194560 2000 0 0 0 1234 66 0 0 20 0 3";
+        assert_eq!(cpu_seconds(stat), Some(13.0));
+        assert_eq!(cpu_seconds("77 (x) S"), None);
+    }
+
+    #[test]
+    fn finds_the_listening_address() {
+        let log = "2026-11-26T17:22:07Z  INFO simpletextim_server: listening on 127.0.0.1:40349\n";
+        assert_eq!(listening_addr(log).as_deref(), Some("127.0.0.1:40349"));
+        assert_eq!(
+            listening_addr("\u{1b}[32m INFO\u{1b}[0m listening on [::1]:5000 x").as_deref(),
+            Some("[::1]:5000")
+        );
+        assert_eq!(listening_addr("starting"), None);
+    }
+}

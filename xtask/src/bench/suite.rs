@@ -1,0 +1,320 @@
+//! The scenarios of the suite (full and quick) and the targets the report checks.
+
+use simpletextim_loadgen::report::Report;
+
+use super::markdown::{ms, opt, si};
+
+/// What a scenario's median is taken over, and which way is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    DeliveriesPerS,
+    MessagesPerS,
+    P99,
+    BytesPerConn,
+}
+
+impl Metric {
+    /// The metric of a run; `None` where the run does not measure it.
+    pub fn of(self, run: &Report) -> Option<f64> {
+        match self {
+            Metric::DeliveriesPerS => Some(run.deliveries_per_s),
+            Metric::MessagesPerS => Some(run.messages_per_s),
+            Metric::P99 => Some(run.latency_us.p99 as f64),
+            Metric::BytesPerConn => run.bytes_per_conn,
+        }
+    }
+}
+
+/// One benchmark scenario: a load-generator command line run against a fresh server.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Short name, unique in the suite (`--only` matches it).
+    pub id: String,
+    /// What it runs, in words.
+    pub title: String,
+    /// Load-generator arguments after `--server ADDR --timeout T --prefix P`.
+    pub args: Vec<String>,
+    /// Runs (the median is reported).
+    pub runs: usize,
+    /// What the median is taken over.
+    pub metric: Metric,
+    /// Loadgen time limit, seconds.
+    pub timeout: u64,
+}
+
+impl Scenario {
+    /// The load generator's command line as the report shows it.
+    pub fn command(&self) -> String {
+        format!(
+            "simpletextim-loadgen --server ADDR --timeout {} {}",
+            self.timeout,
+            self.args.join(" ")
+        )
+    }
+
+    /// The `conns` workload measures the server's memory, so it needs the server's pid.
+    pub fn needs_server_pid(&self) -> bool {
+        self.args.first().is_some_and(|w| w == "conns")
+    }
+}
+
+/// A scenario; `args` is split at whitespace.
+fn scenario(
+    id: &str,
+    title: &str,
+    args: &str,
+    runs: usize,
+    metric: Metric,
+    timeout: u64,
+) -> Scenario {
+    Scenario {
+        id: id.to_owned(),
+        title: title.to_owned(),
+        args: args.split_whitespace().map(str::to_owned).collect(),
+        runs,
+        metric,
+        timeout,
+    }
+}
+
+/// The open-loop rates (messages per second) of the latency chart.
+const FULL_RATES: &[u32] = &[100, 200, 400, 800, 1600];
+/// The client counts of the throughput chart.
+const FULL_SCALE: &[u32] = &[100, 250, 500, 1000, 2000];
+
+/// The standard suite, or the quick one, each scenario run `runs` times (default: 3, or 1
+/// for the quick one).
+pub fn suite(quick: bool, runs: Option<usize>) -> Vec<Scenario> {
+    let r = runs.unwrap_or(if quick { 1 } else { 3 }).max(1);
+    if quick { quick_suite(r) } else { full_suite(r) }
+}
+
+/// A tiny version of every scenario: a smoke check, about a minute.
+fn quick_suite(r: usize) -> Vec<Scenario> {
+    use Metric::*;
+    let mut s = Vec::new();
+    s.push(scenario(
+        "fanout-flood",
+        "fanout flood, 200 clients, 5 senders × 50",
+        "fanout -c 200 -s 5 -m 50 -w 16",
+        r,
+        DeliveriesPerS,
+        60,
+    ));
+    for c in [50, 100] {
+        s.push(scenario(
+            &format!("fanout-scale-{c}"),
+            &format!("fanout flood, {c} clients, 5 senders × 50"),
+            &format!("fanout -c {c} -s 5 -m 50 -w 16"),
+            r,
+            DeliveriesPerS,
+            60,
+        ));
+    }
+    for rate in [100, 200] {
+        s.push(scenario(
+            &format!("fanout-rate-{rate}"),
+            &format!("fanout open loop, 200 clients, {rate} messages/s"),
+            &format!("fanout -c 200 -s 10 -m {} --rate {rate}", rate / 10),
+            r,
+            P99,
+            60,
+        ));
+    }
+    s.push(scenario(
+        "private-flood",
+        "private flood, 200 clients × 20",
+        "private -c 200 -m 20 -w 16",
+        r,
+        MessagesPerS,
+        60,
+    ));
+    s.push(scenario(
+        "presence",
+        "presence, 300 online + 50 churning, 100 messages/s",
+        "presence -c 300 -k 50 --churn-secs 1 --chat-secs 2 -s 10 --rate 100",
+        r,
+        P99,
+        60,
+    ));
+    s.push(scenario(
+        "conns",
+        "conns, 500 idle connections (2 processes)",
+        "conns -n 500 --per-process 300 --hold-ms 300",
+        r,
+        BytesPerConn,
+        60,
+    ));
+    s.push(scenario(
+        "offline",
+        "offline, 5 senders × 200 to 100 offline users",
+        "offline -r 100 -s 5 -m 200 -w 64",
+        r,
+        MessagesPerS,
+        60,
+    ));
+    s
+}
+
+/// The standard suite. One list, not split up: the scenarios read best side by side, in
+/// the order they run.
+fn full_suite(r: usize) -> Vec<Scenario> {
+    use Metric::*;
+    let mut s = Vec::new();
+    s.push(scenario(
+        "fanout-flood",
+        "fanout flood, 1000 clients, 10 senders × 200",
+        "fanout -c 1000 -s 10 -m 200 -w 16",
+        r,
+        DeliveriesPerS,
+        120,
+    ));
+    for &c in FULL_SCALE {
+        if c == 1000 {
+            continue; // the flood scenario above
+        }
+        s.push(scenario(
+            &format!("fanout-scale-{c}"),
+            &format!("fanout flood, {c} clients, 10 senders × 200"),
+            &format!("fanout -c {c} -s 10 -m 200 -w 16"),
+            r,
+            DeliveriesPerS,
+            120,
+        ));
+    }
+    for &rate in FULL_RATES {
+        // Three seconds of traffic at each rate.
+        s.push(scenario(
+            &format!("fanout-rate-{rate}"),
+            &format!("fanout open loop, 1000 clients, {rate} messages/s"),
+            &format!("fanout -c 1000 -s 10 -m {} --rate {rate}", rate * 3 / 10),
+            r,
+            P99,
+            120,
+        ));
+    }
+    s.push(scenario(
+        "private-flood",
+        "private flood, 1000 clients × 100",
+        "private -c 1000 -m 100 -w 16",
+        r,
+        MessagesPerS,
+        120,
+    ));
+    // The same for ten times longer: the 100-message run lasts about 0.4 s, ramp included.
+    s.push(scenario(
+        "private-flood-long",
+        "private flood, 1000 clients × 1000",
+        "private -c 1000 -m 1000 -w 16",
+        r,
+        MessagesPerS,
+        120,
+    ));
+    s.push(scenario(
+        "offline",
+        "offline, 100 senders × 500 to 1000 offline users",
+        "offline -r 1000 -s 100 -m 500 -w 64",
+        r,
+        MessagesPerS,
+        120,
+    ));
+    // The same 50 000 messages from 10 senders: a session waits for each store commit
+    // before its next command, so fewer senders means smaller group commits.
+    s.push(scenario(
+        "offline-10-senders",
+        "offline, 10 senders × 5000 to 1000 offline users",
+        "offline -r 1000 -s 10 -m 5000 -w 64",
+        r,
+        MessagesPerS,
+        120,
+    ));
+    // The two big ones run once: their login storms (N² / 2 `joined` notices) take minutes.
+    s.push(scenario(
+        "presence",
+        "presence, 10 000 online + 1 000 churning in 8 s, 100 messages/s",
+        "presence -c 10000 -k 1000 --churn-secs 8 --chat-secs 10 -s 10 --rate 100",
+        1,
+        P99,
+        600,
+    ));
+    s.push(scenario(
+        "conns",
+        "conns, 19 000 idle logged-in connections",
+        "conns -n 19000 --per-process 9500 --hold-ms 3000",
+        1,
+        BytesPerConn,
+        900,
+    ));
+    s
+}
+
+/// A goal the report checks against the median run of one scenario.
+#[derive(Debug)]
+pub struct Target {
+    /// The scenario.
+    pub id: &'static str,
+    /// The goal, in words.
+    pub goal: &'static str,
+    /// What the median run measured, as shown, and whether it meets the goal (`None`
+    /// where a figure the goal needs is missing).
+    pub judge: fn(&Report) -> (String, Option<bool>),
+}
+
+/// The targets of the report, in its order.
+pub const TARGETS: &[Target] = &[
+    Target {
+        id: "fanout-flood",
+        goal: "≥ 3.5 M deliveries/s, none lost",
+        judge: |r| {
+            let shown = format!("{} deliveries/s, {} lost", si(r.deliveries_per_s), r.lost);
+            (shown, Some(r.deliveries_per_s >= 3.5e6 && r.lost == 0))
+        },
+    },
+    Target {
+        id: "fanout-rate-200",
+        goal: "p99 ≤ 10 ms",
+        judge: |r| {
+            let p99 = r.latency_us.p99;
+            (format!("p99 {} ms", ms(p99)), Some(p99 <= 10_000))
+        },
+    },
+    Target {
+        id: "private-flood",
+        goal: "≥ 300 k messages/s",
+        judge: |r| {
+            let shown = format!("{} messages/s", si(r.messages_per_s));
+            (shown, Some(r.messages_per_s >= 3e5))
+        },
+    },
+    Target {
+        id: "conns",
+        goal: "≥ 19 000 held at ≤ 2 KiB of server RSS each",
+        judge: |r| {
+            let per = r.bytes_per_conn;
+            let shown = format!(
+                "{} held, {} bytes each",
+                r.clients,
+                opt(per.map(|b| format!("{b:.0}")))
+            );
+            (shown, per.map(|b| b <= 2048.0 && r.clients >= 19_000))
+        },
+    },
+    Target {
+        id: "presence",
+        goal: "chat p99 ≤ 50 ms, every view correct",
+        judge: |r| {
+            let p99 = r.latency_us.p99;
+            let shown = format!("p99 {} ms, {} wrong views", ms(p99), opt(r.views_wrong));
+            (shown, r.views_wrong.map(|w| p99 <= 50_000 && w == 0))
+        },
+    },
+    Target {
+        id: "offline",
+        goal: "≥ 20 k messages/s stored, every one delivered at login",
+        judge: |r| {
+            let lost = r.mailbox_lost;
+            let shown = format!("{} messages/s, {} lost", si(r.messages_per_s), opt(lost));
+            (shown, lost.map(|l| r.messages_per_s >= 2e4 && l == 0))
+        },
+    },
+];

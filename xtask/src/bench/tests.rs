@@ -1,0 +1,196 @@
+use std::path::Path;
+
+use simpletextim_loadgen::report::Report;
+use simpletextim_loadgen::stats::Summary;
+
+use super::markdown::{BEGIN, END, markdown, ms, si, splice};
+use super::results::{Machine, Results, Run, ScenarioResult, median_index, merge};
+use super::suite::Metric;
+use super::svg::{latency_chart, throughput_chart};
+
+/// The committed `docs/` files.
+fn committed(path: &str) -> String {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    std::fs::read_to_string(docs.join(path)).unwrap()
+}
+
+/// The committed report (`docs/BENCHMARKS.md` between the markers, `docs/bench/*.svg`)
+/// is what the generator makes of the committed `docs/bench/results.json`, byte for byte:
+/// any change to the generator that changes the report shows here. The text outside the
+/// markers is hand-written and not compared.
+#[test]
+fn committed_report_is_regenerated_exactly() {
+    let doc = Results::parse(&committed("bench/results.json")).unwrap();
+    let md = committed("BENCHMARKS.md");
+    let b = md.find(BEGIN).unwrap() + BEGIN.len() + 1;
+    let e = md.find(END).unwrap();
+    assert_eq!(markdown(&doc), md[b..e]);
+    assert_eq!(latency_chart(&doc), committed("bench/latency.svg"));
+    assert_eq!(throughput_chart(&doc), committed("bench/throughput.svg"));
+}
+
+/// The typed results hold every figure of the committed file: written back, it is the
+/// same file, byte for byte (so `--only` merges lose nothing).
+#[test]
+fn committed_results_read_and_write_back_unchanged() {
+    let text = committed("bench/results.json");
+    let back = Results::parse(&text).unwrap().to_json();
+    // Line by line: the first difference is the readable failure.
+    for (n, (a, b)) in back.lines().zip(text.lines()).enumerate() {
+        assert_eq!(a, b, "line {}", n + 1);
+    }
+    assert_eq!(back, text);
+}
+
+fn run(dps: f64, p99: u64) -> Report {
+    Report {
+        workload: "fanout".into(),
+        clients: 1000,
+        deliveries_per_s: dps,
+        messages_per_s: dps / 1000.0,
+        delivered: 2_000_000,
+        latency_us: Summary {
+            count: 10,
+            p50: 1000,
+            p90: 2000,
+            p99,
+            p999: 9000,
+            max: 12000,
+            mean: 1500,
+        },
+        ..Report::default()
+    }
+}
+
+fn done(dps: f64, p99: u64) -> Run {
+    Run::Done(Box::new(run(dps, p99)))
+}
+
+fn scenario(id: &str, title: &str, runs: Vec<Run>, median: Option<Report>) -> ScenarioResult {
+    ScenarioResult {
+        id: id.into(),
+        title: title.into(),
+        command: format!("simpletextim-loadgen {id}"),
+        runs,
+        median,
+    }
+}
+
+fn results(scenarios: Vec<ScenarioResult>) -> Results {
+    Results {
+        machine: Machine {
+            cores: Some(2),
+            cpu: "Test CPU".into(),
+            kernel: "6.1".into(),
+            memory_gib: Some(24.0),
+            commit: "abc".into(),
+            dirty: false,
+            rustc: "rustc 1.90".into(),
+            date: "2026-11-26 17:00 UTC".into(),
+        },
+        quick: false,
+        server_command: "simpletextim-server --listen 127.0.0.1:0 --insecure-fast-hash".into(),
+        suite_seconds: 42,
+        scenarios,
+    }
+}
+
+#[test]
+fn median_picks_the_middle_run() {
+    let runs = vec![done(3e6, 5), done(1e6, 9), done(2e6, 7)];
+    assert_eq!(median_index(&runs, Metric::DeliveriesPerS), Some(2));
+    assert_eq!(median_index(&runs, Metric::P99), Some(2));
+    // A failed run (no figures) is left out, and so is one without the metric.
+    let failed = Run::Failed { error: "x".into() };
+    let runs = vec![done(3e6, 5), failed, done(2e6, 7)];
+    assert_eq!(median_index(&runs, Metric::DeliveriesPerS), Some(2));
+    assert_eq!(median_index(&runs, Metric::BytesPerConn), None);
+    assert_eq!(median_index(&[], Metric::P99), None);
+}
+
+#[test]
+fn partial_runs_merge_into_earlier_results() {
+    let one = |id: &str, dps: f64| scenario(id, id, vec![done(dps, 1)], Some(run(dps, 1)));
+    let old = results(vec![one("a", 1.0), one("b", 1.0)]);
+    let merged = merge(Some(old), vec![one("b", 2.0), one("c", 2.0)]);
+    assert_eq!(merged, vec![one("a", 1.0), one("b", 2.0), one("c", 2.0)]);
+    assert_eq!(merge(None, vec![one("x", 1.0)]), vec![one("x", 1.0)]);
+}
+
+#[test]
+fn failed_runs_and_missing_figures_read_back() {
+    let failed = Run::Failed {
+        error: "lg: the load generator failed".into(),
+    };
+    let mut doc = results(vec![scenario("conns", "conns", vec![failed], None)]);
+    doc.machine.cores = None;
+    let text = doc.to_json();
+    assert!(
+        text.contains(r#""error": "lg: the load generator failed""#),
+        "{text}"
+    );
+    assert!(text.contains(r#""median": null"#), "{text}");
+    assert_eq!(Results::parse(&text).unwrap(), doc);
+    assert!(Results::parse("not json").is_err());
+    // A report with an error of the sender is still a report.
+    let mut r = run(1.0, 1);
+    r.send_error = Some("x".into());
+    let back: Run = serde_json::from_str(&r.to_json_line()).unwrap();
+    assert_eq!(back, Run::Done(Box::new(r)));
+}
+
+#[test]
+fn splice_keeps_hand_written_text() {
+    let first = splice("", "A\n");
+    assert_eq!(first, format!("# Benchmarks\n\n{BEGIN}\nA\n{END}\n"));
+    let edited =
+        format!("# Benchmarks\n\nIntro.\n\n{BEGIN}\nA\n{END}\n\n## Optimisation log\n\nB.\n");
+    assert_eq!(
+        splice(&edited, "C\n"),
+        format!("# Benchmarks\n\nIntro.\n\n{BEGIN}\nC\n{END}\n\n## Optimisation log\n\nB.\n")
+    );
+    assert_eq!(
+        splice("# Old\n", "D\n"),
+        format!("# Old\n\n{BEGIN}\nD\n{END}\n")
+    );
+}
+
+#[test]
+fn numbers_read_well() {
+    assert_eq!(si(3_512_345.0), "3.51 M");
+    assert_eq!(si(45_678.0), "45.7 k");
+    assert_eq!(si(512.4), "512");
+    assert_eq!(si(0.5), "0.50");
+    assert_eq!(ms(10_500), "10.50");
+    assert_eq!(ms(None), "–");
+}
+
+#[test]
+fn report_has_targets_tables_and_commands() {
+    let doc = results(vec![
+        scenario(
+            "fanout-flood",
+            "fanout flood",
+            vec![done(3.6e6, 5000)],
+            Some(run(3.6e6, 5000)),
+        ),
+        scenario(
+            "fanout-rate-200",
+            "open",
+            vec![done(2e5, 12_000)],
+            Some(run(2e5, 12_000)),
+        ),
+    ]);
+    let md = markdown(&doc);
+    let has = |line: &str| assert!(md.contains(line), "{line} not in:\n{md}");
+    has("on 2 cores (Test CPU), 24.0 GiB, Linux 6.1, commit `abc`");
+    has("| fanout flood | ≥ 3.5 M deliveries/s, none lost | 3.60 M deliveries/s, 0 lost | yes |");
+    has("| open | p99 ≤ 10 ms | p99 12.00 ms | **no** |");
+    // Not run: no figure, no verdict.
+    has("| presence | chat p99 ≤ 50 ms, every view correct | – | – |");
+    has(
+        "| 200 | 200.0 k | 2000000 | 0 | 1.00 | 2.00 | 12.00 | 9.00 | 12.00 | 12.00 | – / – | – / – |",
+    );
+    has("| fanout-flood | `simpletextim-loadgen fanout-flood` | 1 |");
+    assert!(latency_chart(&doc).contains("<polyline"));
+}
