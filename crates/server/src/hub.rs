@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{KickReason, Outbox};
 use crate::store::{Store, StoreError};
-use crate::wire::{ChatHead, Out, Private, encode_chat, encode_reply};
+use crate::wire::{ChatHead, Out, Private, encode_reply};
 
 /// What the hub keeps of a logged-in session.
 #[derive(Debug, Clone)]
@@ -203,75 +203,98 @@ impl Hub {
         to: &UserId,
         text: MessageText,
     ) -> Result<(), Failure> {
-        let key = to.key();
-        let from_key = from.key();
-        let draft = Draft::new(from, text);
-        let cut_off = {
-            let mut inner = self.lock();
-            match inner.deliver_online(&from_key, from_conn, &key, draft) {
-                Delivery::Delivered => return Ok(()),
-                Delivery::Offline(draft) => Err(draft),
-                // Stored under the lock, as for an offline recipient (see below).
-                Delivery::CutOff(msg) => Ok((self.store.enqueue(key.clone(), msg.clone()), msg)),
-            }
+        let route = Route {
+            from_key: from.key(),
+            from_conn,
+            key: to.key(),
         };
-        let draft = match cut_off {
-            Ok((stored, msg)) => {
-                return self
-                    .echo_once_stored(stored, msg, (from_conn, &from_key), to)
-                    .await;
-            }
+        let draft = match self.try_online(&route, Draft::new(from, text)) {
+            Ok(attempt) => return self.settle(attempt, &route, to).await,
             Err(draft) => draft,
         };
         // Offline (or unknown): learn the recipient's registered spelling first.
         let account = self
             .store
-            .account(key.clone())
+            .account(route.key.clone())
             .await
             .map_err(store_failure)?
             .ok_or_else(|| no_such_user(to))?;
-        let (stored, msg) = {
-            let mut inner = self.lock();
-            let msg = match inner.deliver_online(&from_key, from_conn, &key, draft) {
-                Delivery::Delivered => return Ok(()),
-                Delivery::CutOff(msg) => msg,
-                Delivery::Offline(draft) => {
-                    let (id, ts) = next_id(&mut inner.last_id);
-                    draft.finish(account.user_id, id, ts).msg
-                }
-            };
-            // Called under the lock: a login that registers after this point and then
-            // reads its mailbox sees this message (the store's ordering contract).
-            (self.store.enqueue(key, msg.clone()), msg)
-        };
-        self.echo_once_stored(stored, msg, (from_conn, &from_key), to)
-            .await
+        let attempt = self.deliver_or_store(&route, draft, account.user_id);
+        self.settle(attempt, &route, to).await
     }
 
-    /// Echoes a private message to its sender (`from_key`, case-folded, on connection
-    /// `from_conn`) once the store has it, or turns the store's refusal into the sender's
-    /// `fail`.
-    async fn echo_once_stored(
-        &self,
-        stored: BoxFuture<'static, Result<(), StoreError>>,
-        msg: ChatMessage,
-        (from_conn, from_key): (u64, &str),
-        to: &UserId,
-    ) -> Result<(), Failure> {
+    /// Delivers a private message if its recipient is online; gives the draft back if not.
+    fn try_online(&self, route: &Route, draft: Draft) -> Result<Attempt, Draft> {
+        let mut inner = self.lock();
+        match inner.deliver_online(route, draft) {
+            Delivery::Delivered => Ok(Attempt::Delivered),
+            Delivery::CutOff(private) => Ok(self.store_locked(route, private)),
+            Delivery::Offline(draft) => Err(draft),
+        }
+    }
+
+    /// Delivers a private message if its recipient (`to`, as registered) is online, and
+    /// stores it in their mailbox otherwise.
+    fn deliver_or_store(&self, route: &Route, draft: Draft, to: UserId) -> Attempt {
+        let mut inner = self.lock();
+        match inner.deliver_online(route, draft) {
+            Delivery::Delivered => Attempt::Delivered,
+            Delivery::CutOff(private) => self.store_locked(route, private),
+            Delivery::Offline(draft) => {
+                let (id, ts) = next_id(&mut inner.last_id);
+                self.store_locked(route, draft.finish(to, id, ts))
+            }
+        }
+    }
+
+    /// Asks the store to keep a private message for its recipient. Called with the hub's
+    /// lock held: a login that registers after this point and then reads its mailbox sees
+    /// the message (the store's ordering contract).
+    fn store_locked(&self, route: &Route, private: Private) -> Attempt {
+        let stored = self.store.enqueue(route.key.clone(), private.msg.clone());
+        Attempt::Storing(stored, private)
+    }
+
+    /// Finishes a delivery attempt: a message being stored is echoed to its sender once the
+    /// store has it; the store's refusal becomes the sender's `fail`.
+    async fn settle(&self, attempt: Attempt, route: &Route, to: &UserId) -> Result<(), Failure> {
+        let (stored, private) = match attempt {
+            Attempt::Delivered => return Ok(()),
+            Attempt::Storing(stored, private) => (stored, private),
+        };
         match stored.await {
             Ok(()) => {
-                let obj = encode_chat(&msg);
-                self.lock().echo(from_conn, from_key, Out::Chat(obj));
+                let echo = Out::Chat(private.obj);
+                self.lock().echo(route.from_conn, &route.from_key, echo);
                 Ok(())
             }
             Err(StoreError::NoSuchUser(_)) => Err(no_such_user(to)),
             Err(StoreError::MailboxFull(_)) => Err(Failure::new(
                 ErrorCode::Unavailable,
-                format!("mailbox full: {} has too many unread messages", msg.to),
+                format!(
+                    "mailbox full: {} has too many unread messages",
+                    private.msg.to
+                ),
             )),
             Err(e) => Err(store_failure(e)),
         }
     }
+}
+
+/// Where a private message stands once the hub has seen it.
+enum Attempt {
+    /// Queued for its online recipient (and echoed).
+    Delivered,
+    /// On its way to the recipient's mailbox: echoed once stored.
+    Storing(BoxFuture<'static, Result<(), StoreError>>, Private),
+}
+
+/// Who sends a private message to whom: the sender's case-folded id and connection, and the
+/// recipient's case-folded id.
+struct Route {
+    from_key: String,
+    from_conn: u64,
+    key: String,
 }
 
 /// A private message before the hub gives it an id: the costly encoding of sender and text
@@ -314,20 +337,13 @@ enum Delivery {
     Offline(Draft),
     /// The recipient's outbox was full: it is cut off, and this message (with its id) must
     /// go to its mailbox.
-    CutOff(ChatMessage),
+    CutOff(Private),
 }
 
 impl Inner {
-    /// Delivers a private message to its recipient, if online, and echoes it to the sender
-    /// (`from_key`, case-folded, on connection `from_conn`).
-    fn deliver_online(
-        &mut self,
-        from_key: &str,
-        from_conn: u64,
-        key: &str,
-        draft: Draft,
-    ) -> Delivery {
-        let Some(recipient) = self.members.get(key) else {
+    /// Delivers a private message to its recipient, if online, and echoes it to the sender.
+    fn deliver_online(&mut self, route: &Route, draft: Draft) -> Delivery {
+        let Some(recipient) = self.members.get(&route.key) else {
             return Delivery::Offline(draft);
         };
         let to_conn = recipient.conn_id;
@@ -340,10 +356,11 @@ impl Inner {
             self.cut_off();
             let private = Arc::try_unwrap(private)
                 .expect("a push to a full outbox keeps no copy of the item");
-            return Delivery::CutOff(private.msg);
+            return Delivery::CutOff(private);
         }
-        if to_conn != from_conn {
-            self.echo(from_conn, from_key, Out::Chat(private.obj.clone()));
+        if to_conn != route.from_conn {
+            let echo = Out::Chat(private.obj.clone());
+            self.echo(route.from_conn, &route.from_key, echo);
         }
         Delivery::Delivered
     }

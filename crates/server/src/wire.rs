@@ -2,7 +2,7 @@
 //! becomes frames on the socket.
 //!
 //! A chat message is serialized once, when it is accepted ([`ChatHead`] before the hub's
-//! lock, finished under it; [`encode_chat`] for a message from the store); every recipient
+//! lock, finished under it); every recipient
 //! gets a cheap clone of the same [`Bytes`]. A session's writer then joins the chat messages
 //! queued for it into one `message` frame ([`FrameWriter`]): a copy, not a serialization.
 //!
@@ -91,7 +91,7 @@ pub enum Out {
 /// the mailbox when it ends before the socket took it.
 #[derive(Debug)]
 pub struct Private {
-    /// The chat object, as [`encode_chat`] writes it.
+    /// The chat object, as [`ChatHead`] writes it.
     pub obj: Bytes,
     /// The message the object encodes.
     pub msg: ChatMessage,
@@ -107,7 +107,8 @@ impl Out {
     }
 }
 
-/// Serializes a chat message object once, for every recipient.
+/// Serializes a chat message object with serde: what [`ChatHead`] must write, byte for byte.
+#[cfg(test)]
 pub fn encode_chat(msg: &ChatMessage) -> Bytes {
     Bytes::from(
         serde_json::to_vec(msg)
@@ -118,7 +119,8 @@ pub fn encode_chat(msg: &ChatMessage) -> Bytes {
 /// A chat object encoded up to its `to` field: `{"user_id":…,"message":…,"to":`. The
 /// costly part of encoding a message (escaping its text) is done with it before the hub's
 /// lock is taken; under the lock, [`ChatHead::finish`] only appends the recipient, the id and
-/// the time the hub assigns. The result is byte for byte [`encode_chat`]'s.
+/// the time the hub assigns. The result is byte for byte serde_json's serialization of the
+/// [`ChatMessage`] (a unit test and a property test hold it to that).
 #[derive(Debug)]
 pub struct ChatHead(Vec<u8>);
 
