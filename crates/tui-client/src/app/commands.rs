@@ -6,7 +6,8 @@
 use simpletextim_proto::types::MAX_MESSAGE_CHARS;
 use simpletextim_proto::{Command, ErrorCode, MessageText, Recipient, UserId};
 
-use super::{Action, App, Connection, ConvId, StatusLine};
+use super::conversation::ConvId;
+use super::state::{Action, App, Awaiting, Connection, StatusLine};
 use crate::event::NetRequest;
 
 /// Commands, as (usage, what it does), for the help overlay; the first word of each usage
@@ -28,15 +29,6 @@ pub fn command_names() -> impl Iterator<Item = &'static str> {
         .iter()
         .filter_map(|(usage, _)| usage.split(' ').next())
         .filter(|name| !name.starts_with("//"))
-}
-
-/// A message sent and not yet echoed by the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Awaiting {
-    /// The message text, to recognise the echo.
-    text: String,
-    /// The input line that sent it, cleared when the echo arrives.
-    line: String,
 }
 
 /// What an input line is.

@@ -6,11 +6,12 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEventKind};
 use ratatui::layout::{Position, Rect};
 
-use super::commands::command_names;
-use super::{Action, App, ConvId};
+use super::commands::{COMMANDS, command_names};
+use super::conversation::ConvId;
+use super::state::{Action, App};
 use crate::event::Event;
 use crate::input::LineEditor;
-use crate::layout;
+use crate::layout::{self, HelpSection};
 
 /// Rows the mouse wheel scrolls.
 const WHEEL_ROWS: usize = 3;
@@ -44,6 +45,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("F1 / Esc, Ctrl+L, Ctrl+C", "help / close it, repaint, quit"),
 ];
+
+/// The help overlay's sections: the keys, then the commands.
+pub const HELP: [HelpSection; 2] = [("Keys", KEYS), ("Commands", COMMANDS)];
 
 impl App {
     /// A key on the chat screen: the help overlay or the users selection take it when
@@ -114,7 +118,7 @@ impl App {
             _ => {}
         }
         let screen = Rect::new(0, 0, self.size.0, self.size.1);
-        let max = layout::help(&super::HELP, screen).max_scroll;
+        let max = layout::help(&HELP, screen).max_scroll;
         self.help_scroll = self.help_scroll.min(max);
     }
 

@@ -5,53 +5,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use simpletextim_proto::{Password, UserId};
 
 use super::keys::edit_key;
-use super::{Action, App, Connection};
+use super::state::{Action, App, Connection, LoginField};
 use crate::event::NetRequest;
-use crate::input::LineEditor;
-
-/// The field of the login form that has the focus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginField {
-    /// The user id.
-    User,
-    /// The password (shown masked).
-    Password,
-}
-
-/// The login form.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginForm {
-    /// The user id being typed.
-    pub user: LineEditor,
-    /// The password being typed.
-    pub password: LineEditor,
-    /// Which field has the focus.
-    pub focus: LoginField,
-    /// Why the last attempt failed.
-    pub error: Option<String>,
-    /// An attempt is under way.
-    pub busy: bool,
-}
-
-impl LoginForm {
-    /// An empty form, with the user id pre-filled (and the focus on the password) when
-    /// given.
-    pub(super) fn new(user: Option<&str>) -> LoginForm {
-        let mut login_user = LineEditor::new();
-        let mut focus = LoginField::User;
-        if let Some(u) = user {
-            login_user.set_text(u);
-            focus = LoginField::Password;
-        }
-        LoginForm {
-            user: login_user,
-            password: LineEditor::new(),
-            focus,
-            error: None,
-            busy: false,
-        }
-    }
-}
 
 impl App {
     /// Starts logging in with known credentials (password from the environment or a file).

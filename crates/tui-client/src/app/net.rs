@@ -4,7 +4,8 @@
 
 use simpletextim_proto::{ChatMessage, Command, ErrorCode, Failure, Recipient, Reply, UserId};
 
-use super::{Action, App, Connection, ConvId, Entry, EntryKind, LoginField, Screen, StatusLine};
+use super::conversation::{ConvId, Entry, EntryKind};
+use super::state::{Action, App, Connection, LoginField, Screen, StatusLine};
 use crate::event::{NetEvent, NetRequest};
 use crate::text::sanitize;
 

@@ -2,9 +2,11 @@
 //! state and actions that follow.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use ratatui::layout::Rect;
 use simpletextim_proto::{ChatMessage, Command, ErrorCode, Password, Recipient, Reply, UserId};
 
 use crate::event::NetEvent;
+use crate::layout;
 
 use super::*;
 
