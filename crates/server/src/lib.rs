@@ -2,9 +2,11 @@
 //! until a shutdown token fires. The binary (`main.rs`) only parses the command line, sets
 //! up logging and signals, and calls it; tests call it on `127.0.0.1:0`.
 //!
-//! Where to start reading: [`run`] (accept loop and shutdown), then `session.rs` (one task
-//! per connection), `hub.rs` (who is online, fan-out), `auth.rs` (passwords), `store/`
-//! (persistence), `wire.rs` (how queued messages become frames).
+//! Where to start reading: [`run`] (accept loop and shutdown), then `session/` (one task
+//! per connection: the protocol in `mod.rs`, `commands.rs` and `goodbye.rs` over the
+//! socket and buffers of `conn.rs`), `hub.rs` (who is online, fan-out), `outbox.rs` (what
+//! the hub queues for a session), `wire.rs` (how queued messages become frames), `auth.rs`
+//! (passwords), `store/` (persistence).
 
 pub mod auth;
 mod hub;
