@@ -832,3 +832,21 @@ fn a_click_on_the_users_panel_after_f2_scrolled_it_opens_the_user_shown() {
         ConvId::Private(uid(&format!("user{first:02}")))
     );
 }
+
+#[test]
+fn every_command_completed_and_listed_in_the_help_is_understood() {
+    assert_eq!(
+        command_names().collect::<Vec<_>>(),
+        [
+            "/msg", "/query", "/list", "/clear", "/close", "/help", "/quit"
+        ]
+    );
+    for name in command_names() {
+        let mut app = logged_in();
+        enter(&mut app, name);
+        assert!(
+            !status(&app).is_some_and(|s| s.starts_with("unknown command")),
+            "{name} is not understood"
+        );
+    }
+}

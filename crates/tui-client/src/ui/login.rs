@@ -44,6 +44,31 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         )),
     ]));
     lines.push(Line::raw(""));
+    let cursor = fields(app, iw, &mut lines);
+    lines.push(Line::raw(""));
+    lines.push(status(app, iw));
+    lines.push(Line::raw(""));
+    lines.push(Line::styled(
+        truncate("Enter: log in · Tab: next field · Esc: quit", iw),
+        dim,
+    ));
+    for (i, line) in lines.into_iter().enumerate() {
+        let y = inner.y + i as u16;
+        if y < inner.bottom() {
+            frame.render_widget(line, Rect::new(inner.x, y, inner.width, 1));
+        }
+    }
+    if let Some((row, x)) = cursor
+        && inner.y + (row as u16) < inner.bottom()
+    {
+        frame.set_cursor_position(Position::new(inner.x + x as u16, inner.y + row as u16));
+    }
+}
+
+/// Adds the user id and password rows to `lines`; returns where the cursor goes (row of
+/// `lines`, column) when a field has the focus.
+fn fields(app: &App, iw: usize, lines: &mut Vec<Line>) -> Option<(usize, usize)> {
+    let dim = Style::new().fg(Color::DarkGray);
     let mut cursor = None;
     for field in [LoginField::User, LoginField::Password] {
         let (label, editor, mask) = match field {
@@ -67,8 +92,12 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             Span::styled(format!("{text}{pad}"), text_style),
         ]));
     }
-    lines.push(Line::raw(""));
-    let status = if app.login.busy {
+    cursor
+}
+
+/// The row under the fields: "connecting…", why the last attempt failed, or nothing.
+fn status(app: &App, iw: usize) -> Line<'static> {
+    if app.login.busy {
         Line::styled("connecting…", Style::new().fg(Color::Yellow))
     } else if let Some(e) = &app.login.error {
         Line::styled(
@@ -79,22 +108,5 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         )
     } else {
         Line::raw("")
-    };
-    lines.push(status);
-    lines.push(Line::raw(""));
-    lines.push(Line::styled(
-        truncate("Enter: log in · Tab: next field · Esc: quit", iw),
-        dim,
-    ));
-    for (i, line) in lines.into_iter().enumerate() {
-        let y = inner.y + i as u16;
-        if y < inner.bottom() {
-            frame.render_widget(line, Rect::new(inner.x, y, inner.width, 1));
-        }
-    }
-    if let Some((row, x)) = cursor
-        && inner.y + (row as u16) < inner.bottom()
-    {
-        frame.set_cursor_position(Position::new(inner.x + x as u16, inner.y + row as u16));
     }
 }
