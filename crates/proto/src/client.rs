@@ -21,7 +21,8 @@ pub enum ClientError {
     /// The TCP connection could not be made.
     #[error("cannot connect: {0}")]
     Connect(#[source] std::io::Error),
-    /// Framing or I/O failed; the connection is unusable.
+    /// Framing or I/O failed; the connection is unusable. (A readable frame holding an
+    /// unreadable reply is not an error: it is [`Reply::Unreadable`].)
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// An argument was refused before sending (invalid user id, text over 140 characters…).
@@ -55,6 +56,12 @@ impl ClientError {
 /// replies. To send from one task and read in another, split it with
 /// [`Client::into_split`].
 ///
+/// The stream yields one item per frame the server sent and ends when the server closes
+/// the connection. A reply this crate cannot read arrives as `Ok(`[`Reply::Unreadable`]`)`
+/// and a reply kind it does not know as `Ok(`[`Reply::Unknown`]`)`: skip them and read on,
+/// the connection is fine. An `Err` is fatal (framing or I/O failed): the stream ends
+/// after it.
+///
 /// ```no_run
 /// use futures::StreamExt;
 /// use simpletextim_proto::{Client, Reply};
@@ -65,10 +72,14 @@ impl ClientError {
 /// println!("{} messages while you were away", pending.len());
 /// client.send_public("hello, everyone").await?;
 /// while let Some(reply) = client.next().await {
-///     if let Reply::Message { messages } = reply? {
-///         for m in messages {
-///             println!("<{}> {}", m.user_id, m.message);
+///     match reply? {
+///         Reply::Message { messages } => {
+///             for m in messages {
+///                 println!("<{}> {}", m.user_id, m.message);
+///             }
 ///         }
+///         Reply::Unreadable { kind, error } => eprintln!("skipped a {kind:?} reply: {error}"),
+///         _ => {}
 ///     }
 /// }
 /// # Ok(()) }
@@ -112,7 +123,8 @@ impl Client {
     /// # Errors
     /// [`ClientError::Invalid`] for a malformed user id or password (nothing is sent);
     /// [`ClientError::Refused`] when the server answers `fail` (401 bad credentials,
-    /// 409 already logged in…); [`ClientError::Closed`] if it hangs up.
+    /// 409 already logged in…); [`ClientError::Closed`] if it hangs up;
+    /// [`ClientError::Unexpected`] for any other reply ([`Reply::Unreadable`] included).
     pub async fn login(
         &mut self,
         user_id: &str,
@@ -130,7 +142,8 @@ impl Client {
         }
     }
 
-    /// Waits for the next reply.
+    /// Waits for the next reply, which may be [`Reply::Unreadable`] or [`Reply::Unknown`]
+    /// (skip those and call again).
     ///
     /// # Errors
     /// [`ClientError::Closed`] when the server closed the connection, or the framing error.
@@ -258,14 +271,16 @@ impl ClientSender {
 }
 
 /// The receiving half of a [`Client`]: a [`Stream`] of replies that ends when the server
-/// closes the connection.
+/// closes the connection. Its items are those of [`Client`]'s stream: an unreadable reply
+/// is the recoverable `Ok(`[`Reply::Unreadable`]`)`, an `Err` is fatal.
 #[derive(Debug)]
 pub struct ClientReceiver {
     inner: FramedRead<OwnedReadHalf, ClientCodec>,
 }
 
 impl ClientReceiver {
-    /// Waits for the next reply.
+    /// Waits for the next reply, which may be [`Reply::Unreadable`] or [`Reply::Unknown`]
+    /// (skip those and call again).
     ///
     /// # Errors
     /// [`ClientError::Closed`] when the server closed the connection, or the framing error.

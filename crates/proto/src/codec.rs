@@ -28,9 +28,6 @@ pub enum CodecError {
         /// The limit that was exceeded.
         max: usize,
     },
-    /// The server sent a frame that is not a reply this crate knows.
-    #[error("invalid reply from server: {0}")]
-    InvalidReply(#[source] serde_json::Error),
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -128,6 +125,11 @@ impl Encoder<&Reply> for ServerCodec {
 }
 
 /// The client's side of the codec: decodes [`Reply`]s, encodes [`Command`]s.
+///
+/// Every frame decodes to one reply. A frame whose payload is not a reply this crate can
+/// read decodes to [`Reply::Unreadable`], not an error: the framing is intact, so the next
+/// frame follows, and a `FramedRead` (which ends its stream after any decoder error) keeps
+/// going. Only a frame over the size limit or a failing socket is an error, and a fatal one.
 #[derive(Debug)]
 pub struct ClientCodec {
     inner: LengthDelimitedCodec,
@@ -164,9 +166,7 @@ impl Decoder for ClientCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Reply>, CodecError> {
         match self.inner.decode(src) {
-            Ok(Some(frame)) => Reply::from_json(&frame)
-                .map(Some)
-                .map_err(CodecError::InvalidReply),
+            Ok(Some(frame)) => Ok(Some(Reply::from_frame(&frame))),
             Ok(None) => Ok(None),
             Err(e) => Err(map_read_error(e, self.max_read)),
         }
@@ -216,6 +216,77 @@ mod tests {
             })
         );
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_reply_is_one_item_and_the_stream_goes_on_to_its_true_end() {
+        use futures::StreamExt;
+        use tokio_util::codec::FramedRead;
+
+        let mut bytes = frame(br#"{"command":"joined","user_id":"bob"}"#);
+        bytes.extend_from_slice(&frame(br#"{"command":"message","messages":[{"id":"x"}]}"#));
+        bytes.extend_from_slice(&frame(br#"{"command":"left","user_id":"bob"}"#));
+        let mut stream = FramedRead::new(&bytes[..], ClientCodec::new());
+        let bob: crate::UserId = "bob".parse().unwrap();
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            Reply::Joined {
+                user_id: bob.clone()
+            }
+        );
+        let Reply::Unreadable { kind, error } = stream.next().await.unwrap().unwrap() else {
+            panic!("expected an unreadable reply");
+        };
+        assert_eq!(kind.as_deref(), Some("message"));
+        assert!(
+            error.contains("user_id") || error.contains("invalid type"),
+            "{error}"
+        );
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            Reply::Left { user_id: bob }
+        );
+        assert!(stream.next().await.is_none());
+    }
+
+    #[test]
+    fn frames_that_are_not_replies_decode_as_unreadable() {
+        let mut codec = ClientCodec::new();
+        for (payload, want_kind) in [
+            (&b"{not json"[..], None),
+            (b"", None),
+            (b"[1,2]", None),
+            (br#"{"command":17}"#, None),
+            (br#"{"user_id":"bob"}"#, None),
+            (br#"{"command":"list","list":"alice"}"#, Some("list")),
+            (
+                br#"{"command":"fail","fail":{"error_code":"x"}}"#,
+                Some("fail"),
+            ),
+        ] {
+            let mut buf = frame(payload);
+            match codec.decode(&mut buf).unwrap() {
+                Some(Reply::Unreadable { kind, .. }) => {
+                    assert_eq!(kind.as_deref(), want_kind, "{payload:?}");
+                }
+                other => panic!("{payload:?} decoded as {other:?}"),
+            }
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn unreadable_is_never_parsed_from_the_wire_and_serializes_for_logs() {
+        let r = Reply::from_json(br#"{"command":"unreadable","error":"x"}"#).unwrap();
+        assert_eq!(r, Reply::Unknown);
+        let r = Reply::Unreadable {
+            kind: Some("message".into()),
+            error: "bad".into(),
+        };
+        assert_eq!(
+            r.to_json(),
+            br#"{"command":"unreadable","kind":"message","error":"bad"}"#
+        );
     }
 
     #[test]

@@ -100,8 +100,9 @@ impl Command {
 
     /// Serializes the command to its JSON payload (without the frame header).
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing these types cannot fail: every field is a string.
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(self).expect(
+            "a Command serializes: writing to a Vec cannot fail and every field is a string",
+        )
     }
 }
 

@@ -87,6 +87,41 @@ pub enum Reply {
         /// Who.
         user_id: UserId,
     },
+    /// A frame that is not a reply this crate can read: not JSON, not an object with a
+    /// string `command`, or a known kind whose fields do not fit (a newer server that
+    /// changed one, or a server bug). [`ClientCodec`](crate::ClientCodec), and so
+    /// [`Client`](crate::Client), yields it instead of failing, because the framing is
+    /// intact: skip it like [`Reply::Unknown`] (and perhaps log it); the next reply follows
+    /// as usual.
+    ///
+    /// No server sends it: it is never parsed from JSON (`{"command":"unreadable"}` parses as
+    /// [`Reply::Unknown`]), and it serializes as
+    /// `{"command":"unreadable","kind":…,"error":…}` only so that it can be logged.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use simpletextim_proto::{ClientCodec, Reply};
+    /// use tokio_util::codec::Decoder;
+    ///
+    /// let json = br#"{"command":"joined","user_id":42}"#;
+    /// let mut frame = BytesMut::new();
+    /// frame.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    /// frame.extend_from_slice(json);
+    /// let Some(Reply::Unreadable { kind, error }) = ClientCodec::new().decode(&mut frame)? else {
+    ///     panic!("not unreadable");
+    /// };
+    /// assert_eq!(kind.as_deref(), Some("joined"));
+    /// assert!(error.contains("invalid type"), "{error}");
+    /// # Ok::<(), simpletextim_proto::CodecError>(())
+    /// ```
+    #[serde(skip_deserializing)]
+    Unreadable {
+        /// The frame's `command`, when one can be read (`"message"`…).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        /// Why it cannot be read: the JSON parser's message.
+        error: String,
+    },
     /// A reply kind this crate does not know (its `command` is none of the above), from a
     /// newer server: skip it. Its fields are not kept. This crate never produces it; it
     /// serializes as `{"command":"unknown"}`.
@@ -110,8 +145,10 @@ impl Reply {
 
     /// Serializes the reply to its JSON payload (without the frame header).
     pub fn to_json(&self) -> Vec<u8> {
-        // Cannot fail: no maps with non-string keys, no failing Serialize impls.
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(self).expect(
+            "a Reply serializes: writing to a Vec cannot fail, every map key is a string, \
+             and every field's Serialize impl writes a string, a number or a sequence of them",
+        )
     }
 
     /// Parses a reply from the JSON payload of a frame.
@@ -124,6 +161,22 @@ impl Reply {
     /// `command`, or when a known reply's fields are wrong.
     pub fn from_json(json: &[u8]) -> Result<Reply, serde_json::Error> {
         serde_json::from_slice(json)
+    }
+
+    /// Reads the payload of a well-formed frame: the reply, or [`Reply::Unreadable`] when
+    /// [`Reply::from_json`] refuses it. Never fails: one frame, one reply.
+    pub(crate) fn from_frame(json: &[u8]) -> Reply {
+        Reply::from_json(json).unwrap_or_else(|e| {
+            /// Just the `command` of an object, ignoring its other fields.
+            #[derive(Deserialize)]
+            struct Kind {
+                command: String,
+            }
+            Reply::Unreadable {
+                kind: serde_json::from_slice::<Kind>(json).ok().map(|k| k.command),
+                error: e.to_string(),
+            }
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 use bytes::BytesMut;
 use proptest::prelude::*;
+use simpletextim_proto::codec::encode_frame;
 use simpletextim_proto::{
     ChatMessage, ClientCodec, Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply,
     ServerCodec, UserId,
@@ -136,6 +137,32 @@ proptest! {
             // Byte-identical re-encoding proves spellings survived.
             prop_assert_eq!(got.to_json(), r.to_json());
         }
+    }
+
+    #[test]
+    fn every_frame_decodes_to_one_reply_whatever_its_payload(
+        frames in prop::collection::vec(
+            prop_oneof![
+                reply().prop_map(|r| r.to_json()),
+                any::<String>().prop_map(String::into_bytes),
+                prop::collection::vec(any::<u8>(), 0..64),
+            ],
+            1..8,
+        ),
+    ) {
+        let mut client = ClientCodec::new();
+        let mut buf = BytesMut::new();
+        for f in &frames {
+            encode_frame(f, usize::MAX, &mut buf).unwrap();
+        }
+        for f in &frames {
+            let got = client.decode(&mut buf).unwrap().unwrap();
+            match Reply::from_json(f) {
+                Ok(want) => prop_assert_eq!(got, want),
+                Err(_) => prop_assert!(matches!(got, Reply::Unreadable { .. }), "{:?}", got),
+            }
+        }
+        prop_assert!(client.decode(&mut buf).unwrap().is_none());
     }
 
     #[test]

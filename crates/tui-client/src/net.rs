@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use simpletextim_proto::{
-    ChatMessage, Client, ClientError, ClientReceiver, ClientSender, CodecError, Command, ErrorCode,
-    Password, Reply, UserId,
+    ChatMessage, Client, ClientError, ClientReceiver, ClientSender, Command, ErrorCode, Password,
+    Reply, UserId,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -190,25 +190,19 @@ async fn session(
     events: &mpsc::Sender<Event>,
 ) -> End {
     let mut taken_over: Option<String> = None;
-    // A reply kind this client does not know (a newer server's extension) arrives as
-    // `Reply::Unknown` and is not passed on. A known kind with fields this client
-    // cannot read is skipped too, not fatal: the frame reader reports it as an error
-    // followed by one end-of-stream that is not real, so that one is skipped as well.
-    let mut skip_end = false;
     loop {
         tokio::select! {
             reply = rx.next() => match reply {
-                Some(Err(ClientError::Codec(CodecError::InvalidReply(e)))) => {
-                    warn!(error = %e, "skipping a reply this client does not know");
-                    skip_end = true;
-                }
-                None if skip_end => skip_end = false,
+                // A reply kind this client does not know (a newer server's extension), or a
+                // known kind with fields it cannot read: not shown, and not fatal, since the
+                // connection is fine.
                 Some(Ok(Reply::Unknown)) => {
-                    skip_end = false;
                     warn!("skipping a reply this client does not know");
                 }
+                Some(Ok(Reply::Unreadable { kind, error })) => {
+                    warn!(?kind, %error, "skipping a reply this client cannot read");
+                }
                 Some(Ok(reply)) => {
-                    skip_end = false;
                     if let Reply::Fail { fail } = &reply
                         && fail.error_code == ErrorCode::Conflict
                     {
@@ -291,4 +285,70 @@ async fn countdown(
         }
     }
     Countdown::Elapsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use futures::SinkExt;
+    use tokio::net::TcpListener;
+    use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    async fn next_net(events: &mut mpsc::Receiver<Event>) -> NetEvent {
+        match tokio::time::timeout(PATIENCE, events.recv()).await {
+            Ok(Some(Event::Net(e))) => e,
+            other => panic!("expected a network event, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unreadable_and_unknown_replies_are_skipped_and_the_session_goes_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut framed = Framed::new(socket, LengthDelimitedCodec::new());
+            framed.next().await.unwrap().unwrap(); // login
+            for frame in [
+                r#"{"command":"message","messages":[]}"#,
+                r#"{"command":"message","messages":[{"id":"x"}]}"#,
+                r#"{"command":"typing","user_id":"bob"}"#,
+                r#"{"command":"joined","user_id":"bob"}"#,
+            ] {
+                framed.send(Bytes::from(frame)).await.unwrap();
+            }
+            let exit = framed.next().await.unwrap().unwrap();
+            assert_eq!(&exit[..], br#"{"command":"exit"}"#);
+        });
+
+        let (tx, mut events) = mpsc::channel(16);
+        let (requests, task) = spawn(addr.to_string(), tx);
+        requests
+            .send(NetRequest::Login {
+                user: UserId::new("alice").unwrap(),
+                password: Password::new("pw").unwrap(),
+            })
+            .unwrap();
+        assert_eq!(next_net(&mut events).await, NetEvent::Connecting);
+        assert!(matches!(
+            next_net(&mut events).await,
+            NetEvent::LoggedIn { pending, .. } if pending.is_empty()
+        ));
+        // Neither the unreadable `message` nor the unknown `typing` reaches the application,
+        // and neither drops the connection: the next event is bob joining.
+        match next_net(&mut events).await {
+            NetEvent::Reply {
+                reply: Reply::Joined { user_id },
+                ..
+            } => assert_eq!(user_id.as_str(), "bob"),
+            other => panic!("expected bob joining, got {other:?}"),
+        }
+        requests.send(NetRequest::Exit).unwrap();
+        tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+        server.await.unwrap();
+        assert!(events.try_recv().is_err(), "no event after the exit");
+    }
 }
