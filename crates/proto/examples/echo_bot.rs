@@ -43,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Reply::Left { user_id } => println!("* {user_id} left"),
             Reply::Fail { fail } => eprintln!("server: {fail}"),
             Reply::List { list } => println!("online: {list:?}"),
+            Reply::Unreadable { kind, error } => eprintln!("skipped a {kind:?} reply: {error}"),
             _ => {} // a kind of reply from a newer server
         }
     }
