@@ -22,7 +22,7 @@ async fn server() -> (SocketAddr, CancellationToken) {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let config = Config {
-        insecure_fast_hash: true,
+        hash_cost: simpletextim_server::HashCost::InsecureFast,
         rate_limit: None,
         store: Arc::new(MemoryStore::new(1000)),
         ..Config::default()

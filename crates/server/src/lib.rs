@@ -55,8 +55,9 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Whether a first login creates the account.
     pub registration: Registration,
-    /// Cheap password hashing, for benchmarks and tests only.
-    pub insecure_fast_hash: bool,
+    /// The cost of password hashing ([`HashCost::InsecureFast`] for benchmarks and tests
+    /// only).
+    pub hash_cost: HashCost,
     /// Password hashes computed at once (the rest wait their turn).
     pub hash_pool: usize,
     /// Most connections served at once; more wait in the listen backlog.
@@ -78,7 +79,7 @@ impl std::fmt::Debug for Config {
             .field("max_command_frame", &self.max_command_frame)
             .field("outbox_capacity", &self.outbox_capacity)
             .field("registration", &self.registration)
-            .field("insecure_fast_hash", &self.insecure_fast_hash)
+            .field("hash_cost", &self.hash_cost)
             .field("hash_pool", &self.hash_pool)
             .field("max_connections", &self.max_connections)
             .field("rate_limit", &self.rate_limit)
@@ -94,7 +95,7 @@ impl Default for Config {
             max_command_frame: simpletextim_proto::codec::DEFAULT_MAX_COMMAND_FRAME,
             outbox_capacity: DEFAULT_OUTBOX,
             registration: Registration::Open,
-            insecure_fast_hash: false,
+            hash_cost: HashCost::Default,
             hash_pool: std::thread::available_parallelism().map_or(2, usize::from),
             max_connections: 10_000,
             rate_limit: Some(DEFAULT_RATE_LIMIT),
@@ -150,17 +151,19 @@ pub async fn run_listeners(
         .max_message_id()
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let cost = if config.insecure_fast_hash {
+    if config.hash_cost == HashCost::InsecureFast {
         tracing::warn!(
             "--insecure-fast-hash: passwords are hashed with minimal cost; benchmarks and tests only"
         );
-        HashCost::InsecureFast
-    } else {
-        HashCost::Default
-    };
+    }
     let shared = Arc::new(Shared {
         hub: Hub::new(store.clone(), min_id),
-        auth: Authenticator::new(store, config.registration, cost, config.hash_pool),
+        auth: Authenticator::new(
+            store,
+            config.registration,
+            config.hash_cost,
+            config.hash_pool,
+        ),
         shutdown: shutdown.clone(),
         config,
     });

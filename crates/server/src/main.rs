@@ -111,6 +111,16 @@ struct Cli {
     insecure_fast_hash: bool,
 }
 
+impl Cli {
+    fn hash_cost(&self) -> HashCost {
+        if self.insecure_fast_hash {
+            HashCost::InsecureFast
+        } else {
+            HashCost::Default
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Manage accounts in the data directory (works while the server runs).
@@ -222,7 +232,7 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
         max_command_frame: cli.max_frame,
         outbox_capacity: cli.outbox.max(1),
         registration: cli.registration,
-        insecure_fast_hash: cli.insecure_fast_hash,
+        hash_cost: cli.hash_cost(),
         max_connections,
         rate_limit: (cli.rate_limit > 0.0).then_some(RateLimit {
             per_sec: cli.rate_limit,
@@ -291,11 +301,7 @@ async fn on_signal(shutdown: CancellationToken) {
 /// `user add|passwd|del|list`.
 fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
     let store = open_store(&cli.data, cli.mailbox_cap)?;
-    let cost = if cli.insecure_fast_hash {
-        HashCost::InsecureFast
-    } else {
-        HashCost::Default
-    };
+    let cost = cli.hash_cost();
     match action {
         UserCmd::Add { name } => {
             let user_id = UserId::new(name).map_err(|f| anyhow::anyhow!(f.reason))?;

@@ -34,7 +34,7 @@ async fn server_on(addr: &str) -> Server {
     let addr = listener.local_addr().expect("local addr");
     let shutdown = CancellationToken::new();
     let config = Config {
-        insecure_fast_hash: true,
+        hash_cost: simpletextim_server::HashCost::InsecureFast,
         ..Config::default()
     };
     let task = tokio::spawn(simpletextim_server::run(listener, config, shutdown.clone()));

@@ -32,7 +32,7 @@ pub struct TestServer {
 /// A config for tests: cheap hashing, in-memory store, no rate limit.
 pub fn config() -> Config {
     Config {
-        insecure_fast_hash: true,
+        hash_cost: simpletextim_server::HashCost::InsecureFast,
         rate_limit: None,
         store: Arc::new(MemoryStore::new(1000)),
         ..Config::default()
