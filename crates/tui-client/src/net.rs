@@ -87,58 +87,21 @@ pub async fn run(
             return;
         }
         info!(server = %addr, user = %user, "logging in");
-        match connect_and_login(&addr, &user, &password).await {
+        let next = match connect_and_login(&addr, &user, &password).await {
             Ok((client, pending)) => {
                 logged_in_once = true;
                 delay = 1;
-                info!(pending = pending.len(), "logged in");
-                let at_ms = now_ms();
-                let event = NetEvent::LoggedIn {
-                    user: user.clone(),
-                    pending,
-                    at_ms,
-                };
-                if !emit(&events, event).await {
-                    return;
-                }
-                let (tx, rx) = client.into_split();
-                match session(tx, rx, &mut requests, &events).await {
-                    End::Exit => return,
-                    End::TakenOver(reason) => {
-                        warn!(%reason, "session taken over");
-                        let at_ms = now_ms();
-                        if !emit(&events, NetEvent::Offline { reason, at_ms }).await {
-                            return;
-                        }
-                        creds = None;
-                        continue;
-                    }
-                    End::Lost(reason) => {
-                        warn!(%reason, "connection lost");
-                        let at_ms = now_ms();
-                        if !emit(&events, NetEvent::Disconnected { reason, at_ms }).await {
-                            return;
-                        }
-                    }
-                }
+                serve(client, pending, user, &mut requests, &events).await
             }
-            Err(e) => {
-                let refused = matches!(
-                    e.failure().map(|f| f.error_code),
-                    Some(ErrorCode::Unauthorized | ErrorCode::BadRequest)
-                );
-                let reason = describe(&addr, &e);
-                warn!(%reason, "login failed");
-                if !logged_in_once || refused {
-                    // The person is at the login screen, or the account is gone: let them
-                    // decide what to do.
-                    creds = None;
-                    if !emit(&events, NetEvent::LoginFailed { reason }).await {
-                        return;
-                    }
-                    continue;
-                }
+            Err(e) => login_failed(&addr, &e, logged_in_once, &events).await,
+        };
+        match next {
+            Next::Exit => return,
+            Next::WaitForLogin => {
+                creds = None;
+                continue;
             }
+            Next::Reconnect => {}
         }
         match countdown(delay, &mut requests, &events).await {
             Countdown::Elapsed => {}
@@ -150,6 +113,84 @@ pub async fn run(
         }
         delay = (delay * 2).min(BACKOFF_MAX_SECS);
     }
+}
+
+/// What the network task does after a login attempt or a session.
+enum Next {
+    /// Stop: the application asked to, or went away.
+    Exit,
+    /// Forget the credentials and wait for the login screen's next request.
+    WaitForLogin,
+    /// Wait (with backoff) and log in again with the same credentials.
+    Reconnect,
+}
+
+/// Reports the login, serves the session until it ends, and reports how it ended.
+async fn serve(
+    client: Client,
+    pending: Vec<ChatMessage>,
+    user: UserId,
+    requests: &mut mpsc::UnboundedReceiver<NetRequest>,
+    events: &mpsc::Sender<Event>,
+) -> Next {
+    info!(pending = pending.len(), "logged in");
+    let at_ms = now_ms();
+    if !emit(
+        events,
+        NetEvent::LoggedIn {
+            user,
+            pending,
+            at_ms,
+        },
+    )
+    .await
+    {
+        return Next::Exit;
+    }
+    let (tx, rx) = client.into_split();
+    match session(tx, rx, requests, events).await {
+        End::Exit => Next::Exit,
+        End::TakenOver(reason) => {
+            warn!(%reason, "session taken over");
+            let at_ms = now_ms();
+            if !emit(events, NetEvent::Offline { reason, at_ms }).await {
+                return Next::Exit;
+            }
+            Next::WaitForLogin
+        }
+        End::Lost(reason) => {
+            warn!(%reason, "connection lost");
+            let at_ms = now_ms();
+            if !emit(events, NetEvent::Disconnected { reason, at_ms }).await {
+                return Next::Exit;
+            }
+            Next::Reconnect
+        }
+    }
+}
+
+/// Reports a failed login. Someone still at the login screen (never logged in with these
+/// credentials), or whose account is refused, decides what to do next; a reconnection that
+/// failed otherwise (the server is down, say) is tried again.
+async fn login_failed(
+    addr: &str,
+    e: &ClientError,
+    logged_in_once: bool,
+    events: &mpsc::Sender<Event>,
+) -> Next {
+    let refused = matches!(
+        e.failure().map(|f| f.error_code),
+        Some(ErrorCode::Unauthorized | ErrorCode::BadRequest)
+    );
+    let reason = describe(addr, e);
+    warn!(%reason, "login failed");
+    if logged_in_once && !refused {
+        return Next::Reconnect;
+    }
+    if !emit(events, NetEvent::LoginFailed { reason }).await {
+        return Next::Exit;
+    }
+    Next::WaitForLogin
 }
 
 /// A message for people about a failed connection or login.
