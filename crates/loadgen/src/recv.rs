@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net::Reader;
 use crate::scan::{self, Kind, MessageScanner};
-use crate::stats::SharedHistogram;
+use crate::stats::{Recorder, SharedHistogram};
 
 /// State shared by every task of one run.
 #[derive(Debug)]
@@ -232,34 +232,10 @@ impl View {
 
 /// Reads frames until the run stops or the server closes the connection.
 pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) -> Seen {
-    let scanner = MessageScanner::new();
-    let mut latency = shared.latency.recorder();
-    let mut latency_in_window = shared.latency_in_window.recorder();
-    let mut latency_from_write = shared.latency_from_write.recorder();
-    let mut last_seq = vec![u32::MAX; expect.senders];
-    let mut view = expect.churn.as_ref().map(|c| View::new(c.users));
-    let mut seen = Seen::default();
-    let mut done = false;
+    let mut r = Receiver::new(expect, &shared);
     let stop = shared.stop.clone();
     let mut stopped = pin!(stop.cancelled());
-
-    let check_done = |seen: &mut Seen, view: &Option<View>, done: &mut bool| {
-        if *done || seen.messages < expect.messages {
-            return;
-        }
-        if let (Some(v), Some(c)) = (view, &expect.churn) {
-            if !v.complete(c.users) {
-                return;
-            }
-        }
-        *done = true;
-        seen.done_at = Some(Instant::now());
-        if shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            shared.all_done.notify_one();
-        }
-    };
-    check_done(&mut seen, &view, &mut done);
-
+    r.check_done();
     loop {
         // A frame that is ready is taken without polling the stop (whose poll takes a lock
         // every receiver shares); the flag checked after it keeps frames that come once the
@@ -272,96 +248,182 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
         if shared.stopped() {
             break;
         }
-        let frame = match frame {
-            Some(Ok(frame)) => frame,
-            Some(Err(_)) | None => {
-                seen.closed = true;
-                // Whatever it still expected is lost: do not make the run wait for it.
-                if !done && shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    shared.all_done.notify_one();
-                }
-                break;
-            }
+        let Some(Ok(frame)) = frame else {
+            r.closed();
+            break;
         };
-        seen.frames += 1;
-        match scan::kind(&frame) {
-            Kind::Message => {
-                let now = shared.now_us();
-                let win_from = shared.window_from_us.load(Ordering::Relaxed);
-                let win_to = shared.window_to_us.load(Ordering::Relaxed);
-                let mut echoes = 0;
-                scanner.for_each(&frame, |marker| {
-                    let Some(m) = marker else {
-                        seen.unmarked += 1;
-                        return;
-                    };
-                    seen.messages += 1;
-                    let us = now.saturating_sub(m.sent_us);
-                    latency.record(us);
-                    if m.sent_us >= win_from && m.sent_us < win_to {
-                        latency_in_window.record(us);
-                    }
-                    if m.written_us != 0 {
-                        latency_from_write.record(now.saturating_sub(m.written_us));
-                    }
-                    if Some(m.sender) == expect.me {
-                        echoes += 1;
-                    }
-                    if let Some(last) = last_seq.get_mut(m.sender as usize) {
-                        if *last != u32::MAX && m.seq <= *last {
-                            seen.out_of_order += 1;
-                        }
-                        *last = m.seq;
-                    }
-                });
-                seen.echoes += echoes;
-                if echoes > 0 {
-                    if let Some(w) = &expect.window {
-                        w.add_permits(echoes as usize);
-                    }
-                }
-            }
-            kind @ (Kind::Joined | Kind::Left) => {
-                let joined = kind == Kind::Joined;
-                if joined {
-                    seen.joined += 1;
-                    shared.joined_seen.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    seen.left += 1;
-                }
-                if let (Some(v), Some(c)) = (&mut view, &expect.churn) {
-                    let idx = scan::user_id(&frame).and_then(|u| scan::index_after(u, &c.prefix));
-                    if let Some(idx) = idx {
-                        if !v.apply(idx as usize, joined) {
-                            seen.churn_errors += 1;
-                        }
-                    }
-                }
-            }
+        r.frame(&frame);
+    }
+    r.finish()
+}
+
+/// The state of one receiver.
+struct Receiver<'a> {
+    expect: Expect,
+    shared: &'a Shared,
+    scanner: MessageScanner,
+    latency: Recorder,
+    latency_in_window: Recorder,
+    latency_from_write: Recorder,
+    /// The last sequence number seen from each sender (`u32::MAX`: none yet).
+    last_seq: Vec<u32>,
+    view: Option<View>,
+    seen: Seen,
+    /// Whether everything expected has come (counted once in `shared.remaining`).
+    done: bool,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(expect: Expect, shared: &'a Shared) -> Receiver<'a> {
+        Receiver {
+            scanner: MessageScanner::new(),
+            latency: shared.latency.recorder(),
+            latency_in_window: shared.latency_in_window.recorder(),
+            latency_from_write: shared.latency_from_write.recorder(),
+            last_seq: vec![u32::MAX; expect.senders],
+            view: expect.churn.as_ref().map(|c| View::new(c.users)),
+            seen: Seen::default(),
+            done: false,
+            expect,
+            shared,
+        }
+    }
+
+    /// Counts one frame.
+    fn frame(&mut self, frame: &[u8]) {
+        self.seen.frames += 1;
+        match scan::kind(frame) {
+            Kind::Message => self.messages(frame),
+            kind @ (Kind::Joined | Kind::Left) => self.presence(frame, kind == Kind::Joined),
             Kind::Fail => {
-                let code = scan::error_code(&frame).unwrap_or(0);
-                *seen.fails.entry(code).or_default() += 1;
+                // Counted under 0 when the `fail` has no readable error code.
+                let code = scan::error_code(frame).unwrap_or(0);
+                *self.seen.fails.entry(code).or_default() += 1;
                 // A refused send gets no echo: give its window slot back.
-                if let Some(w) = &expect.window {
+                if let Some(w) = &self.expect.window {
                     w.add_permits(1);
                 }
             }
             Kind::List => {
-                if let Some(n) = scan::list_len(&frame) {
-                    shared.last_list.store(n as i64, Ordering::Release);
+                if let Some(n) = scan::list_len(frame) {
+                    self.shared.last_list.store(n as i64, Ordering::Release);
                 }
             }
             Kind::Other => {}
         }
-        check_done(&mut seen, &view, &mut done);
+        self.check_done();
     }
-    if let (Some(v), Some(c)) = (&view, &expect.churn) {
-        seen.churn_ok = v.complete(c.users) && v.all_offline() && seen.churn_errors == 0;
+
+    /// A `message` frame (one or more messages): counts, latencies, order, own echoes.
+    fn messages(&mut self, frame: &[u8]) {
+        let shared = self.shared;
+        let now = shared.now_us();
+        let win_from = shared.window_from_us.load(Ordering::Relaxed);
+        let win_to = shared.window_to_us.load(Ordering::Relaxed);
+        let me = self.expect.me;
+        let mut echoes = 0;
+        let Receiver {
+            scanner,
+            latency,
+            latency_in_window,
+            latency_from_write,
+            last_seq,
+            seen,
+            ..
+        } = self;
+        scanner.for_each(frame, |marker| {
+            let Some(m) = marker else {
+                seen.unmarked += 1;
+                return;
+            };
+            seen.messages += 1;
+            let us = now.saturating_sub(m.sent_us);
+            latency.record(us);
+            if m.sent_us >= win_from && m.sent_us < win_to {
+                latency_in_window.record(us);
+            }
+            if m.written_us != 0 {
+                latency_from_write.record(now.saturating_sub(m.written_us));
+            }
+            if Some(m.sender) == me {
+                echoes += 1;
+            }
+            if let Some(last) = last_seq.get_mut(m.sender as usize) {
+                if *last != u32::MAX && m.seq <= *last {
+                    seen.out_of_order += 1;
+                }
+                *last = m.seq;
+            }
+        });
+        seen.echoes += echoes;
+        if echoes > 0 {
+            if let Some(w) = &self.expect.window {
+                w.add_permits(echoes as usize);
+            }
+        }
     }
-    latency.flush();
-    latency_in_window.flush();
-    latency_from_write.flush();
-    seen
+
+    /// A `joined` or `left` notice: counted, and applied to the view of the churning users.
+    fn presence(&mut self, frame: &[u8], joined: bool) {
+        if joined {
+            self.seen.joined += 1;
+            self.shared.joined_seen.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.seen.left += 1;
+        }
+        if let (Some(v), Some(c)) = (&mut self.view, &self.expect.churn) {
+            let idx = scan::user_id(frame).and_then(|u| scan::index_after(u, &c.prefix));
+            if let Some(idx) = idx {
+                if !v.apply(idx as usize, joined) {
+                    self.seen.churn_errors += 1;
+                }
+            }
+        }
+    }
+
+    /// Marks this receiver done once everything it expects has come, and wakes the run
+    /// when it was the last one.
+    fn check_done(&mut self) {
+        if self.done || self.seen.messages < self.expect.messages {
+            return;
+        }
+        if let (Some(v), Some(c)) = (&self.view, &self.expect.churn) {
+            if !v.complete(c.users) {
+                return;
+            }
+        }
+        self.done = true;
+        self.seen.done_at = Some(Instant::now());
+        self.release_run();
+    }
+
+    /// The server closed the connection (or it failed).
+    fn closed(&mut self) {
+        self.seen.closed = true;
+        // Whatever it still expected is lost: do not make the run wait for it.
+        if !self.done {
+            self.release_run();
+        }
+    }
+
+    /// Takes this receiver off the run's count of receivers still waiting.
+    fn release_run(&self) {
+        if self.shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.all_done.notify_one();
+        }
+    }
+
+    /// Flushes the latencies; returns what was seen.
+    fn finish(mut self) -> Seen {
+        if let (Some(v), Some(c)) = (&self.view, &self.expect.churn) {
+            self.seen.churn_ok =
+                v.complete(c.users) && v.all_offline() && self.seen.churn_errors == 0;
+        }
+        self.latency.flush();
+        self.latency_in_window.flush();
+        self.latency_from_write.flush();
+        self.seen
+    }
 }
 
 #[cfg(test)]
