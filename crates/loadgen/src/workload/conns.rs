@@ -93,6 +93,8 @@ pub async fn child(common: &Common, o: &ChildOpts) -> Result<(), Error> {
     println!("ready {} {:.6}", clients.len(), secs(login));
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
+    // Hold until the parent closes our standard input (or it fails), or the deadline:
+    // either way the hold is over, so the timeout's result does not matter.
     let _ = tokio::time::timeout_at(deadline, async {
         while let Ok(n) = stdin.read(&mut buf).await {
             if n == 0 {
@@ -106,20 +108,61 @@ pub async fn child(common: &Common, o: &ChildOpts) -> Result<(), Error> {
     Ok(())
 }
 
+/// A child process and the reader of its standard output.
+type ChildProc = (Child, BufReader<tokio::process::ChildStdout>);
+
 /// Runs `conns`.
 ///
 /// # Errors
 /// When a child cannot be started or fails, or the server's memory cannot be read.
 pub async fn run(common: &Common, o: &ConnsOpts) -> Result<Report, Error> {
     let deadline = common.deadline();
-    let rss_before = o
-        .server_pid
-        .map(rss_bytes)
-        .transpose()
-        .map_err(|e| Error::io("cannot read the server's memory", e))?;
-    let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this program", e))?;
+    let server_rss = || {
+        o.server_pid
+            .map(rss_bytes)
+            .transpose()
+            .map_err(|e| Error::io("cannot read the server's memory", e))
+    };
+    let rss_before = server_rss()?;
     let started = Instant::now();
-    let mut children: Vec<(Child, BufReader<tokio::process::ChildStdout>)> = Vec::new();
+    let mut children = spawn_children(common, o)?;
+    let mut ready = 0usize;
+    for (_, out) in &mut children {
+        ready += read_ready(out, deadline).await?;
+    }
+    let login = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(o.hold_ms)).await;
+    let rss_after = server_rss()?;
+    let (joined, closed) = release_children(children).await?;
+
+    let mut report = Report {
+        workload: "conns".into(),
+        server: common.server.to_string(),
+        clients: ready,
+        login_s: secs(login),
+        logins_per_s: ready as f64 / secs(login).max(1e-9),
+        disconnected: closed,
+        ..Report::default()
+    };
+    report.conns = Some(o.conns);
+    report.processes = Some(o.conns.div_ceil(o.per_process.max(1)));
+    report.joined_seen = Some(joined);
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        report.server_rss_before = Some(before);
+        report.server_rss_after = Some(after);
+        let per = after.saturating_sub(before) as f64 / ready.max(1) as f64;
+        report.bytes_per_conn = Some(per.round());
+        report.rss_at_100k = Some((before as f64 + per * 1e5).round());
+        report.rss_at_1m = Some((before as f64 + per * 1e6).round());
+    }
+    Ok(report)
+}
+
+/// Starts the children (`conns-child`), at most `--per-process` connections each. They are
+/// killed when dropped, so an early error leaves none behind.
+fn spawn_children(common: &Common, o: &ConnsOpts) -> Result<Vec<ChildProc>, Error> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this program", e))?;
+    let mut children = Vec::new();
     for (first, count) in split(o.conns, o.per_process) {
         let mut child = Command::new(&exe)
             .arg("--server")
@@ -150,78 +193,62 @@ pub async fn run(common: &Common, o: &ConnsOpts) -> Result<Report, Error> {
             .ok_or_else(|| Error::Protocol("child has no stdout".into()))?;
         children.push((child, BufReader::new(out)));
     }
-    let mut ready = 0usize;
-    for (_, out) in &mut children {
-        let mut line = String::new();
-        match tokio::time::timeout_at(deadline, out.read_line(&mut line)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Err(Error::Protocol("a child failed before it was ready".into())),
-            Err(_) => return Err(Error::Timeout("children logging in".into())),
-        }
-        ready += line
-            .strip_prefix("ready ")
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Error::Protocol(format!("unexpected child output: {line:?}")))?;
-    }
-    let login = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(o.hold_ms)).await;
-    let rss_after = o
-        .server_pid
-        .map(rss_bytes)
-        .transpose()
-        .map_err(|e| Error::io("cannot read the server's memory", e))?;
+    Ok(children)
+}
 
-    // Closing their standard input tells the children to let go.
-    let mut joined = 0u64;
-    let mut closed = 0u64;
+/// Waits for a child's `ready COUNT` line; returns COUNT.
+async fn read_ready(
+    out: &mut BufReader<tokio::process::ChildStdout>,
+    deadline: tokio::time::Instant,
+) -> Result<usize, Error> {
+    let mut line = String::new();
+    match tokio::time::timeout_at(deadline, out.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return Err(Error::Protocol("a child failed before it was ready".into())),
+        Err(_) => return Err(Error::Timeout("children logging in".into())),
+    }
+    line.strip_prefix("ready ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| Error::Protocol(format!("unexpected child output: {line:?}")))
+}
+
+/// Closes the children's standard input, which tells them to let go, and sums the counts
+/// of their `done joined=J closed=C` lines: `joined` notices seen and connections the
+/// server closed.
+async fn release_children(children: Vec<ChildProc>) -> Result<(u64, u64), Error> {
+    let (mut joined, mut closed) = (0u64, 0u64);
     for (mut child, mut out) in children {
         drop(child.stdin.take());
         let mut line = String::new();
-        let _ = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await;
-        for word in line.split_whitespace() {
-            if let Some(n) = word
-                .strip_prefix("joined=")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                joined += n;
-            }
-            if let Some(n) = word
-                .strip_prefix("closed=")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                closed += n;
-            }
+        let read = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line)).await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            return Err(Error::Protocol(
+                "a child did not report its counts when released".into(),
+            ));
         }
+        let (j, c) = parse_done(&line)
+            .ok_or_else(|| Error::Protocol(format!("unexpected child output: {line:?}")))?;
+        joined += j;
+        closed += c;
         if tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .is_err()
         {
+            // It has reported everything; one that does not exit is killed. An error
+            // here means it exited meanwhile.
             let _ = child.kill().await;
         }
     }
+    Ok((joined, closed))
+}
 
-    let mut report = Report {
-        workload: "conns".into(),
-        server: common.server.to_string(),
-        clients: ready,
-        login_s: secs(login),
-        logins_per_s: ready as f64 / secs(login).max(1e-9),
-        disconnected: closed,
-        ..Report::default()
-    };
-    report.conns = Some(o.conns);
-    report.processes = Some(o.conns.div_ceil(o.per_process.max(1)));
-    report.joined_seen = Some(joined);
-    if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        report.server_rss_before = Some(before);
-        report.server_rss_after = Some(after);
-        let per = after.saturating_sub(before) as f64 / ready.max(1) as f64;
-        report.bytes_per_conn = Some(per.round());
-        report.rss_at_100k = Some((before as f64 + per * 1e5).round());
-        report.rss_at_1m = Some((before as f64 + per * 1e6).round());
-    }
-    Ok(report)
+/// `(J, C)` of a child's `done joined=J closed=C` line.
+fn parse_done(line: &str) -> Option<(u64, u64)> {
+    let mut words = line.strip_prefix("done ")?.split_whitespace();
+    let joined = words.next()?.strip_prefix("joined=")?.parse().ok()?;
+    let closed = words.next()?.strip_prefix("closed=")?.parse().ok()?;
+    Some((joined, closed))
 }
 
 #[cfg(test)]
@@ -236,5 +263,12 @@ mod tests {
         );
         assert_eq!(split(10, 9000), vec![(0, 10)]);
         assert_eq!(split(0, 9000), vec![]);
+    }
+
+    #[test]
+    fn reads_a_childs_counts() {
+        assert_eq!(parse_done("done joined=12 closed=0\n"), Some((12, 0)));
+        assert_eq!(parse_done("done joined=x closed=0\n"), None);
+        assert_eq!(parse_done("ready 5 0.1\n"), None);
     }
 }
