@@ -64,6 +64,75 @@ async fn register(
         .map(drop)
 }
 
+/// The senders (user id, what each expects), their plans (message `q` of sender `i` goes
+/// to recipient `(q × s + i) mod r`), and how many messages each recipient's mailbox gets.
+fn senders(
+    common: &Common,
+    o: &OfflineOpts,
+    r: usize,
+    rprefix: &str,
+    sprefix: &str,
+) -> (Vec<(String, Expect)>, Vec<Plan>, Vec<usize>) {
+    let s = o.senders.max(1);
+    let mut plans = Vec::with_capacity(s);
+    let mut per_recipient = vec![0usize; r];
+    let users = (0..s)
+        .map(|i| {
+            let ids: Vec<u32> = (0..o.messages as usize)
+                .map(|q| {
+                    let to = (q * s + i) % r;
+                    per_recipient[to] += 1;
+                    to as u32
+                })
+                .collect();
+            let window = std::sync::Arc::new(tokio::sync::Semaphore::new(o.window.max(1)));
+            plans.push(Plan {
+                me: i as u32,
+                count: o.messages,
+                size: common.size,
+                to: Targets::Users {
+                    prefix: rprefix.to_owned(),
+                    ids,
+                },
+                pace: Pace::Window(window.clone()),
+            });
+            let expect = Expect {
+                me: Some(i as u32),
+                window: Some(window),
+                messages: u64::from(o.messages),
+                senders: s,
+                churn: None,
+            };
+            (format!("{sprefix}{i}"), expect)
+        })
+        .collect();
+    (users, plans, per_recipient)
+}
+
+/// Logs the `r` recipients in; returns the messages their login acknowledgements carried
+/// and the seconds the logins took.
+async fn open_mailboxes(
+    common: &Common,
+    r: usize,
+    rprefix: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(usize, f64), Error> {
+    let t = Instant::now();
+    let delivered: Vec<usize> = futures::stream::iter(0..r)
+        .map(|j| {
+            let user = format!("{rprefix}{j}");
+            async move {
+                let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let conn = net::login(common.server, None, &user, BUSY_READ_BUFFER, wait).await?;
+                Ok::<usize, Error>(conn.pending)
+            }
+        })
+        .buffer_unordered(common.login_concurrency.max(1))
+        .try_collect()
+        .await?;
+    Ok((delivered.iter().sum(), secs(t.elapsed())))
+}
+
 /// Runs `offline`.
 ///
 /// # Errors
@@ -88,38 +157,7 @@ pub async fn run(common: &Common, o: &OfflineOpts) -> Result<Report, Error> {
 
     // 2. The senders flood the mailboxes.
     let shared = Shared::new(s);
-    let mut plans = Vec::with_capacity(s);
-    let mut per_recipient = vec![0usize; r];
-    let users = (0..s)
-        .map(|i| {
-            let ids: Vec<u32> = (0..o.messages as usize)
-                .map(|q| {
-                    let to = (q * s + i) % r;
-                    per_recipient[to] += 1;
-                    to as u32
-                })
-                .collect();
-            let window = std::sync::Arc::new(tokio::sync::Semaphore::new(o.window.max(1)));
-            plans.push(Plan {
-                me: i as u32,
-                count: o.messages,
-                size: common.size,
-                to: Targets::Users {
-                    prefix: rprefix.clone(),
-                    ids,
-                },
-                pace: Pace::Window(window.clone()),
-            });
-            let expect = Expect {
-                me: Some(i as u32),
-                window: Some(window),
-                messages: u64::from(o.messages),
-                senders: s,
-                churn: None,
-            };
-            (format!("{sprefix}{i}"), expect)
-        })
-        .collect();
+    let (users, plans, per_recipient) = senders(common, o, r, &rprefix, &sprefix);
     let (mut clients, _) = login_all(common, users, &shared, BUSY_READ_BUFFER, deadline).await?;
     let started = Instant::now();
     let sender_tasks = spawn_senders(&mut clients, plans, &shared);
@@ -136,21 +174,7 @@ pub async fn run(common: &Common, o: &OfflineOpts) -> Result<Report, Error> {
     let stored = seen.echoes;
 
     // 3. The recipients log in: each acknowledgement carries their mailbox.
-    let t = Instant::now();
-    let delivered: Vec<usize> = futures::stream::iter(0..r)
-        .map(|j| {
-            let user = format!("{rprefix}{j}");
-            async move {
-                let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let conn = net::login(common.server, None, &user, BUSY_READ_BUFFER, wait).await?;
-                Ok::<usize, Error>(conn.pending)
-            }
-        })
-        .buffer_unordered(common.login_concurrency.max(1))
-        .try_collect()
-        .await?;
-    let login_all_s = secs(t.elapsed());
-    let mailbox_delivered: usize = delivered.iter().sum();
+    let (mailbox_delivered, login_all_s) = open_mailboxes(common, r, &rprefix, deadline).await?;
 
     let mut report = Report {
         workload: "offline".into(),

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    BUSY_READ_BUFFER, Common, IDLE_READ_BUFFER, finish, join_senders, login_all, secs,
+    BUSY_READ_BUFFER, Client, Common, IDLE_READ_BUFFER, finish, join_senders, login_all, secs,
     spawn_senders,
 };
 use crate::net::{self, Error};
@@ -67,32 +67,7 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
     let per_sender = ((rate * o.chat_secs.max(0.1)) / senders as f64).ceil() as u32;
     let shared = Shared::new(n);
     let churn_prefix = format!("{}c", common.prefix);
-    let start_placeholder = tokio::time::Instant::now();
-    let mut plans = Vec::with_capacity(senders);
-    let users = (0..n)
-        .map(|i| {
-            let mut expect = Expect {
-                messages: senders as u64 * u64::from(per_sender),
-                senders,
-                churn: Some(Churn {
-                    prefix: churn_prefix.clone().into_bytes(),
-                    users: o.churn,
-                }),
-                ..Expect::default()
-            };
-            if i < senders {
-                expect.me = Some(i as u32);
-                plans.push(Plan {
-                    me: i as u32,
-                    count: per_sender,
-                    size: common.size,
-                    to: Targets::Everyone,
-                    pace: super::chat::pace(i, senders, 0, Some(rate), start_placeholder),
-                });
-            }
-            (format!("{}{i}", common.prefix), expect)
-        })
-        .collect();
+    let (users, mut plans) = online_users(common, o, senders, per_sender, rate, &churn_prefix);
     let (mut clients, login) =
         login_all(common, users, &shared, BUSY_READ_BUFFER, deadline).await?;
     let settled = super::settle(common, &shared, n, deadline).await;
@@ -128,26 +103,7 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
     let churned = churn
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-
-    // The server's own view: one `list` from the last client (not a sender, whose write
-    // half its sender task holds).
-    let list_len = match clients.last_mut().and_then(|c| c.writer.as_mut()) {
-        Some(w) => {
-            let mut buf = BytesMut::new();
-            net::simple_frame("list", &mut buf);
-            if w.write_all(&buf).await.is_ok() {
-                // Bounded polling: at most 10 s (or the deadline), every 10 ms.
-                let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(10));
-                while shared.last_list.load(Ordering::Acquire) < 0
-                    && tokio::time::Instant::now() < until
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-            shared.last_list.load(Ordering::Acquire)
-        }
-        None => -1,
-    };
+    let list_len = server_list_len(&mut clients, &shared, deadline).await;
     shared.stop();
     let (sent, send_error) = join_senders(&mut clients, sender_tasks).await;
     let (seen, closed, views_ok) = finish(&shared, clients).await;
@@ -165,6 +121,7 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
         sent,
         disconnected: closed,
         timed_out: !all,
+        send_error: send_error.map(|e| e.to_string()),
         ..Report::default()
     };
     let end = if all {
@@ -185,27 +142,92 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
     report.settle_s = Some(secs(settled));
     report.churn = Some(o.churn);
     report.churn_secs = Some(o.churn_secs);
-    report.churn_logins = Some(churned.logins);
-    report.churn_failures = Some(churned.failures);
-    let mut ms = churned.login_ms;
-    ms.sort_by(f64::total_cmp);
-    let pct = |q: f64| -> f64 {
-        if ms.is_empty() {
-            0.0
-        } else {
-            ms[((ms.len() - 1) as f64 * q).round() as usize]
-        }
-    };
-    report.churn_login_ms_p50 = Some(pct(0.5));
-    report.churn_login_ms_p99 = Some(pct(0.99));
+    churned.fill(&mut report);
     report.views_correct = Some(views_ok);
     report.views_wrong = Some(n - views_ok);
     report.list_len = Some(list_len);
     report.presence_errors = Some(seen.churn_errors);
     report.joined_seen = Some(seen.joined);
     report.left_seen = Some(seen.left);
-    report.send_error = send_error.map(|e| e.to_string());
     Ok(report)
+}
+
+/// The online clients (user id, what each expects) and the plans of the first `senders`
+/// of them, whose schedules start when the runner sets them.
+fn online_users(
+    common: &Common,
+    o: &PresenceOpts,
+    senders: usize,
+    per_sender: u32,
+    rate: f64,
+    churn_prefix: &str,
+) -> (Vec<(String, Expect)>, Vec<Plan>) {
+    let start_placeholder = tokio::time::Instant::now();
+    let mut plans = Vec::with_capacity(senders);
+    let users = (0..o.clients.max(1))
+        .map(|i| {
+            let mut expect = Expect {
+                messages: senders as u64 * u64::from(per_sender),
+                senders,
+                churn: Some(Churn {
+                    prefix: churn_prefix.as_bytes().to_vec(),
+                    users: o.churn,
+                }),
+                ..Expect::default()
+            };
+            if i < senders {
+                expect.me = Some(i as u32);
+                plans.push(Plan {
+                    me: i as u32,
+                    count: per_sender,
+                    size: common.size,
+                    to: Targets::Everyone,
+                    pace: super::chat::pace(i, senders, 0, Some(rate), start_placeholder),
+                });
+            }
+            (format!("{}{i}", common.prefix), expect)
+        })
+        .collect();
+    (users, plans)
+}
+
+/// The server's own view: the length of a `list` reply to the last client (not a sender,
+/// whose write half its sender task holds); -1 when none came.
+async fn server_list_len(
+    clients: &mut [Client],
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+) -> i64 {
+    let Some(w) = clients.last_mut().and_then(|c| c.writer.as_mut()) else {
+        return -1;
+    };
+    let mut buf = BytesMut::new();
+    net::simple_frame("list", &mut buf);
+    if w.write_all(&buf).await.is_ok() {
+        // Bounded polling: at most 10 s (or the deadline), every 10 ms.
+        let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(10));
+        while shared.last_list.load(Ordering::Acquire) < 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    shared.last_list.load(Ordering::Acquire)
+}
+
+impl ChurnResult {
+    /// Puts the churning logins' figures in the report.
+    fn fill(mut self, report: &mut Report) {
+        report.churn_logins = Some(self.logins);
+        report.churn_failures = Some(self.failures);
+        self.login_ms.sort_by(f64::total_cmp);
+        let ms = &self.login_ms;
+        // Without a successful churning login there is no time to report: left out.
+        let pct = |q: f64| -> Option<f64> {
+            let last = ms.len().checked_sub(1)?;
+            Some(ms[(last as f64 * q).round() as usize])
+        };
+        report.churn_login_ms_p50 = pct(0.5);
+        report.churn_login_ms_p99 = pct(0.99);
+    }
 }
 
 /// Logs `k` users in and out, their logins spread evenly from `start` over `len`; each
