@@ -155,8 +155,8 @@ pub fn reply_codec() -> LengthDelimitedCodec {
 /// Appends a `login` command frame (structured form).
 pub fn login_frame(user: &str, password: &str, out: &mut BytesMut) {
     let payload = serde_json::json!({"command": "login", "user_id": user, "password": password});
-    // A small object of strings: serializing it cannot fail, and it is far below any limit.
-    let _ = encode_frame(payload.to_string().as_bytes(), usize::MAX, out);
+    encode_frame(payload.to_string().as_bytes(), usize::MAX, out)
+        .expect("a login frame is far below the 4 GiB a length prefix can say");
 }
 
 /// Appends a `send` command frame. `text` must be plain ASCII without `"` or `\` (the
@@ -178,7 +178,8 @@ pub fn send_frame(text: &[u8], to: &[u8], out: &mut BytesMut) {
 /// Appends a command frame without fields (`list`, `exit`).
 pub fn simple_frame(command: &str, out: &mut BytesMut) {
     let payload = format!(r#"{{"command":"{command}"}}"#);
-    let _ = encode_frame(payload.as_bytes(), usize::MAX, out);
+    encode_frame(payload.as_bytes(), usize::MAX, out)
+        .expect("a command without fields is far below the 4 GiB a length prefix can say");
 }
 
 /// Connects and logs in as `user`, waiting for the login acknowledgement (the first frame).
@@ -222,6 +223,7 @@ pub async fn login(
             }),
             Kind::Fail => Err(Error::LoginRefused {
                 user: user.to_owned(),
+                // 0: the `fail` had no readable error code.
                 code: scan::error_code(&first).unwrap_or(0),
             }),
             _ => Err(Error::Protocol(format!(

@@ -82,10 +82,10 @@ pub struct Marker {
 pub fn write_text(out: &mut Vec<u8>, marker: Marker, len: usize) {
     use std::io::Write;
     out.clear();
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "~{}~{}~{}~", marker.sender, marker.seq, marker.sent_us);
+    write!(out, "~{}~{}~{}~", marker.sender, marker.seq, marker.sent_us)
+        .expect("writing to a Vec does not fail");
     if marker.written_us != 0 {
-        let _ = write!(out, "{}~", marker.written_us);
+        write!(out, "{}~", marker.written_us).expect("writing to a Vec does not fail");
     }
     if out.len() < len {
         out.resize(len, b'x');
