@@ -72,20 +72,7 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
         login_all(common, users, &shared, BUSY_READ_BUFFER, deadline).await?;
     let settled = super::settle(common, &shared, n, deadline).await;
 
-    let start_at = tokio::time::Instant::now() + Duration::from_millis(5);
-    for p in &mut plans {
-        if let crate::send::Pace::Schedule { start, .. } = &mut p.pace {
-            *start = start_at;
-        }
-    }
-    let base = tokio::time::Instant::from_std(shared.base);
-    let churn_start = start_at + Duration::from_secs(1);
-    let churn_len = Duration::from_secs_f64(o.churn_secs.max(0.0));
-    let from_us = churn_start.saturating_duration_since(base).as_micros() as u64;
-    shared.window_from_us.store(from_us, Ordering::Relaxed);
-    shared
-        .window_to_us
-        .store(from_us + churn_len.as_micros() as u64, Ordering::Relaxed);
+    let (churn_start, churn_len) = schedule(&mut plans, &shared, o.churn_secs);
     let started = Instant::now();
     let sender_tasks = spawn_senders(&mut clients, plans, &shared);
     let churn = tokio::spawn(churn_burst(
@@ -189,6 +176,31 @@ fn online_users(
         })
         .collect();
     (users, plans)
+}
+
+/// Starts the senders' schedules a little after now, all at the same instant, and the
+/// churn a second later; the latency window is the churn's. Returns the churn's start and
+/// length.
+fn schedule(
+    plans: &mut [Plan],
+    shared: &Shared,
+    churn_secs: f64,
+) -> (tokio::time::Instant, Duration) {
+    let start_at = tokio::time::Instant::now() + Duration::from_millis(5);
+    for p in plans {
+        if let crate::send::Pace::Schedule { start, .. } = &mut p.pace {
+            *start = start_at;
+        }
+    }
+    let base = tokio::time::Instant::from_std(shared.base);
+    let churn_start = start_at + Duration::from_secs(1);
+    let churn_len = Duration::from_secs_f64(churn_secs.max(0.0));
+    let from_us = churn_start.saturating_duration_since(base).as_micros() as u64;
+    shared.window_from_us.store(from_us, Ordering::Relaxed);
+    shared
+        .window_to_us
+        .store(from_us + churn_len.as_micros() as u64, Ordering::Relaxed);
+    (churn_start, churn_len)
 }
 
 /// The server's own view: the length of a `list` reply to the last client (not a sender,
