@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use simpletextim_proto::{ChatMessage, ErrorCode, Failure, MessageText, Recipient, Reply, UserId};
 use tokio::sync::Notify;
@@ -242,7 +243,8 @@ impl Hub {
             Delivery::CutOff(private) => self.store_locked(route, private),
             Delivery::Offline(draft) => {
                 let (id, ts) = next_id(&mut inner.last_id);
-                self.store_locked(route, draft.finish(to, id, ts))
+                let private = draft.finish(&to, id, ts);
+                self.store_locked(route, ForMailbox::new(private, to))
             }
         }
     }
@@ -250,31 +252,28 @@ impl Hub {
     /// Asks the store to keep a private message for its recipient. Called with the hub's
     /// lock held: a login that registers after this point and then reads its mailbox sees
     /// the message (the store's ordering contract).
-    fn store_locked(&self, route: &Route, private: Private) -> Attempt {
-        let stored = self.store.enqueue(route.key.clone(), private.msg.clone());
-        Attempt::Storing(stored, private)
+    fn store_locked(&self, route: &Route, kept: ForMailbox) -> Attempt {
+        let stored = self.store.enqueue(route.key.clone(), kept.msg.clone());
+        Attempt::Storing(stored, kept)
     }
 
     /// Finishes a delivery attempt: a message being stored is echoed to its sender once the
     /// store has it; the store's refusal becomes the sender's `fail`.
     async fn settle(&self, attempt: Attempt, route: &Route, to: &UserId) -> Result<(), Failure> {
-        let (stored, private) = match attempt {
+        let (stored, kept) = match attempt {
             Attempt::Delivered => return Ok(()),
-            Attempt::Storing(stored, private) => (stored, private),
+            Attempt::Storing(stored, kept) => (stored, kept),
         };
         match stored.await {
             Ok(()) => {
-                let echo = Out::Chat(private.obj);
+                let echo = Out::Chat(kept.echo);
                 self.lock().echo(route.from_conn, &route.from_key, echo);
                 Ok(())
             }
             Err(StoreError::NoSuchUser(_)) => Err(no_such_user(to)),
             Err(StoreError::MailboxFull(_)) => Err(Failure::new(
                 ErrorCode::Unavailable,
-                format!(
-                    "mailbox full: {} has too many unread messages",
-                    private.msg.to
-                ),
+                format!("mailbox full: {} has too many unread messages", kept.msg.to),
             )),
             Err(e) => Err(store_failure(e)),
         }
@@ -286,7 +285,30 @@ enum Attempt {
     /// Queued for its online recipient (and echoed).
     Delivered,
     /// On its way to the recipient's mailbox: echoed once stored.
-    Storing(BoxFuture<'static, Result<(), StoreError>>, Private),
+    Storing(BoxFuture<'static, Result<(), StoreError>>, ForMailbox),
+}
+
+/// A private message for its recipient's mailbox, and the echo its sender gets once it is
+/// stored.
+struct ForMailbox {
+    msg: ChatMessage,
+    echo: Bytes,
+}
+
+impl ForMailbox {
+    /// `private`, addressed to `to` (its recipient, as registered).
+    fn new(private: Private, to: UserId) -> ForMailbox {
+        ForMailbox {
+            msg: ChatMessage {
+                user_id: private.from,
+                message: private.text,
+                to: Recipient::User(to),
+                id: private.id,
+                ts: private.ts,
+            },
+            echo: private.obj,
+        }
+    }
 }
 
 /// Who sends a private message to whom: the sender's case-folded id and connection, and the
@@ -315,16 +337,13 @@ impl Draft {
     }
 
     /// The message to `to` with its id and time, and its encoding.
-    fn finish(self, to: UserId, id: u64, ts: u64) -> Private {
+    fn finish(self, to: &UserId, id: u64, ts: u64) -> Private {
         Private {
             obj: self.head.finish(to.as_str(), id, ts),
-            msg: ChatMessage {
-                user_id: self.from,
-                message: self.text.into_string(),
-                to: Recipient::User(to),
-                id,
-                ts,
-            },
+            from: self.from,
+            text: self.text.into_string(),
+            id,
+            ts,
         }
     }
 }
@@ -337,7 +356,7 @@ enum Delivery {
     Offline(Draft),
     /// The recipient's outbox was full: it is cut off, and this message (with its id) must
     /// go to its mailbox.
-    CutOff(Private),
+    CutOff(ForMailbox),
 }
 
 impl Inner {
@@ -348,15 +367,16 @@ impl Inner {
         };
         let to_conn = recipient.conn_id;
         let (id, ts) = next_id(&mut self.last_id);
-        let private = Arc::new(draft.finish(recipient.user_id.clone(), id, ts));
+        let private = Arc::new(draft.finish(&recipient.user_id, id, ts));
         offer(recipient, Out::Private(private.clone()), &mut self.slow);
         if !self.slow.is_empty() {
             // The recipient's outbox is full: it is cut off as a slow consumer, and the
             // message goes to its mailbox (the caller stores it) instead of being lost.
+            let to = recipient.user_id.clone();
             self.cut_off();
             let private = Arc::try_unwrap(private)
                 .expect("a push to a full outbox keeps no copy of the item");
-            return Delivery::CutOff(private);
+            return Delivery::CutOff(ForMailbox::new(private, to));
         }
         if to_conn != route.from_conn {
             let echo = Out::Chat(private.obj.clone());

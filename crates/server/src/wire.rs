@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use simpletextim_proto::{ChatMessage, CodecError, Command, Failure, Reply, UserId};
+use simpletextim_proto::{ChatMessage, CodecError, Command, Failure, Recipient, Reply, UserId};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
 /// How JSON objects are delimited on a connection.
@@ -87,14 +87,34 @@ pub enum Out {
 }
 
 /// A private message on its way to its recipient: the encoded object every copy shares (the
-/// sender's echo too), and the message itself, which the recipient's session stores back in
-/// the mailbox when it ends before the socket took it.
+/// sender's echo too), and what the recipient's session needs to store the message back in
+/// its mailbox when it ends before the socket took it. The recipient is not kept: it is that
+/// session's own user.
 #[derive(Debug)]
 pub struct Private {
     /// The chat object, as [`ChatHead`] writes it.
     pub obj: Bytes,
-    /// The message the object encodes.
-    pub msg: ChatMessage,
+    /// The sender.
+    pub from: UserId,
+    /// The text.
+    pub text: String,
+    /// The message's id.
+    pub id: u64,
+    /// When it was accepted, in Unix milliseconds.
+    pub ts: u64,
+}
+
+impl Private {
+    /// The message, addressed to `to`, its recipient as registered.
+    pub fn message(&self, to: UserId) -> ChatMessage {
+        ChatMessage {
+            user_id: self.from.clone(),
+            message: self.text.clone(),
+            to: Recipient::User(to),
+            id: self.id,
+            ts: self.ts,
+        }
+    }
 }
 
 impl Out {
@@ -274,12 +294,12 @@ impl FrameWriter {
 
     /// The private messages whose frames are not entirely within the first `written` bytes:
     /// what a session that failed mid-write did not deliver, oldest first.
-    pub fn unwritten_private(&mut self, written: usize) -> impl Iterator<Item = &ChatMessage> {
+    pub fn unwritten_private(&mut self, written: usize) -> impl Iterator<Item = &Private> {
         self.close_batch();
         self.private
             .iter()
             .filter(move |(end, _)| *end > written)
-            .map(|(_, p)| &p.msg)
+            .map(|(_, p)| &**p)
     }
 
     /// Whether nothing is waiting to be written.
@@ -335,7 +355,7 @@ use Framing::{LengthDelimited, Lines};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use simpletextim_proto::{ClientCodec, Recipient, UserId};
+    use simpletextim_proto::ClientCodec;
     use tokio_util::codec::Decoder;
 
     fn msg(id: u64, text: &str) -> ChatMessage {
@@ -526,11 +546,14 @@ mod tests {
         );
         Out::Private(Arc::new(Private {
             obj: encode_chat(&msg),
-            msg,
+            from: msg.user_id,
+            text: msg.message,
+            id,
+            ts: id,
         }))
     }
 
-    fn ids<'a>(msgs: impl Iterator<Item = &'a ChatMessage>) -> Vec<u64> {
+    fn ids<'a>(msgs: impl Iterator<Item = &'a Private>) -> Vec<u64> {
         msgs.map(|m| m.id).collect()
     }
 

@@ -23,13 +23,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use simpletextim_proto::{ChatMessage, CodecError, Command, Failure, Reply, ServerCodec};
+use simpletextim_proto::{CodecError, Command, Failure, Reply, ServerCodec};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
-use crate::wire::{FrameWriter, Framing, LineCodec, Out};
+use crate::wire::{FrameWriter, Framing, LineCodec, Out, Private};
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 4096;
@@ -213,7 +213,7 @@ impl Connection {
 
     /// The private messages to this connection's user that are in the write buffer and
     /// were not wholly written (their frame was not entirely taken by the socket).
-    pub(crate) fn unwritten_private(&mut self) -> impl Iterator<Item = &ChatMessage> {
+    pub(crate) fn unwritten_private(&mut self) -> impl Iterator<Item = &Private> {
         self.out.unwritten_private(self.written)
     }
 

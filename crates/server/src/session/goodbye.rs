@@ -5,6 +5,7 @@ use simpletextim_proto::{ChatMessage, ErrorCode, Reply};
 use tokio::time::timeout;
 
 use super::{End, FINAL_WRITE, Session};
+use crate::wire::Out;
 
 impl Session {
     /// Says goodbye as the end calls for, and tells the hub.
@@ -64,7 +65,12 @@ impl Session {
         let Some(login) = &self.login else {
             return;
         };
-        let mut kept: Vec<ChatMessage> = self.conn.unwritten_private().cloned().collect();
+        let me = &login.user_id;
+        let mut kept: Vec<ChatMessage> = self
+            .conn
+            .unwritten_private()
+            .map(|p| p.message(me.clone()))
+            .collect();
         kept.extend(
             login
                 .outbox
@@ -72,8 +78,8 @@ impl Session {
                 .items
                 .iter()
                 .filter_map(|item| match item {
-                    crate::wire::Out::Private(p) => Some(p.msg.clone()),
-                    _ => None,
+                    Out::Private(p) => Some(p.message(me.clone())),
+                    Out::Chat(_) | Out::Frame(_) => None,
                 }),
         );
         if kept.is_empty() {
