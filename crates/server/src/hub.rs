@@ -299,13 +299,7 @@ impl ForMailbox {
     /// `private`, addressed to `to` (its recipient, as registered).
     fn new(private: Private, to: UserId) -> ForMailbox {
         ForMailbox {
-            msg: ChatMessage {
-                user_id: private.from,
-                message: private.text,
-                to: Recipient::User(to),
-                id: private.id,
-                ts: private.ts,
-            },
+            msg: private.message(to),
             echo: private.obj,
         }
     }
