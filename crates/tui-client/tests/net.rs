@@ -23,7 +23,7 @@ async fn next_net(events: &mut mpsc::Receiver<Event>) -> NetEvent {
 }
 
 #[tokio::test]
-async fn unknown_replies_are_skipped_without_dropping_the_connection() {
+async fn unknown_and_unreadable_replies_are_skipped_without_dropping_the_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -33,6 +33,7 @@ async fn unknown_replies_are_skipped_without_dropping_the_connection() {
         assert_eq!(&login[..], br#"{"command":"login alice/pw"}"#);
         for frame in [
             r#"{"command":"message","messages":[]}"#,
+            r#"{"command":"message","messages":[{"id":"x"}]}"#,
             r#"{"command":"typing","user_id":"bob"}"#,
         ] {
             framed.send(Bytes::from(frame)).await.unwrap();
@@ -61,7 +62,8 @@ async fn unknown_replies_are_skipped_without_dropping_the_connection() {
         next_net(&mut events).await,
         NetEvent::LoggedIn { pending, .. } if pending.is_empty()
     ));
-    // The unknown `typing` reply is skipped; the connection stays up for the next one.
+    // Neither the unreadable `message` nor the unknown `typing` reaches the application, and
+    // neither drops the connection: the next event answers the next command.
     requests
         .send(NetRequest::Send(simpletextim_proto::Command::List))
         .unwrap();
@@ -75,6 +77,7 @@ async fn unknown_replies_are_skipped_without_dropping_the_connection() {
     requests.send(NetRequest::Exit).unwrap();
     tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
     server.await.unwrap();
+    assert!(events.try_recv().is_err(), "no event after the exit");
 }
 
 #[tokio::test]
