@@ -229,7 +229,7 @@ impl Hub {
         let mut inner = self.lock();
         match inner.deliver_online(route, draft) {
             Delivery::Delivered => Ok(Attempt::Delivered),
-            Delivery::CutOff(private) => Ok(self.store_locked(route, private)),
+            Delivery::CutOff(private) => Ok(self.store_locked(&inner, route, private)),
             Delivery::Offline(draft) => Err(draft),
         }
     }
@@ -240,19 +240,19 @@ impl Hub {
         let mut inner = self.lock();
         match inner.deliver_online(route, draft) {
             Delivery::Delivered => Attempt::Delivered,
-            Delivery::CutOff(private) => self.store_locked(route, private),
+            Delivery::CutOff(private) => self.store_locked(&inner, route, private),
             Delivery::Offline(draft) => {
                 let (id, ts) = next_id(&mut inner.last_id);
                 let private = draft.finish(&to, id, ts);
-                self.store_locked(route, ForMailbox::new(private, to))
+                self.store_locked(&inner, route, ForMailbox::new(private, to))
             }
         }
     }
 
-    /// Asks the store to keep a private message for its recipient. Called with the hub's
-    /// lock held: a login that registers after this point and then reads its mailbox sees
-    /// the message (the store's ordering contract).
-    fn store_locked(&self, route: &Route, kept: ForMailbox) -> Attempt {
+    /// Asks the store to keep a private message for its recipient. `_locked` proves the
+    /// hub's lock is held: a login that registers after this point and then reads its
+    /// mailbox sees the message (the store's ordering contract).
+    fn store_locked(&self, _locked: &Inner, route: &Route, kept: ForMailbox) -> Attempt {
         let stored = self.store.enqueue(route.key.clone(), kept.msg.clone());
         Attempt::Storing(stored, kept)
     }
