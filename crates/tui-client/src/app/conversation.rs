@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use chrono::{DateTime, FixedOffset, Local, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, FixedOffset, Local, NaiveDate, NaiveDateTime, TimeZone as _};
 use simpletextim_proto::UserId;
 
 use crate::text::{width, wrap};
@@ -39,18 +39,19 @@ impl TimeZone {
         TimeZone::Fixed(chrono::Offset::fix(&chrono::Utc))
     }
 
-    /// The local date and time of a Unix-milliseconds timestamp. A timestamp past what
-    /// chrono represents (year 262 143; only a misbehaving server sends one) is shown as
-    /// the Unix epoch rather than refused: the message itself is still worth showing.
-    pub fn local(self, ts_ms: u64) -> NaiveDateTime {
-        let utc = i64::try_from(ts_ms)
-            .ok()
-            .and_then(DateTime::from_timestamp_millis)
-            .unwrap_or(DateTime::UNIX_EPOCH);
-        match self {
-            TimeZone::Local => utc.with_timezone(&Local).naive_local(),
-            TimeZone::Fixed(offset) => utc.with_timezone(&offset).naive_local(),
-        }
+    /// The local date and time of a Unix-milliseconds timestamp, or `None` when chrono
+    /// cannot represent it (past year 262 143, or pushed past it by the offset; only a
+    /// misbehaving server sends one). The entry is still shown, its time as `?`.
+    ///
+    /// The offset is applied with `checked_add_offset`: chrono's `naive_local` panics when
+    /// the sum leaves its range.
+    pub fn local(self, ts_ms: u64) -> Option<NaiveDateTime> {
+        let utc = DateTime::from_timestamp_millis(i64::try_from(ts_ms).ok()?)?.naive_utc();
+        let offset = match self {
+            TimeZone::Local => Local.offset_from_utc_datetime(&utc),
+            TimeZone::Fixed(offset) => offset,
+        };
+        utc.checked_add_offset(offset)
     }
 }
 
@@ -128,7 +129,7 @@ pub struct Entry {
 pub struct EntryLayout {
     /// The local day, when it differs from the previous entry's: a date line goes first.
     pub date: Option<NaiveDate>,
-    /// The local time, `HH:MM `.
+    /// The local time, `HH:MM `, or `?     ` when the timestamp is out of range.
     pub time: String,
     /// Width of the time and marker, in cells.
     pub prefix_width: usize,
@@ -208,17 +209,24 @@ impl MsgArea {
         let entry = self.entries.get(index)?;
         let w = usize::from(pane_width).max(1);
         let local = self.tz.local(entry.ts_ms);
+        let day = local.map(|t| t.date());
         let previous_day = index
             .checked_sub(1)
             .and_then(|i| self.entries.get(i))
-            .map(|e| self.tz.local(e.ts_ms).date());
-        let time = local.format("%H:%M ").to_string();
+            .and_then(|e| self.tz.local(e.ts_ms))
+            .map(|t| t.date());
+        // An unknown time keeps the width of `HH:MM ` so the messages stay aligned.
+        let time = local.map_or_else(
+            || format!("{:<5} ", '?'),
+            |t| t.format("%H:%M ").to_string(),
+        );
         let (before, name, after) = entry.kind.marker();
         let prefix_width = width(&time) + width(before) + width(name) + width(after);
         let beside = prefix_width + MIN_TEXT_WIDTH <= w;
         let text_width = if beside { w - prefix_width } else { w };
         Some(EntryLayout {
-            date: (previous_day != Some(local.date())).then_some(local.date()),
+            // No date line for an unknown day.
+            date: day.filter(|d| previous_day != Some(*d)),
             time,
             prefix_width,
             beside,

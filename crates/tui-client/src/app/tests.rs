@@ -850,3 +850,47 @@ fn every_command_completed_and_listed_in_the_help_is_understood() {
         );
     }
 }
+
+/// A `ts` chrono cannot represent in local time, from a misbehaving server, neither panics
+/// (chrono's `naive_local` did, for the last representable instant east of UTC) nor shows
+/// a made-up time: the time reads "?" and no date line is drawn for it.
+#[test]
+fn an_out_of_range_timestamp_shows_as_a_question_mark() {
+    let east = chrono::FixedOffset::east_opt(2 * 3600).expect("+02:00 is a valid offset");
+    let mut app = App::new(
+        Settings {
+            tz: TimeZone::Fixed(east),
+            ..settings()
+        },
+        Some("alice"),
+    );
+    app.login_with("alice", "secret");
+    app.update(Event::Net(NetEvent::LoggedIn {
+        user: uid("alice"),
+        pending: vec![],
+        at_ms: NOON,
+    }));
+    let last_utc = u64::try_from(chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis())
+        .expect("chrono's last instant is after 1970");
+    let tss = [last_utc, i64::MAX as u64 - 1, i64::MAX as u64, u64::MAX];
+    let batch = tss
+        .iter()
+        .zip(1..)
+        .map(|(&ts, id)| ChatMessage {
+            ts,
+            ..msg("bob", "*", "late", id)
+        })
+        .collect();
+    messages(&mut app, batch);
+    let msgs = &app.conversations[0].msgs;
+    assert_eq!(msgs.entries().len(), tss.len());
+    for (i, ts) in tss.iter().enumerate() {
+        let layout = msgs.entry_layout(i, 80).expect("an entry");
+        assert_eq!(
+            (layout.date, layout.time.as_str()),
+            (None, "?     "),
+            "ts {ts}"
+        );
+        assert_eq!(layout.text, ["late"]);
+    }
+}
