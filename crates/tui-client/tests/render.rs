@@ -349,3 +349,33 @@ fn tiny_terminals_do_not_break_the_layout() {
         }
     }
 }
+
+/// The connection drops while F2 has scrolled the online panel down its list: the list is
+/// emptied, and so is the selection into it. Drawing used to subtract the first user shown
+/// (14) from the emptied list's length (0) and panic.
+#[test]
+fn a_disconnect_while_choosing_a_user_empties_the_panel() {
+    let mut app = logged_in(vec![]);
+    let list = (0..30).map(|i| uid(&format!("user{i:02}"))).collect();
+    reply(&mut app, Reply::List { list }, 0);
+    resize(&mut app, 100, 20);
+    key(&mut app, KeyCode::F(2));
+    key(&mut app, KeyCode::End);
+    assert_eq!(app.users_cursor, Some(29));
+    net(
+        &mut app,
+        NetEvent::Disconnected {
+            reason: "connection reset".into(),
+            at_ms: T0 + 60_000,
+        },
+    );
+    assert_eq!(app.users_cursor, None);
+    let terminal = render(&app, 100, 20);
+    let buffer = terminal.backend().buffer();
+    let panel: Vec<String> = (1..18)
+        .map(|y| (84..100).map(|x| buffer[(x, y)].symbol()).collect())
+        .collect();
+    let mut expected = vec![format!("{:<16}", "0 online")];
+    expected.extend(std::iter::repeat_n(" ".repeat(16), 16));
+    assert_eq!(panel, expected);
+}

@@ -36,6 +36,7 @@ impl App {
                 self.connection = Connection::Reconnecting { in_secs: 0 };
                 self.awaiting.clear();
                 self.online.clear();
+                self.keep_users_cursor_in_list();
                 let text = format!("connection lost: {reason}");
                 self.notice(0, at_ms, EntryKind::Error, text);
                 Vec::new()
@@ -92,11 +93,17 @@ impl App {
     fn on_reply(&mut self, reply: Reply, at_ms: u64) -> Vec<Action> {
         let actions = self.apply_reply(reply, at_ms);
         // The online list may have changed under the selection.
+        self.keep_users_cursor_in_list();
+        actions
+    }
+
+    /// After the online list changed: the selection (F2) moves up to the last user, or
+    /// ends with an empty list. The users panel counts on it pointing into the list.
+    fn keep_users_cursor_in_list(&mut self) {
         self.users_cursor = match self.users_cursor {
             Some(_) if self.online.is_empty() => None,
             c => c.map(|i| i.min(self.online.len() - 1)),
         };
-        actions
     }
 
     fn apply_reply(&mut self, reply: Reply, at_ms: u64) -> Vec<Action> {

@@ -104,7 +104,8 @@ pub struct App {
     /// Rows the help overlay is scrolled down (Up/Down/PageUp/PageDown while it is shown),
     /// at most what its text allows on this terminal.
     pub help_scroll: u16,
-    /// The user selected in the online panel while it has the keyboard (F2).
+    /// The user selected in the online panel while it has the keyboard (F2). Always an
+    /// index into `online` (`None` when that is empty): the panel's layout depends on it.
     pub users_cursor: Option<usize>,
     /// The terminal's size.
     pub size: (u16, u16),
