@@ -489,7 +489,10 @@ mod tests {
     use std::time::Instant;
 
     fn member(hub: &Hub, conn_id: u64, name: &str) -> Arc<Outbox> {
-        let outbox = Outbox::new(64);
+        let outbox = Outbox::new(crate::outbox::Limits {
+            items: 64,
+            bytes: 64 * 1024,
+        });
         hub.join(Member {
             conn_id,
             user_id: UserId::new(name).expect("valid id"),

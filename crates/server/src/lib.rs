@@ -38,6 +38,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_MAILBOX_CAP: usize = 1000;
 /// Default outbox capacity: items queued for one session before it is a slow consumer.
 pub const DEFAULT_OUTBOX: usize = 4096;
+/// Default outbox size in bytes (the items' encoded size) before a session is a slow
+/// consumer: about 1 800 public messages of 140 characters, several seconds of a busy room,
+/// in the range of IRC servers' send queues.
+pub const DEFAULT_OUTBOX_BYTES: usize = 256 * 1024;
+/// Default time a session's socket may take nothing of what it has to write before the
+/// connection is closed.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default per-session rate limit on `send` and `list`.
 pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
     per_sec: 200.0,
@@ -53,6 +60,12 @@ pub struct Config {
     pub max_command_frame: usize,
     /// Items a session's outbox holds before the session counts as a slow consumer.
     pub outbox_capacity: usize,
+    /// Bytes (encoded) a session's outbox holds before the session counts as a slow
+    /// consumer.
+    pub outbox_bytes: usize,
+    /// How long a session's socket may take none of the bytes waiting for it, before or
+    /// after login, before the connection is closed.
+    pub write_timeout: Duration,
     /// Whether a first login creates the account.
     pub registration: Registration,
     /// The cost of password hashing ([`HashCost::InsecureFast`] for benchmarks and tests
@@ -78,6 +91,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("max_command_frame", &self.max_command_frame)
             .field("outbox_capacity", &self.outbox_capacity)
+            .field("outbox_bytes", &self.outbox_bytes)
+            .field("write_timeout", &self.write_timeout)
             .field("registration", &self.registration)
             .field("hash_cost", &self.hash_cost)
             .field("hash_pool", &self.hash_pool)
@@ -94,6 +109,8 @@ impl Default for Config {
         Config {
             max_command_frame: simpletextim_proto::codec::DEFAULT_MAX_COMMAND_FRAME,
             outbox_capacity: DEFAULT_OUTBOX,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             registration: Registration::Open,
             hash_cost: HashCost::Default,
             hash_pool: std::thread::available_parallelism().map_or(2, usize::from),

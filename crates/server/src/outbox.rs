@@ -36,6 +36,8 @@ pub struct Full;
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Out>,
+    /// The encoded size of `items` (saturating; the byte limit keeps it far below).
+    bytes: u32,
     kicked: Option<KickReason>,
     /// The session has been woken since its last `take`: further pushes need not wake it.
     woken: bool,
@@ -48,7 +50,17 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
-    capacity: usize,
+    limits: Limits,
+}
+
+/// How much an outbox holds before its session counts as a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most items queued.
+    pub items: usize,
+    /// Most bytes queued (the items' encoded size). One item is always taken into an empty
+    /// outbox, whatever its size, so that no item can make a session unservable.
+    pub bytes: usize,
 }
 
 /// What [`Outbox::take`] found.
@@ -61,12 +73,15 @@ pub struct Taken {
 }
 
 impl Outbox {
-    /// An empty outbox holding at most `capacity` items.
-    pub fn new(capacity: usize) -> Arc<Outbox> {
+    /// An empty outbox holding at most `limits`.
+    pub fn new(limits: Limits) -> Arc<Outbox> {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            capacity: capacity.max(1),
+            limits: Limits {
+                items: limits.items.max(1),
+                bytes: limits.bytes,
+            },
         })
     }
 
@@ -81,7 +96,8 @@ impl Outbox {
     /// say nothing more but goodbye.
     ///
     /// # Errors
-    /// [`Full`] when `capacity` items are queued already; nothing is queued then.
+    /// [`Full`] when the item would take the outbox past its [`Limits`]; nothing is queued
+    /// then.
     pub fn push(&self, item: Out) -> Result<(), Full> {
         let Some(mut s) = self.queue(item)? else {
             return Ok(());
@@ -101,7 +117,8 @@ impl Outbox {
     /// session otherwise).
     ///
     /// # Errors
-    /// [`Full`] when `capacity` items are queued already; nothing is queued then.
+    /// [`Full`] when the item would take the outbox past its [`Limits`]; nothing is queued
+    /// then.
     pub fn push_lazy(&self, item: Out) -> Result<bool, Full> {
         let Some(mut s) = self.queue(item)? else {
             return Ok(false);
@@ -120,10 +137,15 @@ impl Outbox {
         if s.kicked.is_some() {
             return Ok(None);
         }
-        if s.items.len() >= self.capacity {
+        let len = u32::try_from(item.bytes().len()).unwrap_or(u32::MAX);
+        let bytes = s.bytes.saturating_add(len);
+        if s.items.len() >= self.limits.items
+            || (!s.items.is_empty() && bytes as usize > self.limits.bytes)
+        {
             return Err(Full);
         }
         s.items.push_back(item);
+        s.bytes = bytes;
         Ok(Some(s))
     }
 
@@ -156,6 +178,7 @@ impl Outbox {
     pub fn take(&self) -> Taken {
         let mut s = self.lock();
         s.woken = false;
+        s.bytes = 0;
         Taken {
             items: std::mem::take(&mut s.items),
             kicked: s.kicked,
@@ -173,9 +196,35 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    /// Limits of `n` items and no byte limit to speak of.
+    fn items(n: usize) -> Limits {
+        Limits {
+            items: n,
+            bytes: usize::MAX,
+        }
+    }
+
+    #[test]
+    fn bounded_by_bytes_but_an_empty_outbox_takes_any_one_item() {
+        let o = Outbox::new(Limits {
+            items: 100,
+            bytes: 10,
+        });
+        assert_eq!(o.push(frame("12345")), Ok(()));
+        assert_eq!(o.push(frame("67890")), Ok(()));
+        // 11 bytes would be over the limit, eagerly or lazily.
+        assert_eq!(o.push(frame("x")), Err(Full));
+        assert_eq!(o.push_lazy(frame("x")), Err(Full));
+        assert_eq!(texts(&o.take().items), vec![&b"12345"[..], b"67890"]);
+        // Taken: the count starts again, and one item larger than the limit still goes in.
+        assert_eq!(o.push(frame("a much longer item")), Ok(()));
+        assert_eq!(o.push(frame("y")), Err(Full));
+        assert_eq!(texts(&o.take().items), vec![&b"a much longer item"[..]]);
+    }
+
     #[test]
     fn bounded_and_kick_drops_later_items() {
-        let o = Outbox::new(2);
+        let o = Outbox::new(items(2));
         assert_eq!(o.push(Out::Frame(Bytes::from_static(b"1"))), Ok(()));
         assert_eq!(o.push(Out::Frame(Bytes::from_static(b"2"))), Ok(()));
         assert_eq!(o.push(Out::Frame(Bytes::from_static(b"3"))), Err(Full));
@@ -205,7 +254,7 @@ mod tests {
 
     #[test]
     fn lazy_items_wait_for_a_flush_and_are_listed_once() {
-        let o = Outbox::new(8);
+        let o = Outbox::new(items(8));
         // The first lazy item asks to be listed; later ones do not.
         assert_eq!(o.push_lazy(frame("j1")), Ok(true));
         assert_eq!(o.push_lazy(frame("j2")), Ok(false));
@@ -225,7 +274,7 @@ mod tests {
 
     #[test]
     fn an_eager_item_carries_the_lazy_ones_in_order() {
-        let o = Outbox::new(8);
+        let o = Outbox::new(items(8));
         assert_eq!(o.push_lazy(frame("joined")), Ok(true));
         assert!(!woken(&o));
         assert_eq!(o.push(frame("chat")), Ok(()));
@@ -242,7 +291,7 @@ mod tests {
 
     #[test]
     fn lazy_pushes_are_bounded_and_dropped_once_kicked() {
-        let o = Outbox::new(1);
+        let o = Outbox::new(items(1));
         assert_eq!(o.push_lazy(frame("1")), Ok(true));
         assert_eq!(o.push_lazy(frame("2")), Err(Full));
         o.kick(KickReason::SlowConsumer);
@@ -253,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn push_to_empty_queue_wakes_the_waiter() {
-        let o = Outbox::new(4);
+        let o = Outbox::new(items(4));
         o.push(Out::Frame(Bytes::from_static(b"x"))).unwrap();
         // The permit was stored: this returns at once.
         tokio::time::timeout(std::time::Duration::from_secs(5), o.changed())

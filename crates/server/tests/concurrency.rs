@@ -97,15 +97,19 @@ async fn every_public_message_reaches_every_client_once_in_per_sender_order() {
     }
 }
 
-/// A server with small outboxes (64) and a client `slow` logged in with a small receive
-/// buffer, so that the kernel stops taking the server's writes to it early.
-#[allow(clippy::unwrap_used)]
-async fn server_with_a_slow_client() -> (TestServer, Client) {
-    let s = start_with(Config {
+/// Outboxes of 64 items at most.
+fn small_outboxes() -> Config {
+    Config {
         outbox_capacity: 64,
         ..config()
-    })
-    .await;
+    }
+}
+
+/// A server with `config` and a client `slow` logged in with a small receive buffer, so
+/// that the kernel stops taking the server's writes to it early.
+#[allow(clippy::unwrap_used)]
+async fn server_with_a_slow_client(config: Config) -> (TestServer, Client) {
+    let s = start_with(config).await;
     let sock = TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let stream = sock.connect(s.addr).await.unwrap();
@@ -118,7 +122,25 @@ async fn server_with_a_slow_client() -> (TestServer, Client) {
 /// and keep chatting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_without_stalling_others() {
-    let (s, mut slow) = server_with_a_slow_client().await;
+    slow_consumer_is_cut_off(small_outboxes()).await;
+}
+
+/// The same with outboxes bounded by bytes only (32 KiB, about 160 messages of 140
+/// characters; the item limit and the write timeout far out of reach of the flood).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_disconnected_when_its_outbox_holds_too_many_bytes() {
+    slow_consumer_is_cut_off(Config {
+        outbox_capacity: 1_000_000,
+        outbox_bytes: 32 * 1024,
+        // Out of reach too: the byte limit alone cuts the client off.
+        write_timeout: Duration::from_secs(600),
+        ..config()
+    })
+    .await;
+}
+
+async fn slow_consumer_is_cut_off(config: Config) {
+    let (s, mut slow) = server_with_a_slow_client(config).await;
 
     let (fast, _) = login(&s, "fast").await;
     let (mut tx, rx) = fast.into_split();
@@ -200,7 +222,7 @@ async fn slow_consumer_is_disconnected_without_stalling_others() {
 /// write, what was sent after the cut-off) is in its mailbox at the next login, in order.
 #[tokio::test]
 async fn private_messages_to_a_slow_consumer_are_kept_for_its_next_login() {
-    let (s, mut slow) = server_with_a_slow_client().await;
+    let (s, mut slow) = server_with_a_slow_client(small_outboxes()).await;
     let (mut fast, _) = login(&s, "fast").await;
     assert_eq!(
         next(&mut slow).await,
@@ -276,4 +298,83 @@ async fn private_messages_to_a_slow_consumer_are_kept_for_its_next_login() {
             ids(&echoed[lo..hi])
         );
     }
+}
+
+/// A peer that sends `list` before login (each answered `fail 401`) and never reads, until
+/// the server closes the connection; returns the replies it then finds, and how many it
+/// asked for. Bounded: at most 2 000 000 commands, and [`WAIT`] × 3 for the close.
+#[allow(clippy::unwrap_used)]
+async fn flood_without_reading(s: &TestServer) -> (Vec<Reply>, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(s.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let list = br#"{"command":"list"}"#;
+    let mut frame = (list.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(list);
+    let batch = frame.repeat(1000);
+    // The writer stops when the server closes the connection (its writes then fail).
+    let writer = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while sent < 2_000_000 && wr.write_all(&batch).await.is_ok() {
+            sent += 1000;
+        }
+        sent
+    });
+    let sent = tokio::time::timeout(WAIT * 3, writer)
+        .await
+        .expect("the server did not close the connection")
+        .unwrap();
+    let mut bytes = Vec::new();
+    // Reset or end of stream: either way the connection is over.
+    let _ = tokio::time::timeout(WAIT, rd.read_to_end(&mut bytes))
+        .await
+        .expect("the rest was not readable in time");
+    let mut buf = bytes::BytesMut::from(&bytes[..]);
+    let mut codec = simpletextim_proto::ClientCodec::new();
+    let mut replies = Vec::new();
+    while let Some(r) = tokio_util::codec::Decoder::decode(&mut codec, &mut buf).unwrap() {
+        replies.push(r);
+    }
+    (replies, sent)
+}
+
+/// A peer that never reads is closed once its socket has taken nothing for the write
+/// timeout, without waiting for the (far) login deadline: what it got is `fail 401`s only,
+/// fewer than it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_closed_after_the_write_timeout() {
+    let s = start_with(Config {
+        write_timeout: Duration::from_secs(1),
+        login_timeout: Duration::from_secs(600),
+        ..config()
+    })
+    .await;
+    let (replies, sent) = flood_without_reading(&s).await;
+    assert!(replies.len() < sent, "{} of {sent}", replies.len());
+    let required = fail(
+        simpletextim_proto::ErrorCode::Unauthorized,
+        "login required",
+    );
+    assert!(replies.iter().all(|r| *r == required), "{replies:?}");
+}
+
+/// The login deadline holds while the server waits to write: a peer that never logs in
+/// and never reads is closed at the deadline, not at the (far) write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_deadline_holds_while_a_write_waits() {
+    let s = start_with(Config {
+        write_timeout: Duration::from_secs(600),
+        login_timeout: Duration::from_secs(1),
+        ..config()
+    })
+    .await;
+    let (replies, sent) = flood_without_reading(&s).await;
+    assert!(replies.len() < sent, "{} of {sent}", replies.len());
+    let required = fail(
+        simpletextim_proto::ErrorCode::Unauthorized,
+        "login required",
+    );
+    assert!(replies.iter().all(|r| *r == required), "{replies:?}");
 }

@@ -7,7 +7,7 @@ use simpletextim_proto::{
 
 use super::{End, LoggedIn, Session};
 use crate::hub::Member;
-use crate::outbox::Outbox;
+use crate::outbox::{Limits, Outbox};
 
 /// Failed logins after which the connection is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
@@ -87,7 +87,10 @@ impl Session {
             Ok(registered) => registered,
             Err(failure) => return self.login_failed(&user_id, failure),
         };
-        let outbox = Outbox::new(self.shared.config.outbox_capacity);
+        let outbox = Outbox::new(Limits {
+            items: self.shared.config.outbox_capacity,
+            bytes: self.shared.config.outbox_bytes,
+        });
         self.shared.hub.join(Member {
             conn_id: self.conn_id,
             user_id: user_id.clone(),

@@ -188,22 +188,25 @@ impl Connection {
     }
 
     /// Writes the buffer on from what the socket took already, until done or the socket is
-    /// full. Once all is written the buffer is freed.
+    /// full, and returns how many bytes the socket took. Once all is written the buffer is
+    /// freed.
     ///
     /// # Errors
     /// The socket's error: the connection is dead (what was not written stays, see
     /// [`Connection::unwritten_private`]).
-    pub(crate) fn try_flush(&mut self) -> io::Result<()> {
+    pub(crate) fn try_flush(&mut self) -> io::Result<usize> {
         let buf = self.out.pending();
+        let from = self.written;
         while self.written < buf.len() {
             match self.stream.try_write(&buf[self.written..]) {
                 Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(self.written - from),
                 Err(e) => return Err(e),
             }
         }
+        let taken = self.written - from;
         self.clear_output();
-        Ok(())
+        Ok(taken)
     }
 
     /// Waits until the socket can take more bytes.

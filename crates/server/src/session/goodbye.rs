@@ -30,7 +30,7 @@ impl Session {
                 self.conn
                     .queue_reply(&Reply::fail(ErrorCode::Unavailable, "server shutting down"));
             }
-            End::SlowConsumer | End::Error | End::Eof => {
+            End::SlowConsumer | End::Error | End::Eof | End::WriteStalled => {
                 self.keep_undelivered_private().await;
                 self.conn.clear_output();
             }

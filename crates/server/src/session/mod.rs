@@ -52,6 +52,8 @@ enum End {
     SlowConsumer,
     Shutdown,
     LoginTimeout,
+    /// The socket took nothing of what was waiting for [`crate::Config::write_timeout`].
+    WriteStalled,
 }
 
 impl From<KickReason> for End {
@@ -258,33 +260,41 @@ impl Session {
         Ok(())
     }
 
-    /// Waits for the socket to take the rest of the buffer. With `watch_kicks`, a kick
-    /// meanwhile ends it at once if the peer is a slow consumer, and a takeover or shutdown
-    /// gives it [`FINAL_WRITE`] more; without (the goodbye), the caller bounds the wait.
+    /// Waits for the socket to take the rest of the buffer. A socket that takes nothing for
+    /// the write timeout ends the session, and so does the login deadline before login.
+    /// With `watch_kicks`, a kick meanwhile ends it at once if the peer is a slow consumer,
+    /// and a takeover or shutdown gives it [`FINAL_WRITE`] more; without (the goodbye), the
+    /// caller bounds the wait.
     async fn write_blocked(&mut self, watch_kicks: bool) -> Result<(), End> {
-        let mut deadline: Option<Instant> = None;
+        let write_timeout = self.shared.config.write_timeout;
+        let mut stalled_at = Instant::now() + write_timeout;
+        let mut final_write: Option<Instant> = None;
         while self.conn.has_output() {
-            let watch = watch_kicks && deadline.is_none();
+            let watch = watch_kicks && final_write.is_none();
             tokio::select! {
                 biased;
                 r = self.conn.writable() => {
                     r.map_err(|_| End::Error)?;
-                    self.conn.try_flush().map_err(|_| End::Error)?;
+                    if self.conn.try_flush().map_err(|_| End::Error)? > 0 {
+                        stalled_at = Instant::now() + write_timeout;
+                    }
                 }
                 () = self.shared.shutdown.cancelled(), if watch => {
-                    deadline = Some(Instant::now() + FINAL_WRITE);
+                    final_write = Some(Instant::now() + FINAL_WRITE);
                 }
                 () = outbox_changed(&self.login), if watch => {
                     self.wake_pending = true;
                     match self.login.as_ref().and_then(|l| l.outbox.kicked()) {
                         Some(KickReason::SlowConsumer) => return Err(End::SlowConsumer),
                         Some(KickReason::TakenOver | KickReason::Shutdown) => {
-                            deadline = Some(Instant::now() + FINAL_WRITE);
+                            final_write = Some(Instant::now() + FINAL_WRITE);
                         }
                         None => {}
                     }
                 }
-                () = sleep_until(deadline) => return Err(End::Error),
+                () = sleep_until(final_write) => return Err(End::Error),
+                () = tokio::time::sleep_until(stalled_at) => return Err(End::WriteStalled),
+                () = deadline_passed(&mut self.login_deadline) => return Err(End::LoginTimeout),
             }
         }
         Ok(())
