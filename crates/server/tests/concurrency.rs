@@ -139,6 +139,9 @@ async fn slow_consumer_is_disconnected_when_its_outbox_holds_too_many_bytes() {
     .await;
 }
 
+/// Floods public messages beside a client that never reads, until it is cut off; checks
+/// what each side sees.
+#[allow(clippy::unwrap_used)]
 async fn slow_consumer_is_cut_off(config: Config) {
     let (s, mut slow) = server_with_a_slow_client(config).await;
 
