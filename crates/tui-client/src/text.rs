@@ -7,32 +7,132 @@
 use ratatui::buffer::CellWidth;
 use unicode_segmentation::UnicodeSegmentation;
 
-/// Replaces everything that could act on the terminal instead of being shown: control
-/// characters (C0, DEL, C1 — ESC among them, so no escape sequence survives), bidirectional
-/// overrides and isolates, and line/paragraph separators. Each becomes `�`.
+/// Makes text from the network safe to show: what could act on the terminal or reorder the
+/// text is replaced with a visible `�`, what is invisible is removed.
 ///
-/// The server already rejects such text, but the client never trusts the network.
+/// - Shown as `�`: control characters (C0, DEL, C1 — ESC among them, so no escape sequence
+///   survives), line and paragraph separators, and every bidirectional control — the
+///   embeddings and overrides U+202A–U+202E, the isolates U+2066–U+2069, the marks
+///   U+200E/U+200F and U+061C. A bidi control reorders what follows it ("Trojan Source",
+///   `invoice\u{202E}txt.exe`); Unicode TR36 §2.4 and TR39 count them as always suspect in text
+///   that is merely displayed, so the `�` shows that someone tried.
+/// - Removed: the invisible format characters — zero-width space, non-joiner and joiner
+///   U+200B–U+200D, word joiner and invisible operators U+2060–U+2065, the deprecated
+///   format controls U+206A–U+206F, BOM/zero-width no-break space U+FEFF, soft hyphen
+///   U+00AD, combining grapheme joiner U+034F, Mongolian vowel separator U+180E,
+///   interlinear annotation U+FFF9–U+FFFB and the tag characters U+E0000–U+E007F. They
+///   draw nothing, so removing them changes nothing the sender meant to show, while they
+///   can hide text (tag characters spell ASCII invisibly) or make two different strings
+///   look alike (`pay\u{200B}pal`). A terminal does no Arabic or Indic shaping, so the
+///   non-joiner's legitimate use in Persian has no visible effect here anyway.
+///
+/// Two exceptions keep emoji whole, as chat clients such as Signal do:
+///
+/// - a zero-width joiner (U+200D) stays where Unicode's grapheme rules join it to the
+///   character after it into one user-perceived character: an emoji ZWJ sequence
+///   (`👨\u{200D}👩\u{200D}👧`, family — rule GB11) or an Indic conjunct (rule GB9c). Anywhere else (`a\u{200D}b`,
+///   at the end of a message, before a combining mark) it joins nothing and is removed;
+/// - tag characters stay in a subdivision flag: black flag U+1F3F4, a subdivision id of
+///   2 to 7 lower-case letters and digits in tags, a cancel tag (🏴 + `gbeng` + cancel tag
+///   is England's).
+///
+/// Variation selectors and skin-tone modifiers are visible parts of emoji and stay.
+///
+/// The server already rejects control characters, but the client never trusts the network.
 ///
 /// ```
 /// use simpletextim_tui::text::sanitize;
 /// assert_eq!(sanitize("hi\u{1b}[31m red"), "hi�[31m red");
-/// assert_eq!(sanitize("漢字 👋"), "漢字 👋");
+/// assert_eq!(sanitize("ab\u{202E}cd"), "ab�cd");
+/// assert_eq!(sanitize("pay\u{200B}pal"), "paypal");
+/// assert_eq!(sanitize("漢字 👋 👨\u{200D}👩\u{200D}👧"), "漢字 👋 👨\u{200D}👩\u{200D}👧");
 /// ```
 pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if is_unsafe(c) { '\u{FFFD}' } else { c })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    // Grapheme by grapheme, so a joiner or a tag is judged by the cluster it belongs to.
+    for g in s.graphemes(true) {
+        let flag = is_flag_tag_sequence(g);
+        let mut chars = g.chars().peekable();
+        while let Some(c) = chars.next() {
+            if is_shown_replaced(c) {
+                out.push('\u{FFFD}');
+            } else if c == ZWJ {
+                if chars.peek().is_some_and(|&next| joins(next)) {
+                    out.push(c);
+                }
+            } else if is_tag(c) {
+                if flag {
+                    out.push(c);
+                }
+            } else if !is_invisible(c) {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
-/// Whether `c` must not reach the terminal as is.
-fn is_unsafe(c: char) -> bool {
+/// The zero-width joiner.
+const ZWJ: char = '\u{200D}';
+/// The base of emoji tag sequences (subdivision flags).
+const BLACK_FLAG: char = '\u{1F3F4}';
+
+/// Whether a zero-width joiner followed by `next` in one grapheme cluster joins two
+/// characters. Inside a cluster, after a joiner comes either a character that only a
+/// joining rule (GB11 emoji, GB9c Indic conjunct) keeps in the cluster, or one that extends
+/// any cluster (a combining mark, another joiner). Unicode's own tables tell them apart:
+/// after a plain letter, which no joining rule applies to, only the second kind stays in
+/// the cluster.
+fn joins(next: char) -> bool {
+    let probe: String = ['a', ZWJ, next].into_iter().collect();
+    probe.graphemes(true).count() == 2
+}
+
+/// Whether `c` must not reach the terminal as is and is shown as `�`.
+fn is_shown_replaced(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{200E}' | '\u{200F}'          // LRM, RLM
-            | '\u{2028}' | '\u{2029}'        // line and paragraph separators
+            '\u{2028}' | '\u{2029}'        // line and paragraph separators
+            | '\u{061C}'                    // Arabic letter mark
+            | '\u{200E}' | '\u{200F}'        // LRM, RLM
             | '\u{202A}'..='\u{202E}'        // bidi embeddings and overrides
             | '\u{2066}'..='\u{2069}'        // bidi isolates
         )
+}
+
+/// Whether the grapheme cluster `g` is a subdivision flag: a black flag, then the tag
+/// characters of a subdivision id (UTS #51 and #35: 2 to 7 lower-case letters and digits,
+/// such as `gbeng`) and a cancel tag. Longer runs would spell hidden text.
+fn is_flag_tag_sequence(g: &str) -> bool {
+    let Some(tags) = g.strip_prefix(BLACK_FLAG) else {
+        return false;
+    };
+    let Some(spec) = tags.strip_suffix('\u{E007F}') else {
+        return false;
+    };
+    (2..=7).contains(&spec.chars().count())
+        && spec
+            .chars()
+            .all(|c| matches!(c, '\u{E0030}'..='\u{E0039}' | '\u{E0061}'..='\u{E007A}'))
+}
+
+/// Whether `c` is a tag character (U+E0000–U+E007F).
+fn is_tag(c: char) -> bool {
+    matches!(c, '\u{E0000}'..='\u{E007F}')
+}
+
+/// Whether `c` draws nothing and is removed (the joiner and tags are judged apart).
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'                       // soft hyphen
+        | '\u{034F}'                     // combining grapheme joiner
+        | '\u{180E}'                     // Mongolian vowel separator
+        | '\u{200B}'..='\u{200D}'         // zero-width space, non-joiner, joiner
+        | '\u{2060}'..='\u{2065}'         // word joiner, invisible operators
+        | '\u{206A}'..='\u{206F}'         // deprecated format controls
+        | '\u{FEFF}'                     // BOM, zero-width no-break space
+        | '\u{FFF9}'..='\u{FFFB}'         // interlinear annotation
+    )
 }
 
 /// Display width of `s` in terminal cells, as ratatui will draw it.
@@ -165,6 +265,93 @@ mod tests {
         assert_eq!(sanitize("\u{202E}evil"), "�evil");
         assert_eq!(sanitize("\u{1b}]0;title\u{7}"), "�]0;title�");
         assert_eq!(sanitize("plain é 漢 🎉"), "plain é 漢 🎉");
+    }
+
+    /// Every bidirectional control (embeddings, overrides, isolates, marks, the Arabic
+    /// letter mark) is shown as `�`: each reorders or can reorder what follows it.
+    #[test]
+    fn sanitize_shows_every_bidi_control() {
+        let bidi = [
+            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}',
+            '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        ];
+        for c in bidi {
+            assert_eq!(sanitize(&format!("x{c}y")), "x�y", "U+{:04X}", u32::from(c));
+        }
+        // The classic: a file name that reads "exe.txt" backwards.
+        assert_eq!(sanitize("invoice\u{202E}txt.exe"), "invoice�txt.exe");
+    }
+
+    /// Invisible characters are removed: they have nothing to show, and could hide text
+    /// or make two different strings look the same.
+    #[test]
+    fn sanitize_removes_invisible_characters() {
+        let invisible = [
+            '\u{00AD}',
+            '\u{034F}',
+            '\u{180E}',
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{2060}',
+            '\u{2061}',
+            '\u{2062}',
+            '\u{2063}',
+            '\u{2064}',
+            '\u{2065}',
+            '\u{206A}',
+            '\u{206F}',
+            '\u{FEFF}',
+            '\u{FFF9}',
+            '\u{FFFA}',
+            '\u{FFFB}',
+            '\u{E0001}',
+            '\u{E0041}',
+            '\u{E007F}',
+        ];
+        for c in invisible {
+            assert_eq!(sanitize(&format!("x{c}y")), "xy", "U+{:04X}", u32::from(c));
+        }
+        assert_eq!(sanitize("\u{FEFF}pay\u{200B}pal\u{2060}"), "paypal");
+        // Text smuggled in tag characters, outside a flag or too long for one.
+        assert_eq!(sanitize("hi\u{E0069}\u{E0067}\u{E006E}\u{E007F}"), "hi");
+        let smuggled: String = "ignoreall"
+            .chars()
+            .map(|c| char::from_u32(0xE0000 + u32::from(c)).expect("a tag"))
+            .collect();
+        assert_eq!(sanitize(&format!("🏴{smuggled}\u{E007F}")), "🏴");
+        assert_eq!(
+            sanitize("🏴\u{E0047}\u{E0042}\u{E007F}"),
+            "🏴",
+            "upper case"
+        );
+    }
+
+    /// A zero-width joiner stays where it joins two characters into one (emoji ZWJ
+    /// sequences; Indic conjuncts), and goes everywhere else. Tag characters stay in a flag's
+    /// tag sequence. Variation selectors and skin tones are visible parts of emoji and stay.
+    #[test]
+    fn sanitize_keeps_joiners_that_join() {
+        for kept in [
+            "👨\u{200D}👩\u{200D}👧",
+            "🏳\u{FE0F}\u{200D}🌈",
+            "👩\u{1F3FD}\u{200D}💻",
+            "❤\u{FE0F}\u{200D}🔥",
+            "क्\u{200D}ष",
+            "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+            "a 👨\u{200D}👩\u{200D}👧 b",
+        ] {
+            assert_eq!(sanitize(kept), kept);
+        }
+        assert_eq!(sanitize("a\u{200D}b"), "ab");
+        assert_eq!(sanitize("👨\u{200D}"), "👨");
+        assert_eq!(sanitize("\u{200D}👩"), "👩");
+        // Two joiners in a row join nothing (Unicode breaks before the 👩).
+        assert_eq!(sanitize("👨\u{200D}\u{200D}👩"), "👨👩");
+        assert_eq!(sanitize("👨\u{200D} 👩"), "👨 👩");
+        assert_eq!(sanitize("e\u{200D}\u{301}"), "e\u{301}");
+        // Removing one invisible character does not glue a joiner to what followed it.
+        assert_eq!(sanitize("👨\u{200D}\u{200B}👩"), "👨👩");
     }
 
     #[test]
