@@ -52,7 +52,8 @@ const RESERVED_FDS: u64 = 64;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Directory of the database (created if missing).
+    /// Directory of the database (created with mode 0700 if missing when serving; the
+    /// `user` and `backup` commands need the database to exist).
     #[arg(
         long,
         global = true,
@@ -128,7 +129,8 @@ enum Cmd {
         #[command(subcommand)]
         action: UserCmd,
     },
-    /// Write a consistent copy of the database to FILE (safe while the server runs).
+    /// Write a consistent copy of the database to FILE, mode 0600 (safe while the server
+    /// runs).
     Backup {
         /// Where to write the copy; must not exist.
         file: PathBuf,
@@ -202,8 +204,15 @@ fn one_line(e: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
+/// The store of the server, which creates the directory and the database on its first start.
 fn open_store(data: &Path, mailbox_cap: usize) -> anyhow::Result<SqliteStore> {
     Ok(SqliteStore::open(data, mailbox_cap)?)
+}
+
+/// The store of an administration command: only an existing database, so a wrong `--data`
+/// is an error rather than a new, empty database.
+fn open_existing_store(data: &Path, mailbox_cap: usize) -> anyhow::Result<SqliteStore> {
+    Ok(SqliteStore::open_existing(data, mailbox_cap)?)
 }
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
@@ -255,10 +264,10 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
         tracing::info!("line protocol (one JSON object per line, for debugging) on {bound}");
         listeners.push((lines, Framing::Lines));
     }
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
     tracing::info!("listening on {addr}");
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(on_signal(shutdown.clone()));
     simpletextim_server::run_listeners(listeners, config, shutdown).await?;
     tracing::info!("bye");
     Ok(())
@@ -277,30 +286,41 @@ fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Cancels `shutdown` on SIGINT or SIGTERM. The handlers are installed when this returns
+/// (before the server says it listens), so a signal sent right after that line is a graceful
+/// shutdown, not the default action's abrupt end.
+fn cancel_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        let (Ok(mut int), Ok(mut term)) = streams else {
+            tracing::warn!("cannot install the SIGINT/SIGTERM handlers");
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        () = term => tracing::info!("SIGTERM: shutting down"),
+            shutdown.cancel();
+        });
     }
-    shutdown.cancel();
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C: shutting down");
+            shutdown.cancel();
+        }
+    });
 }
 
 /// `user add|passwd|del|list`.
 fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
-    let store = open_store(&cli.data, cli.mailbox_cap)?;
+    let store = open_existing_store(&cli.data, cli.mailbox_cap)?;
     let cost = cli.hash_cost();
     match action {
         UserCmd::Add { name } => {
@@ -364,7 +384,7 @@ fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
 
 /// `backup FILE`.
 fn backup(data: &Path, mailbox_cap: usize, file: &Path) -> anyhow::Result<()> {
-    let store = open_store(data, mailbox_cap)?;
+    let store = open_existing_store(data, mailbox_cap)?;
     block_on(store.backup_to(file.to_path_buf()))
         .with_context(|| format!("cannot back up to {}", file.display()))?;
     store.close();

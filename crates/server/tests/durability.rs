@@ -29,7 +29,12 @@ struct Server {
 impl Server {
     /// Starts the binary on `data` with `extra` options; waits for `listening on`.
     fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        Server::start_with(Command::new(BIN), data, extra)
+    }
+
+    /// [`Server::start`] with `cmd` running the binary (e.g. [`with_umask_000`]).
+    fn start_with(mut cmd: Command, data: &Path, extra: &[&str]) -> Server {
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--insecure-fast-hash", "--data"])
             .arg(data)
             .args(extra)
@@ -162,7 +167,18 @@ fn bad_credentials() -> Failure {
 
 /// Runs a subcommand to completion with `stdin` as its input.
 fn admin(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(BIN)
+    let (code, out, err) = admin_with(Command::new(BIN), data, args, stdin);
+    (code == Some(0), out, err)
+}
+
+/// [`admin`] with `cmd` running the binary; the exit code instead of success.
+fn admin_with(
+    mut cmd: Command,
+    data: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> (Option<i32>, String, String) {
+    let mut child = cmd
         .arg("--data")
         .arg(data)
         .arg("--insecure-fast-hash")
@@ -181,14 +197,55 @@ fn admin(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
 }
 
+/// A temporary directory of mode 0700, as the server requires of an existing data directory
+/// (`tempfile` leaves the mode to the umask).
 fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o700);
+    dir
+}
+
+/// A command that runs the binary with umask 000, which alone would make every file it
+/// creates readable and writable by everyone.
+#[cfg(unix)]
+fn with_umask_000() -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", r#"umask 000; exec "$0" "$@""#, BIN]);
+    cmd
+}
+
+/// The permission bits of `path`.
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Sets the permission bits of `path` (nothing elsewhere than on Unix).
+fn chmod(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
+
+/// Makes `dir` a data directory holding a fresh database: the server creates it on its
+/// first start, which the administration commands need.
+fn first_start(dir: &Path) {
+    assert!(Server::start(dir, &[]).terminate().success());
 }
 
 #[tokio::test]
@@ -346,6 +403,7 @@ async fn the_mailbox_cap_refuses_with_503_and_stores_nothing() {
 #[tokio::test]
 async fn closed_registration_admits_only_accounts_made_by_user_add() {
     let dir = tempdir();
+    first_start(dir.path());
     let (ok, out, err) = admin(dir.path(), &["user", "add", "alice"], "pw-alice\n");
     assert!(ok, "user add failed: {err}");
     assert_eq!(out, "created alice\n");
@@ -373,6 +431,7 @@ async fn closed_registration_admits_only_accounts_made_by_user_add() {
 async fn user_subcommands_manage_accounts() {
     let dir = tempdir();
     let d = dir.path();
+    first_start(d);
     assert_eq!(
         admin(d, &["user", "add", "Dave"], "first\n"),
         (true, "created Dave\n".into(), String::new())
@@ -502,6 +561,7 @@ fn a_file_that_is_not_a_database_is_a_one_line_error() {
         "this is not SQLite, but it is long enough to have a header and then some more",
     )
     .unwrap();
+    chmod(&dir.path().join("simpletextim.sqlite3"), 0o600);
     let (ok, out, err) = admin(dir.path(), &["user", "list"], "");
     assert!(!ok);
     assert_eq!(out, "");
@@ -560,10 +620,188 @@ async fn backup_copies_a_running_servers_database() {
     drop(server);
     let restored = dir.path().join("restored");
     std::fs::create_dir(&restored).unwrap();
+    chmod(&restored, 0o700);
     std::fs::copy(&copy, restored.join("simpletextim.sqlite3")).unwrap();
     let server = Server::start(&restored, &[]);
     let (_bob, pending) = server.user("bob").await;
     assert_eq!(pending, vec![private("alice", "bob", "in the backup", &m)]);
+}
+
+/// Serving on `data`, which must end (a refusal) within [`WAIT`]: exit code, stdout, stderr.
+fn serve_refused(data: &Path) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still serving: {}",
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_fresh_start_makes_the_directory_0700_and_the_database_files_0600_under_umask_000() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let server = Server::start_with(with_umask_000(), &data, &[]);
+    // A login writes (the account), so the WAL and its index exist beside the database.
+    let (_alice, _) = server.user("alice").await;
+    let db = data.join("simpletextim.sqlite3");
+    let wal = data.join("simpletextim.sqlite3-wal");
+    let shm = data.join("simpletextim.sqlite3-shm");
+    assert_eq!(
+        [mode(&data), mode(&db), mode(&wal), mode(&shm)],
+        [0o700, 0o600, 0o600, 0o600]
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_backup_is_0600_under_umask_000() {
+    let dir = tempdir();
+    first_start(dir.path());
+    let copy = dir.path().join("copy.sqlite3");
+    let (code, out, err) = admin_with(
+        with_umask_000(),
+        dir.path(),
+        &["backup", copy.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(
+        (code, out, err),
+        (
+            Some(0),
+            format!(
+                "backed up {} to {}\n",
+                dir.path().join("simpletextim.sqlite3").display(),
+                copy.display()
+            ),
+            String::new()
+        )
+    );
+    assert_eq!(mode(&copy), 0o600);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_database_readable_by_others_is_refused_with_the_fix() {
+    let dir = tempdir();
+    first_start(dir.path());
+    let db = dir.path().join("simpletextim.sqlite3");
+    chmod(&db, 0o644);
+    let refusal = format!(
+        "simpletextim-server: {db} is readable by other users (mode 0644); run: chmod 600 {db}\n",
+        db = db.display()
+    );
+    assert_eq!(
+        serve_refused(dir.path()),
+        (Some(1), String::new(), refusal.clone())
+    );
+    assert_eq!(
+        admin_with(Command::new(BIN), dir.path(), &["user", "list"], ""),
+        (Some(1), String::new(), refusal)
+    );
+    assert_eq!(mode(&db), 0o644, "the refusal changes nothing");
+    // After the fix the database works as before.
+    chmod(&db, 0o600);
+    let (ok, out, err) = admin(dir.path(), &["user", "list"], "");
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(Server::start(dir.path(), &[]).terminate().success());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_data_directory_open_to_others_is_refused_with_the_fix() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    first_start(&data);
+    chmod(&data, 0o755);
+    assert_eq!(
+        serve_refused(&data),
+        (
+            Some(1),
+            String::new(),
+            format!(
+                "simpletextim-server: {d} is readable by other users (mode 0755); \
+                 run: chmod 700 {d}\n",
+                d = data.display()
+            )
+        )
+    );
+    chmod(&data, 0o701);
+    assert_eq!(
+        admin_with(Command::new(BIN), &data, &["user", "list"], ""),
+        (
+            Some(1),
+            String::new(),
+            format!(
+                "simpletextim-server: {d} is accessible by other users (mode 0701); \
+                 run: chmod 700 {d}\n",
+                d = data.display()
+            )
+        )
+    );
+    assert_eq!(mode(&data), 0o701, "the refusal changes nothing");
+    chmod(&data, 0o700);
+    assert!(Server::start(&data, &[]).terminate().success());
+}
+
+#[test]
+fn admin_commands_refuse_a_directory_without_a_database_and_create_nothing() {
+    let tmp = tempdir();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = tmp.path().join("missing");
+    let copy = tmp.path().join("copy.sqlite3");
+    let commands: [&[&str]; 5] = [
+        &["user", "list"],
+        &["user", "add", "alice"],
+        &["user", "passwd", "alice"],
+        &["user", "del", "alice"],
+        &["backup", copy.to_str().unwrap()],
+    ];
+    for dir in [&empty, &missing] {
+        for args in commands {
+            assert_eq!(
+                admin_with(Command::new(BIN), dir, args, "pw-alice\n"),
+                (
+                    Some(1),
+                    String::new(),
+                    format!(
+                        "simpletextim-server: no database in {}; the server creates \
+                         simpletextim.sqlite3 on its first start\n",
+                        dir.display()
+                    )
+                ),
+                "{args:?} on {}",
+                dir.display()
+            );
+        }
+    }
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    assert!(!missing.exists());
+    assert!(!copy.exists());
 }
 
 /// The binary's allocator is jemalloc with the options of its `malloc_conf` symbol: the

@@ -43,9 +43,31 @@ fn open(dir: &Path, cap: usize) -> Result<SqliteStore, OpenError> {
     SqliteStore::open(dir, cap)
 }
 
+/// A temporary directory of mode 0700, as the store requires of an existing data directory
+/// (`tempfile` leaves the mode to the umask).
+fn tempdir() -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    chmod(dir.path(), 0o700)?;
+    Ok(dir)
+}
+
+/// Sets the permission bits of `path` (nothing elsewhere than on Unix).
+fn chmod(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn accounts_are_created_read_and_unique_case_insensitively() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = open(dir.path(), 10)?;
     assert_eq!(store.account("alice".into()).await?, None);
     store.create_account(account("Alice", 42)).await?;
@@ -68,7 +90,7 @@ async fn accounts_are_created_read_and_unique_case_insensitively() -> TestResult
 
 #[tokio::test]
 async fn enqueue_to_unknown_user_stores_nothing() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = open(dir.path(), 10)?;
     let r = store.enqueue("carol".into(), msg(5, "bob", "carol")).await;
     assert!(
@@ -84,7 +106,7 @@ async fn enqueue_to_unknown_user_stores_nothing() -> TestResult {
 
 #[tokio::test]
 async fn pending_is_oldest_first_and_per_recipient() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = open(dir.path(), 10)?;
     store.create_account(account("alice", 1)).await?;
     store.create_account(account("dave", 1)).await?;
@@ -109,7 +131,7 @@ async fn pending_is_oldest_first_and_per_recipient() -> TestResult {
 
 #[tokio::test]
 async fn delete_delivered_deletes_exactly_the_ids_given() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = open(dir.path(), 10)?;
     store.create_account(account("alice", 1)).await?;
     store.create_account(account("dave", 1)).await?;
@@ -152,7 +174,7 @@ async fn delete_delivered_deletes_exactly_the_ids_given() -> TestResult {
 
 #[tokio::test]
 async fn mailbox_cap_is_exact_and_a_full_mailbox_stores_nothing() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = open(dir.path(), 3)?;
     store.create_account(account("alice", 1)).await?;
     store.create_account(account("dave", 1)).await?;
@@ -181,7 +203,7 @@ async fn mailbox_cap_is_exact_and_a_full_mailbox_stores_nothing() -> TestResult 
 
 #[tokio::test]
 async fn failures_inside_one_burst_do_not_poison_the_others() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = open(dir.path(), 5)?;
     store.create_account(account("alice", 1)).await?;
     store.create_account(account("dave", 1)).await?;
@@ -219,7 +241,7 @@ async fn failures_inside_one_burst_do_not_poison_the_others() -> TestResult {
 
 #[tokio::test]
 async fn everything_survives_reopening_the_directory() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     {
         let store = open(dir.path(), 10)?;
         store.create_account(account("Alice", 11)).await?;
@@ -263,7 +285,7 @@ async fn everything_survives_reopening_the_directory() -> TestResult {
 
 #[tokio::test]
 async fn administration_lists_changes_deletes_and_backs_up() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = open(dir.path(), 10)?;
     store.create_account(account("bob", 2)).await?;
     store.create_account(account("Alice", 1)).await?;
@@ -301,7 +323,7 @@ async fn administration_lists_changes_deletes_and_backs_up() -> TestResult {
     assert!(matches!(r, Err(StoreError::NoSuchUser(_))), "{r:?}");
 
     // Backup taken now: both accounts and alice's two messages.
-    let backup_dir = tempfile::tempdir()?;
+    let backup_dir = tempdir()?;
     let backup = backup_dir.path().join(DB_FILE_NAME);
     store.backup_to(backup.clone()).await?;
     // VACUUM INTO refuses to overwrite.
@@ -335,7 +357,7 @@ async fn administration_lists_changes_deletes_and_backs_up() -> TestResult {
 
 #[test]
 fn an_empty_directory_is_created_and_migrated() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = tempdir()?;
     let dir = tmp.path().join("not").join("there").join("yet");
     let store = open(&dir, 10)?;
     assert_eq!(store.path(), dir.join(DB_FILE_NAME));
@@ -353,9 +375,10 @@ fn an_empty_directory_is_created_and_migrated() -> TestResult {
 
 #[tokio::test]
 async fn an_empty_database_file_is_version_zero_and_migrates() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     // What an interrupted first start can leave: the file exists, no schema yet.
     std::fs::write(dir.path().join(DB_FILE_NAME), b"")?;
+    chmod(&dir.path().join(DB_FILE_NAME), 0o600)?;
     let store = open(dir.path(), 10)?;
     store.create_account(account("alice", 1)).await?;
     assert_eq!(store.max_message_id().await?, 0);
@@ -364,11 +387,12 @@ async fn an_empty_database_file_is_version_zero_and_migrates() -> TestResult {
 
 #[test]
 fn a_newer_schema_is_refused_with_a_clear_error() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     {
         let conn = Connection::open(dir.path().join(DB_FILE_NAME))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?;
     }
+    chmod(&dir.path().join(DB_FILE_NAME), 0o600)?;
     let err = open(dir.path(), 10).map(drop).err();
     assert!(
         matches!(err, Some(OpenError::TooNew { found, supported, .. })
@@ -383,7 +407,7 @@ fn a_newer_schema_is_refused_with_a_clear_error() -> TestResult {
 
 #[test]
 fn a_data_dir_that_cannot_be_created_is_a_clear_error() -> TestResult {
-    let tmp = tempfile::tempdir()?;
+    let tmp = tempdir()?;
     let file = tmp.path().join("file.txt");
     std::fs::write(&file, b"not a directory")?;
     // Even root cannot create a directory below a regular file.
@@ -399,11 +423,12 @@ fn a_data_dir_that_cannot_be_created_is_a_clear_error() -> TestResult {
 
 #[test]
 fn a_file_that_is_not_a_database_is_a_clear_error() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     std::fs::write(
         dir.path().join(DB_FILE_NAME),
         "this is no SQLite file, but long enough to have a header ...................",
     )?;
+    chmod(&dir.path().join(DB_FILE_NAME), 0o600)?;
     let err = open(dir.path(), 10).map(drop).err();
     assert!(matches!(err, Some(OpenError::Database { .. })), "{err:?}");
     let text = err.map(|e| e.to_string()).unwrap_or_default();
@@ -412,11 +437,74 @@ fn a_file_that_is_not_a_database_is_a_clear_error() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn open_existing_refuses_a_missing_database_and_creates_nothing() -> TestResult {
+    let tmp = tempdir()?;
+    let missing = tmp.path().join("missing");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty)?;
+    chmod(&empty, 0o700)?;
+    for dir in [&missing, &empty] {
+        let err = SqliteStore::open_existing(dir, 10).map(drop).err();
+        assert!(matches!(err, Some(OpenError::NoDatabase { .. })), "{err:?}");
+        assert_eq!(
+            err.map(|e| e.to_string()).unwrap_or_default(),
+            format!(
+                "no database in {}; the server creates {DB_FILE_NAME} on its first start",
+                dir.display()
+            )
+        );
+    }
+    assert!(!missing.exists());
+    assert_eq!(std::fs::read_dir(&empty)?.count(), 0);
+    // Once the server made it, it opens.
+    drop(open(&empty, 10)?);
+    drop(SqliteStore::open_existing(&empty, 10)?);
+    Ok(())
+}
+
+#[cfg(unix)]
+#[test]
+fn files_are_created_private_and_a_database_open_to_others_is_refused() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| -> std::io::Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    let tmp = tempdir()?;
+    let dir = tmp.path().join("data");
+    let db = dir.join(DB_FILE_NAME);
+    drop(open(&dir, 10)?);
+    assert_eq!((mode(&dir)?, mode(&db)?), (0o700, 0o600));
+    for loose in [0o640, 0o604, 0o620] {
+        chmod(&db, loose)?;
+        for err in [
+            open(&dir, 10).map(drop).err(),
+            SqliteStore::open_existing(&dir, 10).map(drop).err(),
+        ] {
+            assert!(
+                matches!(err, Some(OpenError::OpenToOthers { mode, is_dir: false, .. }) if mode == loose),
+                "{err:?}"
+            );
+        }
+    }
+    chmod(&db, 0o600)?;
+    // A side file left loose (by a crash of an older server) is tightened.
+    let wal = dir.join(format!("{DB_FILE_NAME}-wal"));
+    std::fs::write(&wal, b"")?;
+    chmod(&wal, 0o644)?;
+    let store = open(&dir, 10)?;
+    assert_eq!(mode(&wal)?, 0o600);
+    let backup = tmp.path().join("backup.sqlite3");
+    futures::executor::block_on(store.backup_to(backup.clone()))?;
+    assert_eq!(mode(&backup)?, 0o600);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_enqueues_all_land() -> TestResult {
     const USERS: u64 = 8;
     const PER_USER: u64 = 250;
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = Arc::new(open(dir.path(), PER_USER as usize)?);
     for u in 0..USERS {
         store.create_account(account(&format!("u{u}"), u)).await?;
@@ -455,7 +543,7 @@ async fn concurrent_enqueues_all_land() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operation_sees_every_operation_called_before_it() -> TestResult {
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let store = Arc::new(open(dir.path(), 1000)?);
     let mut tasks = Vec::new();
     for t in 0..4u64 {
@@ -534,7 +622,7 @@ fn an_acknowledged_write_survives_sigkill() -> TestResult {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
 
-    let dir = tempfile::tempdir()?;
+    let dir = tempdir()?;
     let mut child = Command::new(std::env::current_exe()?)
         .args([
             "sigkill_child_writer",

@@ -11,6 +11,13 @@
 //! - `meta(name PRIMARY KEY, value)`: `max_message_id`, the highest message id ever stored,
 //!   so ids keep increasing after the messages carrying them were delivered and deleted.
 //!
+//! **Permissions** (Unix). The directory is created 0700 and the database file 0600 (set
+//! explicitly, whatever the umask) before SQLite opens it; SQLite gives the `-wal` and `-shm`
+//! files the database file's mode, and a backup is created 0600 too. An existing directory or
+//! database with a group or world permission bit is refused, with the `chmod` that fixes it
+//! ([`OpenError::OpenToOthers`]). [`SqliteStore::open_existing`] (the administration
+//! commands) creates nothing.
+//!
 //! **Threading.** One dedicated thread owns the [`Connection`]. Each [`Store`] method puts a
 //! request into an unbounded FIFO channel *before* returning its future, and the future only
 //! waits on a oneshot answer: that is the ordering contract of [`Store`], and no database
@@ -135,6 +142,59 @@ pub enum OpenError {
     /// The store thread could not be started.
     #[error("cannot start the store thread: {0}")]
     Thread(std::io::Error),
+    /// [`SqliteStore::open_existing`]: the directory (or the database in it) does not exist.
+    #[error(
+        "no database in {}; the server creates {DB_FILE_NAME} on its first start",
+        dir.display()
+    )]
+    NoDatabase {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The data directory or the database is open to other users (group or world
+    /// permission bits set). Nothing is changed: the message says the `chmod` that fixes it.
+    #[error(
+        "{} is {} by other users (mode {mode:04o}); run: chmod {:o} {}",
+        path.display(),
+        exposure(*.mode),
+        if *.is_dir { 0o700 } else { 0o600 },
+        path.display()
+    )]
+    OpenToOthers {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Whether it is the data directory (fixed with `chmod 700`) or the database (600).
+        is_dir: bool,
+    },
+    /// The empty database file cannot be created.
+    #[error("cannot create database {}: {source}", path.display())]
+    CreateFile {
+        /// The database file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The permissions of the data directory or of a database file cannot be read or set.
+    #[error("cannot check or set the permissions of {}: {source}", path.display())]
+    Permissions {
+        /// The directory or file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// How [`OpenError::OpenToOthers`] describes `mode`: its worst exposure.
+fn exposure(mode: u32) -> &'static str {
+    if mode & 0o044 != 0 {
+        "readable"
+    } else if mode & 0o022 != 0 {
+        "writable"
+    } else {
+        "accessible"
+    }
 }
 
 impl From<OpenError> for StoreError {
@@ -182,20 +242,61 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating it and `dir` if missing) the database `dir/`[`DB_FILE_NAME`], runs
     /// the schema migrations, and starts the store thread. Mailboxes hold at most
-    /// `mailbox_cap` messages each.
+    /// `mailbox_cap` messages each. What the server does when it starts.
+    ///
+    /// On Unix a directory it creates gets mode 0700 and a database it creates 0600, set
+    /// explicitly whatever the umask; SQLite gives the `-wal` and `-shm` files it creates
+    /// the database file's mode. An existing directory or database with any group or world
+    /// permission bit is refused ([`OpenError::OpenToOthers`]) rather than changed: the
+    /// directory may be one the operator shares with other things (`--data .`).
     ///
     /// This blocks on disk I/O: call it before starting the async runtime, or from
     /// `spawn_blocking`.
     ///
     /// # Errors
-    /// [`OpenError`] when the directory cannot be created, the database cannot be opened or
-    /// written, its schema is newer than [`SCHEMA_VERSION`], or the thread cannot start.
+    /// [`OpenError`] when the directory cannot be created, the directory or the database is
+    /// open to other users, the database cannot be opened or written, its schema is newer
+    /// than [`SCHEMA_VERSION`], or the thread cannot start.
     pub fn open(dir: &Path, mailbox_cap: usize) -> Result<SqliteStore, OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        if !dir.exists() {
+            create_private_dir(dir)?;
+        }
         let path = dir.join(DB_FILE_NAME);
+        check_private(dir, true)?;
+        if !path.exists() {
+            create_private_file(&path)?;
+        }
+        Self::start(path, mailbox_cap)
+    }
+
+    /// Like [`SqliteStore::open`], but only an existing database: what the administration
+    /// commands use, so a wrong `--data` is an error instead of a new, empty database.
+    ///
+    /// # Errors
+    /// [`OpenError::NoDatabase`] when `dir` or its database does not exist (nothing is
+    /// created); otherwise as [`SqliteStore::open`].
+    pub fn open_existing(dir: &Path, mailbox_cap: usize) -> Result<SqliteStore, OpenError> {
+        let path = dir.join(DB_FILE_NAME);
+        if !path.exists() {
+            return Err(OpenError::NoDatabase {
+                dir: dir.to_owned(),
+            });
+        }
+        check_private(dir, true)?;
+        Self::start(path.clone(), mailbox_cap).map_err(|e| match e {
+            // Deleted between the check and the open: still no database, and none made.
+            OpenError::Database { .. } if !path.exists() => OpenError::NoDatabase {
+                dir: dir.to_owned(),
+            },
+            e => e,
+        })
+    }
+
+    /// Checks the existing database's mode, tightens side files left by a crash, opens the
+    /// connection and starts the thread.
+    fn start(path: PathBuf, mailbox_cap: usize) -> Result<SqliteStore, OpenError> {
+        check_private(&path, false)?;
+        tighten_side_files(&path)?;
         let conn = open_connection(&path)?;
         let (requests, rx) = mpsc::channel();
         let worker = Worker {
@@ -351,13 +452,135 @@ fn closed() -> StoreError {
     StoreError::Backend("the store is closed".into())
 }
 
+/// Creates `dir` (and missing parents) with mode 0700, set explicitly after creation so the
+/// umask cannot loosen or narrow it.
+fn create_private_dir(dir: &Path) -> Result<(), OpenError> {
+    let create_err = |source| OpenError::CreateDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(create_err)?;
+        set_mode(dir, 0o700)
+    }
+    #[cfg(not(unix))]
+    builder.create(dir).map_err(create_err)
+}
+
+/// Creates the empty database file `path` with mode 0600 before SQLite opens it (an empty
+/// file is a database of schema version 0). SQLite gives its `-wal` and `-shm` files the mode
+/// of this file, so they are 0600 too.
+fn create_private_file(path: &Path) -> Result<(), OpenError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => {}
+        // Created meanwhile (another process starting): checked and opened as existing.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(source) => {
+            return Err(OpenError::CreateFile {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    #[cfg(unix)]
+    set_mode(path, 0o600)?;
+    Ok(())
+}
+
+/// Sets the mode of the file `path` to 0600, whatever the umask made of it.
+fn private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
+/// Sets the permission bits of `path` to `mode`.
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), OpenError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        OpenError::Permissions {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Refuses `path` (the data directory if `is_dir`, else the database) when any group or
+/// world permission bit is set.
+fn check_private(path: &Path, is_dir: bool) -> Result<(), OpenError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| OpenError::Permissions {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(OpenError::OpenToOthers {
+                path: path.to_owned(),
+                mode,
+                is_dir,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, is_dir);
+    Ok(())
+}
+
+/// Sets the `-wal` and `-shm` files beside the database to 0600 if they exist with a looser
+/// mode: SQLite reuses existing ones as they are, and a crash of a server from before the
+/// database was private (or before its owner ran `chmod 600` on it) leaves them behind. They
+/// are SQLite's files of a database already found private, so they are fixed, not refused.
+fn tighten_side_files(db: &Path) -> Result<(), OpenError> {
+    #[cfg(unix)]
+    for suffix in ["-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut side = db.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        let Ok(meta) = std::fs::metadata(&side) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %side.display(), mode = format!("{mode:04o}"), "open to other users; setting it to 0600");
+            set_mode(&side, 0o600)?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
+}
+
 /// Opens the file, sets the connection up and brings the schema to [`SCHEMA_VERSION`].
+/// The file must exist: SQLite never creates it (it would with its own mode, 0644 less the
+/// umask); [`SqliteStore::open`] creates it with mode 0600 first.
 fn open_connection(path: &Path) -> Result<Connection, OpenError> {
     let db_err = |source| OpenError::Database {
         path: path.to_owned(),
         source,
     };
-    let mut conn = Connection::open(path).map_err(db_err)?;
+    let mut flags = rusqlite::OpenFlags::default();
+    flags.remove(rusqlite::OpenFlags::SQLITE_OPEN_CREATE);
+    let mut conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
     // Switching to WAL writes the file header: the first point where an unwritable
     // directory or a file that is not a database shows up.
@@ -803,9 +1026,38 @@ impl Worker {
         let dest_str = dest.to_str().ok_or_else(|| {
             StoreError::Backend(format!("backup path {} is not valid UTF-8", dest.display()))
         })?;
-        self.conn
-            .execute("VACUUM INTO ?1", [dest_str])
-            .map_err(|e| StoreError::Backend(format!("backup to {}: {e}", dest.display())))?;
+        // Created empty with mode 0600 first (VACUUM INTO accepts an empty file): SQLite
+        // would create it 0644 less the umask, and it holds password hashes and messages.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(dest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Backend(format!(
+                    "{} exists already",
+                    dest.display()
+                )));
+            }
+            Err(e) => return Err(StoreError::Backend(format!("{}: {e}", dest.display()))),
+        }
+        let result = private(dest)
+            .map_err(|e| format!("cannot set its mode to 0600: {e}"))
+            .and_then(|()| {
+                self.conn
+                    .execute("VACUUM INTO ?1", [dest_str])
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = result {
+            // Only the file this call created; a partial copy is no backup.
+            let _ = std::fs::remove_file(dest);
+            return Err(StoreError::Backend(format!(
+                "backup to {}: {e}",
+                dest.display()
+            )));
+        }
         Ok(())
     }
 }
@@ -846,6 +1098,18 @@ mod tests {
         }
     }
 
+    /// A temporary directory of mode 0700, as [`SqliteStore::open`] requires of an existing
+    /// data directory (`tempfile` leaves the mode to the umask).
+    fn tempdir() -> std::io::Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(dir)
+    }
+
     fn account(name: &str) -> Account {
         Account {
             user_id: UserId::new(name).unwrap_or_else(|e| panic!("{e:?}")),
@@ -856,7 +1120,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_write_is_rolled_back_alone() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
+        let dir = tempdir()?;
         let store = SqliteStore::open(dir.path(), 10)?;
         store.create_account(account("alice")).await?;
         // Queued together, so most likely one batch; the outcome must not depend on it.
@@ -882,7 +1146,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_requests_share_one_commit() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
+        let dir = tempdir()?;
         let store = SqliteStore::open(dir.path(), 1000)?;
         store.create_account(account("alice")).await?;
         let commits = || store.submit(Kind::Read, |w| Ok(w.commits.get()));
@@ -912,7 +1176,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_after_close_fail_cleanly() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
+        let dir = tempdir()?;
         let store = SqliteStore::open(dir.path(), 10)?;
         let before = store.create_account(account("alice"));
         store.close();
@@ -925,7 +1189,7 @@ mod tests {
 
     #[test]
     fn schema_version_is_recorded() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
+        let dir = tempdir()?;
         drop(SqliteStore::open(dir.path(), 1)?);
         let conn = Connection::open(dir.path().join(DB_FILE_NAME))?;
         let v: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
