@@ -629,3 +629,5 @@ mod tests {
         ));
     }
 }
+#[cfg(test)]
+mod fuzz;
