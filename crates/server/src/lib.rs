@@ -13,6 +13,7 @@ mod hub;
 mod outbox;
 mod session;
 pub mod store;
+mod throttle;
 mod wire;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 pub use auth::{HashCost, Registration};
 pub use session::RateLimit;
 pub use store::{MemoryStore, Store};
+pub use throttle::{Backoff, ThrottlePolicy};
 pub use wire::Framing;
 
 use auth::Authenticator;
@@ -82,6 +84,8 @@ pub struct Config {
     /// How long a connection may stay without logging in (time spent checking its
     /// password not counted); then it gets `fail 401` and is closed.
     pub login_timeout: Duration,
+    /// When failed logins make further attempts wait (`fail 429`).
+    pub login_throttle: ThrottlePolicy,
     /// Accounts and mailboxes.
     pub store: Arc<dyn Store>,
 }
@@ -100,6 +104,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limit", &self.rate_limit)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("login_timeout", &self.login_timeout)
+            .field("login_throttle", &self.login_throttle)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +123,7 @@ impl Default for Config {
             rate_limit: Some(DEFAULT_RATE_LIMIT),
             shutdown_grace: Duration::from_secs(4),
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            login_throttle: ThrottlePolicy::default(),
             store: Arc::new(MemoryStore::new(DEFAULT_MAILBOX_CAP)),
         }
     }
@@ -128,6 +134,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) hub: Hub,
     pub(crate) auth: Authenticator,
+    pub(crate) throttle: throttle::LoginThrottle,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -181,6 +188,7 @@ pub async fn run_listeners(
             config.hash_cost,
             config.hash_pool,
         ),
+        throttle: throttle::LoginThrottle::new(config.login_throttle),
         shutdown: shutdown.clone(),
         config,
     });

@@ -5,6 +5,8 @@ use simpletextim_proto::{
     Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply, UserId,
 };
 
+use tokio::time::Instant;
+
 use super::{End, LoggedIn, Session};
 use crate::hub::Member;
 use crate::outbox::{Limits, Outbox};
@@ -83,9 +85,28 @@ impl Session {
             self.fail(Failure::new(ErrorCode::Conflict, reason));
             return Ok(());
         }
+        let addr = self.conn.peer().ip();
+        let key = user_id.key();
+        let throttle = &self.shared.throttle;
+        if let Err(wait) = throttle.check(addr, &key, Instant::now()) {
+            // Not hashed, and not counted against the connection: it stays open.
+            tracing::info!(peer = %self.conn.peer(), user = %user_id, "login throttled");
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let reason = format!("too many failed logins, try again in {secs} s");
+            self.fail(Failure::new(ErrorCode::RateLimited, reason));
+            return Ok(());
+        }
         let user_id = match self.shared.auth.login(&user_id, &password).await {
-            Ok(registered) => registered,
-            Err(failure) => return self.login_failed(&user_id, failure),
+            Ok(registered) => {
+                self.shared.throttle.succeeded(addr, &key);
+                registered
+            }
+            Err(failure) => {
+                if failure.error_code == ErrorCode::Unauthorized {
+                    self.shared.throttle.failed(addr, &key, Instant::now());
+                }
+                return self.login_failed(&user_id, failure);
+            }
         };
         let outbox = Outbox::new(Limits {
             items: self.shared.config.outbox_capacity,
@@ -105,7 +126,6 @@ impl Session {
         tracing::info!(%peer, user = %user_id, conn = self.conn_id, "logged in");
         // Registered first, mailbox read second: a private message accepted in between is
         // either in the mailbox (the store's ordering contract) or in our outbox.
-        let key = user_id.key();
         let store = &self.shared.config.store;
         let pending = match store.pending(key.clone()).await {
             Ok(p) => p,
