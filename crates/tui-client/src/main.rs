@@ -4,6 +4,7 @@
 //! terminal is the screen, so logs never go there), takes over the terminal and runs the
 //! event loop of the `simpletextim_tui` library. Start reading at its `app` module.
 
+use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,8 +44,14 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: this is the first statement of `main`, and nothing runs before `main` in this
+    // binary (no dependency registers a constructor): the process has one thread, so no
+    // other thread can read or write the environment meanwhile. Threads (the async
+    // runtime, the log writer) start later, in `run`.
+    #[allow(unsafe_code)]
+    let env_password = unsafe { take_password_env() };
     let cli = Cli::parse();
-    match run(cli) {
+    match run(cli, env_password) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("simpletextim: {e:#}");
@@ -53,15 +60,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Reads the password variable ([`PASSWORD_ENV`]) and removes it from the environment,
+/// so that neither code reading the environment later nor a process started from this one
+/// finds it. (Linux's `/proc/PID/environ` still shows the environment the process started
+/// with: that is the kernel's copy, out of the process's reach.)
+///
+/// # Safety
+///
+/// No other thread may exist: `std::env::remove_var` races with any concurrent access to
+/// the environment, including `getenv` in C code.
+#[allow(unsafe_code)]
+unsafe fn take_password_env() -> Option<OsString> {
+    let password = std::env::var_os(PASSWORD_ENV)?;
+    // SAFETY: the caller guarantees that this is the only thread.
+    unsafe { std::env::remove_var(PASSWORD_ENV) };
+    Some(password)
+}
+
+fn run(cli: Cli, env_password: Option<OsString>) -> anyhow::Result<()> {
     if let Some(user) = &cli.user {
         UserId::new(user).map_err(|f| anyhow::anyhow!("--user: {}", f.reason))?;
     }
-    let password = read_password(&cli)?;
+    let from_env = cli.password_file.is_none() && env_password.is_some();
+    let password = read_password(&cli, env_password)?;
     if password.is_some() && cli.user.is_none() {
         bail!("--user is needed when the password comes from {PASSWORD_ENV} or --password-file");
     }
     let _log_guard = init_logging(cli.log_file.clone())?;
+    if from_env {
+        if std::env::var_os(PASSWORD_ENV).is_none() {
+            tracing::info!("password read from {PASSWORD_ENV}, now removed from the environment");
+        } else {
+            tracing::warn!("password read from {PASSWORD_ENV}, which is still in the environment");
+        }
+    }
 
     let settings = Settings {
         server: cli.server.clone(),
@@ -88,18 +120,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The password from `--password-file` or the environment, if any, validated.
-fn read_password(cli: &Cli) -> anyhow::Result<Option<String>> {
+/// The password from `--password-file` or else the environment (`env`, taken out of it at
+/// the start), if any, validated.
+fn read_password(cli: &Cli, env: Option<OsString>) -> anyhow::Result<Option<String>> {
     let password = if let Some(path) = &cli.password_file {
         let content = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the password file {}", path.display()))?;
         let first = content.lines().next().unwrap_or("");
         Some(first.to_owned())
     } else {
-        match std::env::var(PASSWORD_ENV) {
-            Ok(p) => Some(p),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(e) => bail!("{PASSWORD_ENV}: {e}"),
+        match env.map(OsString::into_string) {
+            Some(Ok(p)) => Some(p),
+            None => None,
+            // Not the value in the message: it is the password.
+            Some(Err(_)) => bail!("{PASSWORD_ENV} is not valid Unicode"),
         }
     };
     if let Some(p) = &password {
