@@ -2,6 +2,8 @@
 //! attempts wait (`fail 429`, saying when to try again), and an attacker cannot lock the
 //! real user out. Clients connect from different loopback addresses (127.0.0.0/8).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;
