@@ -371,6 +371,19 @@ mod tests {
         assert_eq!(area.total_rows(), 0);
     }
 
+    /// The machine's time zone takes the same checked path: the last instant chrono
+    /// represents gives a time or `None` (east of UTC), never a panic, whatever the zone.
+    #[test]
+    fn local_times_at_the_end_of_chrono_s_range_do_not_panic() {
+        let last = u64::try_from(DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis())
+            .expect("chrono's last instant is after 1970");
+        let _ = TimeZone::Local.local(last);
+        assert_eq!(TimeZone::Local.local(u64::MAX), None);
+        assert_eq!(TimeZone::utc().local(i64::MAX as u64), None);
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0));
+        assert_eq!(TimeZone::utc().local(0), epoch);
+    }
+
     #[test]
     fn narrow_panes_put_the_text_below_the_prefix() {
         let mut area = MsgArea::new((12, 5), TimeZone::utc());
