@@ -379,3 +379,26 @@ fn a_disconnect_while_choosing_a_user_empties_the_panel() {
     expected.extend(std::iter::repeat_n(" ".repeat(16), 16));
     assert_eq!(panel, expected);
 }
+
+/// A message whose `ts` chrono cannot represent (here the last instant it can, at
+/// UTC+02:00, and `i64::MAX`) is drawn with `?` for its time and no date line.
+#[test]
+fn an_out_of_range_time_is_drawn_as_a_question_mark() {
+    let mut app = logged_in(vec![]);
+    let last = u64::try_from(chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_millis())
+        .expect("chrono's last instant is after 1970");
+    let messages = [(last, "late"), (i64::MAX as u64, "later")]
+        .into_iter()
+        .map(|(ts, text)| ChatMessage {
+            ts,
+            ..msg("bob", "*", text, 1)
+        })
+        .collect();
+    reply(&mut app, Reply::Message { messages }, 1);
+    resize(&mut app, 80, 24);
+    let terminal = render(&app, 80, 24);
+    let buffer = terminal.backend().buffer();
+    let row = |y: u16| -> String { (15..63).map(|x| buffer[(x, y)].symbol()).collect() };
+    assert_eq!(row(20).trim_end(), "?     <bob> late");
+    assert_eq!(row(21).trim_end(), "?     <bob> later");
+}
