@@ -9,6 +9,7 @@
 //! blocks of that size in its per-thread arenas, so allocating them per hash on the many
 //! blocking threads would leave the memory of a login storm held long after it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::rand_core::OsRng;
@@ -154,6 +155,9 @@ pub struct Authenticator {
     registration: Registration,
     cost: HashCost,
     pool: Arc<Semaphore>,
+    /// Logins waiting for the pool or being checked, and how many may be.
+    queued: Arc<AtomicUsize>,
+    queue: usize,
     /// Verified against when the user id is unknown, so both failures take as long.
     dummy_hash: Arc<str>,
 }
@@ -168,7 +172,8 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// An authenticator running at most `pool` hashes at once.
+    /// An authenticator running at most `pool` hashes at once, with at most `queue` logins
+    /// waiting for them or being checked.
     ///
     /// Hashes a dummy password first (once, at startup), to verify unknown user ids against.
     ///
@@ -181,6 +186,7 @@ impl Authenticator {
         registration: Registration,
         cost: HashCost,
         pool: usize,
+        queue: usize,
     ) -> Authenticator {
         let dummy_hash = hash_password("not a password", cost)
             .expect("hashing with the fixed Argon2 parameters of HashCost cannot fail");
@@ -189,8 +195,24 @@ impl Authenticator {
             registration,
             cost,
             pool: Arc::new(Semaphore::new(pool.max(1))),
+            queued: Arc::new(AtomicUsize::new(0)),
+            queue: queue.max(1),
             dummy_hash: dummy_hash.into(),
         }
+    }
+
+    /// A place in the login queue, given back when dropped.
+    ///
+    /// # Errors
+    /// `503` when the queue is full.
+    fn queue_place(&self) -> Result<QueuePlace, Failure> {
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel);
+        let place = QueuePlace(self.queued.clone());
+        if queued >= self.queue {
+            tracing::warn!(queued, "login queue full");
+            return Err(Failure::new(ErrorCode::Unavailable, LOGIN_QUEUE_FULL));
+        }
+        Ok(place)
     }
 
     /// Runs a CPU-heavy closure on the blocking pool, at most `pool` at a time.
@@ -208,10 +230,14 @@ impl Authenticator {
     /// Checks the credentials; creates the account on first use when registration is open.
     /// Returns the user id as spelled at registration.
     ///
+    /// Dropping the future before it is done gives its place in the queue back; a hash
+    /// already running finishes on its thread and is thrown away.
+    ///
     /// # Errors
     /// `401` with [`BAD_CREDENTIALS`] for an unknown user (registration closed) or a wrong
-    /// password; `503` when the store fails.
+    /// password; `503` when the login queue is full or the store fails.
     pub async fn login(&self, user_id: &UserId, password: &Password) -> Result<UserId, Failure> {
+        let _place = self.queue_place()?;
         let unauthorized = || Failure::new(ErrorCode::Unauthorized, BAD_CREDENTIALS);
         let key = user_id.key();
         let mut account = self.store.account(key.clone()).await.map_err(storage)?;
@@ -246,6 +272,18 @@ impl Authenticator {
             Some(id) if ok => Ok(id),
             _ => Err(unauthorized()),
         }
+    }
+}
+
+/// The reason of the `fail 503` a login gets when the login queue is full.
+pub const LOGIN_QUEUE_FULL: &str = "server busy, try again";
+
+/// A place in the login queue: the count goes down when it is dropped.
+struct QueuePlace(Arc<AtomicUsize>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -306,9 +344,29 @@ mod tests {
     #[test]
     fn the_dummy_hash_is_a_real_one() {
         let store = Arc::new(crate::store::MemoryStore::new(10));
-        let auth = Authenticator::new(store, Registration::Open, HashCost::InsecureFast, 1);
+        let auth = Authenticator::new(store, Registration::Open, HashCost::InsecureFast, 1, 1);
         assert!(auth.dummy_hash.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
         assert!(verify_password("not a password", &auth.dummy_hash));
+    }
+
+    #[test]
+    fn the_login_queue_is_bounded_and_places_are_given_back() {
+        let store: Arc<dyn Store> = Arc::new(crate::MemoryStore::new(10));
+        let auth = Authenticator::new(store, Registration::Open, HashCost::InsecureFast, 1, 2);
+        let first = auth.queue_place().map_err(|f| f.reason).expect("room");
+        let second = auth.queue_place().map_err(|f| f.reason).expect("room");
+        let full = auth.queue_place().err().expect("the queue is full");
+        assert_eq!(
+            full,
+            Failure::new(ErrorCode::Unavailable, "server busy, try again")
+        );
+        drop(first);
+        let third = auth
+            .queue_place()
+            .map_err(|f| f.reason)
+            .expect("a place was given back");
+        drop((second, third));
+        assert_eq!(auth.queued.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -45,20 +45,23 @@ pub struct Backoff {
     pub forget: Duration,
 }
 
-/// The schedules of both counters.
+/// The schedules of both counters, and the logins one address may have in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottlePolicy {
     /// Failed logins from one source address.
     pub per_address: Backoff,
     /// Failed logins for one account.
     pub per_account: Backoff,
+    /// Logins from one source address waiting to be checked at once (one per connection):
+    /// more get `fail 503`, so that one address cannot fill the login queue.
+    pub in_flight_per_address: u32,
 }
 
 impl Default for ThrottlePolicy {
     /// 10 failures from an address and 5 for an account go through; then waits of 1 s,
     /// 2 s, 4 s … up to 10 minutes; forgotten after an hour without a failure. A person
     /// mistyping a password never waits; one address guessing gets about 25 guesses in
-    /// its first half hour and 6 an hour after that.
+    /// its first half hour and 6 an hour after that. 4 logins in progress per address.
     fn default() -> ThrottlePolicy {
         ThrottlePolicy {
             per_address: Backoff {
@@ -73,6 +76,7 @@ impl Default for ThrottlePolicy {
                 max: Duration::from_secs(600),
                 forget: Duration::from_secs(3600),
             },
+            in_flight_per_address: 4,
         }
     }
 }
@@ -103,6 +107,8 @@ struct State {
     accounts: HashMap<String, Failures>,
     /// Per account key, the addresses that last logged in to it, newest last.
     known: HashMap<String, Vec<IpAddr>>,
+    /// Logins in progress per address (no entry: none).
+    in_flight: HashMap<IpAddr, u32>,
 }
 
 /// The login throttle of a server.
@@ -162,6 +168,31 @@ impl LoginThrottle {
             &policy.per_account,
             now,
         );
+    }
+
+    /// Takes one of `addr`'s places for a login in progress; `false` when it has none
+    /// left. Give it back with [`LoginThrottle::end`].
+    pub fn begin(&self, addr: IpAddr) -> bool {
+        let addr = prefix(addr);
+        let mut s = self.lock();
+        let n = s.in_flight.entry(addr).or_insert(0);
+        if *n >= self.policy.in_flight_per_address {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back a place taken by [`LoginThrottle::begin`].
+    pub fn end(&self, addr: IpAddr) {
+        let addr = prefix(addr);
+        let mut s = self.lock();
+        if let Some(n) = s.in_flight.get_mut(&addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.in_flight.remove(&addr);
+            }
+        }
     }
 
     /// Remembers that `addr` logged in to `account`: the account's counter no longer holds
@@ -235,6 +266,7 @@ mod tests {
         ThrottlePolicy {
             per_address: b(4),
             per_account: b(2),
+            in_flight_per_address: 2,
         }
     }
 
@@ -305,6 +337,21 @@ mod tests {
         t.failed(ip("192.0.2.1"), "alice", later);
         t.failed(ip("192.0.2.1"), "alice", later);
         assert_eq!(t.check(ip("192.0.2.3"), "alice", later), Err(SEC));
+    }
+
+    #[test]
+    fn an_address_has_a_few_logins_in_progress_at_once() {
+        let t = LoginThrottle::new(policy());
+        assert!(t.begin(ip("192.0.2.1")));
+        assert!(t.begin(ip("192.0.2.1")));
+        assert!(!t.begin(ip("192.0.2.1")));
+        assert!(t.begin(ip("192.0.2.2")));
+        t.end(ip("192.0.2.1"));
+        assert!(t.begin(ip("192.0.2.1")));
+        t.end(ip("192.0.2.1"));
+        t.end(ip("192.0.2.1"));
+        t.end(ip("192.0.2.2"));
+        assert!(t.lock().in_flight.is_empty());
     }
 
     #[test]

@@ -7,12 +7,42 @@ use simpletextim_proto::{
 
 use tokio::time::Instant;
 
-use super::{End, LoggedIn, Session};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::conn::Filled;
+use super::{End, LoggedIn, Session, deadline_passed};
+use crate::Shared;
 use crate::hub::Member;
 use crate::outbox::{Limits, Outbox};
 
 /// Failed logins after which the connection is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
+/// Bytes of later commands read while a login is checked (to notice a client that went
+/// away); past this the socket is not read until the login is done.
+const MAX_READ_AHEAD: usize = 16 * 1024;
+
+/// A login in progress from one address, counted until dropped.
+struct InFlight {
+    shared: Arc<Shared>,
+    addr: IpAddr,
+}
+
+impl InFlight {
+    /// Takes one of `addr`'s places for a login in progress, if it has one left.
+    fn begin(shared: &Arc<Shared>, addr: IpAddr) -> Option<InFlight> {
+        shared.throttle.begin(addr).then(|| InFlight {
+            shared: shared.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.throttle.end(self.addr);
+    }
+}
 
 impl Session {
     /// Handles one command.
@@ -96,7 +126,14 @@ impl Session {
             self.fail(Failure::new(ErrorCode::RateLimited, reason));
             return Ok(());
         }
-        let user_id = match self.shared.auth.login(&user_id, &password).await {
+        let Some(slot) = InFlight::begin(&self.shared, addr) else {
+            let reason = "too many logins in progress from this address, try again";
+            self.fail(Failure::new(ErrorCode::Unavailable, reason));
+            return Ok(());
+        };
+        let checked = self.check_password(&user_id, &password).await;
+        drop(slot);
+        let user_id = match checked? {
             Ok(registered) => {
                 self.shared.throttle.succeeded(addr, &key);
                 registered
@@ -151,6 +188,42 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Checks the password (queued behind the other logins), while watching the login
+    /// deadline, which counts the time queued, and the socket: a client that closes its
+    /// connection meanwhile is not waited for, and its login is dropped from the queue
+    /// before it is hashed.
+    ///
+    /// # Errors
+    /// How the session ends: the deadline passed, or the client went away.
+    async fn check_password(
+        &mut self,
+        user_id: &UserId,
+        password: &Password,
+    ) -> Result<Result<UserId, Failure>, End> {
+        let shared = self.shared.clone();
+        let checked = shared.auth.login(user_id, password);
+        tokio::pin!(checked);
+        loop {
+            // Commands sent meanwhile wait in the read buffer; past this, stop reading.
+            let watch = self.conn.read_buffered() < MAX_READ_AHEAD;
+            tokio::select! {
+                biased;
+                r = &mut checked => return Ok(r),
+                () = deadline_passed(&mut self.login_deadline) => {
+                    self.fail(Failure::new(ErrorCode::Unauthorized, "login timed out"));
+                    return Err(End::LoginTimeout);
+                }
+                r = std::future::poll_fn(|cx| self.conn.poll_read_ready(cx)), if watch => {
+                    match r.and_then(|()| self.conn.fill()) {
+                        Ok(Filled::Data | Filled::Nothing) => {}
+                        Ok(Filled::Eof) => return Err(End::Eof),
+                        Err(_) => return Err(End::Error),
+                    }
+                }
+            }
+        }
     }
 
     /// Answers a refused login; closes the connection after [`MAX_FAILED_LOGINS`] wrong

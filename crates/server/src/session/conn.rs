@@ -152,6 +152,11 @@ impl Connection {
         }
     }
 
+    /// Bytes read and not decoded yet.
+    pub(crate) fn read_buffered(&self) -> usize {
+        self.rbuf.len()
+    }
+
     /// Frees the read buffer when it holds no partial frame.
     pub(crate) fn release_read_buffer(&mut self) {
         if self.rbuf.is_empty() {
