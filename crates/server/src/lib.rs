@@ -89,8 +89,13 @@ pub struct Config {
     /// How long a connection may stay without logging in (time spent checking its
     /// password not counted); then it gets `fail 401` and is closed.
     pub login_timeout: Duration,
-    /// When failed logins make further attempts wait (`fail 429`).
+    /// When failed logins make further attempts wait (`fail 429`), and how many logins one
+    /// address may have in progress.
     pub login_throttle: ThrottlePolicy,
+    /// Clients on loopback addresses are exempt from the per-address limits (logins in
+    /// progress), for benchmarks and tests that log thousands of users in from one
+    /// machine. Failed logins are throttled all the same.
+    pub exempt_loopback: bool,
     /// Accounts and mailboxes.
     pub store: Arc<dyn Store>,
 }
@@ -111,6 +116,7 @@ impl std::fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("login_timeout", &self.login_timeout)
             .field("login_throttle", &self.login_throttle)
+            .field("exempt_loopback", &self.exempt_loopback)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +137,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(4),
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             login_throttle: ThrottlePolicy::default(),
+            exempt_loopback: false,
             store: Arc::new(MemoryStore::new(DEFAULT_MAILBOX_CAP)),
         }
     }

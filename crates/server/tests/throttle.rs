@@ -280,3 +280,24 @@ async fn one_address_has_a_bounded_number_of_logins_in_progress() {
     logged_in(&mut alice).await;
     logged_in(&mut carol).await;
 }
+
+#[tokio::test]
+async fn loopback_clients_can_be_exempt_from_the_per_address_limit() {
+    let (store, gate) = GatedStore::new();
+    let s = start_with(Config {
+        login_throttle: ThrottlePolicy {
+            in_flight_per_address: 1,
+            ..ThrottlePolicy::default()
+        },
+        exempt_loopback: true,
+        store,
+        ..config()
+    })
+    .await;
+    let mut alice = send_login(&s, "127.0.0.1", "alice").await;
+    let mut bob = send_login(&s, "127.0.0.1", "bob").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open(&gate);
+    logged_in(&mut alice).await;
+    logged_in(&mut bob).await;
+}
