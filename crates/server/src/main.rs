@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -34,7 +35,8 @@ use simpletextim_proto::{Password, UserId};
 use simpletextim_server::auth::{HashCost, hash_password};
 use simpletextim_server::store::{Account, SqliteStore, StoreError};
 use simpletextim_server::{
-    Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit, Registration, Store,
+    Backoff, Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit, Registration,
+    Store, ThrottlePolicy,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -99,9 +101,47 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE_LIMIT.burst)]
     rate_burst: u32,
 
-    /// Seconds a connection may stay without logging in before it is closed (`fail 401`).
+    /// Seconds a connection may stay without logging in before it is closed (`fail 401`),
+    /// the time its login waits to be checked included.
     #[arg(long, value_name = "SECS", default_value_t = simpletextim_server::DEFAULT_LOGIN_TIMEOUT.as_secs())]
     login_timeout: u64,
+
+    /// Bytes of messages and notices queued for one client before it counts as a slow
+    /// consumer and is disconnected.
+    #[arg(long, value_name = "BYTES", default_value_t = simpletextim_server::DEFAULT_OUTBOX_BYTES)]
+    outbox_bytes: usize,
+
+    /// Seconds a client's socket may take nothing of what is waiting for it before the
+    /// connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = simpletextim_server::DEFAULT_WRITE_TIMEOUT.as_secs())]
+    write_timeout: u64,
+
+    /// Logins waiting for their password to be checked at once; more get `fail 503`.
+    #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_LOGIN_QUEUE)]
+    login_queue: usize,
+
+    /// Failed logins from one address (IPv4, or IPv6 /64) before further attempts wait
+    /// (`fail 429`): 1 s, then doubling.
+    #[arg(long, value_name = "N", default_value_t = ThrottlePolicy::default().per_address.free)]
+    login_failures_per_address: u32,
+
+    /// Failed logins for one account before further attempts wait (`fail 429`), except
+    /// from addresses that logged in to it before.
+    #[arg(long, value_name = "N", default_value_t = ThrottlePolicy::default().per_account.free)]
+    login_failures_per_account: u32,
+
+    /// The longest wait after failed logins, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = ThrottlePolicy::default().per_account.max.as_secs())]
+    login_max_wait: u64,
+
+    /// Logins one address may have waiting to be checked at once; more get `fail 503`.
+    #[arg(long, value_name = "N", default_value_t = ThrottlePolicy::default().in_flight_per_address)]
+    logins_per_address: u32,
+
+    /// Exempt clients on loopback addresses from the per-address limit on logins in
+    /// progress (benchmarks logging thousands of users in from one machine).
+    #[arg(long)]
+    exempt_loopback: bool,
 
     /// Most connections served at once [default: the open-file limit less a reserve].
     #[arg(long, value_name = "N")]
@@ -113,6 +153,26 @@ struct Cli {
 }
 
 impl Cli {
+    /// The login throttle's schedules from the command line: waits start at 1 s and double
+    /// up to `--login-max-wait`.
+    fn throttle_policy(&self) -> ThrottlePolicy {
+        let defaults = ThrottlePolicy::default();
+        let max = Duration::from_secs(self.login_max_wait.max(1));
+        ThrottlePolicy {
+            per_address: Backoff {
+                free: self.login_failures_per_address,
+                max,
+                ..defaults.per_address
+            },
+            per_account: Backoff {
+                free: self.login_failures_per_account,
+                max,
+                ..defaults.per_account
+            },
+            in_flight_per_address: self.logins_per_address.max(1),
+        }
+    }
+
     fn hash_cost(&self) -> HashCost {
         if self.insecure_fast_hash {
             HashCost::InsecureFast
@@ -247,7 +307,12 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
             per_sec: cli.rate_limit,
             burst: cli.rate_burst.max(1),
         }),
-        login_timeout: std::time::Duration::from_secs(cli.login_timeout.max(1)),
+        login_timeout: Duration::from_secs(cli.login_timeout.max(1)),
+        outbox_bytes: cli.outbox_bytes,
+        write_timeout: Duration::from_secs(cli.write_timeout.max(1)),
+        login_queue: cli.login_queue.max(1),
+        login_throttle: cli.throttle_policy(),
+        exempt_loopback: cli.exempt_loopback,
         store,
         ..Config::default()
     };
