@@ -60,7 +60,7 @@ pub struct ThrottlePolicy {
 impl Default for ThrottlePolicy {
     /// 10 failures from an address and 5 for an account go through; then waits of 1 s,
     /// 2 s, 4 s … up to 10 minutes; forgotten after an hour without a failure. A person
-    /// mistyping a password never waits; one address guessing gets about 25 guesses in
+    /// mistyping a password never waits; one address guessing gets about 20 guesses in
     /// its first half hour and 6 an hour after that. 4 logins in progress per address.
     fn default() -> ThrottlePolicy {
         ThrottlePolicy {
