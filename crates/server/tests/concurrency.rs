@@ -343,6 +343,18 @@ async fn flood_without_reading(s: &TestServer) -> (Vec<Reply>, usize) {
     (replies, sent)
 }
 
+/// Floods `s` without reading ([`flood_without_reading`]) until it closes the connection;
+/// what came back is `fail 401 login required`s only, fewer than were asked for.
+async fn assert_closed_while_flooding(s: &TestServer) {
+    let (replies, sent) = flood_without_reading(s).await;
+    assert!(replies.len() < sent, "{} of {sent}", replies.len());
+    let required = fail(
+        simpletextim_proto::ErrorCode::Unauthorized,
+        "login required",
+    );
+    assert!(replies.iter().all(|r| *r == required), "{replies:?}");
+}
+
 /// A peer that never reads is closed once its socket has taken nothing for the write
 /// timeout, without waiting for the (far) login deadline: what it got is `fail 401`s only,
 /// fewer than it asked for.
@@ -354,13 +366,7 @@ async fn a_peer_that_never_reads_is_closed_after_the_write_timeout() {
         ..config()
     })
     .await;
-    let (replies, sent) = flood_without_reading(&s).await;
-    assert!(replies.len() < sent, "{} of {sent}", replies.len());
-    let required = fail(
-        simpletextim_proto::ErrorCode::Unauthorized,
-        "login required",
-    );
-    assert!(replies.iter().all(|r| *r == required), "{replies:?}");
+    assert_closed_while_flooding(&s).await;
 }
 
 /// The login deadline holds while the server waits to write: a peer that never logs in
@@ -373,11 +379,5 @@ async fn the_login_deadline_holds_while_a_write_waits() {
         ..config()
     })
     .await;
-    let (replies, sent) = flood_without_reading(&s).await;
-    assert!(replies.len() < sent, "{} of {sent}", replies.len());
-    let required = fail(
-        simpletextim_proto::ErrorCode::Unauthorized,
-        "login required",
-    );
-    assert!(replies.iter().all(|r| *r == required), "{replies:?}");
+    assert_closed_while_flooding(&s).await;
 }
