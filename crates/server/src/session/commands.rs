@@ -105,10 +105,12 @@ impl Session {
         }
     }
 
-    /// Checks the password, joins the hub, and writes the login ack with the mailbox.
+    /// Refuses a login that is throttled or over its address's logins in progress, checks
+    /// the password, then starts the logged-in session.
     ///
     /// # Errors
-    /// How the session ends: too many failed logins, the store failing, or the ack's write.
+    /// How the session ends: too many failed logins, the login deadline, the client gone,
+    /// the store failing, or the ack's write.
     async fn login(&mut self, user_id: UserId, password: Password) -> Result<(), End> {
         if let Some(login) = &self.login {
             let reason = format!("already logged in as {}", login.user_id);
@@ -149,6 +151,15 @@ impl Session {
                 return self.login_failed(&user_id, failure);
             }
         };
+        self.start(user_id).await
+    }
+
+    /// Joins the hub as `user_id` (as registered), then writes the login ack with the
+    /// messages kept in the mailbox, and deletes those once written.
+    ///
+    /// # Errors
+    /// How the session ends: the store failing, or the ack's write.
+    async fn start(&mut self, user_id: UserId) -> Result<(), End> {
         let outbox = Outbox::new(Limits {
             items: self.shared.config.outbox_capacity,
             bytes: self.shared.config.outbox_bytes,
@@ -167,6 +178,7 @@ impl Session {
         tracing::info!(%peer, user = %user_id, conn = self.conn_id, "logged in");
         // Registered first, mailbox read second: a private message accepted in between is
         // either in the mailbox (the store's ordering contract) or in our outbox.
+        let key = user_id.key();
         let store = &self.shared.config.store;
         let pending = match store.pending(key.clone()).await {
             Ok(p) => p,
