@@ -475,38 +475,30 @@ fn create_private_dir(dir: &Path) -> Result<(), OpenError> {
 /// file is a database of schema version 0). SQLite gives its `-wal` and `-shm` files the mode
 /// of this file, so they are 0600 too.
 fn create_private_file(path: &Path) -> Result<(), OpenError> {
+    match create_new_private(path) {
+        // Created meanwhile (another process starting): checked and opened as existing.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        result => result.map_err(|source| OpenError::CreateFile {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Creates the empty file `path`, which must not exist, with mode 0600 whatever the umask
+/// (the mode is set again after the creation, which the umask masks).
+fn create_new_private(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => {}
-        // Created meanwhile (another process starting): checked and opened as existing.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(source) => {
-            return Err(OpenError::CreateFile {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    }
-    #[cfg(unix)]
-    set_mode(path, 0o600)?;
-    Ok(())
-}
-
-/// Sets the mode of the file `path` to 0600, whatever the umask made of it.
-fn private(path: &Path) -> std::io::Result<()> {
+    options.open(path)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Sets the permission bits of `path` to `mode`.
@@ -1028,28 +1020,25 @@ impl Worker {
         })?;
         // Created empty with mode 0600 first (VACUUM INTO accepts an empty file): SQLite
         // would create it 0644 less the umask, and it holds password hashes and messages.
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(dest) {
-            Ok(_) => {}
+        match create_new_private(dest) {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(StoreError::Backend(format!(
                     "{} exists already",
                     dest.display()
                 )));
             }
-            Err(e) => return Err(StoreError::Backend(format!("{}: {e}", dest.display()))),
+            Err(e) => {
+                // It may have been created before its mode could be set.
+                let _ = std::fs::remove_file(dest);
+                return Err(StoreError::Backend(format!("{}: {e}", dest.display())));
+            }
         }
-        let result = private(dest)
-            .map_err(|e| format!("cannot set its mode to 0600: {e}"))
-            .and_then(|()| {
-                self.conn
-                    .execute("VACUUM INTO ?1", [dest_str])
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            });
+        let result = self
+            .conn
+            .execute("VACUUM INTO ?1", [dest_str])
+            .map(drop)
+            .map_err(|e| e.to_string());
         if let Err(e) = result {
             // Only the file this call created; a partial copy is no backup.
             let _ = std::fs::remove_file(dest);
