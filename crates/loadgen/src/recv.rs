@@ -25,6 +25,8 @@ pub struct Shared {
     pub base: Instant,
     /// Latency of every delivered message.
     pub latency: SharedHistogram,
+    /// Round trip of every sender's own messages (the send to its echo).
+    pub echo_latency: SharedHistogram,
     /// Latency of messages sent inside the window below (presence: during the churn).
     pub latency_in_window: SharedHistogram,
     /// Open loop: latency from when each message was actually written rather than
@@ -61,6 +63,7 @@ impl Shared {
         Arc::new(Shared {
             base: Instant::now(),
             latency: SharedHistogram::new(),
+            echo_latency: SharedHistogram::new(),
             latency_in_window: SharedHistogram::new(),
             send_lag: SharedHistogram::new(),
             latency_from_write: SharedHistogram::new(),
@@ -263,6 +266,7 @@ struct Receiver<'a> {
     shared: &'a Shared,
     scanner: MessageScanner,
     latency: Recorder,
+    echo_latency: Recorder,
     latency_in_window: Recorder,
     latency_from_write: Recorder,
     /// The last sequence number seen from each sender (`u32::MAX`: none yet).
@@ -278,6 +282,7 @@ impl<'a> Receiver<'a> {
         Receiver {
             scanner: MessageScanner::new(),
             latency: shared.latency.recorder(),
+            echo_latency: shared.echo_latency.recorder(),
             latency_in_window: shared.latency_in_window.recorder(),
             latency_from_write: shared.latency_from_write.recorder(),
             last_seq: vec![u32::MAX; expect.senders],
@@ -325,6 +330,7 @@ impl<'a> Receiver<'a> {
         let Receiver {
             scanner,
             latency,
+            echo_latency,
             latency_in_window,
             latency_from_write,
             last_seq,
@@ -347,6 +353,7 @@ impl<'a> Receiver<'a> {
             }
             if Some(m.sender) == me {
                 echoes += 1;
+                echo_latency.record(us);
             }
             if let Some(last) = last_seq.get_mut(m.sender as usize) {
                 if *last != u32::MAX && m.seq <= *last {
@@ -420,6 +427,7 @@ impl<'a> Receiver<'a> {
                 v.complete(c.users) && v.all_offline() && self.seen.churn_errors == 0;
         }
         self.latency.flush();
+        self.echo_latency.flush();
         self.latency_in_window.flush();
         self.latency_from_write.flush();
         self.seen

@@ -84,9 +84,20 @@ pub struct Report {
     /// `conns`: connections asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conns: Option<usize>,
+    /// `soak`: round trip of the normal users (a send to the sender's own echo),
+    /// microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo_latency_us: Option<Summary>,
     /// `fanout`, `private`: echoes the senders received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echoes: Option<u64>,
+    /// `soak`: chat messages from the flooders that reached the normal users (every
+    /// normal user's copy counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flood_seen: Option<u64>,
+    /// `soak`: what each kind of hostile connection did and how the server answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostile: Option<Vec<HostileCounts>>,
     /// `presence`, `conns`: `joined` notices received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined_seen: Option<u64>,
@@ -128,6 +139,10 @@ pub struct Report {
     /// `conns`: load-generator processes holding the connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<usize>,
+    /// `soak`: the same run without hostile connections, on a fresh server of its own;
+    /// the harness (`cargo xtask bench`) fills it in, the load generator never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet: Option<Box<Report>>,
     /// `conns`: server RSS extrapolated to 100 000 connections, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_at_100k: Option<f64>,
@@ -144,16 +159,31 @@ pub struct Report {
     /// (`cargo xtask bench`) fills it in, the load generator never does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_cpu_s: Option<f64>,
-    /// `conns`: server RSS after the connections logged in, bytes (needs `--server-pid`).
+    /// `conns`: server RSS after the connections logged in; `soak`: at the end of the
+    /// chat, the hostile connections still on. Bytes (needs `--server-pid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_rss_after: Option<u64>,
-    /// `conns`: server RSS before the first connection, bytes (needs `--server-pid`).
+    /// `conns`: server RSS before the first connection; `soak`: once the normal users
+    /// are logged in, before the hostile connections. Bytes (needs `--server-pid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_rss_before: Option<u64>,
+    /// `soak`: the server's peak RSS since it started (`VmHWM`), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_peak: Option<u64>,
+    /// `soak`: server RSS a few seconds after the hostile connections stopped, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_released: Option<u64>,
+    /// `soak`: server RSS every [`crate::workload::soak::RSS_SAMPLE_EVERY`] from the start
+    /// of the hostile connections to the end of the chat, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_samples: Option<Vec<u64>>,
     /// `fanout`, `private`, `presence`: seconds waited after the logins for the
     /// `joined` notices to drain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_s: Option<f64>,
+    /// `soak`: seconds the normal users chat for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_secs: Option<f64>,
     /// `offline`: messages stored (confirmed by their echo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<u64>,
@@ -167,6 +197,30 @@ pub struct Report {
     /// [`Report::server_cpu_s`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_s: Option<f64>,
+}
+
+/// `soak`: what the hostile connections of one kind did, and how the server answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HostileCounts {
+    /// `slowloris`, `garbage`, `guesser`, `never-reader` or `flooder`.
+    pub kind: String,
+    /// Connections of this kind held at once (each reconnects after the server closes it).
+    pub conns: usize,
+    /// Source addresses they come from (127.0.0.2, …).
+    pub addresses: usize,
+    /// Connections opened, reconnections included.
+    pub connects: u64,
+    /// Connections that could not be opened (refused, reset or timed out).
+    pub connect_errors: u64,
+    /// Successful logins (flooders and never-readers log in; a guesser never should).
+    pub logins: u64,
+    /// What this kind sent: bytes (slowloris), frames (garbage), guesses, commands
+    /// (flooders), probes (never-readers).
+    pub actions: u64,
+    /// Connections the server closed.
+    pub closed: u64,
+    /// `fail` replies by error code.
+    pub fails: BTreeMap<u16, u64>,
 }
 
 impl Report {

@@ -130,19 +130,38 @@ impl Summary {
 /// # Errors
 /// When the file cannot be read or has no `VmRSS` line.
 pub fn rss_bytes(pid: u32) -> std::io::Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Reads a process's peak resident set size in bytes from `/proc/PID/status` (`VmHWM`,
+/// the high-water mark since it started).
+///
+/// # Errors
+/// When the file cannot be read or has no `VmHWM` line.
+pub fn peak_rss_bytes(pid: u32) -> std::io::Result<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// The figure of `key` (`VmRSS:`) in `/proc/PID/status`, in bytes.
+fn status_bytes(pid: u32, key: &str) -> std::io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vm_rss(&status).ok_or_else(|| {
+    parse_status_kb(&status, key).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("no VmRSS in /proc/{pid}/status"),
+            format!("no {key} in /proc/{pid}/status"),
         )
     })
 }
 
 /// The `VmRSS` of a `/proc/PID/status` text, in bytes.
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut words = line["VmRSS:".len()..].split_whitespace();
+    parse_status_kb(status, "VmRSS:")
+}
+
+/// A `KEY: N kB` line of a `/proc/PID/status` text, in bytes.
+pub fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
     let n: u64 = words.next()?.parse().ok()?;
     match words.next() {
         Some("kB") | None => Some(n * 1024),
@@ -236,7 +255,9 @@ mod tests {
         let status =
             "Name:\tsimpletextim-se\nVmPeak:\t  200 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
         assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
+        assert_eq!(parse_status_kb(status, "VmPeak:"), Some(200 * 1024));
         assert_eq!(parse_vm_rss("Name: x\n"), None);
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(peak_rss_bytes(std::process::id()).unwrap() > 0);
     }
 }

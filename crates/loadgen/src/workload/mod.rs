@@ -5,6 +5,7 @@ pub mod chat;
 pub mod conns;
 pub mod offline;
 pub mod presence;
+pub mod soak;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
