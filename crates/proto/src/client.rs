@@ -1,18 +1,25 @@
-//! An async client: connect, log in, send, and read replies as a [`Stream`].
+//! An async client: connect (plain TCP or TLS), log in, send, and read replies as a
+//! [`Stream`].
 //!
-//! This is the only module of the crate that does I/O.
+//! With `tls.rs`, which loads trusted certificates, the only module of the crate that does
+//! I/O.
 
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::{SinkExt, Stream, StreamExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::codec::{ClientCodec, CodecError};
 use crate::command::Command;
 use crate::reply::{ChatMessage, Reply};
+use crate::tls::{TlsConfig, TlsSetupError};
 use crate::types::{Failure, MessageText, Password, Recipient, UserId};
 
 /// What can go wrong in a [`Client`].
@@ -21,6 +28,15 @@ pub enum ClientError {
     /// The TCP connection could not be made.
     #[error("cannot connect: {0}")]
     Connect(#[source] std::io::Error),
+    /// The TLS configuration could not be made (a CA file unreadable or holding no
+    /// certificate, no trusted roots, a server name that is not one); nothing was sent.
+    #[error("TLS setup: {0}")]
+    TlsSetup(#[from] TlsSetupError),
+    /// The TLS handshake failed: the server's certificate is not trusted (rustls says
+    /// "UnknownIssuer") or not valid for the name asked for, the server does not speak TLS,
+    /// or the connection broke during the handshake. The error holds rustls' reason.
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(#[source] std::io::Error),
     /// Framing or I/O failed; the connection is unusable. (A readable frame holding an
     /// unreadable reply is not an error: it is [`Reply::Unreadable`].)
     #[error(transparent)]
@@ -102,11 +118,46 @@ impl Client {
         Ok(Client::from_stream(stream))
     }
 
+    /// Connects to a server over TLS (no login yet), trusting the certificates `tls` says
+    /// and verifying that the server's certificate is valid for `server_name` (a DNS name or
+    /// an IP address; usually the host part of `addr`). See [`TlsConfig`] for an example.
+    ///
+    /// # Errors
+    /// [`ClientError::TlsSetup`] when `server_name` is not a name (nothing is sent);
+    /// [`ClientError::Connect`] when the TCP connection cannot be made;
+    /// [`ClientError::TlsHandshake`] when the handshake fails (an untrusted certificate, one
+    /// for another name, a server that does not speak TLS).
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        server_name: &str,
+        tls: &TlsConfig,
+    ) -> Result<Client, ClientError> {
+        let name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
+            TlsSetupError::InvalidServerName {
+                name: server_name.to_owned(),
+            }
+        })?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ClientError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let stream = TlsConnector::from(tls.rustls().clone())
+            .connect(name, stream)
+            .await
+            .map_err(ClientError::TlsHandshake)?;
+        let (r, w) = tokio::io::split(stream);
+        Ok(Client::from_halves(ReadHalf::Tls(r), WriteHalf::Tls(w)))
+    }
+
     /// Wraps an already connected socket, with the default frame limits.
     pub fn from_stream(stream: TcpStream) -> Client {
         // Chat is many small frames: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
+        Client::from_halves(ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+    }
+
+    fn from_halves(r: ReadHalf, w: WriteHalf) -> Client {
         Client {
             sender: ClientSender {
                 inner: FramedWrite::new(w, ClientCodec::new()),
@@ -209,7 +260,7 @@ impl Stream for Client {
 /// The sending half of a [`Client`].
 #[derive(Debug)]
 pub struct ClientSender {
-    inner: FramedWrite<OwnedWriteHalf, ClientCodec>,
+    inner: FramedWrite<WriteHalf, ClientCodec>,
 }
 
 impl ClientSender {
@@ -275,7 +326,7 @@ impl ClientSender {
 /// is the recoverable `Ok(`[`Reply::Unreadable`]`)`, an `Err` is fatal.
 #[derive(Debug)]
 pub struct ClientReceiver {
-    inner: FramedRead<OwnedReadHalf, ClientCodec>,
+    inner: FramedRead<ReadHalf, ClientCodec>,
 }
 
 impl ClientReceiver {
@@ -299,5 +350,89 @@ impl Stream for ClientReceiver {
         Pin::new(&mut self.inner)
             .poll_next(cx)
             .map(|o| o.map(|r| r.map_err(ClientError::from)))
+    }
+}
+
+/// A TLS stream over TCP, as the client uses it.
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The reading half of a connection, plain or TLS. (A plain socket splits without the lock
+/// `tokio::io::split` puts between the halves of a TLS stream.)
+#[derive(Debug)]
+enum ReadHalf {
+    Tcp(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream>),
+}
+
+/// The writing half of a connection, plain or TLS.
+#[derive(Debug)]
+enum WriteHalf {
+    Tcp(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream>),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            // A peer that closes without TLS's close_notify is an end of stream, not an
+            // error: frames carry their length, so a frame cut short is still caught (by
+            // the codec, as bytes remaining at the end), and servers commonly just close.
+            ReadHalf::Tls(r) => match Pin::new(r).poll_read(cx, buf) {
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            WriteHalf::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteHalf::Tcp(w) => w.is_write_vectored(),
+            WriteHalf::Tls(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
     }
 }

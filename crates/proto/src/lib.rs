@@ -6,7 +6,9 @@
 //! - Validated types: [`UserId`] (case-insensitive, spelling kept), [`Password`],
 //!   [`MessageText`] (1–140 characters), [`Recipient`], [`ErrorCode`].
 //! - [`ServerCodec`] and [`ClientCodec`]: `tokio_util` length-delimited frames of JSON.
-//! - [`Client`]: an async client to build bots and user interfaces on.
+//! - [`Client`]: an async client to build bots and user interfaces on, over plain TCP or
+//!   TLS ([`Client::connect_tls`] with a [`TlsConfig`]: the system's roots, a CA file, or
+//!   both).
 //!
 //! Start reading at [`Client`] to talk to a server, or at [`Command`] and [`Reply`] for the
 //! messages themselves. The protocol is described in `docs/PROTOCOL.md` of the repository.
@@ -43,10 +45,12 @@ mod client;
 pub mod codec;
 mod command;
 mod reply;
+mod tls;
 pub mod types;
 
 pub use client::{Client, ClientError, ClientReceiver, ClientSender};
 pub use codec::{ClientCodec, CodecError, ServerCodec};
 pub use command::Command;
 pub use reply::{ChatMessage, Reply};
+pub use tls::{TlsConfig, TlsSetupError};
 pub use types::{ErrorCode, Failure, MessageText, Password, Recipient, UserId};
