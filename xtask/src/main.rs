@@ -3,8 +3,10 @@
 //! - `ci`: exactly what CI runs: format check, clippy with warnings denied, docs, the tests.
 //! - `bench`: the benchmark suite against a release server; writes `docs/BENCHMARKS.md`.
 //! - `fuzz`: long runs of the proptest fuzz targets (`--cases N`) on a release build.
+//! - `cert`: a self-signed certificate and key for a TLS test server.
 
 mod bench;
+mod cert;
 mod ci;
 mod fuzz;
 
@@ -27,6 +29,9 @@ enum Task {
     /// decoder and command parser, the line codec): `cargo test --release` of exactly those
     /// tests with PROPTEST_CASES=N.
     Fuzz(fuzz::FuzzArgs),
+    /// A self-signed certificate (cert.pem) and its key (key.pem, mode 0600) for localhost,
+    /// 127.0.0.1, ::1 and each --name, for a TLS test server; prints the commands using them.
+    Cert(cert::CertArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Task::Ci => ci::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Cert(args) => cert::run(&args),
     }
 }
