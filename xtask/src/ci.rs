@@ -18,8 +18,32 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The version of cargo-deny `.ci/run` installs.
+const CARGO_DENY: &str = "cargo-deny@0.20.2";
+
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    // Licences, wildcard versions and sources of every dependency (deny.toml); the
+    // advisories check needs GitHub, see deny.toml.
+    let deny_present = Command::new("cargo-deny")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !deny_present {
+        bail!("cargo-deny is not installed: cargo install --locked {CARGO_DENY} (.ci/run does)");
+    }
+    cargo(
+        &[
+            "deny",
+            "--offline",
+            "check",
+            "--hide-inclusion-graph",
+            "licenses",
+            "bans",
+            "sources",
+        ],
+        &[],
+    )?;
     cargo(
         &[
             "clippy",
