@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use simpletextim_proto::{Password, UserId};
 use simpletextim_tui::app::{App, Settings, TimeZone};
+use simpletextim_tui::net::Target;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
@@ -26,9 +27,19 @@ const PASSWORD_ENV: &str = "SIMPLETEXTIM_PASSWORD";
 #[derive(Debug, Parser)]
 #[command(name = "simpletextim", version)]
 struct Cli {
-    /// Server address (host:port).
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    /// Server address: host:port (plain TCP unless --tls or --ca), simpletextims://host:port
+    /// (TLS) or simpletextim://host:port (plain TCP); the port defaults to 5000, and an IPv6
+    /// address goes in brackets ([::1]:5000).
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1:5000")]
     server: String,
+    /// Connect over TLS, verifying the server's certificate against the system's root
+    /// certificates (and --ca) for the host of --server.
+    #[arg(long)]
+    tls: bool,
+    /// Also trust the certificates of this PEM file (a self-signed server's certificate, a
+    /// private authority's); implies --tls.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// User id to log in as (asked on the login screen when absent).
     #[arg(long)]
     user: Option<String>,
@@ -78,6 +89,11 @@ unsafe fn take_password_env() -> Option<OsString> {
 }
 
 fn run(cli: Cli, env_password: Option<OsString>) -> anyhow::Result<()> {
+    let target = Target::parse(&cli.server, cli.tls, cli.ca.as_deref())
+        .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+    // The CA file is read now, so that a bad one stops the client before the screen opens.
+    // (Its error already says which file and why: not the source chain again.)
+    let endpoint = target.endpoint().map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(user) = &cli.user {
         UserId::new(user).map_err(|f| anyhow::anyhow!("--user: {}", f.reason))?;
     }
@@ -95,8 +111,13 @@ fn run(cli: Cli, env_password: Option<OsString>) -> anyhow::Result<()> {
         }
     }
 
+    if endpoint.is_tls() {
+        tracing::info!(server = %endpoint, "connecting with TLS");
+    } else if !is_loopback(&target.host) {
+        tracing::warn!(server = %endpoint, "plain TCP to another machine: the password crosses the network in clear (use --tls)");
+    }
     let settings = Settings {
-        server: cli.server.clone(),
+        server: endpoint.to_string(),
         bell: !cli.no_bell,
         tz: TimeZone::Local,
     };
@@ -110,7 +131,7 @@ fn run(cli: Cli, env_password: Option<OsString>) -> anyhow::Result<()> {
     runtime.block_on(async {
         let (mut terminal, _restore) =
             simpletextim_tui::terminal::init().context("cannot set up the terminal")?;
-        simpletextim_tui::run::run(&mut terminal, app, initial)
+        simpletextim_tui::run::run(&mut terminal, app, endpoint, initial)
             .await
             .context("terminal error")
     })?;
@@ -118,6 +139,14 @@ fn run(cli: Cli, env_password: Option<OsString>) -> anyhow::Result<()> {
     runtime.shutdown_background();
     tracing::info!("bye");
     Ok(())
+}
+
+/// Whether `host` is this machine (`localhost` or a loopback address).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The password from `--password-file` or else the environment (`env`, taken out of it at

@@ -5,7 +5,8 @@
 //! a [`NetEvent`] and every [`NetRequest::Send`] to the server. When the connection drops it
 //! reconnects with exponential backoff (1, 2, 4 … 30 s, counting down in
 //! [`NetEvent::Reconnecting`]) and logs in again by itself, except after `fail 409` (the
-//! session was taken over by another login), which ends it for good.
+//! session was taken over by another login), which ends it for good. It connects to an
+//! [`Endpoint`] (plain TCP or TLS, see [`endpoint`]) every time, so reconnections keep TLS.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,10 @@ use tracing::{debug, info, warn};
 use crate::event::{Event, NetEvent, NetRequest};
 use crate::text::sanitize;
 
+pub mod endpoint;
+
+pub use endpoint::{Endpoint, Security, Target};
+
 /// Longest wait between two reconnection attempts, in seconds.
 const BACKOFF_MAX_SECS: u64 = 30;
 /// How long connecting and logging in may take.
@@ -35,14 +40,15 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Starts the network task for the server at `addr`. Returns where to send it requests,
-/// and its handle (it ends after [`NetRequest::Exit`], or when either channel closes).
+/// Starts the network task for the server at `endpoint` (a `String` is a plain TCP
+/// `host:port`). Returns where to send it requests, and its handle (it ends after
+/// [`NetRequest::Exit`], or when either channel closes).
 pub fn spawn(
-    addr: String,
+    endpoint: impl Into<Endpoint>,
     events: mpsc::Sender<Event>,
 ) -> (mpsc::UnboundedSender<NetRequest>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = tokio::spawn(run(addr, rx, events));
+    let handle = tokio::spawn(run(endpoint.into(), rx, events));
     (tx, handle)
 }
 
@@ -63,7 +69,7 @@ enum End {
 
 /// The network task's body; see the module documentation.
 pub async fn run(
-    addr: String,
+    endpoint: Endpoint,
     mut requests: mpsc::UnboundedReceiver<NetRequest>,
     events: mpsc::Sender<Event>,
 ) {
@@ -86,14 +92,14 @@ pub async fn run(
         if !emit(&events, NetEvent::Connecting).await {
             return;
         }
-        info!(server = %addr, user = %user, "logging in");
-        let next = match connect_and_login(&addr, &user, &password).await {
+        info!(server = %endpoint, user = %user, "logging in");
+        let next = match connect_and_login(&endpoint, &user, &password).await {
             Ok((client, pending)) => {
                 logged_in_once = true;
                 delay = 1;
                 serve(client, pending, user, &mut requests, &events).await
             }
-            Err(e) => login_failed(&addr, &e, logged_in_once, &events).await,
+            Err(e) => login_failed(&endpoint, &e, logged_in_once, &events).await,
         };
         match next {
             Next::Exit => return,
@@ -173,7 +179,7 @@ async fn serve(
 /// credentials), or whose account is refused, decides what to do next; a reconnection that
 /// failed otherwise (the server is down, say) is tried again.
 async fn login_failed(
-    addr: &str,
+    endpoint: &Endpoint,
     e: &ClientError,
     logged_in_once: bool,
     events: &mpsc::Sender<Event>,
@@ -182,7 +188,7 @@ async fn login_failed(
         e.failure().map(|f| f.error_code),
         Some(ErrorCode::Unauthorized | ErrorCode::BadRequest)
     );
-    let reason = describe(addr, e);
+    let reason = describe(endpoint, e);
     warn!(%reason, "login failed");
     if logged_in_once && !refused {
         return Next::Reconnect;
@@ -193,10 +199,15 @@ async fn login_failed(
     Next::WaitForLogin
 }
 
-/// A message for people about a failed connection or login.
-fn describe(addr: &str, e: &ClientError) -> String {
+/// A message for people about a failed connection or login. (A TLS failure can quote names
+/// from the server's certificate: sanitized like everything else from the network.)
+fn describe(endpoint: &Endpoint, e: &ClientError) -> String {
+    let addr = sanitize(&endpoint.to_string());
     match e {
-        ClientError::Connect(io) => format!("cannot connect to {}: {io}", sanitize(addr)),
+        ClientError::Connect(io) => format!("cannot connect to {addr}: {io}"),
+        ClientError::TlsHandshake(reason) => {
+            sanitize(&format!("TLS handshake with {addr} failed: {reason}"))
+        }
         ClientError::Refused(f) | ClientError::Invalid(f) => {
             format!("{}: {}", f.error_code, sanitize(&f.reason))
         }
@@ -205,12 +216,12 @@ fn describe(addr: &str, e: &ClientError) -> String {
 }
 
 async fn connect_and_login(
-    addr: &str,
+    endpoint: &Endpoint,
     user: &UserId,
     password: &Password,
 ) -> Result<(Client, Vec<ChatMessage>), ClientError> {
     let attempt = async {
-        let mut client = Client::connect(addr).await?;
+        let mut client = endpoint.connect().await?;
         let pending = client.login(user.as_str(), password.expose()).await?;
         Ok((client, pending))
     };

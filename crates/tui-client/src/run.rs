@@ -11,6 +11,7 @@ use tracing::warn;
 
 use crate::app::{Action, App};
 use crate::event::{Event, NetEvent, NetRequest};
+use crate::net::Endpoint;
 use crate::terminal::Tui;
 use crate::{net, ui};
 
@@ -21,14 +22,20 @@ const EVENTS_PER_FRAME: usize = 256;
 /// How long quitting waits for the network task to say goodbye.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs the client until the person quits. `initial` are actions to carry out first (a
-/// login with a password from the environment, say).
+/// Runs the client until the person quits, connecting to `server` (plain or TLS).
+/// `initial` are actions to carry out first (a login with a password from the environment,
+/// say).
 ///
 /// # Errors
 /// The I/O error when the terminal cannot be drawn on.
-pub async fn run(terminal: &mut Tui, mut app: App, initial: Vec<Action>) -> io::Result<()> {
+pub async fn run(
+    terminal: &mut Tui,
+    mut app: App,
+    server: Endpoint,
+    initial: Vec<Action>,
+) -> io::Result<()> {
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
-    let (net_tx, mut net_task) = net::spawn(app.settings.server.clone(), events_tx.clone());
+    let (net_tx, mut net_task) = net::spawn(server, events_tx.clone());
     let mut net_running = true;
     let term_task = tokio::spawn(terminal_events(events_tx));
 
