@@ -14,6 +14,7 @@ mod outbox;
 mod session;
 pub mod store;
 mod throttle;
+mod tls;
 mod wire;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use auth::{HashCost, Registration};
 pub use session::RateLimit;
 pub use store::{MemoryStore, Store};
 pub use throttle::{Backoff, ThrottlePolicy};
+pub use tls::{Tls, TlsError};
 pub use wire::Framing;
 
 use auth::Authenticator;
@@ -98,6 +100,8 @@ pub struct Config {
     pub exempt_loopback: bool,
     /// Accounts and mailboxes.
     pub store: Arc<dyn Store>,
+    /// Serve every listener over TLS with this certificate; `None`: plain TCP.
+    pub tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for Config {
@@ -117,6 +121,7 @@ impl std::fmt::Debug for Config {
             .field("login_timeout", &self.login_timeout)
             .field("login_throttle", &self.login_throttle)
             .field("exempt_loopback", &self.exempt_loopback)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -139,6 +144,7 @@ impl Default for Config {
             login_throttle: ThrottlePolicy::default(),
             exempt_loopback: false,
             store: Arc::new(MemoryStore::new(DEFAULT_MAILBOX_CAP)),
+            tls: None,
         }
     }
 }
@@ -193,6 +199,17 @@ pub async fn run_listeners(
         tracing::warn!(
             "--insecure-fast-hash: passwords are hashed with minimal cost; benchmarks and tests only"
         );
+    }
+    if config.tls.is_none() {
+        for (listener, _) in &listeners {
+            if let Ok(addr) = listener.local_addr()
+                && !addr.ip().is_loopback()
+            {
+                tracing::warn!(
+                    "listening on {addr} without TLS: passwords would cross the network in clear; use --tls-cert/--tls-key"
+                );
+            }
+        }
     }
     let shared = Arc::new(Shared {
         hub: Hub::new(store.clone(), min_id),
@@ -268,7 +285,17 @@ async fn accept_loop(
                 backoff = Duration::from_millis(10);
                 let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
-                let session = session::Session::new(stream, peer, conn_id, shared, permit, framing);
+                // On a TLS listener the session starts with the TLS state that will drive
+                // the handshake (it cannot fail with a configuration that built).
+                let tls = match shared.config.tls.as_ref().map(Tls::accept).transpose() {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot start TLS; connection dropped");
+                        continue;
+                    }
+                };
+                let session =
+                    session::Session::new(stream, peer, conn_id, shared, permit, framing, tls);
                 tracker.spawn(session.run());
             }
             Err(e) => {

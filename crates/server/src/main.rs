@@ -1,7 +1,8 @@
 //! `simpletextim-server`: the command line around [`simpletextim_server::run`].
 //!
 //! Parses options, sets up logging (tracing to stderr, level from `RUST_LOG`), raises the
-//! open-file limit, binds the listener, and turns SIGINT/SIGTERM into a graceful shutdown.
+//! open-file limit, binds the listener, turns SIGINT/SIGTERM into a graceful shutdown and
+//! SIGHUP into a reload of the TLS certificate.
 
 /// jemalloc, configured by [`MALLOC_CONF`] to return freed memory to the system within about
 /// a second: glibc's malloc kept the holes a login storm left between long-lived sessions
@@ -36,7 +37,7 @@ use simpletextim_server::auth::{HashCost, hash_password};
 use simpletextim_server::store::{Account, SqliteStore, StoreError};
 use simpletextim_server::{
     Backoff, Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit, Registration,
-    Store, ThrottlePolicy,
+    Store, ThrottlePolicy, Tls,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,15 @@ struct Cli {
     /// telnet debugging [default: off].
     #[arg(long, value_name = "ADDR")]
     listen_lines: Option<SocketAddr>,
+
+    /// Serve every listener over TLS 1.2/1.3 with this certificate chain (PEM, the
+    /// server's certificate first); needs --tls-key. SIGHUP reads both files again.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 
     /// Whether the first login of a free user id creates the account.
     #[arg(long, value_enum, default_value_t = Registration::Open)]
@@ -276,18 +286,23 @@ fn open_existing_store(data: &Path, mailbox_cap: usize) -> anyhow::Result<Sqlite
 }
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
+    // Read first: a bad certificate or key fails before the database is touched.
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key)?),
+        _ => None,
+    };
     // Opened before the runtime: opening blocks (migrations), and a bad directory should
     // fail before anything listens.
     let store = Arc::new(open_store(&cli.data, cli.mailbox_cap)?);
     tracing::info!(database = %store.path().display(), "store open");
-    let result = serve_with(cli, store.clone());
+    let result = serve_with(cli, store.clone(), tls);
     // Finish every queued write before exiting.
     store.close();
     result
 }
 
 #[tokio::main]
-async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
+async fn serve_with(cli: Cli, store: Arc<SqliteStore>, tls: Option<Tls>) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     let max_connections = cli
         .max_connections
@@ -314,6 +329,7 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
         login_throttle: cli.throttle_policy(),
         exempt_loopback: cli.exempt_loopback,
         store,
+        tls: tls.clone(),
         ..Config::default()
     };
     let listener = TcpListener::bind(cli.listen)
@@ -331,6 +347,10 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    if let Some(tls) = tls {
+        tracing::info!(cert = %tls.cert_path().display(), "TLS on every listener");
+        reload_on_sighup(tls);
+    }
     tracing::info!("listening on {addr}");
 
     simpletextim_server::run_listeners(listeners, config, shutdown).await?;
@@ -381,6 +401,35 @@ fn cancel_on_signal(shutdown: CancellationToken) {
             shutdown.cancel();
         }
     });
+}
+
+/// Reads the TLS certificate and key files again on every SIGHUP: new handshakes present
+/// the new pair, established sessions go on. A pair that does not load is logged and the
+/// current one kept. Installed before the server says it listens, so a SIGHUP from then on
+/// never takes the default action (ending the process).
+fn reload_on_sighup(tls: Tls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "cannot install the SIGHUP handler: the TLS certificate cannot be reloaded"
+            );
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+                    }
+                    Err(e) => tracing::warn!("SIGHUP: {e}; keeping the current certificate"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// `user add|passwd|del|list`.

@@ -11,13 +11,19 @@
 //! cheap.
 //!
 //! **Where a transport plugs in.** A connection is readiness-based: wait until the socket is
-//! readable or writable, then read or write without blocking. A new byte transport (TLS)
-//! wraps the socket here — its records are decrypted into `rbuf` in `fill` and encrypted
-//! from the frame writer's bytes in `try_flush` — and a new framing (WebSocket messages)
-//! is a [`Framing`] of the frame writer plus a decoder in [`Codec`]. The session, the hub
-//! and the outbox stay as they are.
+//! readable or writable, then read or write without blocking. A new framing (WebSocket
+//! messages) is a [`Framing`] of the frame writer plus a decoder in [`Codec`]. The session,
+//! the hub and the outbox stay as they are.
+//!
+//! **TLS** is a byte transport inside the connection: a `rustls::ServerConnection` driven
+//! sans-IO (boxed, so a plain connection only carries a null pointer more). `fill` hands
+//! rustls what the socket has, lets it process the records, and moves the plaintext into
+//! `rbuf`; `try_flush` hands rustls the frame writer's bytes and writes its records to the
+//! socket. The handshake is driven by the same two calls (no separate phase), so the login
+//! deadline and the write-stall limit apply to it unchanged. The plain path is the code it
+//! was, behind one `if let` on the `Option<Box<_>>`.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,14 +48,54 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// One client's socket with its buffers and framing.
 pub(crate) struct Connection {
     stream: TcpStream,
+    /// The TLS state of a TLS listener's connection; `None` on a plain one.
+    tls: Option<Box<TlsState>>,
     peer: SocketAddr,
     /// Bytes read and not yet decoded; empty (no allocation) between commands.
     rbuf: BytesMut,
     codec: Codec,
     /// Frames waiting to be written; empty (no allocation) when all is written.
     out: FrameWriter,
-    /// How much of `out` the socket has taken.
+    /// How much of `out` the socket has taken. Over TLS: how much of `out` had been handed
+    /// to rustls the last time rustls had no record left to write, so a frame is counted
+    /// as written only once all its records are on the socket.
     written: usize,
+}
+
+/// A TLS connection's state beside the socket.
+struct TlsState {
+    conn: rustls::ServerConnection,
+    /// How much of the frame writer's bytes rustls has taken (encrypted, or buffered
+    /// before the handshake ends); `written <= fed`.
+    fed: usize,
+    /// Records rustls holds will never be written (the output was forgotten mid-record,
+    /// or the connection failed): nothing more is written, not even `close_notify`.
+    abandoned: bool,
+}
+
+/// The socket as the blocking `io::Read`/`io::Write` rustls reads and writes records
+/// through: `WouldBlock` when the socket has nothing or is full (which also clears tokio's
+/// readiness, so the session waits for the next).
+struct SocketIo<'a>(&'a TcpStream);
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What [`Connection::fill`] found on the socket.
@@ -73,12 +119,14 @@ enum Codec {
 impl Connection {
     /// Wraps a just-accepted socket: no Nagle delay (replies are written in batches
     /// already), and TCP keepalive to find vanished peers. Commands longer than
-    /// `max_command_frame` bytes are refused.
+    /// `max_command_frame` bytes are refused. With `tls`, everything on the socket is TLS
+    /// records, starting with the client's handshake.
     pub(crate) fn new(
         stream: TcpStream,
         peer: SocketAddr,
         framing: Framing,
         max_command_frame: usize,
+        tls: Option<rustls::ServerConnection>,
     ) -> Connection {
         // Both are optimisations of a socket that works without them: a failure is logged,
         // not fatal.
@@ -100,6 +148,13 @@ impl Connection {
         };
         Connection {
             stream,
+            tls: tls.map(|conn| {
+                Box::new(TlsState {
+                    conn,
+                    fed: 0,
+                    abandoned: false,
+                })
+            }),
             peer,
             rbuf: BytesMut::new(),
             codec,
@@ -127,6 +182,9 @@ impl Connection {
     /// # Errors
     /// The socket's error: the connection is dead.
     pub(crate) fn fill(&mut self) -> io::Result<Filled> {
+        if let Some(tls) = &mut self.tls {
+            return tls_fill(&self.stream, tls, &mut self.rbuf);
+        }
         self.rbuf.reserve(READ_CHUNK);
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => Ok(Filled::Eof),
@@ -186,10 +244,20 @@ impl Connection {
         self.out.len()
     }
 
-    /// Whether the write buffer holds bytes the socket has not taken (a buffer wholly
-    /// written is cleared at once).
+    /// Whether there are bytes the socket has not taken: in the write buffer (a buffer
+    /// wholly written is cleared at once), or, over TLS, records rustls has to send
+    /// (handshake, alerts, encrypted frames). Before the TLS handshake ends the write
+    /// buffer waits for it and does not count: there is nothing to write until the client
+    /// sends its next handshake message.
     pub(crate) fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        match &self.tls {
+            None => !self.out.is_empty(),
+            Some(tls) => {
+                !tls.abandoned
+                    && (tls.conn.wants_write()
+                        || (!self.out.is_empty() && !tls.conn.is_handshaking()))
+            }
+        }
     }
 
     /// Writes the buffer on from what the socket took already, until done or the socket is
@@ -200,6 +268,15 @@ impl Connection {
     /// The socket's error: the connection is dead (what was not written stays, see
     /// [`Connection::unwritten_private`]).
     pub(crate) fn try_flush(&mut self) -> io::Result<usize> {
+        if let Some(tls) = &mut self.tls {
+            let taken = tls_flush(&self.stream, tls, self.out.pending(), &mut self.written)?;
+            if self.written == self.out.len() && !self.out.is_empty() {
+                tls.fed = 0;
+                self.out.clear();
+                self.written = 0;
+            }
+            return Ok(taken);
+        }
         let buf = self.out.pending();
         let from = self.written;
         while self.written < buf.len() {
@@ -220,19 +297,138 @@ impl Connection {
     }
 
     /// The private messages to this connection's user that are in the write buffer and
-    /// were not wholly written (their frame was not entirely taken by the socket).
+    /// were not wholly written (their frame was not entirely taken by the socket). Over TLS
+    /// this errs on the side of keeping: a frame whose records rustls still held counts as
+    /// unwritten even if some of them reached the socket, so a message may come twice,
+    /// never not at all.
     pub(crate) fn unwritten_private(&mut self) -> impl Iterator<Item = &Private> {
         self.out.unwritten_private(self.written)
     }
 
-    /// Forgets the write buffer, written or not, and frees it.
+    /// Forgets the write buffer, written or not, and frees it. Over TLS, records rustls
+    /// still holds cannot be taken back: if there are any, nothing more is written on this
+    /// connection.
     pub(crate) fn clear_output(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.fed = 0;
+            if tls.conn.wants_write() {
+                tls.abandoned = true;
+            }
+        }
         self.out.clear();
         self.written = 0;
     }
 
-    /// Closes the sending side (the peer reads EOF after what was written).
+    /// Closes the sending side (the peer reads EOF after what was written). Over TLS it
+    /// sends `close_notify` first, unless the connection was abandoned; the caller bounds
+    /// the time this may wait for the socket.
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls
+            && !tls.abandoned
+        {
+            tls.conn.send_close_notify();
+            while tls.conn.wants_write() {
+                match tls.conn.write_tls(&mut SocketIo(&self.stream)) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.stream.writable().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         self.stream.shutdown().await
+    }
+}
+
+/// [`Connection::fill`] over TLS: one read of records from the socket, processed, and the
+/// plaintext they held appended to `rbuf`.
+///
+/// # Errors
+/// The socket's error, or a TLS error (a bad handshake, a record that does not decrypt, a
+/// peer that is not speaking TLS): the alert rustls has for it is sent if the socket takes
+/// it at once, and the connection is abandoned.
+fn tls_fill(stream: &TcpStream, tls: &mut TlsState, rbuf: &mut BytesMut) -> io::Result<Filled> {
+    match tls.conn.read_tls(&mut SocketIo(stream)) {
+        Ok(0) => return Ok(Filled::Eof),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            if rbuf.is_empty() {
+                *rbuf = BytesMut::new();
+            }
+            return Ok(Filled::Nothing);
+        }
+        Err(e) => {
+            tls.abandoned = true;
+            return Err(e);
+        }
+    }
+    let state = match tls.conn.process_new_packets() {
+        Ok(state) => state,
+        Err(e) => {
+            // Tell the peer why (the alert is queued by the failed call), if the socket
+            // takes it now; the session ends either way.
+            while tls.conn.wants_write() {
+                if !matches!(tls.conn.write_tls(&mut SocketIo(stream)), Ok(n) if n > 0) {
+                    break;
+                }
+            }
+            tls.abandoned = true;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    };
+    let n = state.plaintext_bytes_to_read();
+    if n > 0 {
+        let start = rbuf.len();
+        rbuf.resize(start + n, 0);
+        tls.conn.reader().read_exact(&mut rbuf[start..])?;
+    }
+    if state.peer_has_closed() {
+        return Ok(Filled::Eof);
+    }
+    Ok(Filled::Data)
+}
+
+/// [`Connection::try_flush`] over TLS: writes rustls' records to the socket and hands it
+/// `buf` from where it stopped, in turns (rustls takes what its buffer limit allows), until
+/// all is written or the socket is full. Each time rustls has no record left, everything it
+/// took is on the socket, and `written` moves up to it. Returns how many bytes of records
+/// the socket took.
+///
+/// # Errors
+/// The socket's error, or rustls refusing plaintext (it does not once the handshake is
+/// done).
+fn tls_flush(
+    stream: &TcpStream,
+    tls: &mut TlsState,
+    buf: &[u8],
+    written: &mut usize,
+) -> io::Result<usize> {
+    if tls.abandoned {
+        return Ok(0);
+    }
+    let mut taken = 0;
+    loop {
+        while tls.conn.wants_write() {
+            match tls.conn.write_tls(&mut SocketIo(stream)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(taken),
+                Err(e) => return Err(e),
+            }
+        }
+        *written = tls.fed;
+        // Before the handshake ends the frames wait in the write buffer (see `has_output`).
+        if tls.fed >= buf.len() || tls.conn.is_handshaking() {
+            return Ok(taken);
+        }
+        let n = tls.conn.writer().write(&buf[tls.fed..])?;
+        if n == 0 {
+            // rustls' buffer is empty here, so it always takes something; if it did not,
+            // the session would wait on a writable socket for ever: end it instead.
+            return Err(io::Error::other("TLS connection takes no more data"));
+        }
+        tls.fed += n;
     }
 }

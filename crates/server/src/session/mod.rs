@@ -97,7 +97,7 @@ enum Event {
 
 impl Session {
     /// A session for a just-accepted connection. `permit` (the connection limit's) is held
-    /// until the session ends.
+    /// until the session ends. `tls`: the connection's TLS state on a TLS listener.
     pub(crate) fn new(
         stream: TcpStream,
         peer: std::net::SocketAddr,
@@ -105,8 +105,9 @@ impl Session {
         shared: Arc<Shared>,
         permit: OwnedSemaphorePermit,
         framing: Framing,
+        tls: Option<rustls::ServerConnection>,
     ) -> Session {
-        let conn = Connection::new(stream, peer, framing, shared.config.max_command_frame);
+        let conn = Connection::new(stream, peer, framing, shared.config.max_command_frame, tls);
         let login_deadline = Some(Box::pin(tokio::time::sleep(shared.config.login_timeout)));
         let bucket = shared.config.rate_limit.map(Bucket::full);
         Session {
