@@ -27,10 +27,15 @@ const PASSWORD_ENV: &str = "SIMPLETEXTIM_PASSWORD";
 #[derive(Debug, Parser)]
 #[command(name = "simpletextim", version)]
 struct Cli {
-    /// Server address: host:port (plain TCP unless --tls or --ca), simpletextims://host:port
-    /// (TLS) or simpletextim://host:port (plain TCP); the port defaults to 5000, and an IPv6
-    /// address goes in brackets ([::1]:5000).
-    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1:5000")]
+    // The help as an attribute, not a doc comment: rustdoc would read `[::1]` as a link.
+    #[arg(
+        long,
+        value_name = "ADDRESS",
+        default_value = "127.0.0.1:5000",
+        help = "Server address: host:port (plain TCP unless --tls or --ca), \
+                simpletextims://host:port (TLS) or simpletextim://host:port (plain TCP); the \
+                port defaults to 5000, and an IPv6 address goes in brackets ([::1]:5000)"
+    )]
     server: String,
     /// Connect over TLS, verifying the server's certificate against the system's root
     /// certificates (and --ca) for the host of --server.
