@@ -227,21 +227,29 @@ impl Authenticator {
             .map_err(|_| unavailable())
     }
 
-    /// Checks the credentials; creates the account on first use when registration is open.
-    /// Returns the user id as spelled at registration.
+    /// Checks the credentials; creates the account on first use when registration is open
+    /// and `new_account` allows it (asked before the password is hashed, so that a refused
+    /// registration costs no hash). Returns the user id as spelled at registration.
     ///
     /// Dropping the future before it is done gives its place in the queue back; a hash
     /// already running finishes on its thread and is thrown away.
     ///
     /// # Errors
     /// `401` with [`BAD_CREDENTIALS`] for an unknown user (registration closed) or a wrong
-    /// password; `503` when the login queue is full or the store fails.
-    pub async fn login(&self, user_id: &UserId, password: &Password) -> Result<UserId, Failure> {
+    /// password; `503` when the login queue is full or the store fails; `new_account`'s
+    /// failure when it refuses.
+    pub async fn login(
+        &self,
+        user_id: &UserId,
+        password: &Password,
+        new_account: impl FnOnce() -> Result<(), Failure>,
+    ) -> Result<UserId, Failure> {
         let _place = self.queue_place()?;
         let unauthorized = || Failure::new(ErrorCode::Unauthorized, BAD_CREDENTIALS);
         let key = user_id.key();
         let mut account = self.store.account(key.clone()).await.map_err(storage)?;
         if account.is_none() && self.registration == Registration::Open {
+            new_account()?;
             let pw = password.expose().to_owned();
             let cost = self.cost;
             let phc = self.hashing(move || hash_password(&pw, cost)).await??;

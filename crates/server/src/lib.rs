@@ -10,6 +10,7 @@
 
 pub mod auth;
 mod hub;
+mod limits;
 mod outbox;
 mod session;
 pub mod store;
@@ -27,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{HashCost, Registration};
-pub use session::RateLimit;
+pub use limits::AddressLimits;
+pub use session::{LIST_COST, RateLimit};
 pub use store::{MemoryStore, Store};
 pub use throttle::{Backoff, ThrottlePolicy};
 pub use tls::{Tls, TlsError};
@@ -49,14 +51,19 @@ pub const DEFAULT_OUTBOX_BYTES: usize = 256 * 1024;
 /// Default time a session's socket may take nothing of what it has to write before the
 /// connection is closed.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default per-session rate limit on `send` and `list`.
+/// Default flood control per user: 5 tokens a second, 20 at once (`send` costs 1, `list`
+/// [`LIST_COST`]). A person typing, even pasting a few lines, never reaches it; a script
+/// gets at most 5 messages a second through to the others, or one `list` every 2 s.
 pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
-    per_sec: 200.0,
-    burst: 2000,
+    per_sec: 5.0,
+    burst: 20,
 };
 /// Default length of the login queue: at about 80 checks a second at the default Argon2
 /// cost on 2 cores, the last of 128 waits under 2 s, well within a client's patience.
 pub const DEFAULT_LOGIN_QUEUE: usize = 128;
+/// Default cap on connections not logged in yet: enough for a login storm after a
+/// restart, while sockets that never log in (slowloris) cannot take more.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
 /// Default time a connection may take to log in.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -84,7 +91,8 @@ pub struct Config {
     pub login_queue: usize,
     /// Most connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// Per-session limit on `send` and `list` commands; `None` for no limit.
+    /// Flood control per user (shared by the user's sessions, kept across reconnects):
+    /// tokens taken by `send` (1) and `list` ([`LIST_COST`]); `None` for no limit.
     pub rate_limit: Option<RateLimit>,
     /// How long a shutdown waits for sessions to say goodbye.
     pub shutdown_grace: Duration,
@@ -94,10 +102,18 @@ pub struct Config {
     /// When failed logins make further attempts wait (`fail 429`), and how many logins one
     /// address may have in progress.
     pub login_throttle: ThrottlePolicy,
-    /// Clients on loopback addresses are exempt from the per-address limits (logins in
-    /// progress), for benchmarks and tests that log thousands of users in from one
-    /// machine. Failed logins are throttled all the same.
+    /// Clients on loopback addresses are exempt from the per-address limits (connections,
+    /// new connections, new accounts, logins in progress), for benchmarks and tests that
+    /// log thousands of users in from one machine. Failed logins are throttled and floods
+    /// controlled all the same.
     pub exempt_loopback: bool,
+    /// Networks exempt from the per-address limits, like loopback with `exempt_loopback`.
+    pub exempt: Vec<ipnet::IpNet>,
+    /// Connections and new connections per address at once, and new accounts per address.
+    pub address_limits: AddressLimits,
+    /// Connections not logged in yet, at once: more get `fail 503` and are closed (those
+    /// logged in are limited only by `max_connections`).
+    pub max_unauthenticated: usize,
     /// Accounts and mailboxes.
     pub store: Arc<dyn Store>,
     /// Serve every listener over TLS with this certificate; `None`: plain TCP.
@@ -121,6 +137,9 @@ impl std::fmt::Debug for Config {
             .field("login_timeout", &self.login_timeout)
             .field("login_throttle", &self.login_throttle)
             .field("exempt_loopback", &self.exempt_loopback)
+            .field("exempt", &self.exempt)
+            .field("address_limits", &self.address_limits)
+            .field("max_unauthenticated", &self.max_unauthenticated)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
@@ -143,6 +162,9 @@ impl Default for Config {
             login_timeout: DEFAULT_LOGIN_TIMEOUT,
             login_throttle: ThrottlePolicy::default(),
             exempt_loopback: false,
+            exempt: Vec::new(),
+            address_limits: AddressLimits::default(),
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             store: Arc::new(MemoryStore::new(DEFAULT_MAILBOX_CAP)),
             tls: None,
         }
@@ -155,6 +177,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) auth: Authenticator,
     pub(crate) throttle: throttle::LoginThrottle,
+    pub(crate) flood: session::FloodControl,
+    pub(crate) limits: limits::Limits,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -221,6 +245,13 @@ pub async fn run_listeners(
             config.login_queue,
         ),
         throttle: throttle::LoginThrottle::new(config.login_throttle),
+        flood: session::FloodControl::new(config.rate_limit),
+        limits: limits::Limits::new(
+            config.address_limits,
+            config.max_unauthenticated,
+            config.exempt_loopback,
+            config.exempt.clone(),
+        ),
         shutdown: shutdown.clone(),
         config,
     });
@@ -283,6 +314,8 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
+                // Admitted or refused now, before any work; a refused session only says why.
+                let permit = shared.limits.admit(permit, peer.ip());
                 let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
                 // On a TLS listener the session starts with the TLS state that will drive

@@ -32,12 +32,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures::executor::block_on;
+use ipnet::IpNet;
 use simpletextim_proto::{Password, UserId};
 use simpletextim_server::auth::{HashCost, hash_password};
 use simpletextim_server::store::{Account, SqliteStore, StoreError};
 use simpletextim_server::{
-    Backoff, Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit, Registration,
-    Store, ThrottlePolicy, Tls,
+    AddressLimits, Backoff, Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit,
+    Registration, Store, ThrottlePolicy, Tls,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -103,13 +104,44 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_OUTBOX)]
     outbox: usize,
 
-    /// Sustained `send`/`list` commands per second per session (0: no limit).
+    /// Flood control per user, kept across reconnects: tokens a second, each `send` taking
+    /// one and each `list` 10; past it `fail 429` (0: no limit).
     #[arg(long, value_name = "PER_SEC", default_value_t = DEFAULT_RATE_LIMIT.per_sec)]
     rate_limit: f64,
 
-    /// Commands a session may send in one burst before the rate limit applies.
+    /// Tokens a user may spend in one burst before the rate limit applies.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RATE_LIMIT.burst)]
     rate_burst: u32,
+
+    /// Connections open at once from one address (IPv4, or IPv6 /64); more get `fail 503`
+    /// and are closed (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = AddressLimits::default().connections)]
+    connections_per_address: u32,
+
+    /// New connections a minute from one address (and at once); more get `fail 503` and
+    /// are closed (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = AddressLimits::default().new_connections_per_minute)]
+    new_connections_per_minute: u32,
+
+    /// Accounts one address may create at once (open registration); past it, and
+    /// `--new-accounts-per-hour`, a new account gets `fail 429` (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = AddressLimits::default().new_accounts)]
+    new_accounts_per_address: u32,
+
+    /// Accounts one address may create an hour once `--new-accounts-per-address` are used
+    /// (at least 1).
+    #[arg(long, value_name = "N", default_value_t = AddressLimits::default().new_accounts_per_hour)]
+    new_accounts_per_hour: u32,
+
+    /// Connections not logged in yet, at once; more get `fail 503` and are closed.
+    #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_MAX_UNAUTHENTICATED)]
+    max_unauthenticated: usize,
+
+    /// A network exempt from the per-address limits (connections, new connections, new
+    /// accounts, logins in progress), e.g. 10.0.0.0/8 or 127.0.0.1/32; repeatable. Failed
+    /// logins are throttled and floods controlled all the same.
+    #[arg(long, value_name = "CIDR")]
+    exempt: Vec<IpNet>,
 
     /// Seconds a connection may stay without logging in before it is closed (`fail 401`),
     /// the time its login waits to be checked included.
@@ -148,8 +180,8 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = ThrottlePolicy::default().in_flight_per_address)]
     logins_per_address: u32,
 
-    /// Exempt clients on loopback addresses from the per-address limit on logins in
-    /// progress (benchmarks logging thousands of users in from one machine).
+    /// Exempt clients on loopback addresses (127.0.0.0/8, ::1) from the per-address limits,
+    /// as with --exempt (benchmarks logging thousands of users in from one machine).
     #[arg(long)]
     exempt_loopback: bool,
 
@@ -328,6 +360,14 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>, tls: Option<Tls>) -> anyh
         login_queue: cli.login_queue.max(1),
         login_throttle: cli.throttle_policy(),
         exempt_loopback: cli.exempt_loopback,
+        exempt: cli.exempt.clone(),
+        address_limits: AddressLimits {
+            connections: cli.connections_per_address,
+            new_connections_per_minute: cli.new_connections_per_minute,
+            new_accounts: cli.new_accounts_per_address,
+            new_accounts_per_hour: cli.new_accounts_per_hour.max(1),
+        },
+        max_unauthenticated: cli.max_unauthenticated.max(1),
         store,
         tls: tls.clone(),
         ..Config::default()

@@ -239,7 +239,7 @@ fn count<K: std::hash::Hash + Eq>(
 
 /// The part of an address that identifies one client: an IPv4 address, an IPv6 /64 (an
 /// IPv4-mapped IPv6 address counts as its IPv4 address).
-fn prefix(addr: IpAddr) -> IpAddr {
+pub(crate) fn prefix(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

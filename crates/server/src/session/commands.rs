@@ -1,5 +1,5 @@
 //! What each command does: `login`, `send`, `list` and `exit`, and the checks before them
-//! (logged in, within the rate limit).
+//! (logged in, within the user's flood control).
 
 use simpletextim_proto::{
     Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply, UserId,
@@ -9,11 +9,13 @@ use tokio::time::Instant;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::conn::Filled;
 use super::{End, LoggedIn, Session, deadline_passed};
 use crate::Shared;
 use crate::hub::Member;
+use crate::limits::ceil_secs;
 use crate::outbox::{Limits, Outbox};
 
 /// Failed logins after which the connection is closed.
@@ -50,6 +52,12 @@ impl Session {
     /// # Errors
     /// How the session ends, if the command ends it.
     pub(super) async fn handle(&mut self, command: Command) -> Result<(), End> {
+        if let Err(wait) = self.charge(&command) {
+            let secs = ceil_secs(wait);
+            let reason = format!("rate limit exceeded, try again in {secs} s");
+            self.fail(Failure::new(ErrorCode::RateLimited, reason));
+            return Ok(());
+        }
         match command {
             // Boxed: logging in is rare and its future is the largest; keeping it off the
             // session's own future keeps every idle session small.
@@ -63,12 +71,6 @@ impl Session {
             Command::Send { .. } | Command::List if self.login.is_none() => {
                 self.fail(Failure::new(ErrorCode::Unauthorized, "login required"));
             }
-            _ if !self.allowed() => {
-                self.fail(Failure::new(
-                    ErrorCode::RateLimited,
-                    "rate limit exceeded, slow down",
-                ));
-            }
             Command::Send { to, message } => self.send(to, message).await,
             Command::List => {
                 let list = self.shared.hub.list();
@@ -78,11 +80,12 @@ impl Session {
         Ok(())
     }
 
-    /// Whether the rate limit lets one more command through.
-    fn allowed(&mut self) -> bool {
-        match (&mut self.bucket, self.shared.config.rate_limit) {
-            (Some(bucket), Some(limit)) => bucket.allow(limit),
-            _ => true,
+    /// Charges `command` to the user's flood-control bucket (nothing before login, when
+    /// only `login` and `exit` do anything); if it is refused, how long until it would not be.
+    fn charge(&self, command: &Command) -> Result<(), Duration> {
+        match &self.bucket {
+            Some(bucket) => self.shared.flood.charge(bucket, command),
+            None => Ok(()),
         }
     }
 
@@ -123,12 +126,12 @@ impl Session {
         if let Err(wait) = throttle.check(addr, &key, Instant::now()) {
             // Not hashed, and not counted against the connection: it stays open.
             tracing::info!(peer = %self.conn.peer(), user = %user_id, "login throttled");
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let secs = ceil_secs(wait);
             let reason = format!("too many failed logins, try again in {secs} s");
             self.fail(Failure::new(ErrorCode::RateLimited, reason));
             return Ok(());
         }
-        let slot = if self.shared.config.exempt_loopback && addr.is_loopback() {
+        let slot = if self.shared.limits.is_exempt(addr) {
             None
         } else if let Some(slot) = InFlight::begin(&self.shared, addr) {
             Some(slot)
@@ -170,6 +173,9 @@ impl Session {
             outbox: outbox.clone(),
         });
         self.login_deadline = None;
+        self.admission.logged_in();
+        // The user's bucket, shared with the user's other and earlier sessions.
+        self.bucket = self.shared.flood.bucket(&user_id.key());
         self.login = Some(LoggedIn {
             user_id: user_id.clone(),
             outbox,
@@ -219,7 +225,9 @@ impl Session {
         password: &Password,
     ) -> Result<Result<UserId, Failure>, End> {
         let shared = self.shared.clone();
-        let checked = shared.auth.login(user_id, password);
+        let addr = self.conn.peer().ip();
+        let new_account = || shared.limits.new_account(addr, Instant::now());
+        let checked = shared.auth.login(user_id, password, new_account);
         tokio::pin!(checked);
         loop {
             // Commands sent meanwhile wait in the read buffer; past this, stop reading.

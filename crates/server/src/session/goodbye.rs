@@ -38,7 +38,7 @@ impl Session {
             End::Exit => {
                 let _ = self.drain_outbox();
             }
-            End::TooManyFailedLogins | End::FrameTooLarge | End::LoginTimeout => {}
+            End::TooManyFailedLogins | End::FrameTooLarge | End::LoginTimeout | End::Refused => {}
         }
         if self.conn.has_output() {
             let written = timeout(FINAL_WRITE, self.write_blocked(false)).await;

@@ -23,15 +23,16 @@ use std::time::Duration;
 
 use simpletextim_proto::{CodecError, ErrorCode, Failure, Reply, UserId};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use crate::Shared;
+use crate::limits::Admission;
 use crate::outbox::{KickReason, Outbox};
 use crate::wire::Framing;
 use conn::{Connection, Filled};
-use rate::Bucket;
-pub use rate::RateLimit;
+pub(crate) use rate::FloodControl;
+use rate::UserBucket;
+pub use rate::{LIST_COST, RateLimit};
 
 /// Bytes of replies a session buffers before it writes them, while it handles the commands
 /// of one read.
@@ -54,6 +55,8 @@ enum End {
     LoginTimeout,
     /// The socket took nothing of what was waiting for [`crate::Config::write_timeout`].
     WriteStalled,
+    /// Refused at accept by a connection limit (`fail 503`).
+    Refused,
 }
 
 impl From<KickReason> for End {
@@ -78,13 +81,16 @@ pub(crate) struct Session {
     conn_id: u64,
     login: Option<LoggedIn>,
     failed_logins: u32,
-    bucket: Option<Bucket>,
+    /// Once logged in (with a rate limit): the user's flood-control bucket.
+    bucket: Option<UserBucket>,
     /// The outbox's wake-up was consumed while writing: look at the outbox before waiting.
     wake_pending: bool,
     /// Until the login: when the connection is closed if it has not logged in. Boxed so
     /// that a logged-in session carries no timer.
     login_deadline: Option<Pin<Box<Sleep>>>,
-    _permit: OwnedSemaphorePermit,
+    /// The places the connection holds (overall, its address's, not logged in yet), or why
+    /// it was refused.
+    admission: Admission,
 }
 
 /// What woke a waiting session.
@@ -96,30 +102,29 @@ enum Event {
 }
 
 impl Session {
-    /// A session for a just-accepted connection. `permit` (the connection limit's) is held
-    /// until the session ends. `tls`: the connection's TLS state on a TLS listener.
+    /// A session for a just-accepted connection. `admission` (the connection limits'
+    /// places) is held until the session ends; a refused one only says why and closes. `tls`: the connection's TLS state on a TLS listener.
     pub(crate) fn new(
         stream: TcpStream,
         peer: std::net::SocketAddr,
         conn_id: u64,
         shared: Arc<Shared>,
-        permit: OwnedSemaphorePermit,
+        admission: Admission,
         framing: Framing,
         tls: Option<rustls::ServerConnection>,
     ) -> Session {
         let conn = Connection::new(stream, peer, framing, shared.config.max_command_frame, tls);
         let login_deadline = Some(Box::pin(tokio::time::sleep(shared.config.login_timeout)));
-        let bucket = shared.config.rate_limit.map(Bucket::full);
         Session {
             shared,
             conn,
             conn_id,
             login: None,
             failed_logins: 0,
-            bucket,
+            bucket: None,
             wake_pending: false,
             login_deadline,
-            _permit: permit,
+            admission,
         }
     }
 
@@ -131,7 +136,13 @@ impl Session {
     #[allow(clippy::manual_async_fn)]
     pub(crate) fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
-            let end = self.serve().await;
+            let end = match self.admission.take_refusal() {
+                Some(refusal) => {
+                    self.fail(refusal);
+                    End::Refused
+                }
+                None => self.serve().await,
+            };
             // Boxed: the goodbye's state is only needed once, at the end.
             Box::pin(self.finish(end)).await;
         }

@@ -29,11 +29,14 @@ pub struct TestServer {
     pub store: Arc<dyn Store>,
 }
 
-/// A config for tests: cheap hashing, in-memory store, no rate limit.
+/// A config for tests: cheap hashing, in-memory store, no rate limit, and no per-address
+/// limit on connections or new accounts (tests open hundreds of connections from
+/// 127.0.0.1; the login throttle's per-address limits stay on, as `throttle.rs` tests them).
 pub fn config() -> Config {
     Config {
         hash_cost: simpletextim_server::HashCost::InsecureFast,
         rate_limit: None,
+        address_limits: simpletextim_server::AddressLimits::UNLIMITED,
         store: Arc::new(MemoryStore::new(1000)),
         ..Config::default()
     }
@@ -63,6 +66,15 @@ pub async fn start_with(config: Config) -> TestServer {
         handle,
         store,
     }
+}
+
+/// A socket connected to the server from `from`, a loopback address such as 127.0.0.2
+/// (all of 127.0.0.0/8 is loopback on Linux), so that a test can be several addresses.
+pub async fn connect_from(server: &TestServer, from: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    let local = SocketAddr::new(from.parse().unwrap(), 0);
+    sock.bind(local).unwrap();
+    sock.connect(server.addr).await.unwrap()
 }
 
 pub fn uid(s: &str) -> UserId {
@@ -152,8 +164,17 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(server: &TestServer) -> Raw {
+        Raw::from_stream(TcpStream::connect(server.addr).await.unwrap())
+    }
+
+    /// Connects from `from`, a loopback address such as 127.0.0.2.
+    pub async fn connect_from(server: &TestServer, from: &str) -> Raw {
+        Raw::from_stream(connect_from(server, from).await)
+    }
+
+    fn from_stream(stream: TcpStream) -> Raw {
         Raw {
-            stream: TcpStream::connect(server.addr).await.unwrap(),
+            stream,
             buf: BytesMut::new(),
             codec: ClientCodec::new(),
         }
