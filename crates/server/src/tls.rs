@@ -229,6 +229,41 @@ mod tests {
         }
     }
 
+    /// One DER element at the start of `der`: its content and what follows it.
+    fn der_element(der: &[u8]) -> (&[u8], &[u8]) {
+        let (len, header) = match der[1] {
+            n if n < 0x80 => (usize::from(n), 2),
+            0x81 => (usize::from(der[2]), 3),
+            0x82 => (usize::from(der[2]) << 8 | usize::from(der[3]), 4),
+            other => panic!("unexpected DER length byte {other:#x}"),
+        };
+        (&der[header..header + len], &der[header + len..])
+    }
+
+    #[test]
+    fn a_sec1_ecdsa_key_loads_like_its_pkcs8_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        // PKCS#8: SEQUENCE { version, algorithm, OCTET STRING { the SEC1 ECPrivateKey } }.
+        let pkcs8 = key.serialize_der();
+        let (body, _) = der_element(&pkcs8);
+        let (_, rest) = der_element(body);
+        let (_, rest) = der_element(rest);
+        let (sec1, _) = der_element(rest);
+        let pem = pem::encode(&pem::Pem::new("EC PRIVATE KEY", sec1.to_vec()));
+        let cert_path = write(dir.path(), "cert.pem", &cert.pem());
+        let key_path = write(dir.path(), "key.pem", &pem);
+        assert!(matches!(
+            PrivateKeyDer::from_pem_file(&key_path).unwrap(),
+            PrivateKeyDer::Sec1(_)
+        ));
+        Tls::from_pem_files(&cert_path, &key_path).unwrap();
+    }
+
     #[test]
     fn each_bad_file_is_named_with_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
