@@ -428,6 +428,84 @@ mod tests {
         assert_eq!(ceil_secs(Duration::MAX), u64::MAX);
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("valid address")
+    }
+
+    fn admit(limits: &Limits, addr: &str) -> Admission {
+        let overall = Arc::new(Semaphore::new(100));
+        let permit = overall.try_acquire_owned().expect("room");
+        limits.admit(permit, ip(addr))
+    }
+
+    fn limits(connections: u32, exempt: &[&str]) -> Limits {
+        let exempt = exempt.iter().map(|n| n.parse().expect("CIDR")).collect();
+        let per_address = AddressLimits {
+            connections,
+            ..AddressLimits::UNLIMITED
+        };
+        Limits::new(per_address, 100, true, exempt)
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_address_and_a_mapped_ipv4_its_ipv4() {
+        let l = limits(1, &[]);
+        let mut first = admit(&l, "2001:db8:1:2::1");
+        assert_eq!(first.take_refusal(), None);
+        let mut same_64 = admit(&l, "2001:db8:1:2:ffff::9");
+        assert!(same_64.take_refusal().is_some());
+        let mut other_64 = admit(&l, "2001:db8:1:3::1");
+        assert_eq!(other_64.take_refusal(), None);
+        let mut v4 = admit(&l, "192.0.2.1");
+        assert_eq!(v4.take_refusal(), None);
+        let mut mapped = admit(&l, "::ffff:192.0.2.1");
+        assert!(mapped.take_refusal().is_some());
+    }
+
+    #[test]
+    fn an_address_is_forgotten_when_its_last_connection_ends() {
+        let l = limits(2, &[]);
+        let a = admit(&l, "192.0.2.1");
+        let b = admit(&l, "192.0.2.1");
+        assert_eq!(lock(&l.shared.usage).len(), 1);
+        drop(a);
+        assert_eq!(lock(&l.shared.usage).len(), 1);
+        drop(b);
+        assert_eq!(lock(&l.shared.usage).len(), 0);
+    }
+
+    #[test]
+    fn exempt_networks_and_loopback_are_not_counted() {
+        let l = limits(1, &["10.0.0.0/8", "2001:db8::/32"]);
+        for addr in [
+            "10.1.2.3",
+            "::ffff:10.1.2.3",
+            "2001:db8:9::1",
+            "127.0.0.9",
+            "::1",
+        ] {
+            assert!(l.is_exempt(ip(addr)), "{addr}");
+            let kept: Vec<_> = (0..3).map(|_| admit(&l, addr)).collect();
+            assert!(kept.iter().all(|a| a.refusal.is_none()), "{addr}");
+        }
+        assert!(!l.is_exempt(ip("11.0.0.1")));
+        assert_eq!(lock(&l.shared.usage).len(), 0);
+    }
+
+    #[test]
+    fn the_pool_of_connections_not_logged_in_is_left_at_login() {
+        let l = Limits::new(AddressLimits::UNLIMITED, 1, false, Vec::new());
+        let mut first = admit(&l, "192.0.2.1");
+        let mut second = admit(&l, "192.0.2.2");
+        assert_eq!(
+            second.take_refusal(),
+            Some(Failure::new(ErrorCode::Unavailable, SERVER_BUSY))
+        );
+        first.logged_in();
+        let mut third = admit(&l, "192.0.2.3");
+        assert_eq!(third.take_refusal(), None);
+    }
+
     #[test]
     fn a_rate_of_zero_never_refills_and_does_not_panic() {
         let rate = Rate {

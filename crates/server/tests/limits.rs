@@ -280,8 +280,6 @@ async fn past_the_cap_on_connections_not_logged_in_a_connection_is_refused_at_on
                     Failure::new(ErrorCode::Unavailable, "server busy, try again")
                 );
             }
-            // Refused at accept, before the login was read: the server may close first.
-            Ok(Err(ClientError::Closed | ClientError::Codec(_))) => {}
             other => panic!("unexpected: {other:?}"),
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
