@@ -14,8 +14,15 @@ use super::suite::Scenario;
 /// How long past its own `--timeout` the load generator may run before it is killed.
 const GRACE: Duration = Duration::from_secs(60);
 
-/// Runs the load generator once against `server`; returns its report.
-pub fn run(bin: &Path, server: &Server, s: &Scenario, prefix: &str) -> anyhow::Result<Report> {
+/// Runs the load generator once against `server` with `args` (the scenario's, or its
+/// quiet run's); returns its report.
+pub fn run(
+    bin: &Path,
+    server: &Server,
+    s: &Scenario,
+    args: &[String],
+    prefix: &str,
+) -> anyhow::Result<Report> {
     let mut cmd = Command::new(bin);
     cmd.args([
         "--server",
@@ -25,7 +32,7 @@ pub fn run(bin: &Path, server: &Server, s: &Scenario, prefix: &str) -> anyhow::R
         "--prefix",
         prefix,
     ]);
-    cmd.args(&s.args);
+    cmd.args(args);
     if s.needs_server_pid() {
         cmd.args(["--server-pid", &server.pid().to_string()]);
     }

@@ -18,8 +18,8 @@ pub const END: &str = "<!-- bench:end -->";
 /// The generated Markdown.
 pub fn markdown(doc: &Results) -> String {
     let mut s = String::new();
-    let sections: [fn(&mut String, &Results) -> fmt::Result; 9] = [
-        header, targets, flood, open_loop, presence, conns, offline, cpu, commands,
+    let sections: [fn(&mut String, &Results) -> fmt::Result; 10] = [
+        header, targets, flood, open_loop, presence, conns, offline, soak, cpu, commands,
     ];
     for section in sections {
         section(&mut s, doc).expect("formatting into a String does not fail");
@@ -109,9 +109,14 @@ fn header(s: &mut String, doc: &Results) -> fmt::Result {
         m.date, m.cpu, m.kernel, m.commit, m.rustc, doc.suite_seconds,
     )?;
     writeln!(s, "Server: `{}`\n", doc.server_command)?;
+    let soak = if doc.scenario("soak").is_some() {
+        " The soak runs with the server's default limits instead (its command is in its section)."
+    } else {
+        ""
+    };
     writeln!(
         s,
-        "`--insecure-fast-hash` is used in every scenario (thousands of logins would otherwise measure Argon2id), and `--rate-limit 0` so that flooding senders are not throttled.\n"
+        "`--insecure-fast-hash` is used in every scenario (thousands of logins would otherwise measure Argon2id), and `--rate-limit 0` so that flooding senders are not throttled.{soak}\n"
     )
 }
 
@@ -407,6 +412,150 @@ fn offline(s: &mut String, doc: &Results) -> fmt::Result {
     )
 }
 
+/// Bytes as MiB with one decimal; `–` when missing.
+fn mib(b: Option<u64>) -> String {
+    opt(b.map(|b| format!("{:.1}", b as f64 / 1_048_576.0)))
+}
+
+/// `400 × 12, 429 × 3`, or `–` for none.
+fn fail_counts(fails: &std::collections::BTreeMap<u16, u64>) -> String {
+    if fails.is_empty() {
+        return "–".to_owned();
+    }
+    let each: Vec<String> = fails.iter().map(|(c, n)| format!("{c} × {n}")).collect();
+    each.join(", ")
+}
+
+/// A row of the soak's table: its name, and its figure of a run.
+type SoakRow<'a> = (&'a str, &'a dyn Fn(&Report) -> String);
+
+/// The soak, if it ran: the normal users quiet and under attack, the server's memory,
+/// and what the server answered each kind of hostile connection.
+fn soak(s: &mut String, doc: &Results) -> fmt::Result {
+    let Some(sc) = doc.scenario("soak") else {
+        return Ok(());
+    };
+    let Some(r) = sc.median.as_ref() else {
+        return Ok(());
+    };
+    writeln!(s, "### Soak: normal users beside hostile connections\n")?;
+    if let Some(m) = &sc.measured {
+        writeln!(s, "Measured {m}, apart from the rest of the suite.\n")?;
+    }
+    writeln!(
+        s,
+        "{}. Every normal user (from 127.0.0.1, which the server exempts from its per-address limits) sends public messages on a fixed schedule and receives everyone's; the round trip is a send to its own echo. The hostile connections come from 127.0.0.2 and up, one kind per address, and reconnect half a second after each close. The quiet run is the same on a fresh server without them. The load generator runs the hostile connections too, on the same 2 cores, beside other engineers' builds: the figures are noisy, and the hostile run's latency includes the load generator's own extra work.\n",
+        sc.title
+    )?;
+    writeln!(
+        s,
+        "Server: `{}`\n",
+        sc.server_command.as_deref().unwrap_or(&doc.server_command)
+    )?;
+    let q = r.quiet.as_deref();
+    let both = |f: &dyn Fn(&Report) -> String| -> String {
+        format!("{} | {}", q.map_or_else(|| "–".to_owned(), f), f(r))
+    };
+    writeln!(s, "| figure | quiet | hostile |\n|---|---|---|")?;
+    let rows: [SoakRow; 9] = [
+        (
+            "round trip (send → own echo): p50 / p99 / p99.9 / max ms",
+            &|r| percentiles(r.echo_latency_us),
+        ),
+        (
+            "delivery to every normal user: p50 / p99 / p99.9 / max ms",
+            &|r| percentiles(Some(r.latency_us)),
+        ),
+        (
+            "messages sent / deliveries expected / received / lost",
+            &|r| format!("{} / {} / {} / {}", r.sent, r.expected, r.delivered, r.lost),
+        ),
+        ("out of order / normal users cut off", &|r| {
+            format!("{} / {}", r.out_of_order, r.disconnected)
+        }),
+        ("`fail` replies to normal users", &|r| fail_counts(&r.fails)),
+        ("flooders' messages received by the normal users", &|r| {
+            opt(r.flood_seen)
+        }),
+        (
+            "server RSS MiB: logged in / end of chat / peak (VmHWM) / 3 s after the hostile stopped",
+            &|r| {
+                format!(
+                    "{} / {} / {} / {}",
+                    mib(r.server_rss_before),
+                    mib(r.server_rss_after),
+                    mib(r.server_rss_peak),
+                    mib(r.server_rss_released)
+                )
+            },
+        ),
+        ("server RSS MiB every 5 s", &|r| {
+            r.server_rss_samples.as_ref().map_or_else(
+                || "–".to_owned(),
+                |v| {
+                    let each: Vec<String> = v.iter().map(|&b| mib(Some(b))).collect();
+                    each.join(" ")
+                },
+            )
+        }),
+        ("server / load generator CPU s, wall s", &|r| {
+            format!(
+                "{} / {}, {}",
+                opt(r.server_cpu_s.map(|x| format!("{x:.1}"))),
+                opt(r.loadgen_cpu_s.map(|x| format!("{x:.1}"))),
+                opt(r.wall_s.map(|x| format!("{x:.1}")))
+            )
+        }),
+    ];
+    for (k, f) in rows {
+        writeln!(s, "| {k} | {} |", both(f))?;
+    }
+    let spread: Vec<String> = (sc.runs.iter())
+        .filter_map(|run| run.report())
+        .map(|run| {
+            let p99 = |r: &Report| ms(r.echo_latency_us.map(|l| l.p99));
+            format!(
+                "{} → {}",
+                run.quiet.as_deref().map_or_else(|| "–".to_owned(), p99),
+                p99(run)
+            )
+        })
+        .collect();
+    writeln!(
+        s,
+        "| runs (round-trip p99 ms, quiet → hostile) | {} | |\n",
+        spread.join(", ")
+    )?;
+    let Some(kinds) = r.hostile.as_ref() else {
+        return Ok(());
+    };
+    writeln!(
+        s,
+        "What the hostile connections of the median run did and what the server answered. *Sent*: bytes (slowloris, one every 3 s of a frame that never ends), junk frames (garbage, one every 100 ms), wrong passwords for the normal users' accounts (guessers, one per connection), probes (never-readers, which read nothing after their login), commands (flooders, 50 a second each, every fifth a `list`).\n"
+    )?;
+    writeln!(
+        s,
+        "| kind | connections (addresses) | connects | refused at connect | logins | sent | closed by the server | `fail` replies |\n|---|---|---|---|---|---|---|---|"
+    )?;
+    for k in kinds {
+        writeln!(
+            s,
+            "| {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
+            k.kind,
+            k.conns,
+            k.addresses,
+            k.connects,
+            k.connect_errors,
+            k.logins,
+            k.actions,
+            k.closed,
+            fail_counts(&k.fails)
+        )?;
+    }
+    s.push('\n');
+    Ok(())
+}
+
 /// CPU seconds of the server and the load generator in every scenario's median run.
 fn cpu(s: &mut String, doc: &Results) -> fmt::Result {
     writeln!(s, "### Who uses the CPU\n")?;
@@ -449,7 +598,25 @@ fn commands(s: &mut String, doc: &Results) -> fmt::Result {
     )?;
     writeln!(s, "| id | command | runs |\n|---|---|---|")?;
     for sc in &doc.scenarios {
-        writeln!(s, "| {} | `{}` | {} |", sc.id, sc.command, sc.runs.len())?;
+        let quiet = sc
+            .quiet_command
+            .as_ref()
+            .map_or_else(String::new, |q| format!(", each after a quiet run `{q}`"));
+        let server = sc
+            .server_command
+            .as_ref()
+            .map_or_else(String::new, |c| format!(", server `{c}`"));
+        let measured = sc
+            .measured
+            .as_ref()
+            .map_or_else(String::new, |m| format!(" (measured {m})"));
+        writeln!(
+            s,
+            "| {} | `{}`{quiet}{server} | {}{measured} |",
+            sc.id,
+            sc.command,
+            sc.runs.len()
+        )?;
     }
     writeln!(
         s,

@@ -29,7 +29,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 use results::{Results, Run, ScenarioResult};
-use server::{Server, ServerBin};
+use server::{Limits, Server, ServerBin};
 use suite::Scenario;
 
 /// Options of `cargo xtask bench`.
@@ -47,11 +47,18 @@ pub struct BenchArgs {
     /// Skip `cargo build --release` (use the binaries already in target/release).
     #[arg(long)]
     no_build: bool,
+    /// Run nothing: write the report and charts again from results.json (after a change
+    /// to the report's generator).
+    #[arg(long)]
+    report_only: bool,
 }
 
 /// Entry point.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let root = workspace_root()?;
+    if args.report_only {
+        return report_only(&root, args.quick);
+    }
     if !args.no_build {
         build(&root)?;
     }
@@ -87,12 +94,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         scenarios.push(run_scenario(&s, &server_bin, &loadgen_bin, &work, &mut n)?);
     }
-    // A partial run updates its scenarios in the last results and keeps the others.
+    // A partial run updates its scenarios in the last results and keeps the others, and
+    // the header of those (machine, date, server): its own scenarios say when they ran.
     let suite_seconds = started.elapsed().as_secs() + old.as_ref().map_or(0, |o| o.suite_seconds);
+    let (machine, server_command) = match &old {
+        Some(o) => {
+            for sc in &mut scenarios {
+                sc.measured = Some(machine.describe());
+            }
+            (o.machine.clone(), o.server_command.clone())
+        }
+        None => (machine, server_bin.command(Limits::Bench)),
+    };
     let doc = Results {
         machine,
         quick: args.quick,
-        server_command: server_bin.command(),
+        server_command,
         suite_seconds,
         scenarios: results::merge(old, scenarios),
     };
@@ -104,6 +121,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         json_path.display(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `--report-only`: the report and charts of the last results, written again.
+fn report_only(root: &Path, quick: bool) -> anyhow::Result<()> {
+    let out_dir = if quick {
+        root.join("target/bench-quick")
+    } else {
+        root.join("docs")
+    };
+    let json_path = out_dir.join("bench/results.json");
+    let doc = Results::load(&json_path)?
+        .with_context(|| format!("no {} to write the report from", json_path.display()))?;
+    let md_path = out_dir.join("BENCHMARKS.md");
+    write_report(&doc, &out_dir, &md_path)?;
+    eprintln!("wrote {} from {}", md_path.display(), json_path.display());
     Ok(())
 }
 
@@ -141,40 +174,75 @@ fn run_scenario(
     let mut runs = Vec::new();
     for k in 0..s.runs {
         *n += 1;
+        let quiet = match &s.quiet {
+            Some(args) => {
+                eprintln!("== {} (run {} of {}, quiet)", s.id, k + 1, s.runs);
+                let name = format!("{n}-quiet");
+                Some(run_once(s, args, server_bin, loadgen_bin, work, &name)?)
+            }
+            None => None,
+        };
         eprintln!("== {} (run {} of {})", s.id, k + 1, s.runs);
-        let mut server = Server::start(server_bin, work, *n)?;
-        let t = Instant::now();
-        let report = loadgen::run(loadgen_bin, &server, s, "lg");
-        let wall = t.elapsed().as_secs_f64();
-        // The server's CPU over the run, to set beside the load generator's own.
-        let cpu = server.cpu_seconds();
-        server.stop();
-        runs.push(match report {
-            Ok(mut r) => {
-                r.wall_s = Some(wall);
-                if cpu.is_none() {
-                    eprintln!("{}: the server's CPU time is unknown (no /proc)", s.id);
-                }
-                r.server_cpu_s = cpu;
-                Run::Done(Box::new(r))
+        let run = run_once(s, &s.args, server_bin, loadgen_bin, work, &n.to_string())?;
+        runs.push(match (run, quiet) {
+            (Run::Done(mut r), Some(Run::Done(q))) => {
+                r.quiet = Some(q);
+                Run::Done(r)
             }
-            Err(e) => {
-                eprintln!("{e:#}");
-                Run::Failed {
-                    error: format!("{e:#}"),
-                }
-            }
+            (Run::Done(_), Some(Run::Failed { error })) => Run::Failed {
+                error: format!("the quiet run failed: {error}"),
+            },
+            (run, _) => run,
         });
     }
     let median = results::median_index(&runs, s.metric)
         .and_then(|i| runs[i].report())
         .cloned();
+    let server_command = (s.limits != Limits::Bench).then(|| server_bin.command(s.limits));
     Ok(ScenarioResult {
         id: s.id.clone(),
         title: s.title.clone(),
         command: s.command(),
+        quiet_command: s.quiet_command(),
+        server_command,
+        measured: None,
         runs,
         median,
+    })
+}
+
+/// One run of the load generator with `args` against a fresh server (named `name` in
+/// `work`), with the harness's figures (wall time, server CPU) in its report.
+fn run_once(
+    s: &Scenario,
+    args: &[String],
+    server_bin: &ServerBin,
+    loadgen_bin: &Path,
+    work: &Path,
+    name: &str,
+) -> anyhow::Result<Run> {
+    let mut server = Server::start(server_bin, s.limits, work, name)?;
+    let t = Instant::now();
+    let report = loadgen::run(loadgen_bin, &server, s, args, "lg");
+    let wall = t.elapsed().as_secs_f64();
+    // The server's CPU over the run, to set beside the load generator's own.
+    let cpu = server.cpu_seconds();
+    server.stop();
+    Ok(match report {
+        Ok(mut r) => {
+            r.wall_s = Some(wall);
+            if cpu.is_none() {
+                eprintln!("{}: the server's CPU time is unknown (no /proc)", s.id);
+            }
+            r.server_cpu_s = cpu;
+            Run::Done(Box::new(r))
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            Run::Failed {
+                error: format!("{e:#}"),
+            }
+        }
     })
 }
 

@@ -61,6 +61,16 @@ pub struct ScenarioResult {
     pub title: String,
     /// The load generator's command line.
     pub command: String,
+    /// The load generator's command line of the quiet run before each run (the soak).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_command: Option<String>,
+    /// The server's command line, where it is not [`Results::server_command`] (the soak).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_command: Option<String>,
+    /// When and on what it ran ([`Machine::describe`]), where that is not the results'
+    /// [`Results::machine`]: a scenario of a partial run (`--only`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<String>,
     /// Every run, failed ones included.
     pub runs: Vec<Run>,
     /// The median run by the scenario's metric; `None` when no run has it.
@@ -98,6 +108,18 @@ impl<'de> Deserialize<'de> for Run {
         serde_json::from_value(v)
             .map(|r| Run::Done(Box::new(r)))
             .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Machine {
+    /// `2026-12-01 05:33 UTC, commit abc (with uncommitted changes)`.
+    pub fn describe(&self) -> String {
+        let dirty = if self.dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        };
+        format!("{}, commit `{}`{dirty}", self.date, self.commit)
     }
 }
 

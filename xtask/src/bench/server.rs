@@ -8,16 +8,28 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// Server options every run uses: cheap password hashing (thousands of logins would
-/// otherwise measure Argon2id), no per-session rate limit (flood scenarios), no limit on
-/// the logins in progress from one address (the load generator logs in from loopback,
-/// 64 at a time).
+/// Server options of every run but the soak's: cheap password hashing (thousands of
+/// logins would otherwise measure Argon2id), no per-session rate limit (flood scenarios),
+/// no limit on the logins in progress from one address (the load generator logs in from
+/// loopback, 64 at a time).
 const SERVER_ARGS: &[&str] = &[
     "--insecure-fast-hash",
     "--rate-limit",
     "0",
     "--exempt-loopback",
 ];
+
+/// Which server options a scenario runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    /// [`SERVER_ARGS`]: no rate limit, loopback exempt from the per-address limits.
+    Bench,
+    /// The soak: the server's default limits, cheap hashing, and only the normal users'
+    /// address (127.0.0.1) exempt from the per-address limits; the hostile connections
+    /// come from 127.0.0.2 and up. A server without `--exempt CIDR` gets
+    /// `--exempt-loopback`, which exempts the hostile addresses too.
+    Soak,
+}
 /// Quiet per-session logging; `listening on` (info) is still logged.
 const SERVER_LOG: &str = "info,simpletextim_server::session=warn,simpletextim_server::auth=warn";
 /// How long a server may take to log its address.
@@ -32,6 +44,9 @@ pub struct ServerBin {
     pub path: PathBuf,
     /// Whether it has a `--data` option (a store); each run then gets its own directory.
     pub with_data: bool,
+    /// Whether it has `--exempt CIDR` (exemption of chosen networks from the per-address
+    /// limits) rather than only `--exempt-loopback`.
+    pub with_exempt: bool,
 }
 
 impl ServerBin {
@@ -41,15 +56,31 @@ impl ServerBin {
             .arg("--help")
             .output()
             .with_context(|| format!("cannot run {}", path.display()))?;
-        let with_data = String::from_utf8_lossy(&help.stdout).contains("--data");
-        Ok(ServerBin { path, with_data })
+        let text = String::from_utf8_lossy(&help.stdout);
+        Ok(ServerBin {
+            path,
+            with_data: text.contains("--data"),
+            with_exempt: text.contains("--exempt <"),
+        })
     }
 
-    /// The command line of every run, as the report shows it.
-    pub fn command(&self) -> String {
+    /// The options (after `--listen`) of a run with `limits`.
+    pub fn args(&self, limits: Limits) -> Vec<String> {
+        let args: &[&str] = match limits {
+            Limits::Bench => SERVER_ARGS,
+            Limits::Soak if self.with_exempt => {
+                &["--insecure-fast-hash", "--exempt", "127.0.0.1/32"]
+            }
+            Limits::Soak => &["--insecure-fast-hash", "--exempt-loopback"],
+        };
+        args.iter().map(|&a| a.to_owned()).collect()
+    }
+
+    /// The command line of a run with `limits`, as the report shows it.
+    pub fn command(&self, limits: Limits) -> String {
         format!(
             "RUST_LOG={SERVER_LOG} simpletextim-server --listen 127.0.0.1:0 {}{}",
-            SERVER_ARGS.join(" "),
+            self.args(limits).join(" "),
             if self.with_data {
                 " --data TEMPDIR"
             } else {
@@ -70,13 +101,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts run `n`'s server with its log (and data directory) in `work`, and waits for
-    /// it to log its address.
-    pub fn start(bin: &ServerBin, work: &Path, n: usize) -> anyhow::Result<Server> {
-        let log = work.join(format!("server-{n}.log"));
-        let data = bin.with_data.then(|| work.join(format!("data-{n}")));
+    /// Starts run `n`'s server with `limits`, its log (and data directory) in `work`
+    /// under `name`, and waits for it to log its address.
+    pub fn start(
+        bin: &ServerBin,
+        limits: Limits,
+        work: &Path,
+        name: &str,
+    ) -> anyhow::Result<Server> {
+        let log = work.join(format!("server-{name}.log"));
+        let data = bin.with_data.then(|| work.join(format!("data-{name}")));
         let mut cmd = Command::new(&bin.path);
-        cmd.args(["--listen", "127.0.0.1:0"]).args(SERVER_ARGS);
+        cmd.args(["--listen", "127.0.0.1:0"]).args(bin.args(limits));
         if let Some(d) = &data {
             // The server creates the directory itself, private (0700); one left over by an
             // earlier suite that stopped half-way is removed first.

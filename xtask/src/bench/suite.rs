@@ -3,6 +3,7 @@
 use simpletextim_loadgen::report::Report;
 
 use super::markdown::{ms, opt, si};
+use super::server::Limits;
 
 /// What a scenario's median is taken over, and which way is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +12,8 @@ pub enum Metric {
     MessagesPerS,
     P99,
     BytesPerConn,
+    /// The soak: the normal users' round-trip p99 under attack over that of the quiet run.
+    SoakRatio,
 }
 
 impl Metric {
@@ -21,8 +24,16 @@ impl Metric {
             Metric::MessagesPerS => Some(run.messages_per_s),
             Metric::P99 => Some(run.latency_us.p99 as f64),
             Metric::BytesPerConn => run.bytes_per_conn,
+            Metric::SoakRatio => soak_ratio(run),
         }
     }
+}
+
+/// The soak's hostile round-trip p99 over its quiet run's; `None` without both.
+pub fn soak_ratio(run: &Report) -> Option<f64> {
+    let hostile = run.echo_latency_us?.p99;
+    let quiet = run.quiet.as_ref()?.echo_latency_us?.p99;
+    (quiet > 0).then(|| hostile as f64 / quiet as f64)
 }
 
 /// One benchmark scenario: a load-generator command line run against a fresh server.
@@ -40,6 +51,11 @@ pub struct Scenario {
     pub metric: Metric,
     /// Loadgen time limit, seconds.
     pub timeout: u64,
+    /// The server's options.
+    pub limits: Limits,
+    /// Load-generator arguments of a quiet run on a fresh server before each run, whose
+    /// report goes into the run's as [`Report::quiet`] (the soak).
+    pub quiet: Option<Vec<String>>,
 }
 
 impl Scenario {
@@ -52,9 +68,30 @@ impl Scenario {
         )
     }
 
-    /// The `conns` workload measures the server's memory, so it needs the server's pid.
+    /// The quiet run's command line as the report shows it.
+    pub fn quiet_command(&self) -> Option<String> {
+        let args = self.quiet.as_ref()?;
+        Some(format!(
+            "simpletextim-loadgen --server ADDR --timeout {} {}",
+            self.timeout,
+            args.join(" ")
+        ))
+    }
+
+    /// The `conns` and `soak` workloads measure the server's memory, so they need the
+    /// server's pid.
     pub fn needs_server_pid(&self) -> bool {
-        self.args.first().is_some_and(|w| w == "conns")
+        self.args
+            .first()
+            .is_some_and(|w| w == "conns" || w == "soak")
+    }
+
+    /// The soak's form of a scenario: the server's default limits, and a quiet run with
+    /// `quiet` as the load generator's arguments before each run.
+    fn soak(mut self, quiet: &str) -> Scenario {
+        self.limits = Limits::Soak;
+        self.quiet = Some(quiet.split_whitespace().map(str::to_owned).collect());
+        self
     }
 }
 
@@ -74,6 +111,8 @@ fn scenario(
         runs,
         metric,
         timeout,
+        limits: Limits::Bench,
+        quiet: None,
     }
 }
 
@@ -153,6 +192,17 @@ fn quick_suite(r: usize) -> Vec<Scenario> {
         MessagesPerS,
         60,
     ));
+    s.push(
+        scenario(
+            "soak",
+            "soak, 50 normal users at 1 message/s beside 100 hostile connections, 5 s",
+            "soak --users 50 --secs 5 --hostile 100",
+            r,
+            SoakRatio,
+            60,
+        )
+        .soak("soak --users 50 --secs 5 --hostile 0"),
+    );
     s
 }
 
@@ -245,6 +295,18 @@ fn full_suite(r: usize) -> Vec<Scenario> {
         BytesPerConn,
         900,
     ));
+    // A quiet run and a hostile run on fresh servers, one minute of chat each.
+    s.push(
+        scenario(
+            "soak",
+            "soak, 200 normal users at 1 message/s beside 1000 hostile connections, 60 s",
+            "soak --users 200 --secs 60 --hostile 1000",
+            r,
+            SoakRatio,
+            240,
+        )
+        .soak("soak --users 200 --secs 60 --hostile 0"),
+    );
     s
 }
 
@@ -315,6 +377,28 @@ pub const TARGETS: &[Target] = &[
             let lost = r.mailbox_lost;
             let shown = format!("{} messages/s, {} lost", si(r.messages_per_s), opt(lost));
             (shown, lost.map(|l| r.messages_per_s >= 2e4 && l == 0))
+        },
+    },
+    Target {
+        id: "soak",
+        goal: "round-trip p99 hostile ≤ 2× quiet, lost = 0",
+        judge: |r| {
+            let quiet = r.quiet.as_deref();
+            let p99 = |r: &Report| r.echo_latency_us.map(|l| l.p99);
+            let quiet_lost = quiet.map(|q| q.lost);
+            let ratio = soak_ratio(r);
+            let shown = format!(
+                "p99 {} ms against {} ms quiet (× {}), {} + {} lost",
+                ms(p99(r)),
+                ms(quiet.and_then(p99)),
+                opt(ratio.map(|x| format!("{x:.2}"))),
+                r.lost,
+                opt(quiet_lost),
+            );
+            let met = ratio
+                .zip(quiet_lost)
+                .map(|(x, ql)| x <= 2.0 && r.lost == 0 && ql == 0);
+            (shown, met)
         },
     },
 ];

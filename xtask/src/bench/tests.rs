@@ -71,6 +71,9 @@ fn scenario(id: &str, title: &str, runs: Vec<Run>, median: Option<Report>) -> Sc
         id: id.into(),
         title: title.into(),
         command: format!("simpletextim-loadgen {id}"),
+        quiet_command: None,
+        server_command: None,
+        measured: None,
         runs,
         median,
     }

@@ -161,7 +161,22 @@ pub fn split(total: usize) -> Vec<(Kind, usize)> {
     counts
 }
 
-/// The source address of hostile connection `i` (counted over all kinds).
+/// Each kind's count and the slot of its first connection: every kind starts on an
+/// address of its own, so one address does one thing.
+fn layout(total: usize, per_addr: usize) -> Vec<(Kind, usize, usize)> {
+    let per_addr = per_addr.max(1);
+    let mut next = 0;
+    split(total)
+        .into_iter()
+        .map(|(kind, count)| {
+            let first = next;
+            next = (first + count).div_ceil(per_addr) * per_addr;
+            (kind, count, first)
+        })
+        .collect()
+}
+
+/// The source address of hostile connection slot `i` (counted over all kinds).
 fn source(i: usize, per_addr: usize) -> Option<IpAddr> {
     let octet = u8::try_from(2 + i / per_addr.max(1))
         .ok()
@@ -177,7 +192,10 @@ fn source(i: usize, per_addr: usize) -> Option<IpAddr> {
 pub async fn run(common: &Common, o: &SoakOpts) -> Result<Report, Error> {
     let deadline = common.deadline();
     let n = o.users.max(1);
-    if o.hostile > 0 && source(o.hostile - 1, o.per_addr).is_none() {
+    let slots = layout(o.hostile, o.per_addr)
+        .last()
+        .map_or(0, |&(_, count, first)| first + count);
+    if slots > 0 && source(slots - 1, o.per_addr).is_none() {
         return Err(Error::Protocol(format!(
             "{} hostile connections at {} per address need more than 127.0.0.2–127.0.0.254",
             o.hostile, o.per_addr
@@ -405,16 +423,14 @@ impl Hostile {
         });
         let mut kinds = Vec::new();
         let mut tasks = Vec::with_capacity(o.hostile);
-        let mut i = 0;
-        for (kind, count) in split(o.hostile) {
+        for (kind, count, first) in layout(o.hostile, o.per_addr) {
             let counters = Arc::new(Counters::default());
-            let first_addr = source(i, o.per_addr);
             for j in 0..count {
                 // Checked by `run`: every connection has a source address.
-                let Some(from) = source(i + j, o.per_addr) else {
+                let Some(from) = source(first + j, o.per_addr) else {
                     continue;
                 };
-                let delay = Duration::from_millis(((i + j) % 1000) as u64);
+                let delay = Duration::from_millis(((first + j) % 1000) as u64);
                 tasks.push(tokio::spawn(connection(
                     ctx.clone(),
                     kind,
@@ -424,13 +440,7 @@ impl Hostile {
                     counters.clone(),
                 )));
             }
-            i += count;
-            let addresses = match (first_addr, source(i.saturating_sub(1), o.per_addr)) {
-                (Some(IpAddr::V4(a)), Some(IpAddr::V4(b))) if count > 0 => {
-                    usize::from(b.octets()[3] - a.octets()[3]) + 1
-                }
-                _ => 0,
-            };
+            let addresses = count.div_ceil(o.per_addr.max(1));
             kinds.push((kind, count, addresses, counters));
         }
         Hostile { ctx, kinds, tasks }
@@ -796,6 +806,15 @@ mod tests {
         let odd: usize = split(33).iter().map(|(_, n)| n).sum();
         assert_eq!(odd, 33);
         assert!(split(0).iter().all(|(_, n)| *n == 0));
+    }
+
+    #[test]
+    fn every_kind_starts_on_an_address_of_its_own() {
+        let l = layout(100, 10);
+        let firsts: Vec<usize> = l.iter().map(|&(_, _, first)| first).collect();
+        // 40, 20, 20, 16 and 4 connections.
+        assert_eq!(firsts, vec![0, 40, 60, 80, 100]);
+        assert_eq!(layout(1000, 10).last(), Some(&(Kind::Flooder, 40, 960)));
     }
 
     #[test]
