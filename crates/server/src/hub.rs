@@ -14,8 +14,16 @@
 //! session. They leave with its next chat message or reply, in queue order, or at the
 //! latest one [`PRESENCE_TICK`] later, when [`Hub::presence_ticker`] wakes the sessions on
 //! its flush list (only those with lazy items waiting; nothing runs while no notice is).
+//!
+//! **Revocations.** [`Hub::watch_revocations`] polls the store every [`REVOCATION_POLL`] for
+//! password changes and account deletions (made by the administration commands, possibly
+//! in another process) and [`Hub::revoke`] ends the user's session if its login looked the
+//! account up at or before the change ([`Member::login_ms`], [`Revocation::at_ms`]): a login
+//! with the new password is left alone. The hub remembers recent revocations, so a login
+//! that read the old account but joins only after the revocation was seen is refused too.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,7 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{KickReason, Outbox};
-use crate::store::{Store, StoreError};
+use crate::store::{Revocation, RevocationKind, Store, StoreError};
 use crate::wire::{ChatHead, Out, Private, encode_reply};
 
 /// What the hub keeps of a logged-in session.
@@ -38,11 +46,33 @@ pub struct Member {
     pub user_id: UserId,
     /// The session's outbox and kill switch.
     pub outbox: Arc<Outbox>,
+    /// Unix milliseconds taken before the login asked the store for the account: the
+    /// credentials it checked are those of that moment or later. A revocation at or after
+    /// it ends the session.
+    pub login_ms: u64,
 }
 
 /// The longest a presence notice waits in an idle session's outbox before the session is
 /// woken to write it.
 pub const PRESENCE_TICK: Duration = Duration::from_millis(50);
+
+/// How often [`Hub::watch_revocations`] asks the store for new revocations.
+pub const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Revocations read from the store in one request; more are read at once after.
+const REVOCATION_PAGE: usize = 256;
+
+/// Most revocations remembered for logins in progress ([`Inner::revoked`]). Each is an
+/// administrator's command and is forgotten after a login's longest duration, so this is
+/// reached only by a script deleting accounts in bulk; then the oldest is dropped.
+const MAX_REMEMBERED_REVOCATIONS: usize = 100_000;
+
+/// The latest revocation seen for one account.
+#[derive(Debug, Clone, Copy)]
+struct Revoked {
+    at_ms: u64,
+    kind: RevocationKind,
+}
 
 struct Inner {
     members: HashMap<String, Member>,
@@ -56,6 +86,10 @@ struct Inner {
     /// Members whose outbox was found full by the operation under way: [`Inner::cut_off`]
     /// removes them before the lock is released (empty between operations).
     slow: Vec<(String, u64)>,
+    /// The latest revocation of each account seen recently, by key: a login that looked
+    /// the account up before it but joins after it was seen is refused. Forgotten once no
+    /// login that old can still be in progress ([`Hub::watch_revocations`]'s `keep`).
+    revoked: HashMap<String, Revoked>,
 }
 
 /// Membership and fan-out. Cheap to share behind an `Arc`.
@@ -81,6 +115,7 @@ impl Hub {
                 tick: Arc::new(Notify::new()),
                 shutting_down: false,
                 slow: Vec::new(),
+                revoked: HashMap::new(),
             }),
             store,
         }
@@ -94,11 +129,22 @@ impl Hub {
 
     /// Registers a logged-in session. Tells the others `joined`, or, when the user was
     /// logged in elsewhere, kicks the old session (`fail 409`) without `left`/`joined`.
-    pub fn join(&self, member: Member) {
+    ///
+    /// # Errors
+    /// [`KickReason::Revoked`], and nothing is registered, when a revocation of the account
+    /// seen meanwhile is not older than the login's account lookup (the password it checked
+    /// was changed, or the account deleted, while it was being checked).
+    pub fn join(&self, member: Member) -> Result<(), KickReason> {
         let mut inner = self.lock();
         let key = member.user_id.key();
         let user_id = member.user_id.clone();
         let conn_id = member.conn_id;
+        if let Some(r) = inner.revoked.get(&key)
+            && member.login_ms <= r.at_ms
+        {
+            tracing::info!(user = %user_id, conn = conn_id, kind = ?r.kind, "login refused: the account changed while it was checked");
+            return Err(KickReason::Revoked(r.kind));
+        }
         if inner.shutting_down {
             member.outbox.kick(KickReason::Shutdown);
         }
@@ -113,6 +159,101 @@ impl Hub {
                 });
                 inner.broadcast_notice(Out::Frame(frame), Some(conn_id));
             }
+        }
+        Ok(())
+    }
+
+    /// Acts on a revocation read from the store: the user's session, if its login looked
+    /// the account up at or before the revocation, is removed (the others get `left`) and
+    /// kicked (`fail 401`); a session that logged in later, with the new password, stays.
+    /// The revocation is remembered for logins still being checked (see [`Hub::join`]).
+    /// Returns whether a session was ended.
+    pub fn revoke(&self, revocation: &Revocation) -> bool {
+        // Seen now, so committed before now: a login that looks the account up from now on
+        // reads the new one. Clamping keeps a revocation stamped ahead of this clock (set
+        // back since) from refusing the user's logins until the clock catches up.
+        let at_ms = revocation.at_ms.min(crate::now_ms());
+        let revocation = &Revocation {
+            at_ms,
+            ..revocation.clone()
+        };
+        let mut inner = self.lock();
+        inner.remember(revocation);
+        let key = &revocation.key;
+        if inner
+            .members
+            .get(key)
+            .is_none_or(|m| m.login_ms > revocation.at_ms)
+        {
+            return false;
+        }
+        let Some(m) = inner.members.remove(key) else {
+            return false;
+        };
+        tracing::info!(user = %m.user_id, conn = m.conn_id, kind = ?revocation.kind, "session revoked");
+        m.outbox.kick(KickReason::Revoked(revocation.kind));
+        inner.announce_left(m.user_id);
+        true
+    }
+
+    /// Polls the store every [`REVOCATION_POLL`] for revocations with an id above
+    /// `after_id` and acts on each ([`Hub::revoke`]); runs until `shutdown`. Revocations
+    /// are remembered for `keep` (longer than any login can take) for logins in progress.
+    /// A store error is logged and the poll retried at the next period: it never ends the
+    /// watch. The store is only awaited, never while the hub's lock is held.
+    pub async fn watch_revocations(
+        &self,
+        mut after_id: u64,
+        keep: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut failing = false;
+        let mut tick = tokio::time::interval(REVOCATION_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            // Pages until one is not full: a burst of revocations is read in one period.
+            loop {
+                let page = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    r = self.store.revocations_after(after_id, REVOCATION_PAGE) => r,
+                };
+                let revocations = match page {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "cannot read revocations; retrying every second");
+                        }
+                        failing = true;
+                        break;
+                    }
+                };
+                if std::mem::take(&mut failing) {
+                    tracing::info!("revocations readable again");
+                }
+                for r in &revocations {
+                    after_id = after_id.max(r.id);
+                    self.revoke(r);
+                }
+                if revocations.len() < REVOCATION_PAGE {
+                    break;
+                }
+            }
+            let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+            self.forget_revocations_before(crate::now_ms().saturating_sub(keep_ms));
+        }
+    }
+
+    /// Forgets the remembered revocations older than `before_ms`.
+    fn forget_revocations_before(&self, before_ms: u64) {
+        let mut inner = self.lock();
+        if !inner.revoked.is_empty() {
+            inner.revoked.retain(|_, r| r.at_ms >= before_ms);
         }
     }
 
@@ -354,6 +495,40 @@ enum Delivery {
 }
 
 impl Inner {
+    /// Remembers `r` as its account's latest revocation, for logins still being checked.
+    fn remember(&mut self, r: &Revocation) {
+        let revoked = Revoked {
+            at_ms: r.at_ms,
+            kind: r.kind,
+        };
+        if self.revoked.len() >= MAX_REMEMBERED_REVOCATIONS && !self.revoked.contains_key(&r.key) {
+            self.forget_oldest_revocation();
+        }
+        match self.revoked.entry(r.key.clone()) {
+            Entry::Occupied(mut e) => {
+                if e.get().at_ms <= r.at_ms {
+                    e.insert(revoked);
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(revoked);
+            }
+        }
+    }
+
+    /// Drops the oldest remembered revocation (the map is at its bound).
+    fn forget_oldest_revocation(&mut self) {
+        let oldest = self
+            .revoked
+            .iter()
+            .min_by_key(|(_, r)| r.at_ms)
+            .map(|(k, _)| k.clone());
+        if let Some(key) = oldest {
+            tracing::warn!("too many revocations to remember; forgetting the oldest");
+            self.revoked.remove(&key);
+        }
+    }
+
     /// Delivers a private message to its recipient, if online, and echoes it to the sender.
     fn deliver_online(&mut self, route: &Route, draft: Draft) -> Delivery {
         let Some(recipient) = self.members.get(&route.key) else {
@@ -489,6 +664,16 @@ mod tests {
     use std::time::Instant;
 
     fn member(hub: &Hub, conn_id: u64, name: &str) -> Arc<Outbox> {
+        member_since(hub, conn_id, name, 1).expect("not revoked")
+    }
+
+    /// Joins `name` as a session whose login looked the account up at `login_ms`.
+    fn member_since(
+        hub: &Hub,
+        conn_id: u64,
+        name: &str,
+        login_ms: u64,
+    ) -> Result<Arc<Outbox>, KickReason> {
         let outbox = Outbox::new(crate::outbox::Limits {
             items: 64,
             bytes: 64 * 1024,
@@ -497,8 +682,145 @@ mod tests {
             conn_id,
             user_id: UserId::new(name).expect("valid id"),
             outbox: outbox.clone(),
+            login_ms,
+        })?;
+        Ok(outbox)
+    }
+
+    fn revocation(id: u64, key: &str, at_ms: u64, kind: RevocationKind) -> Revocation {
+        Revocation {
+            id,
+            key: key.into(),
+            at_ms,
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_revocation_ends_only_a_session_that_logged_in_at_or_before_it() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = member_since(&hub, 2, "Bob", 100).expect("not revoked");
+        // Bob's login looked the account up after this change: it had the new password.
+        assert!(!hub.revoke(&revocation(1, "bob", 99, RevocationKind::PasswordChanged)));
+        assert_eq!(bob.kicked(), None);
+        // At the same millisecond: it may have read the old one.
+        assert!(hub.revoke(&revocation(2, "bob", 100, RevocationKind::PasswordChanged)));
+        assert_eq!(
+            bob.kicked(),
+            Some(KickReason::Revoked(RevocationKind::PasswordChanged))
+        );
+        assert_eq!(
+            frames(&alice),
+            vec![
+                r#"{"command":"joined","user_id":"Bob"}"#,
+                r#"{"command":"left","user_id":"Bob"}"#,
+            ]
+        );
+        assert_eq!(hub.list(), vec![UserId::new("alice").expect("valid id")]);
+        // Gone already: nothing more to end, and nobody else is told anything.
+        assert!(!hub.revoke(&revocation(3, "bob", 200, RevocationKind::AccountDeleted)));
+        assert!(frames(&alice).is_empty());
+        assert_eq!(alice.kicked(), None);
+    }
+
+    #[test]
+    fn a_login_checked_before_a_revocation_seen_meanwhile_is_refused() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        // Seen while bob's login (looked up at 500) was still being checked.
+        assert!(!hub.revoke(&revocation(1, "bob", 500, RevocationKind::AccountDeleted)));
+        assert_eq!(
+            member_since(&hub, 2, "bob", 500).err(),
+            Some(KickReason::Revoked(RevocationKind::AccountDeleted))
+        );
+        // Not registered: no `joined`, not listed.
+        assert!(frames(&alice).is_empty());
+        assert_eq!(hub.list(), vec![UserId::new("alice").expect("valid id")]);
+        // A login that looked the account up after it joins.
+        let _bob = member_since(&hub, 3, "bob", 501).expect("not revoked");
+        assert_eq!(
+            frames(&alice),
+            vec![r#"{"command":"joined","user_id":"bob"}"#]
+        );
+        // Once forgotten (no login that old can still be checked), it refuses nobody.
+        hub.forget_revocations_before(501);
+        assert!(member_since(&hub, 4, "carol", 1).is_ok());
+        assert!(hub.lock().revoked.is_empty());
+    }
+
+    #[test]
+    fn a_revocation_stamped_ahead_of_the_clock_counts_as_of_when_it_was_seen() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let before = member(&hub, 1, "dave");
+        assert!(hub.revoke(&revocation(
+            1,
+            "dave",
+            u64::MAX,
+            RevocationKind::PasswordChanged
+        )));
+        assert_eq!(
+            before.kicked(),
+            Some(KickReason::Revoked(RevocationKind::PasswordChanged))
+        );
+        // A login that looks the account up after the revocation was seen is not refused,
+        // whatever time the revocation carries.
+        let after = crate::now_ms() + 1;
+        assert!(member_since(&hub, 2, "dave", after).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_watch_ends_a_session_after_a_password_change_and_stops_on_shutdown() {
+        let store = Arc::new(MemoryStore::new(10));
+        for name in ["alice", "bob"] {
+            store
+                .create_account(crate::store::Account {
+                    user_id: UserId::new(name).expect("valid id"),
+                    password_hash: "old".into(),
+                    created_ms: 1,
+                })
+                .await
+                .expect("created");
+        }
+        // A revocation from before the watch starts is not acted on.
+        store
+            .set_password_hash("alice".into(), "older".into())
+            .await
+            .expect("changed");
+        let after_id = store.last_revocation_id().await.expect("read");
+        assert_eq!(after_id, 1);
+        let hub = Arc::new(Hub::new(store.clone(), 0));
+        let alice = member(&hub, 1, "alice");
+        let bob = member(&hub, 2, "bob");
+        let shutdown = CancellationToken::new();
+        let watch = tokio::spawn({
+            let hub = hub.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                hub.watch_revocations(after_id, Duration::from_secs(60), shutdown)
+                    .await;
+            }
         });
-        outbox
+        tokio::time::sleep(REVOCATION_POLL * 2).await;
+        assert_eq!(alice.kicked(), None);
+        store
+            .set_password_hash("bob".into(), "new".into())
+            .await
+            .expect("changed");
+        let deadline = Instant::now() + REVOCATION_POLL * 5;
+        while bob.kicked().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            bob.kicked(),
+            Some(KickReason::Revoked(RevocationKind::PasswordChanged))
+        );
+        assert_eq!(alice.kicked(), None);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), watch)
+            .await
+            .expect("the watch ends on shutdown")
+            .expect("the watch does not panic");
     }
 
     fn frames(outbox: &Outbox) -> Vec<String> {

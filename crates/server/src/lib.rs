@@ -264,6 +264,30 @@ pub async fn run_listeners(
             shared.hub.shut_down();
         })
     };
+    // Ends the session of a user whose password was changed or account deleted (`user
+    // passwd`/`user del`, maybe another process) from now on. Where it starts is read before
+    // anything is accepted; if it cannot be, from the oldest kept, which is as correct (a
+    // revocation only ends sessions that logged in before it, and none has yet).
+    let revocations = {
+        let after_id = shared
+            .config
+            .store
+            .last_revocation_id()
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the last revocation; reading them all");
+                0
+            });
+        // Longer than any login can take: a revocation seen while a login is checked is
+        // remembered until that login has joined or failed.
+        let keep = shared.config.login_timeout + Duration::from_secs(60);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let hub = &shared.hub;
+            hub.watch_revocations(after_id, keep, shared.shutdown.clone())
+                .await;
+        })
+    };
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
     let conn_ids = AtomicU64::new(1);
@@ -274,6 +298,7 @@ pub async fn run_listeners(
     tracker.close();
     // It ends on the shutdown too, once every logged-in session has been told.
     let _ = ticker.await;
+    let _ = revocations.await;
     let sessions = tracker.len();
     tracing::info!(sessions, "shutting down");
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())

@@ -500,16 +500,24 @@ fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
             let password = read_password(&format!("New password for {user_id}: "))?;
             let phc =
                 hash_password(password.expose(), cost).map_err(|f| anyhow::anyhow!(f.reason))?;
+            // Records a revocation too: a running server ends the user's session.
             match block_on(store.set_password_hash(user_id.key(), phc)) {
-                Ok(()) => println!("password of {user_id} changed"),
+                Ok(()) => {
+                    after_revocation();
+                    println!("password of {user_id} changed");
+                }
                 Err(StoreError::NoSuchUser(_)) => bail!("no such user: {user_id}"),
                 Err(e) => return Err(e.into()),
             }
         }
         UserCmd::Del { name } => {
             let user_id = UserId::new(name).map_err(|f| anyhow::anyhow!(f.reason))?;
+            // Records a revocation too: a running server ends the user's session.
             match block_on(store.delete_account(user_id.key())) {
-                Ok(dropped) => println!("deleted {user_id} ({dropped} unread messages dropped)"),
+                Ok(dropped) => {
+                    after_revocation();
+                    println!("deleted {user_id} ({dropped} unread messages dropped)");
+                }
                 Err(StoreError::NoSuchUser(_)) => bail!("no such user: {user_id}"),
                 Err(e) => return Err(e.into()),
             }
@@ -534,6 +542,13 @@ fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
     }
     store.close();
     Ok(())
+}
+
+/// Waits out the millisecond of the revocation just recorded: a server ends the sessions
+/// whose login looked the account up at or before the revocation's millisecond, so a login
+/// started once this command has returned (with the new password) must fall in a later one.
+fn after_revocation() {
+    std::thread::sleep(Duration::from_millis(2));
 }
 
 /// `backup FILE`.

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::store::RevocationKind;
 use crate::wire::Out;
 
 /// Why a session was told to close by someone else.
@@ -27,6 +28,9 @@ pub enum KickReason {
     SlowConsumer,
     /// The server is shutting down (`fail 503`).
     Shutdown,
+    /// The user's password was changed or the account deleted after this session logged
+    /// in (`fail 401`).
+    Revoked(RevocationKind),
 }
 
 /// The outbox is full: its session is a slow consumer.

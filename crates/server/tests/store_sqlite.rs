@@ -1,6 +1,7 @@
 //! The SQLite store against real temporary directories: accounts, the offline mailbox and
-//! its cap, survival across reopening, migrations, open errors, and the ordering contract
-//! under concurrent callers.
+//! its cap, survival across reopening, migrations (a version-1 database upgraded), the
+//! revocations recorded by password changes and deletions, open errors, and the ordering
+//! contract under concurrent callers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use simpletextim_server::store::{
-    Account, AccountInfo, DB_FILE_NAME, OpenError, SCHEMA_VERSION, SqliteStore, Store, StoreError,
+    Account, AccountInfo, DB_FILE_NAME, OpenError, REVOCATION_KEEP, Revocation, RevocationKind,
+    SCHEMA_VERSION, SqliteStore, Store, StoreError,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -369,7 +371,17 @@ fn an_empty_directory_is_created_and_migrated() -> TestResult {
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    assert_eq!(tables, ["accounts", "mailbox", "meta"]);
+    // `sqlite_sequence` is SQLite's own, for the AUTOINCREMENT of `revocations`.
+    assert_eq!(
+        tables,
+        [
+            "accounts",
+            "mailbox",
+            "meta",
+            "revocations",
+            "sqlite_sequence"
+        ]
+    );
     Ok(())
 }
 
@@ -662,4 +674,199 @@ fn an_acknowledged_write_survives_sigkill() -> TestResult {
         assert_eq!(store.max_message_id().await?, 77);
         Ok(())
     })
+}
+
+#[tokio::test]
+async fn password_changes_and_deletions_record_revocations() -> TestResult {
+    let dir = tempdir()?;
+    let store = open(dir.path(), 10)?;
+    store.create_account(account("Alice", 1)).await?;
+    store.create_account(account("bob", 2)).await?;
+    assert_eq!(store.last_revocation_id().await?, 0);
+    assert_eq!(store.revocations_after(0, 10).await?, vec![]);
+
+    let before = simpletextim_server::now_ms();
+    store
+        .set_password_hash("alice".into(), "$argon2id$new".into())
+        .await?;
+    assert_eq!(store.delete_account("bob".into()).await?, 0);
+    let after = simpletextim_server::now_ms();
+    // Refused changes record nothing (the savepoint takes the row back with the change).
+    let r = store.set_password_hash("nobody".into(), "x".into()).await;
+    assert!(matches!(r, Err(StoreError::NoSuchUser(_))), "{r:?}");
+    let r = store.delete_account("bob".into()).await;
+    assert!(matches!(r, Err(StoreError::NoSuchUser(_))), "{r:?}");
+
+    let all = store.revocations_after(0, 10).await?;
+    assert_eq!(all.len(), 2, "{all:?}");
+    for r in &all {
+        assert!(
+            (before..=after).contains(&r.at_ms),
+            "{r:?} not in {before}..={after}"
+        );
+    }
+    assert_eq!(
+        all,
+        vec![
+            Revocation {
+                id: 1,
+                key: "alice".into(),
+                at_ms: all[0].at_ms,
+                kind: RevocationKind::PasswordChanged,
+            },
+            Revocation {
+                id: 2,
+                key: "bob".into(),
+                at_ms: all[1].at_ms,
+                kind: RevocationKind::AccountDeleted,
+            },
+        ]
+    );
+    assert!(all[0].at_ms <= all[1].at_ms);
+    // Paged by id.
+    assert_eq!(store.revocations_after(0, 1).await?, all[..1].to_vec());
+    assert_eq!(store.revocations_after(1, 10).await?, all[1..].to_vec());
+    assert_eq!(store.revocations_after(2, 10).await?, vec![]);
+    assert_eq!(store.revocations_after(u64::MAX, 10).await?, vec![]);
+    assert_eq!(store.last_revocation_id().await?, 2);
+
+    // Durable like everything else.
+    drop(store);
+    let store = open(dir.path(), 10)?;
+    assert_eq!(store.revocations_after(0, 10).await?, all);
+    Ok(())
+}
+
+#[tokio::test]
+async fn old_revocations_are_pruned_and_their_ids_never_reused() -> TestResult {
+    let dir = tempdir()?;
+    let store = open(dir.path(), 10)?;
+    store.create_account(account("alice", 1)).await?;
+    store.set_password_hash("alice".into(), "a".into()).await?;
+    store.set_password_hash("alice".into(), "b".into()).await?;
+    drop(store);
+    // Both recorded just over REVOCATION_KEEP ago.
+    let keep = i64::try_from(REVOCATION_KEEP.as_millis())?;
+    {
+        let conn = Connection::open(dir.path().join(DB_FILE_NAME))?;
+        conn.execute("UPDATE revocations SET at_ms = at_ms - ?1 - 1000", [keep])?;
+    }
+    let store = open(dir.path(), 10)?;
+    assert_eq!(store.revocations_after(0, 10).await?.len(), 2);
+    // The next revocation prunes them, and its id follows theirs although the table is
+    // left with no row below it.
+    assert_eq!(store.delete_account("alice".into()).await?, 0);
+    let left = store.revocations_after(0, 10).await?;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        (left[0].id, left[0].key.as_str(), left[0].kind),
+        (3, "alice", RevocationKind::AccountDeleted)
+    );
+    assert_eq!(store.last_revocation_id().await?, 3);
+    Ok(())
+}
+
+/// The schema of version 1, exactly as the version-1 server wrote it (migration 1).
+const SCHEMA_V1: &str = "CREATE TABLE accounts (
+         key           TEXT PRIMARY KEY NOT NULL,
+         user_id       TEXT NOT NULL,
+         password_hash TEXT NOT NULL,
+         created_ms    INTEGER NOT NULL,
+         mailbox_len   INTEGER NOT NULL DEFAULT 0
+     ) WITHOUT ROWID;
+     CREATE TABLE mailbox (
+         id        INTEGER PRIMARY KEY,
+         recipient TEXT NOT NULL,
+         sender    TEXT NOT NULL,
+         message   TEXT NOT NULL,
+         to_user   TEXT NOT NULL,
+         ts        INTEGER NOT NULL
+     );
+     CREATE INDEX mailbox_by_recipient ON mailbox (recipient, id);
+     -- Keeps accounts.mailbox_len equal to the recipient's row count whoever writes (even
+     -- the sqlite3 shell), so the cap check is one row lookup, not a count of the mailbox.
+     CREATE TRIGGER mailbox_insert AFTER INSERT ON mailbox BEGIN
+         UPDATE accounts SET mailbox_len = mailbox_len + 1 WHERE key = NEW.recipient;
+     END;
+     CREATE TRIGGER mailbox_delete AFTER DELETE ON mailbox BEGIN
+         UPDATE accounts SET mailbox_len = mailbox_len - 1 WHERE key = OLD.recipient;
+     END;
+     CREATE TABLE meta (
+         name  TEXT PRIMARY KEY NOT NULL,
+         value INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     INSERT INTO meta (name, value) VALUES ('max_message_id', 0);";
+
+/// The definitions of every table, index and trigger of the database `db`, by name.
+fn schema(db: &Path) -> Result<Vec<(String, String)>, rusqlite::Error> {
+    let conn = Connection::open(db)?;
+    let mut stmt = conn
+        .prepare("SELECT name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY type, name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_to_version_2_and_keeps_its_data() -> TestResult {
+    let dir = tempdir()?;
+    let db = dir.path().join(DB_FILE_NAME);
+    // A version-1 database with an account, a second one holding a message, and the
+    // message-id high-water mark, as a version-1 server leaves them.
+    std::fs::write(&db, b"")?;
+    chmod(&db, 0o600)?;
+    {
+        let conn = Connection::open(&db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(SCHEMA_V1)?;
+        conn.pragma_update(None, "user_version", 1)?;
+        let bob = account("bob", 2);
+        conn.execute(
+            "INSERT INTO accounts (key, user_id, password_hash, created_ms) VALUES \
+             ('alice', 'Alice', ?1, 1), ('bob', 'bob', ?2, 2)",
+            [account("Alice", 1).password_hash, bob.password_hash],
+        )?;
+        conn.execute(
+            "INSERT INTO mailbox (id, recipient, sender, message, to_user, ts) \
+             VALUES (41, 'alice', 'bob', 'message 41 from bob', 'alice', ?1)",
+            [msg(41, "bob", "alice").ts],
+        )?;
+        conn.execute(
+            "UPDATE meta SET value = 41 WHERE name = 'max_message_id'",
+            [],
+        )?;
+    }
+
+    let store = open(dir.path(), 10)?;
+    assert_eq!(
+        store.account("alice".into()).await?,
+        Some(account("Alice", 1))
+    );
+    assert_eq!(store.account("bob".into()).await?, Some(account("bob", 2)));
+    assert_eq!(
+        store.pending("alice".into()).await?,
+        vec![msg(41, "bob", "alice")]
+    );
+    assert_eq!(store.max_message_id().await?, 41);
+    let listed: Vec<u64> = store
+        .list_accounts()
+        .await?
+        .iter()
+        .map(|a| a.pending)
+        .collect();
+    assert_eq!(listed, [1, 0], "mailbox_len kept");
+    // Version 2's table works.
+    assert_eq!(store.last_revocation_id().await?, 0);
+    store.set_password_hash("bob".into(), "x".into()).await?;
+    assert_eq!(store.last_revocation_id().await?, 1);
+    drop(store);
+
+    let conn = Connection::open(&db)?;
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    assert_eq!((version, SCHEMA_VERSION), (2, 2));
+    drop(conn);
+    // The same schema as a database created by this version.
+    let fresh = tempdir()?;
+    drop(open(fresh.path(), 10)?);
+    assert_eq!(schema(&db)?, schema(&fresh.path().join(DB_FILE_NAME))?);
+    Ok(())
 }

@@ -140,6 +140,8 @@ impl Session {
             self.fail(Failure::new(ErrorCode::Unavailable, reason));
             return Ok(());
         };
+        // Before the account is looked up: a revocation at or after it ends the session.
+        let login_ms = crate::now_ms();
         let checked = self.check_password(&user_id, &password).await;
         drop(slot);
         let user_id = match checked? {
@@ -154,24 +156,28 @@ impl Session {
                 return self.login_failed(&user_id, failure);
             }
         };
-        self.start(user_id).await
+        self.start(user_id, login_ms).await
     }
 
     /// Joins the hub as `user_id` (as registered), then writes the login ack with the
     /// messages kept in the mailbox, and deletes those once written.
     ///
     /// # Errors
-    /// How the session ends: the store failing, or the ack's write.
-    async fn start(&mut self, user_id: UserId) -> Result<(), End> {
+    /// How the session ends: the account revoked meanwhile, the store failing, or the
+    /// ack's write.
+    async fn start(&mut self, user_id: UserId, login_ms: u64) -> Result<(), End> {
         let outbox = Outbox::new(Limits {
             items: self.shared.config.outbox_capacity,
             bytes: self.shared.config.outbox_bytes,
         });
+        // Refused when the account was changed while its password was checked: the
+        // session ends (`fail 401`) before anything of the user's is read.
         self.shared.hub.join(Member {
             conn_id: self.conn_id,
             user_id: user_id.clone(),
             outbox: outbox.clone(),
-        });
+            login_ms,
+        })?;
         self.login_deadline = None;
         self.admission.logged_in();
         // The user's bucket, shared with the user's other and earlier sessions.

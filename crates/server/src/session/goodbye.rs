@@ -5,7 +5,15 @@ use simpletextim_proto::{ChatMessage, ErrorCode, Reply};
 use tokio::time::timeout;
 
 use super::{End, FINAL_WRITE, Session};
+use crate::store::RevocationKind;
 use crate::wire::Out;
+
+/// What a session whose password was changed meanwhile is told (`fail 401`) before it is
+/// closed.
+pub(crate) const PASSWORD_CHANGED: &str = "your password was changed; log in again";
+/// What a session whose account was deleted meanwhile is told (`fail 401`) before it is
+/// closed.
+pub(crate) const ACCOUNT_DELETED: &str = "your account was deleted";
 
 impl Session {
     /// Says goodbye as the end calls for, and tells the hub.
@@ -29,6 +37,17 @@ impl Session {
                 let _ = self.drain_outbox();
                 self.conn
                     .queue_reply(&Reply::fail(ErrorCode::Unavailable, "server shutting down"));
+            }
+            // What was queued before the hub removed the session (it was still logged in
+            // then) goes out first, as on a takeover.
+            End::Revoked(kind) => {
+                let _ = self.drain_outbox();
+                let reason = match kind {
+                    RevocationKind::PasswordChanged => PASSWORD_CHANGED,
+                    RevocationKind::AccountDeleted => ACCOUNT_DELETED,
+                };
+                self.conn
+                    .queue_reply(&Reply::fail(ErrorCode::Unauthorized, reason));
             }
             End::SlowConsumer | End::Error | End::Eof | End::WriteStalled => {
                 self.keep_undelivered_private().await;

@@ -28,6 +28,7 @@ use tokio::time::{Instant, Sleep};
 use crate::Shared;
 use crate::limits::Admission;
 use crate::outbox::{KickReason, Outbox};
+use crate::store::RevocationKind;
 use crate::wire::Framing;
 use conn::{Connection, Filled};
 pub(crate) use rate::FloodControl;
@@ -57,6 +58,9 @@ enum End {
     WriteStalled,
     /// Refused at accept by a connection limit (`fail 503`).
     Refused,
+    /// The user's password was changed or the account deleted after the login looked it
+    /// up (`fail 401`).
+    Revoked(RevocationKind),
 }
 
 impl From<KickReason> for End {
@@ -65,6 +69,7 @@ impl From<KickReason> for End {
             KickReason::TakenOver => End::TakenOver,
             KickReason::SlowConsumer => End::SlowConsumer,
             KickReason::Shutdown => End::Shutdown,
+            KickReason::Revoked(kind) => End::Revoked(kind),
         }
     }
 }
@@ -298,7 +303,9 @@ impl Session {
                     self.wake_pending = true;
                     match self.login.as_ref().and_then(|l| l.outbox.kicked()) {
                         Some(KickReason::SlowConsumer) => return Err(End::SlowConsumer),
-                        Some(KickReason::TakenOver | KickReason::Shutdown) => {
+                        Some(
+                            KickReason::TakenOver | KickReason::Shutdown | KickReason::Revoked(_),
+                        ) => {
                             final_write = Some(Instant::now() + FINAL_WRITE);
                         }
                         None => {}

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use futures::future::{BoxFuture, FutureExt, ready};
 use simpletextim_proto::ChatMessage;
 
-use super::{Account, Store, StoreError};
+use super::{Account, REVOCATION_KEEP, Revocation, RevocationKind, Store, StoreError};
 
 /// Accounts and mailboxes in process memory. Each operation completes synchronously under
 /// one lock, so the ordering contract of [`Store`] holds trivially.
@@ -21,6 +21,29 @@ struct Inner {
     accounts: HashMap<String, Account>,
     mailboxes: HashMap<String, VecDeque<ChatMessage>>,
     max_id: u64,
+    /// Oldest first; none older than [`REVOCATION_KEEP`] after a revocation is recorded.
+    revocations: VecDeque<Revocation>,
+    last_revocation_id: u64,
+}
+
+impl Inner {
+    /// Records that `key`'s sessions must end (under the store's one lock, so every lookup
+    /// after this sees the change) and forgets revocations older than [`REVOCATION_KEEP`].
+    fn revoke(&mut self, key: String, kind: RevocationKind) {
+        let at_ms = crate::now_ms();
+        self.last_revocation_id += 1;
+        self.revocations.push_back(Revocation {
+            id: self.last_revocation_id,
+            key,
+            at_ms,
+            kind,
+        });
+        let keep = u64::try_from(REVOCATION_KEEP.as_millis()).unwrap_or(u64::MAX);
+        let oldest = at_ms.saturating_sub(keep);
+        while self.revocations.front().is_some_and(|r| r.at_ms < oldest) {
+            self.revocations.pop_front();
+        }
+    }
 }
 
 impl MemoryStore {
@@ -109,5 +132,106 @@ impl Store for MemoryStore {
 
     fn max_message_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
         self.with(|i| Ok(i.max_id))
+    }
+
+    fn set_password_hash(
+        &self,
+        key: String,
+        password_hash: String,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.with(move |i| {
+            let account = i
+                .accounts
+                .get_mut(&key)
+                .ok_or_else(|| StoreError::NoSuchUser(key.clone()))?;
+            account.password_hash = password_hash;
+            i.revoke(key, RevocationKind::PasswordChanged);
+            Ok(())
+        })
+    }
+
+    fn delete_account(&self, key: String) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.with(move |i| {
+            if i.accounts.remove(&key).is_none() {
+                return Err(StoreError::NoSuchUser(key));
+            }
+            let dropped = i.mailboxes.remove(&key).map_or(0, |m| m.len() as u64);
+            i.revoke(key, RevocationKind::AccountDeleted);
+            Ok(dropped)
+        })
+    }
+
+    fn revocations_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Revocation>, StoreError>> {
+        self.with(move |i| {
+            // Ids increase from front to back.
+            let from = i.revocations.partition_point(|r| r.id <= after_id);
+            Ok(i.revocations
+                .iter()
+                .skip(from)
+                .take(limit)
+                .cloned()
+                .collect())
+        })
+    }
+
+    fn last_revocation_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.with(|i| Ok(i.last_revocation_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use simpletextim_proto::UserId;
+
+    fn account(name: &str) -> Account {
+        Account {
+            user_id: UserId::new(name).expect("valid id"),
+            password_hash: "hash".into(),
+            created_ms: 1,
+        }
+    }
+
+    #[test]
+    fn changes_and_deletions_record_revocations_and_refusals_do_not() {
+        let store = MemoryStore::new(10);
+        block_on(async {
+            store.create_account(account("alice")).await?;
+            store.create_account(account("bob")).await?;
+            let r = store.set_password_hash("nobody".into(), "x".into()).await;
+            assert!(matches!(r, Err(StoreError::NoSuchUser(_))), "{r:?}");
+            store
+                .set_password_hash("alice".into(), "new".into())
+                .await?;
+            assert_eq!(
+                store
+                    .account("alice".into())
+                    .await?
+                    .map(|a| a.password_hash),
+                Some("new".into())
+            );
+            assert_eq!(store.delete_account("bob".into()).await?, 0);
+            let r = store.delete_account("bob".into()).await;
+            assert!(matches!(r, Err(StoreError::NoSuchUser(_))), "{r:?}");
+            let all = store.revocations_after(0, 10).await?;
+            let got: Vec<_> = all.iter().map(|r| (r.id, r.key.as_str(), r.kind)).collect();
+            assert_eq!(
+                got,
+                [
+                    (1, "alice", RevocationKind::PasswordChanged),
+                    (2, "bob", RevocationKind::AccountDeleted)
+                ]
+            );
+            assert_eq!(store.revocations_after(0, 1).await?, all[..1].to_vec());
+            assert_eq!(store.revocations_after(1, 10).await?, all[1..].to_vec());
+            assert_eq!(store.last_revocation_id().await?, 2);
+            Ok::<(), StoreError>(())
+        })
+        .expect("store operations succeed");
     }
 }

@@ -8,6 +8,12 @@
 //! methods were called. The hub relies on this: it calls [`Store::enqueue`] for an offline
 //! recipient while it still holds its membership lock, so a login that registers afterwards
 //! and then calls [`Store::pending`] is guaranteed to see the message.
+//!
+//! **Revocations.** Changing a password or deleting an account (the administration
+//! commands, often another process on the same database) also records a [`Revocation`], in
+//! the same transaction. A running server polls [`Store::revocations_after`] and ends the
+//! sessions that logged in before it (see [`Revocation::at_ms`] for the rule that makes this
+//! race-free).
 
 mod memory;
 mod sqlite;
@@ -15,8 +21,43 @@ mod sqlite;
 pub use memory::MemoryStore;
 pub use sqlite::{AccountInfo, DB_FILE_NAME, OpenError, SCHEMA_VERSION, SqliteStore};
 
-use futures::future::BoxFuture;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, ready};
 use simpletextim_proto::{ChatMessage, UserId};
+
+/// How long a store keeps a [`Revocation`]: older ones are pruned by the next write that
+/// records one. A running server reads them within seconds; a day leaves room for a server
+/// whose store failed for a while.
+pub const REVOCATION_KEEP: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Why an account's sessions must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationKind {
+    /// Its password was changed.
+    PasswordChanged,
+    /// It was deleted (with its mailbox).
+    AccountDeleted,
+}
+
+/// A record that an account's password was changed or the account deleted, so that a
+/// running server ends the sessions that logged in with the old credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Increases with every revocation a store records, and is never reused (not even
+    /// after old revocations are pruned).
+    pub id: u64,
+    /// The account's key ([`UserId::key`]).
+    pub key: String,
+    /// Unix milliseconds such that every account lookup of this store that *started*
+    /// later sees the change, and every lookup that saw the account as it was before
+    /// started earlier (the SQLite store takes it inside the write transaction, which no
+    /// lookup of the server overlaps). So a session whose login looked the account up at
+    /// or before `at_ms` may hold the old credentials; one after it cannot.
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: RevocationKind,
+}
 
 /// An account as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,4 +128,61 @@ pub trait Store: Send + Sync + 'static {
     /// The highest message id ever stored, counting messages since delivered and deleted
     /// (0 when none), so ids keep increasing across restarts.
     fn max_message_id(&self) -> BoxFuture<'static, Result<u64, StoreError>>;
+
+    /// Replaces the password hash (a PHC string) of the account `key` and records a
+    /// [`RevocationKind::PasswordChanged`] revocation, in one transaction.
+    ///
+    /// The default refuses: a store that supports administration overrides it.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchUser`] when there is no such account (nothing is recorded);
+    /// [`StoreError::Backend`] when the store fails.
+    fn set_password_hash(
+        &self,
+        key: String,
+        password_hash: String,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let _ = (key, password_hash);
+        ready(Err(unsupported("changing a password"))).boxed()
+    }
+
+    /// Deletes the account `key` and its offline mailbox and records a
+    /// [`RevocationKind::AccountDeleted`] revocation, in one transaction; returns how many
+    /// messages the mailbox held. The message-id high-water mark is kept.
+    ///
+    /// The default refuses: a store that supports administration overrides it.
+    ///
+    /// # Errors
+    /// [`StoreError::NoSuchUser`] when there is no such account (nothing is recorded);
+    /// [`StoreError::Backend`] when the store fails.
+    fn delete_account(&self, key: String) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let _ = key;
+        ready(Err(unsupported("deleting an account"))).boxed()
+    }
+
+    /// The revocations with an id above `after_id`, lowest id first, at most `limit` of
+    /// them (call again from the last id for more). Revocations older than
+    /// [`REVOCATION_KEEP`] may be gone.
+    ///
+    /// The default has none: a store that nothing revokes in (a test double).
+    fn revocations_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Revocation>, StoreError>> {
+        let _ = (after_id, limit);
+        ready(Ok(Vec::new())).boxed()
+    }
+
+    /// An id at least as high as every revocation recorded so far (0 when none): a server
+    /// starts polling [`Store::revocations_after`] from it.
+    ///
+    /// The default is 0, as [`Store::revocations_after`] has none.
+    fn last_revocation_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+        ready(Ok(0)).boxed()
+    }
+}
+
+fn unsupported(what: &str) -> StoreError {
+    StoreError::Backend(format!("{what} is not supported by this store"))
 }

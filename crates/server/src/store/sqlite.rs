@@ -9,7 +9,12 @@
 //! - `mailbox(id PRIMARY KEY, recipient, sender, message, to_user, ts)`: `id` is the message id,
 //!   `recipient` an account key; indexed by `(recipient, id)` so a login reads oldest first;
 //! - `meta(name PRIMARY KEY, value)`: `max_message_id`, the highest message id ever stored,
-//!   so ids keep increasing after the messages carrying them were delivered and deleted.
+//!   so ids keep increasing after the messages carrying them were delivered and deleted;
+//! - `revocations(id PRIMARY KEY AUTOINCREMENT, key, at_ms, kind)` (version 2): one row per
+//!   password change (`kind` `'password'`) or account deletion (`'deleted'`), written in the
+//!   same transaction as the change, read by a running server to end the account's
+//!   sessions ([`Revocation`]); `AUTOINCREMENT` so an id is never reused after pruning.
+//!   Rows older than [`REVOCATION_KEEP`] are deleted by the next write of a row.
 //!
 //! **Permissions** (Unix). The directory is created 0700 and the database file 0600 (set
 //! explicitly, whatever the umask) before SQLite opens it; SQLite gives the `-wal` and `-shm`
@@ -50,7 +55,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use tokio::sync::oneshot;
 
-use super::{Account, Store, StoreError};
+use super::{Account, REVOCATION_KEEP, Revocation, RevocationKind, Store, StoreError};
 
 /// The database file inside the data directory.
 pub const DB_FILE_NAME: &str = "simpletextim.sqlite3";
@@ -103,6 +108,14 @@ const MIGRATIONS: &[&str] = &[
          value INTEGER NOT NULL
      ) WITHOUT ROWID;
      INSERT INTO meta (name, value) VALUES ('max_message_id', 0);",
+    // 2: revocations (password changes and deletions) for running servers to act on.
+    "CREATE TABLE revocations (
+         id    INTEGER PRIMARY KEY AUTOINCREMENT,
+         key   TEXT NOT NULL,
+         at_ms INTEGER NOT NULL,
+         kind  TEXT NOT NULL CHECK (kind IN ('password', 'deleted'))
+     );
+     CREATE INDEX revocations_by_time ON revocations (at_ms);",
 ];
 
 /// Why [`SqliteStore::open`] failed. The `Display` form is one line naming the path.
@@ -329,31 +342,6 @@ impl SqliteStore {
         self.submit(Kind::Read, |w| w.list_accounts())
     }
 
-    /// Deletes the account `key` and its offline mailbox; returns how many messages the
-    /// mailbox held. The message-id high-water mark is kept.
-    ///
-    /// # Errors
-    /// [`StoreError::NoSuchUser`] when there is no such account; [`StoreError::Backend`]
-    /// when the database fails.
-    pub fn delete_account(&self, key: String) -> BoxFuture<'static, Result<u64, StoreError>> {
-        self.submit(Kind::Write, move |w| w.delete_account(&key))
-    }
-
-    /// Replaces the password hash (a PHC string) of the account `key`.
-    ///
-    /// # Errors
-    /// [`StoreError::NoSuchUser`] when there is no such account; [`StoreError::Backend`]
-    /// when the database fails.
-    pub fn set_password_hash(
-        &self,
-        key: String,
-        password_hash: String,
-    ) -> BoxFuture<'static, Result<(), StoreError>> {
-        self.submit(Kind::Write, move |w| {
-            w.set_password_hash(&key, &password_hash)
-        })
-    }
-
     /// Writes a consistent copy of the whole database to `dest` (`VACUUM INTO`) while the
     /// store keeps serving; it reflects every request made before this call. The copy is a
     /// plain SQLite file that [`SqliteStore::open`] accepts once named [`DB_FILE_NAME`].
@@ -445,6 +433,32 @@ impl Store for SqliteStore {
 
     fn max_message_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
         self.submit(Kind::Read, |w| w.max_message_id())
+    }
+
+    fn set_password_hash(
+        &self,
+        key: String,
+        password_hash: String,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.submit(Kind::Write, move |w| {
+            w.set_password_hash(&key, &password_hash)
+        })
+    }
+
+    fn delete_account(&self, key: String) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.submit(Kind::Write, move |w| w.delete_account(&key))
+    }
+
+    fn revocations_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Revocation>, StoreError>> {
+        self.submit(Kind::Read, move |w| w.revocations_after(after_id, limit))
+    }
+
+    fn last_revocation_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.submit(Kind::Read, |w| w.last_revocation_id())
     }
 }
 
@@ -1000,6 +1014,7 @@ impl Worker {
         if removed == 0 {
             return Err(StoreError::NoSuchUser(key.to_owned()));
         }
+        self.record_revocation(key, RevocationKind::AccountDeleted)?;
         Ok(messages as u64)
     }
 
@@ -1011,7 +1026,78 @@ impl Worker {
         if changed == 0 {
             return Err(StoreError::NoSuchUser(key.to_owned()));
         }
+        self.record_revocation(key, RevocationKind::PasswordChanged)
+    }
+
+    /// Records that `key`'s sessions must end, and prunes revocations older than
+    /// [`REVOCATION_KEEP`]. Runs inside the write transaction of the change (the caller's
+    /// savepoint): the time is taken while this connection holds the database's write lock,
+    /// so every account lookup of a server on this database either ended before it (and
+    /// may have seen the old account) or starts after the commit (and sees the new one).
+    /// That is the guarantee of [`Revocation::at_ms`].
+    fn record_revocation(&self, key: &str, kind: RevocationKind) -> Result<(), StoreError> {
+        let at_ms = to_i64(crate::now_ms())?;
+        let kind = match kind {
+            RevocationKind::PasswordChanged => "password",
+            RevocationKind::AccountDeleted => "deleted",
+        };
+        self.conn
+            .prepare_cached("INSERT INTO revocations (key, at_ms, kind) VALUES (?1, ?2, ?3)")?
+            .execute(params![key, at_ms, kind])?;
+        let keep = i64::try_from(REVOCATION_KEEP.as_millis()).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached("DELETE FROM revocations WHERE at_ms < ?1")?
+            .execute([at_ms.saturating_sub(keep)])?;
         Ok(())
+    }
+
+    fn revocations_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        // Ids above i64::MAX cannot have been stored: nothing is after them.
+        let Ok(after_id) = i64::try_from(after_id) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, key, at_ms, kind FROM revocations WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map([after_id, limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut revocations = Vec::new();
+        for row in rows {
+            let (id, key, at_ms, kind) = row?;
+            let kind = match kind.as_str() {
+                "password" => RevocationKind::PasswordChanged,
+                "deleted" => RevocationKind::AccountDeleted,
+                other => return Err(corrupt(format!("revocation kind {other:?}"))),
+            };
+            revocations.push(Revocation {
+                id: to_u64(id)?,
+                key,
+                at_ms: to_u64(at_ms)?,
+                kind,
+            });
+        }
+        Ok(revocations)
+    }
+
+    fn last_revocation_id(&self) -> Result<u64, StoreError> {
+        // The highest id still stored: every later revocation gets a higher one
+        // (AUTOINCREMENT), even after every row was pruned.
+        let v: i64 = self
+            .conn
+            .prepare_cached("SELECT coalesce(max(id), 0) FROM revocations")?
+            .query_row([], |r| r.get(0))?;
+        to_u64(v)
     }
 
     fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
