@@ -769,6 +769,109 @@ mod tests {
         assert!(member_since(&hub, 2, "dave", after).is_ok());
     }
 
+    /// A [`MemoryStore`] whose revocation reads fail while `failures` is above zero (each
+    /// failed read counts one down).
+    struct FlakyStore {
+        inner: MemoryStore,
+        failures: std::sync::atomic::AtomicU32,
+    }
+
+    impl Store for FlakyStore {
+        fn account(
+            &self,
+            key: String,
+        ) -> BoxFuture<'static, Result<Option<crate::store::Account>, StoreError>> {
+            self.inner.account(key)
+        }
+        fn create_account(
+            &self,
+            account: crate::store::Account,
+        ) -> BoxFuture<'static, Result<(), StoreError>> {
+            self.inner.create_account(account)
+        }
+        fn enqueue(
+            &self,
+            key: String,
+            m: ChatMessage,
+        ) -> BoxFuture<'static, Result<(), StoreError>> {
+            self.inner.enqueue(key, m)
+        }
+        fn pending(&self, key: String) -> BoxFuture<'static, Result<Vec<ChatMessage>, StoreError>> {
+            self.inner.pending(key)
+        }
+        fn delete_delivered(
+            &self,
+            key: String,
+            ids: Vec<u64>,
+        ) -> BoxFuture<'static, Result<(), StoreError>> {
+            self.inner.delete_delivered(key, ids)
+        }
+        fn max_message_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+            self.inner.max_message_id()
+        }
+        fn revocations_after(
+            &self,
+            after_id: u64,
+            limit: usize,
+        ) -> BoxFuture<'static, Result<Vec<Revocation>, StoreError>> {
+            use std::sync::atomic::Ordering;
+            let failing = self
+                .failures
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                let e = StoreError::Backend("disk on fire".into());
+                return Box::pin(std::future::ready(Err(e)));
+            }
+            self.inner.revocations_after(after_id, limit)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_error_while_watching_is_retried_and_not_fatal() {
+        let store = Arc::new(FlakyStore {
+            inner: MemoryStore::new(10),
+            failures: std::sync::atomic::AtomicU32::new(2),
+        });
+        let erin = crate::store::Account {
+            user_id: UserId::new("erin").expect("valid id"),
+            password_hash: "old".into(),
+            created_ms: 1,
+        };
+        store.inner.create_account(erin).await.expect("created");
+        let hub = Arc::new(Hub::new(store.clone(), 0));
+        let session = member(&hub, 1, "erin");
+        store
+            .inner
+            .delete_account("erin".into())
+            .await
+            .expect("deleted");
+        let shutdown = CancellationToken::new();
+        let watch = tokio::spawn({
+            let hub = hub.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                hub.watch_revocations(0, Duration::from_secs(60), shutdown)
+                    .await;
+            }
+        });
+        // Two polls fail; the third reads the deletion.
+        let deadline = Instant::now() + REVOCATION_POLL * 6;
+        while session.kicked().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            session.kicked(),
+            Some(KickReason::Revoked(RevocationKind::AccountDeleted))
+        );
+        assert_eq!(store.failures.load(std::sync::atomic::Ordering::Acquire), 0);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), watch)
+            .await
+            .expect("the watch ends on shutdown")
+            .expect("the watch does not panic");
+    }
+
     #[tokio::test]
     async fn the_watch_ends_a_session_after_a_password_change_and_stops_on_shutdown() {
         let store = Arc::new(MemoryStore::new(10));

@@ -247,12 +247,14 @@ enum UserCmd {
         /// The user id.
         name: String,
     },
-    /// Set an account's password (read like `add`).
+    /// Set an account's password (read like `add`). A running server ends the user's
+    /// session within seconds; a login with the new password is not affected.
     Passwd {
         /// The user id.
         name: String,
     },
-    /// Delete an account and its offline messages.
+    /// Delete an account and its offline messages. A running server ends the user's session
+    /// within seconds.
     Del {
         /// The user id.
         name: String,
