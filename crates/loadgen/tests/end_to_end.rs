@@ -13,6 +13,7 @@ use simpletextim_loadgen::workload::Common;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
 use simpletextim_loadgen::workload::offline::{self, OfflineOpts};
 use simpletextim_loadgen::workload::presence::{self, PresenceOpts};
+use simpletextim_loadgen::workload::soak::{self, SoakOpts};
 use simpletextim_server::{Config, MemoryStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -135,5 +136,55 @@ async fn offline_mailboxes_are_delivered_at_login() {
     assert_eq!(r.mailbox_delivered, Some(60));
     assert_eq!(r.mailbox_lost, Some(0));
     assert_eq!(r.mailbox_max, Some(10));
+    shutdown.cancel();
+}
+
+/// The soak against a server with its default limits and only 127.0.0.1 exempt: the
+/// normal users lose nothing, and every kind of hostile connection is answered as the
+/// limits say (the figures themselves are the benchmark's business).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_loses_nothing_and_counts_every_hostile_kind() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        hash_cost: simpletextim_server::HashCost::InsecureFast,
+        exempt: vec!["127.0.0.1/32".parse().unwrap()],
+        store: Arc::new(MemoryStore::new(1000)),
+        ..Config::default()
+    };
+    tokio::spawn(simpletextim_server::run(listener, config, shutdown.clone()));
+    let o = SoakOpts {
+        users: 5,
+        user_rate: 2.0,
+        secs: 2.0,
+        hostile: 50,
+        per_addr: 10,
+        warmup_secs: 0.5,
+        pause_ms: 200,
+        slow_every_ms: 500,
+        garbage_every_ms: 50,
+        flood_rate: 20.0,
+        server_pid: None,
+    };
+    let r = soak::run(&common(addr, "sk"), &o).await.unwrap();
+    assert_complete(&r);
+    assert_eq!(r.sent, 20);
+    assert_eq!(r.echo_latency_us.unwrap().count, 20);
+    let hostile = r.hostile.clone().unwrap();
+    let kind = |name: &str| hostile.iter().find(|k| k.kind == name).unwrap().clone();
+    let names: Vec<&str> = hostile.iter().map(|k| k.kind.as_str()).collect();
+    assert_eq!(
+        names,
+        ["slowloris", "garbage", "guesser", "never-reader", "flooder"]
+    );
+    assert!(kind("slowloris").actions > 0, "{hostile:?}");
+    assert!(kind("garbage").fails.contains_key(&400), "{hostile:?}");
+    let guesser = kind("guesser");
+    assert_eq!(guesser.logins, 0, "a wrong password got in: {hostile:?}");
+    assert!(!guesser.fails.is_empty(), "{hostile:?}");
+    assert!(kind("never-reader").logins > 0, "{hostile:?}");
+    // 20 commands a second against 5 a second with a burst of 20.
+    assert!(kind("flooder").fails.contains_key(&429), "{hostile:?}");
     shutdown.cancel();
 }
