@@ -2,7 +2,7 @@
 //!
 //! Everything below the protocol lives here. The session above it sees commands coming in
 //! ([`Connection::fill`], [`Connection::next_command`]) and outbox items and replies going
-//! out ([`Connection::queue`], [`Connection::queue_reply`], [`Connection::try_flush`]); it
+//! out ([`Connection::queue_all`], [`Connection::queue_reply`], [`Connection::try_flush`]); it
 //! never touches bytes, and only this file touches the socket.
 //!
 //! An idle connection holds no buffers: the socket is polled for readiness and then read
