@@ -136,7 +136,9 @@ struct Tracked {
 #[derive(Debug)]
 pub(crate) struct Admission {
     _connection: OwnedSemaphorePermit,
-    _address: Option<AddressPlace>,
+    /// Boxed: exempt and untracked addresses (and benchmarks) have none, and every idle
+    /// session would otherwise carry its room.
+    _address: Option<Box<AddressPlace>>,
     unauthenticated: Option<OwnedSemaphorePermit>,
     /// Boxed: only refused connections have one.
     refusal: Option<Box<Failure>>,
@@ -212,7 +214,7 @@ impl Limits {
         };
         Admission {
             _connection: connection,
-            _address: address,
+            _address: address.map(Box::new),
             unauthenticated,
             refusal,
         }
