@@ -184,7 +184,7 @@ async fn soak_loses_nothing_and_counts_every_hostile_kind() {
     assert_eq!(guesser.logins, 0, "a wrong password got in: {hostile:?}");
     assert!(!guesser.fails.is_empty(), "{hostile:?}");
     assert!(kind("never-reader").logins > 0, "{hostile:?}");
-    // 20 commands a second against 5 a second with a burst of 20.
+    // 20 commands a second against 1 a second with a burst of 20.
     assert!(kind("flooder").fails.contains_key(&429), "{hostile:?}");
     shutdown.cancel();
 }

@@ -51,11 +51,14 @@ pub const DEFAULT_OUTBOX_BYTES: usize = 256 * 1024;
 /// Default time a session's socket may take nothing of what it has to write before the
 /// connection is closed.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default flood control per user: 5 tokens a second, 20 at once (`send` costs 1, `list`
-/// [`LIST_COST`]). A person typing, even pasting a few lines, never reaches it; a script
-/// gets at most 5 messages a second through to the others, or one `list` every 2 s.
+/// Default flood control per user: 1 token a second, 20 at once (`send` costs 1, `list`
+/// [`LIST_COST`]). A person typing, even pasting a block of lines, never reaches it; a
+/// script gets one message a second through to the others (the sustained rate of IRC
+/// servers' flood control, and of Slack's and Discord's per channel), or one `list` every
+/// 10 s. At 5 a second, a dozen scripted accounts made the soak's 200 normal users' p99
+/// round trip 2.4–4× that of a quiet run (docs/BENCHMARKS.md, *Soak*).
 pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
-    per_sec: 5.0,
+    per_sec: 1.0,
     burst: 20,
 };
 /// Default length of the login queue: at about 80 checks a second at the default Argon2
