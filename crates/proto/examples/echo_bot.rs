@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     while let Some(reply) = client.next().await {
         match reply? {
-            Reply::Message { messages } => {
+            Reply::Message { messages, .. } => {
                 for m in messages {
                     println!("<{}> {}", m.user_id, m.message);
                     if m.is_private() && !m.user_id.as_str().eq_ignore_ascii_case(&me) {
@@ -41,8 +41,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Reply::Joined { user_id } => println!("* {user_id} joined"),
             Reply::Left { user_id } => println!("* {user_id} left"),
-            Reply::Fail { fail } => eprintln!("server: {fail}"),
-            Reply::List { list } => println!("online: {list:?}"),
+            Reply::Fail { fail, .. } => eprintln!("server: {fail}"),
+            Reply::List { list, .. } => println!("online: {list:?}"),
             Reply::Unreadable { kind, error } => eprintln!("skipped a {kind:?} reply: {error}"),
             _ => {} // a kind of reply from a newer server
         }

@@ -89,7 +89,7 @@ impl ClientError {
 /// client.send_public("hello, everyone").await?;
 /// while let Some(reply) = client.next().await {
 ///     match reply? {
-///         Reply::Message { messages } => {
+///         Reply::Message { messages, .. } => {
 ///             for m in messages {
 ///                 println!("<{}> {}", m.user_id, m.message);
 ///             }
@@ -183,12 +183,10 @@ impl Client {
     ) -> Result<Vec<ChatMessage>, ClientError> {
         let user_id = UserId::new(user_id).map_err(ClientError::Invalid)?;
         let password = Password::new(password).map_err(ClientError::Invalid)?;
-        self.sender
-            .send(&Command::Login { user_id, password })
-            .await?;
+        self.sender.send(&Command::login(user_id, password)).await?;
         match self.next_reply().await? {
-            Reply::Message { messages } => Ok(messages),
-            Reply::Fail { fail } => Err(ClientError::Refused(fail)),
+            Reply::Message { messages, .. } => Ok(messages),
+            Reply::Fail { fail, .. } => Err(ClientError::Refused(fail)),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

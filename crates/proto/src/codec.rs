@@ -10,9 +10,8 @@ use std::io;
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
-use crate::command::Command;
+use crate::command::{Command, Rejected, Request};
 use crate::reply::Reply;
-use crate::types::Failure;
 
 /// Default limit of a client → server frame's payload, in bytes.
 pub const DEFAULT_MAX_COMMAND_FRAME: usize = 4096;
@@ -63,11 +62,31 @@ pub fn encode_frame(payload: &[u8], max: usize, dst: &mut BytesMut) -> Result<()
     Ok(())
 }
 
-/// The server's side of the codec: decodes [`Command`]s, encodes [`Reply`]s.
+/// The server's side of the codec: decodes [`Request`]s (a command and its `ref`), encodes
+/// [`Reply`]s.
 ///
-/// A frame that is not a valid command decodes to `Ok(Some(Err(failure)))`: a recoverable
-/// error the server answers with `fail` before reading on. A frame over the size limit is
-/// a fatal `Err(CodecError::FrameTooLarge)`.
+/// A frame that is not a valid request decodes to `Ok(Some(Err(rejected)))`: a recoverable
+/// error the server answers with `fail` (carrying the request's `ref` when it had a valid
+/// one, [`Rejected::into_reply`]) before reading on. A frame over the size limit is a fatal
+/// `Err(CodecError::FrameTooLarge)`.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use simpletextim_proto::{Command, Ref, Request, ServerCodec};
+/// use tokio_util::codec::Decoder;
+///
+/// let mut buf = BytesMut::new();
+/// for json in [&br#"{"command":"list","ref":1}"#[..], br#"{"command":"nope","ref":"x"}"#] {
+///     buf.extend_from_slice(&(json.len() as u32).to_be_bytes());
+///     buf.extend_from_slice(json);
+/// }
+/// let mut codec = ServerCodec::new();
+/// let first = codec.decode(&mut buf)?.expect("a whole frame");
+/// assert_eq!(first, Ok(Request::with_ref(Command::List, Ref::Number(1))));
+/// let second = codec.decode(&mut buf)?.expect("a whole frame").unwrap_err();
+/// assert_eq!(second.r#ref, Some(Ref::text("x").unwrap()));
+/// # Ok::<(), simpletextim_proto::CodecError>(())
+/// ```
 #[derive(Debug)]
 pub struct ServerCodec {
     inner: LengthDelimitedCodec,
@@ -104,12 +123,12 @@ impl Default for ServerCodec {
 }
 
 impl Decoder for ServerCodec {
-    type Item = Result<Command, Failure>;
+    type Item = Result<Request, Rejected>;
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
         match self.inner.decode(src) {
-            Ok(Some(frame)) => Ok(Some(Command::from_json(&frame))),
+            Ok(Some(frame)) => Ok(Some(Request::from_json(&frame))),
             Ok(None) => Ok(None),
             Err(e) => Err(map_read_error(e, self.max_read)),
         }
@@ -124,7 +143,8 @@ impl Encoder<&Reply> for ServerCodec {
     }
 }
 
-/// The client's side of the codec: decodes [`Reply`]s, encodes [`Command`]s.
+/// The client's side of the codec: decodes [`Reply`]s, encodes [`Command`]s and
+/// [`Request`]s.
 ///
 /// Every frame decodes to one reply. A frame whose payload is not a reply this crate can
 /// read decodes to [`Reply::Unreadable`], not an error: the framing is intact, so the next
@@ -181,6 +201,14 @@ impl Encoder<&Command> for ClientCodec {
     }
 }
 
+impl Encoder<&Request> for ClientCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: &Request, dst: &mut BytesMut) -> Result<(), CodecError> {
+        encode_frame(&item.to_json(), self.max_write, dst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,8 +226,11 @@ mod tests {
         let mut buf = frame(b"{not json");
         buf.extend_from_slice(&frame(br#"{"command":"list"}"#));
         let first = codec.decode(&mut buf).unwrap().unwrap();
-        assert_eq!(first.unwrap_err().error_code, ErrorCode::BadRequest);
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), Ok(Command::List));
+        assert_eq!(first.unwrap_err().failure.error_code, ErrorCode::BadRequest);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap().unwrap(),
+            Ok(Request::new(Command::List))
+        );
         assert!(codec.decode(&mut buf).unwrap().is_none());
     }
 
@@ -296,7 +327,10 @@ mod tests {
         let mut buf = BytesMut::from(&whole[..7]);
         assert!(codec.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(&whole[7..]);
-        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), Ok(Command::Exit));
+        assert_eq!(
+            codec.decode(&mut buf).unwrap().unwrap(),
+            Ok(Request::new(Command::Exit))
+        );
     }
 
     #[test]
@@ -317,7 +351,10 @@ mod tests {
     fn write_limit_is_separate_from_read_limit() {
         let mut codec = ServerCodec::with_limits(16, 64);
         let mut dst = BytesMut::new();
-        let list = Reply::List { list: vec![] };
+        let list = Reply::List {
+            r#ref: None,
+            list: vec![],
+        };
         codec.encode(&list, &mut dst).unwrap();
         assert_eq!(&dst[4..], br#"{"command":"list","list":[]}"#);
         let big = Reply::fail(ErrorCode::BadRequest, "x".repeat(100));

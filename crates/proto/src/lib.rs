@@ -4,7 +4,11 @@
 //!   JSON of the protocol; [`Command::from_json`] validates and reports a bad command as the
 //!   [`Failure`] (error code and reason) the server answers with.
 //! - Validated types: [`UserId`] (case-insensitive, spelling kept), [`Password`],
-//!   [`MessageText`] (1–140 characters), [`Recipient`], [`ErrorCode`].
+//!   [`MessageText`] (1–140 characters), [`Recipient`], [`ErrorCode`], and those of
+//!   protocol 1.1: [`Ref`] (a client's request reference), [`Anchor`] and [`PageLimit`]
+//!   (a `history` page).
+//! - [`Request`]: a command with its optional `ref`; [`Request::from_json`] refuses a bad
+//!   one as [`Rejected`], the `fail` to answer with and the `ref` it carries.
 //! - [`ServerCodec`] and [`ClientCodec`]: `tokio_util` length-delimited frames of JSON.
 //! - [`Client`]: an async client to build bots and user interfaces on, over plain TCP or
 //!   TLS ([`Client::connect_tls`] with a [`TlsConfig`]: the system's roots, a CA file, or
@@ -25,7 +29,7 @@
 //!     client.login("echo-bot", "bot-password").await?;
 //!     client.send_public("echo-bot here: send me a private message").await?;
 //!     while let Some(reply) = client.next().await {
-//!         let Reply::Message { messages } = reply? else { continue };
+//!         let Reply::Message { messages, .. } = reply? else { continue };
 //!         for m in messages {
 //!             // Our own messages come back as echoes: answer only the others.
 //!             if m.is_private() && m.user_id.as_str() != "echo-bot" {
@@ -50,7 +54,9 @@ pub mod types;
 
 pub use client::{Client, ClientError, ClientReceiver, ClientSender};
 pub use codec::{ClientCodec, CodecError, ServerCodec};
-pub use command::Command;
+pub use command::{Command, Rejected, Request};
 pub use reply::{ChatMessage, Reply};
 pub use tls::{TlsConfig, TlsSetupError};
-pub use types::{ErrorCode, Failure, MessageText, Password, Recipient, UserId};
+pub use types::{
+    Anchor, ErrorCode, Failure, MessageText, PageLimit, Password, Recipient, Ref, UserId,
+};

@@ -2,11 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ErrorCode, Failure, Recipient, UserId};
+use crate::types::{ErrorCode, Failure, Recipient, Ref, UserId};
 
 /// One chat message, as the server delivers it inside a [`Reply::Message`].
 ///
 /// `to`, `id` and `ts` are protocol extensions: a server that omits them gives `"*"`, 0 and 0.
+/// `ref` (protocol 1.1) is only in the sender's own copy of a message it sent with a `ref`
+/// (the echo that answers its `send`); it comes first in the object.
 ///
 /// ```
 /// use simpletextim_proto::ChatMessage;
@@ -15,9 +17,18 @@ use crate::types::{ErrorCode, Failure, Recipient, UserId};
 /// ).unwrap();
 /// assert_eq!(m.user_id.as_str(), "bob");
 /// assert!(m.is_private());
+/// assert_eq!(m.r#ref, None);
+///
+/// let echo: ChatMessage = serde_json::from_str(
+///     r#"{"ref":"m1","user_id":"bob","message":"hi","to":"*","id":42,"ts":1764168000124}"#,
+/// ).unwrap();
+/// assert_eq!(echo.r#ref, Some(simpletextim_proto::Ref::text("m1").unwrap()));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// The `ref` of the `send` this message answers: only in the sender's own copy.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<Ref>,
     /// The sender.
     pub user_id: UserId,
     /// The text. Kept as a plain string: text from the network is displayed, never trusted,
@@ -47,15 +58,19 @@ impl ChatMessage {
 /// kinds, and a client built on this crate skips them instead of losing its connection.
 ///
 /// ```
-/// use simpletextim_proto::{ErrorCode, Failure, Reply};
+/// use simpletextim_proto::{ErrorCode, Failure, Ref, Reply};
 /// let r: Reply = serde_json::from_str(
 ///     r#"{"command":"fail","fail":{"error_code":404,"reason":"no such user: carol"}}"#,
 /// ).unwrap();
 /// assert_eq!(r, Reply::fail(ErrorCode::NotFound, "no such user: carol"));
 /// assert_eq!(
-///     serde_json::to_string(&Reply::List { list: vec!["alice".parse().unwrap()] }).unwrap(),
+///     serde_json::to_string(&Reply::List { r#ref: None, list: vec!["alice".parse().unwrap()] })
+///         .unwrap(),
 ///     r#"{"command":"list","list":["alice"]}"#
 /// );
+/// // Protocol 1.1: the reply to a command with a `ref` carries it.
+/// let r = Reply::List { r#ref: None, list: vec![] }.with_ref(Some(Ref::Number(3)));
+/// assert_eq!(r.to_json(), br#"{"command":"list","ref":3,"list":[]}"#);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
@@ -64,18 +79,51 @@ pub enum Reply {
     /// Chat messages, possibly several in one frame. Also the login acknowledgement, which
     /// carries the messages kept while the user was offline (possibly none).
     Message {
+        /// The `ref` of the `login` this frame acknowledges (protocol 1.1); `None` in
+        /// every other `message` frame.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<Ref>,
         /// The messages, oldest first.
         messages: Vec<ChatMessage>,
     },
     /// The users logged in now, the asker included, sorted case-insensitively.
     List {
+        /// The `ref` of the `list` command this answers (protocol 1.1).
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<Ref>,
         /// Their ids.
         list: Vec<UserId>,
     },
     /// A request failed.
     Fail {
+        /// The `ref` of the command that failed (protocol 1.1), when it had a valid one.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<Ref>,
         /// Why.
         fail: Failure,
+    },
+    /// Protocol 1.1: a page of one conversation's kept messages, the reply to `history`.
+    ///
+    /// ```
+    /// use simpletextim_proto::{Recipient, Ref, Reply};
+    /// let json = r#"{"command":"history","ref":9,"with":"*","messages":[{"user_id":"bob","message":"hi","to":"*","id":41,"ts":1764168000123}],"more":false}"#;
+    /// let r = Reply::from_json(json.as_bytes()).unwrap();
+    /// let Reply::History { r#ref, with, messages, more } = &r else { panic!("not history") };
+    /// assert_eq!((r#ref, with, messages.len(), more), (&Some(Ref::Number(9)), &Recipient::Everyone, 1, &false));
+    /// assert_eq!(r.to_json(), json.as_bytes());
+    /// ```
+    History {
+        /// The `ref` of the `history` command this answers.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<Ref>,
+        /// The conversation: `Everyone` for the public one, a user for the private
+        /// conversation between the asker and that user.
+        with: Recipient,
+        /// The messages, oldest first.
+        messages: Vec<ChatMessage>,
+        /// Whether the kept history goes on past this page in the direction asked (older
+        /// for the newest page or `before`, newer for `after`).
+        more: bool,
     },
     /// Another user logged in.
     Joined {
@@ -139,7 +187,35 @@ impl Reply {
     /// A `fail` reply.
     pub fn fail(error_code: ErrorCode, reason: impl Into<String>) -> Reply {
         Reply::Fail {
+            r#ref: None,
             fail: Failure::new(error_code, reason),
+        }
+    }
+
+    /// The reply with its `ref` set to `r` (protocol 1.1), for the kinds that answer a
+    /// command (`message` as the login ack, `list`, `fail`, `history`); other kinds are
+    /// returned unchanged.
+    pub fn with_ref(mut self, r: Option<Ref>) -> Reply {
+        match &mut self {
+            Reply::Message { r#ref, .. }
+            | Reply::List { r#ref, .. }
+            | Reply::Fail { r#ref, .. }
+            | Reply::History { r#ref, .. } => *r#ref = r,
+            _ => {}
+        }
+        self
+    }
+
+    /// The reply's top-level `ref` (protocol 1.1): the `ref` of the command it answers.
+    /// A `send`'s answer is its echo, whose `ref` is in the message object instead
+    /// (the `r#ref` of its [`ChatMessage`]).
+    pub fn request_ref(&self) -> Option<&Ref> {
+        match self {
+            Reply::Message { r#ref, .. }
+            | Reply::List { r#ref, .. }
+            | Reply::Fail { r#ref, .. }
+            | Reply::History { r#ref, .. } => r#ref.as_ref(),
+            _ => None,
         }
     }
 
@@ -182,7 +258,7 @@ impl Reply {
 
 impl From<Failure> for Reply {
     fn from(fail: Failure) -> Reply {
-        Reply::Fail { fail }
+        Reply::Fail { r#ref: None, fail }
     }
 }
 
@@ -211,7 +287,7 @@ mod tests {
             br#"{"command":"message","messages":[{"user_id":"a","message":"hi"}]}"#,
         )
         .unwrap();
-        let Reply::Message { messages } = r else {
+        let Reply::Message { messages, .. } = r else {
             panic!("not a message reply")
         };
         assert_eq!(messages[0].to, Recipient::Everyone);

@@ -1,5 +1,6 @@
 //! Validated value types of the protocol: [`UserId`], [`Password`], [`MessageText`],
-//! [`Recipient`], [`ErrorCode`] and the [`Failure`] body of a `fail` reply.
+//! [`Recipient`], [`Ref`], [`Anchor`], [`PageLimit`], [`ErrorCode`] and the [`Failure`]
+//! body of a `fail` reply.
 //!
 //! Every constructor validates and, on failure, returns a [`Failure`] carrying the protocol's
 //! error code, so a server can answer a bad request with the error directly.
@@ -464,6 +465,286 @@ impl<'de> Deserialize<'de> for Recipient {
     }
 }
 
+/// Longest `ref` string, in Unicode scalar values (Rust `char`s).
+pub const MAX_REF_CHARS: usize = 64;
+/// The bound of a `ref` integer: a ref number is `0 <= n < 2^53` (exactly representable as
+/// an IEEE double, so every JSON implementation reads it back unchanged).
+pub const REF_NUMBER_BOUND: u64 = 1 << 53;
+
+/// The reason of the `400` for a bad `ref`.
+const BAD_REF: &str = "ref must be a string of 1-64 characters or an integer 0 <= n < 2^53";
+
+/// A client-chosen request reference (protocol 1.1): the server copies it into the reply
+/// that answers the command (`fail`, `list`, `history`, the login ack, and the sender's own
+/// copy of a sent message), so a client can match replies to its requests.
+///
+/// On the wire it is a JSON string of 1–64 characters (Unicode scalar values) or a JSON
+/// integer `0 <= n < 2^53`, and it serializes back to exactly that. Anything else (a float
+/// such as `1.0`, a negative number, `2^53`, `""`, 65 characters, `true`, an array, an
+/// object) is refused with `400`. `"ref": null` in a command is the same as no `ref`.
+///
+/// ```
+/// use simpletextim_proto::{ErrorCode, Ref};
+///
+/// let r = Ref::text("req-1").unwrap();
+/// assert_eq!(serde_json::to_string(&r).unwrap(), r#""req-1""#);
+/// let n: Ref = serde_json::from_str("42").unwrap();
+/// assert_eq!(n, Ref::Number(42));
+/// assert_eq!(serde_json::to_string(&n).unwrap(), "42");
+///
+/// assert_eq!(Ref::text("").unwrap_err().error_code, ErrorCode::BadRequest);
+/// assert_eq!(Ref::number(1 << 53).unwrap_err().error_code, ErrorCode::BadRequest);
+/// for bad in ["1.0", "-1", "9007199254740992", "\"\"", "true", "[1]", "{}", "null"] {
+///     assert!(serde_json::from_str::<Ref>(bad).is_err(), "{bad}");
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Ref {
+    /// A string ref: 1–64 characters. Build one with [`Ref::text`].
+    Text(Box<str>),
+    /// An integer ref: `0 <= n < 2^53`. Build one with [`Ref::number`].
+    Number(u64),
+}
+
+impl Ref {
+    /// Validates `s` as a string ref.
+    ///
+    /// # Errors
+    /// A `400` [`Failure`] when `s` is empty or longer than 64 characters.
+    pub fn text(s: &str) -> Result<Ref, Failure> {
+        if s.is_empty() || (s.len() > MAX_REF_CHARS && s.chars().count() > MAX_REF_CHARS) {
+            return Err(Failure::bad_request(BAD_REF));
+        }
+        Ok(Ref::Text(s.into()))
+    }
+
+    /// Validates `n` as an integer ref.
+    ///
+    /// # Errors
+    /// A `400` [`Failure`] when `n >= 2^53`.
+    pub fn number(n: u64) -> Result<Ref, Failure> {
+        if n >= REF_NUMBER_BOUND {
+            return Err(Failure::bad_request(BAD_REF));
+        }
+        Ok(Ref::Number(n))
+    }
+
+    /// Whether the ref is valid: variants built directly (not through [`Ref::text`] or
+    /// [`Ref::number`]) may not be.
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Ref::Text(s) => !s.is_empty() && s.chars().count() <= MAX_REF_CHARS,
+            Ref::Number(n) => *n < REF_NUMBER_BOUND,
+        }
+    }
+
+    /// The `400` failure a bad ref is answered with.
+    pub fn invalid() -> Failure {
+        Failure::bad_request(BAD_REF)
+    }
+}
+
+impl fmt::Display for Ref {
+    /// The ref as JSON: `42` or `"req-1"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ref::Number(n) => write!(f, "{n}"),
+            Ref::Text(s) => f.write_str(&serde_json::to_string(&**s).map_err(|_| fmt::Error)?),
+        }
+    }
+}
+
+impl From<u32> for Ref {
+    fn from(n: u32) -> Ref {
+        Ref::Number(u64::from(n))
+    }
+}
+
+impl Serialize for Ref {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Ref::Text(t) => s.serialize_str(t),
+            Ref::Number(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+/// What a `ref` field held: nothing (absent or `null`), a valid ref, or something else.
+/// Reading it never fails, so a command's other fields are still read and a bad `ref` is
+/// told apart from a bad command.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum RefField {
+    #[default]
+    Absent,
+    Valid(Ref),
+    Invalid,
+}
+
+impl RefField {
+    fn from_number(n: Option<u64>) -> RefField {
+        match n.map(Ref::number) {
+            Some(Ok(r)) => RefField::Valid(r),
+            _ => RefField::Invalid,
+        }
+    }
+
+    fn from_text(s: &str) -> RefField {
+        match Ref::text(s) {
+            Ok(r) => RefField::Valid(r),
+            Err(_) => RefField::Invalid,
+        }
+    }
+}
+
+/// Accepts any JSON value and sorts it into a [`RefField`].
+struct RefFieldVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RefFieldVisitor {
+    type Value = RefField;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(BAD_REF)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<RefField, E> {
+        Ok(RefField::Invalid)
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<RefField, E> {
+        Ok(RefField::from_number(u64::try_from(n).ok()))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<RefField, E> {
+        Ok(RefField::from_number(Some(n)))
+    }
+    fn visit_i128<E>(self, n: i128) -> Result<RefField, E> {
+        Ok(RefField::from_number(u64::try_from(n).ok()))
+    }
+    fn visit_u128<E>(self, n: u128) -> Result<RefField, E> {
+        Ok(RefField::from_number(u64::try_from(n).ok()))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<RefField, E> {
+        Ok(RefField::Invalid)
+    }
+    fn visit_str<E>(self, s: &str) -> Result<RefField, E> {
+        Ok(RefField::from_text(s))
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<RefField, E> {
+        Ok(RefField::Invalid)
+    }
+    fn visit_unit<E>(self) -> Result<RefField, E> {
+        Ok(RefField::Absent)
+    }
+    fn visit_none<E>(self) -> Result<RefField, E> {
+        Ok(RefField::Absent)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<RefField, D::Error> {
+        d.deserialize_any(RefFieldVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RefField, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(RefField::Invalid)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RefField, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(RefField::Invalid)
+    }
+}
+
+impl<'de> Deserialize<'de> for RefField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RefFieldVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ref {
+    /// Reads a valid ref; anything else (`null` included: an absent ref is an
+    /// `Option<Ref>`) is an error.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match RefField::deserialize(d)? {
+            RefField::Valid(r) => Ok(r),
+            RefField::Absent | RefField::Invalid => Err(serde::de::Error::custom(BAD_REF)),
+        }
+    }
+}
+
+/// Where a `history` page starts (protocol 1.1): just before or just after a message id.
+/// Without one, a `history` asks for the newest messages.
+///
+/// ```
+/// use simpletextim_proto::{Anchor, Command, PageLimit, Recipient};
+/// let cmd = Command::from_json(br#"{"command":"history","with":"*","after":41}"#).unwrap();
+/// assert_eq!(
+///     cmd,
+///     Command::History { with: Recipient::Everyone, anchor: Some(Anchor::After(41)), limit: None }
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Anchor {
+    /// The messages just before this id (older), `"before"` on the wire.
+    Before(u64),
+    /// The messages just after this id (newer), `"after"` on the wire.
+    After(u64),
+}
+
+/// How many messages a `history` page holds at most (protocol 1.1): 1–200, 50 when the
+/// command gives no `limit`.
+///
+/// ```
+/// use simpletextim_proto::{ErrorCode, PageLimit};
+/// assert_eq!(PageLimit::new(20).unwrap().get(), 20);
+/// assert_eq!(PageLimit::DEFAULT.get(), 50);
+/// assert_eq!(PageLimit::MAX.get(), 200);
+/// assert_eq!(PageLimit::new(0).unwrap_err().error_code, ErrorCode::BadRequest);
+/// assert_eq!(PageLimit::new(201).unwrap_err().error_code, ErrorCode::BadRequest);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PageLimit(u8);
+
+impl PageLimit {
+    /// The limit of a `history` without `limit`: 50.
+    pub const DEFAULT: PageLimit = PageLimit(50);
+    /// The largest limit: 200.
+    pub const MAX: PageLimit = PageLimit(200);
+
+    /// Validates `n` as a page limit.
+    ///
+    /// # Errors
+    /// A `400` [`Failure`] when `n` is 0 or over 200.
+    pub fn new(n: u64) -> Result<PageLimit, Failure> {
+        match u8::try_from(n) {
+            Ok(n) if (1..=Self::MAX.0).contains(&n) => Ok(PageLimit(n)),
+            _ => Err(Failure::bad_request(
+                "history: limit must be an integer from 1 to 200",
+            )),
+        }
+    }
+
+    /// The limit.
+    pub fn get(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+impl Default for PageLimit {
+    fn default() -> Self {
+        PageLimit::DEFAULT
+    }
+}
+
+impl Serialize for PageLimit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PageLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        PageLimit::new(n).map_err(|e| serde::de::Error::custom(e.reason))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,5 +810,44 @@ mod tests {
             serde_json::to_string(&ErrorCode::Unavailable).unwrap(),
             "503"
         );
+    }
+
+    #[test]
+    fn ref_bounds() {
+        assert_eq!(
+            Ref::text(&"é".repeat(64)).unwrap(),
+            Ref::Text("é".repeat(64).into())
+        );
+        assert_eq!(Ref::text(&"é".repeat(65)).unwrap_err(), Ref::invalid());
+        assert_eq!(Ref::text(&"x".repeat(65)).unwrap_err(), Ref::invalid());
+        assert_eq!(
+            Ref::number((1 << 53) - 1).unwrap(),
+            Ref::Number((1 << 53) - 1)
+        );
+        assert_eq!(Ref::number(1 << 53).unwrap_err(), Ref::invalid());
+        assert_eq!(
+            Ref::invalid().reason,
+            "ref must be a string of 1-64 characters or an integer 0 <= n < 2^53"
+        );
+        for (json, want) in [
+            ("0", Some(Ref::Number(0))),
+            ("9007199254740991", Some(Ref::Number(9_007_199_254_740_991))),
+            ("9007199254740992", None),
+            ("-1", None),
+            ("-0", None),
+            ("1.0", None),
+            ("1e2", None),
+            ("123456789012345678901234567890", None),
+            (r#""a""#, Some(Ref::Text("a".into()))),
+            (r#""""#, None),
+            ("true", None),
+            ("[]", None),
+            (r#"{"a":1}"#, None),
+            ("null", None),
+        ] {
+            assert_eq!(serde_json::from_str::<Ref>(json).ok(), want, "{json}");
+        }
+        assert_eq!(Ref::Text("a\"b".into()).to_string(), r#""a\"b""#);
+        assert_eq!(Ref::Number(7).to_string(), "7");
     }
 }

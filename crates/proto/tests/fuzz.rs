@@ -25,9 +25,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;
 use serde::Deserialize;
+use simpletextim_proto::Ref;
 use simpletextim_proto::codec::{DEFAULT_MAX_COMMAND_FRAME, encode_frame};
 use simpletextim_proto::{
-    ClientCodec, CodecError, Command, ErrorCode, Failure, Reply, ServerCodec,
+    ClientCodec, CodecError, Command, ErrorCode, Failure, Rejected, Reply, Request, ServerCodec,
 };
 use tokio_util::codec::Decoder;
 
@@ -235,12 +236,27 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     b.to_vec()
 }
 
-/// Every answer the parser gives is a command that survives its own round trip, a 400, or
+/// A rejection without `ref`.
+fn rejected(failure: Failure) -> Rejected {
+    Rejected {
+        r#ref: None,
+        failure,
+    }
+}
+
+/// Every answer the parser gives is a request that survives its own round trip, a 400, or
 /// a 413 for a message over 140 characters.
-fn check_answer(payload: &[u8], answer: &Result<Command, Failure>) -> Result<(), TestCaseError> {
+fn check_answer(payload: &[u8], answer: &Result<Request, Rejected>) -> Result<(), TestCaseError> {
+    // Reading only the command gives the same answer, unless the ref itself is refused.
+    let command = Command::from_json(payload);
     match answer {
-        Ok(cmd) => prop_assert_eq!(&Command::from_json(&cmd.to_json()), answer),
-        Err(f) => match f.error_code {
+        Ok(req) => prop_assert_eq!(&command, &Ok(req.command.clone())),
+        Err(r) if r.failure == Ref::invalid() => prop_assert_eq!(&r.r#ref, &None),
+        Err(r) => prop_assert_eq!(&command, &Err(r.failure.clone())),
+    }
+    match answer {
+        Ok(req) => prop_assert_eq!(&Request::from_json(&req.to_json()), answer),
+        Err(Rejected { failure: f, .. }) => match f.error_code {
             ErrorCode::BadRequest => prop_assert!(!f.reason.is_empty()),
             ErrorCode::TooLarge => prop_assert!(
                 f.reason.starts_with("message too long: ")
@@ -502,12 +518,22 @@ fn the_corpus_decodes_exactly_whole_and_byte_by_byte() {
         if answer != corpus_answer(expect) {
             wrong.push(format!("{}: {answer:?}", String::from_utf8_lossy(payload)));
         }
+        // Without a ref, a request is its command.
+        let request = Request::from_json(payload);
+        assert_eq!(
+            request.clone().map(|r| r.command).map_err(|r| r.failure),
+            answer.clone()
+        );
+        assert!(
+            request.as_ref().is_ok_and(|r| r.r#ref.is_none())
+                || request.as_ref().is_err_and(|r| r.r#ref.is_none())
+        );
         // Canonical forms keep their exact spelling (`UserId` equality ignores case).
         if let (Ok(cmd), Ok(json)) = (&answer, expect) {
             assert_eq!(String::from_utf8(cmd.to_json()).unwrap(), *json);
         }
         stream.extend_from_slice(&frame(payload));
-        want.push(answer);
+        want.push(request);
     }
     assert!(
         wrong.is_empty(),
@@ -571,7 +597,11 @@ fn deep_nesting_is_a_400_not_a_stack_overflow() {
             &[],
             false,
         );
-        if got.items != [want.map_err(Failure::bad_request)] {
+        if got.items
+            != [want
+                .map(Request::new)
+                .map_err(|r| rejected(Failure::bad_request(r)))]
+        {
             wrong.push(format!("{open}…{close}: {got:?}"));
         }
     }
@@ -596,10 +626,10 @@ fn length_headers_of_zero_max_and_max_plus_one() {
         got,
         Outcome {
             items: vec![
-                Err(Failure::bad_request(
+                Err(rejected(Failure::bad_request(
                     "invalid JSON: EOF while parsing a value at line 1 column 0"
-                )),
-                Ok(Command::List),
+                ))),
+                Ok(Request::new(Command::List)),
             ],
             too_large: Some(max),
         }
@@ -848,7 +878,7 @@ proptest! {
     ) {
         let stream = stream_of(&pieces, max);
         let got = feed(ServerCodec::with_limits(max, max), max, &stream, &cuts, bytewise);
-        let want = model(max, &stream, Command::from_json);
+        let want = model(max, &stream, Request::from_json);
         prop_assert_eq!(&got, &want);
         for (item, payload) in got.items.iter().zip(frames_of(&stream)) {
             check_answer(payload, item)?;

@@ -5,8 +5,8 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use simpletextim_proto::codec::encode_frame;
 use simpletextim_proto::{
-    ChatMessage, ClientCodec, Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply,
-    ServerCodec, UserId,
+    Anchor, ChatMessage, ClientCodec, Command, ErrorCode, Failure, MessageText, PageLimit,
+    Password, Recipient, Ref, Rejected, Reply, Request, ServerCodec, UserId,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -32,10 +32,64 @@ fn recipient() -> impl Strategy<Value = Recipient> {
 
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        (user_id(), password()).prop_map(|(u, p)| Command::login(u, p)),
+        (user_id(), password(), any::<bool>()).prop_map(|(user_id, password, acks)| {
+            Command::Login {
+                user_id,
+                password,
+                acks,
+            }
+        }),
         (recipient(), text()).prop_map(|(to, m)| Command::send(to, m)),
         Just(Command::List),
         Just(Command::Exit),
+        (
+            recipient(),
+            prop::option::of(prop_oneof![
+                any::<u64>().prop_map(Anchor::Before),
+                any::<u64>().prop_map(Anchor::After),
+            ]),
+            prop::option::of(1..=200u64),
+        )
+            .prop_map(|(with, anchor, limit)| Command::History {
+                with,
+                anchor,
+                limit: limit.map(|n| PageLimit::new(n).expect("1..=200")),
+            }),
+        any::<u64>().prop_map(|id| Command::Ack { id }),
+    ]
+}
+
+/// Any valid ref: strings of 1-64 characters of any kind, integers below 2^53 (the bounds
+/// weighted in).
+fn a_ref() -> impl Strategy<Value = Ref> {
+    prop_oneof![
+        "\\PC{1,64}|.{1,64}|[\\x00-\\x7f]{1,64}"
+            .prop_map(|s| Ref::text(&s).expect("1-64 characters")),
+        prop_oneof![Just(0u64), Just((1u64 << 53) - 1), 0..(1u64 << 53)]
+            .prop_map(|n| Ref::number(n).expect("below 2^53")),
+    ]
+}
+
+fn maybe_ref() -> impl Strategy<Value = Option<Ref>> {
+    prop::option::of(a_ref())
+}
+
+/// A JSON value that is not a valid ref (and not `null`, which is no ref).
+fn not_a_ref() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::{Value, json};
+    prop_oneof![
+        Just(json!("")),
+        ".{65,80}"
+            .prop_filter("over 64 characters", |s| s.chars().count() > 64)
+            .prop_map(Value::from),
+        ((1u64 << 53)..=u64::MAX).prop_map(Value::from),
+        (i64::MIN..0).prop_map(Value::from),
+        any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+            .map(Value::Number)),
+        (0..(1u64 << 53)).prop_map(|n| Value::from(n as f64)),
+        any::<bool>().prop_map(Value::from),
+        prop::collection::vec(any::<u32>(), 0..3).prop_map(Value::from),
+        any::<u32>().prop_map(|n| json!({ "ref": n })),
     ]
 }
 
@@ -47,7 +101,9 @@ fn chat() -> impl Strategy<Value = ChatMessage> {
         any::<u64>(),
         any::<u64>(),
     )
-        .prop_map(|(user_id, message, to, id, ts)| ChatMessage {
+        .prop_flat_map(|t| (Just(t), maybe_ref()))
+        .prop_map(|((user_id, message, to, id, ts), r#ref)| ChatMessage {
+            r#ref,
             user_id,
             message,
             to,
@@ -62,11 +118,26 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 
 fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
-        prop::collection::vec(chat(), 0..5).prop_map(|messages| Reply::Message { messages }),
-        prop::collection::vec(user_id(), 0..10).prop_map(|list| Reply::List { list }),
-        (error_code(), any::<String>()).prop_map(|(c, r)| Reply::Fail {
+        (maybe_ref(), prop::collection::vec(chat(), 0..5))
+            .prop_map(|(r#ref, messages)| Reply::Message { r#ref, messages }),
+        (maybe_ref(), prop::collection::vec(user_id(), 0..10))
+            .prop_map(|(r#ref, list)| Reply::List { r#ref, list }),
+        (maybe_ref(), error_code(), any::<String>()).prop_map(|(r#ref, c, r)| Reply::Fail {
+            r#ref,
             fail: Failure::new(c, r)
         }),
+        (
+            maybe_ref(),
+            recipient(),
+            prop::collection::vec(chat(), 0..5),
+            any::<bool>()
+        )
+            .prop_map(|(r#ref, with, messages, more)| Reply::History {
+                r#ref,
+                with,
+                messages,
+                more
+            }),
         user_id().prop_map(|user_id| Reply::Joined { user_id }),
         user_id().prop_map(|user_id| Reply::Left { user_id }),
     ]
@@ -79,12 +150,14 @@ fn same_spelling_command(a: &Command, b: &Command) -> bool {
             Command::Login {
                 user_id: u1,
                 password: p1,
+                acks: a1,
             },
             Command::Login {
                 user_id: u2,
                 password: p2,
+                acks: a2,
             },
-        ) => u1.as_str() == u2.as_str() && p1 == p2,
+        ) => u1.as_str() == u2.as_str() && p1 == p2 && a1 == a2,
         (
             Command::Send {
                 to: t1,
@@ -95,6 +168,9 @@ fn same_spelling_command(a: &Command, b: &Command) -> bool {
                 message: m2,
             },
         ) => t1.as_str() == t2.as_str() && m1 == m2,
+        (Command::History { with: w1, .. }, Command::History { with: w2, .. }) => {
+            w1.as_str() == w2.as_str() && a == b
+        }
         _ => a == b,
     }
 }
@@ -118,7 +194,8 @@ proptest! {
         }
         for c in &cmds {
             let got = server.decode(&mut buf).unwrap().unwrap().unwrap();
-            prop_assert!(same_spelling_command(c, &got));
+            prop_assert_eq!(&got.r#ref, &None);
+            prop_assert!(same_spelling_command(c, &got.command));
         }
         prop_assert!(server.decode(&mut buf).unwrap().is_none());
     }
@@ -182,5 +259,87 @@ proptest! {
             Ok(_) => {}
             Err(f) => prop_assert!(matches!(f.error_code, ErrorCode::BadRequest | ErrorCode::TooLarge)),
         }
+    }
+
+    #[test]
+    fn any_valid_ref_round_trips_through_json(r in a_ref()) {
+        let json = serde_json::to_string(&r).unwrap();
+        prop_assert_eq!(&serde_json::from_str::<Ref>(&json).unwrap(), &r);
+        prop_assert!(r.is_valid());
+        match &r {
+            Ref::Number(n) => prop_assert_eq!(json, n.to_string()),
+            Ref::Text(t) => prop_assert_eq!(json, serde_json::to_string(&**t).unwrap()),
+        }
+    }
+
+    #[test]
+    fn any_request_round_trips_through_json_and_the_codecs(
+        reqs in prop::collection::vec((maybe_ref(), command()), 1..6),
+    ) {
+        let mut client = ClientCodec::new();
+        let mut server = ServerCodec::new();
+        let mut buf = BytesMut::new();
+        for (r, c) in &reqs {
+            let req = Request { r#ref: r.clone(), command: c.clone() };
+            let back = Request::from_json(&req.to_json()).unwrap();
+            prop_assert_eq!(&back.r#ref, r);
+            prop_assert!(same_spelling_command(c, &back.command), "{c:?} came back as {back:?}");
+            // Reading only the command ignores the ref.
+            let cmd = Command::from_json(&req.to_json()).unwrap();
+            prop_assert!(same_spelling_command(c, &cmd));
+            let via_serde: Request = serde_json::from_slice(&req.to_json()).unwrap();
+            prop_assert_eq!(&via_serde, &req);
+            client.encode(&req, &mut buf).unwrap();
+        }
+        for (r, c) in &reqs {
+            let got = server.decode(&mut buf).unwrap().unwrap().unwrap();
+            prop_assert_eq!(&got.r#ref, r);
+            prop_assert!(same_spelling_command(c, &got.command));
+        }
+        prop_assert!(server.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn any_json_value_that_is_not_a_ref_is_refused_with_400(
+        bad in not_a_ref(),
+        cmd in command(),
+    ) {
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&cmd.to_json()).unwrap();
+        obj.insert("ref".into(), bad.clone());
+        let json = serde_json::to_vec(&obj).unwrap();
+        prop_assert_eq!(
+            Request::from_json(&json),
+            Err(Rejected { r#ref: None, failure: Ref::invalid() })
+        );
+        prop_assert_eq!(Ref::invalid().error_code, ErrorCode::BadRequest);
+        prop_assert!(serde_json::from_value::<Ref>(bad).is_err());
+        // The command alone still reads.
+        prop_assert!(Command::from_json(&json).is_ok());
+    }
+
+    #[test]
+    fn a_refused_command_keeps_its_valid_ref(
+        r in a_ref(),
+        payload in prop_oneof![
+            Just(r#"{"command":"dance"}"#),
+            Just(r#"{"command":"send"}"#),
+            Just(r#"{"command":"send","message":7}"#),
+            Just(r#"{"command":"history","with":"*","limit":0}"#),
+            Just(r#"{"command":"ack","id":-1}"#),
+            Just(r#"{"command":"login","user_id":"a","password":"b","acks":"yes"}"#),
+        ],
+    ) {
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(payload).unwrap();
+        obj.insert("ref".into(), serde_json::to_value(&r).unwrap());
+        let json = serde_json::to_vec(&obj).unwrap();
+        let want = Command::from_json(&json).unwrap_err();
+        prop_assert_eq!(
+            Request::from_json(&json),
+            Err(Rejected { r#ref: Some(r.clone()), failure: want.clone() })
+        );
+        let reply = Reply::from_json(&Rejected { r#ref: Some(r.clone()), failure: want }.into_reply().to_json()).unwrap();
+        prop_assert_eq!(reply.request_ref(), Some(&r));
     }
 }

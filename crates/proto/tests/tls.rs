@@ -126,6 +126,7 @@ async fn tls_server_closing(
 
 fn bob_to_alice() -> ChatMessage {
     ChatMessage {
+        r#ref: None,
         user_id: UserId::new("bob").unwrap(),
         message: "hi alice".into(),
         to: Recipient::User(UserId::new("alice").unwrap()),
@@ -161,7 +162,9 @@ async fn logs_in_and_chats_over_tls_trusting_only_the_servers_certificate() {
     assert_eq!(
         rx.next_reply().await.unwrap(),
         Reply::Message {
+            r#ref: None,
             messages: vec![ChatMessage {
+                r#ref: None,
                 user_id: UserId::new("alice").unwrap(),
                 message: "hello".into(),
                 to: Recipient::Everyone,
