@@ -946,6 +946,7 @@ impl Worker {
                 .parse::<Recipient>()
                 .map_err(|e| corrupt(format!("recipient {to:?}: {}", e.reason)))?;
             messages.push(ChatMessage {
+                r#ref: None,
                 user_id: parse_user_id(&sender)?,
                 message,
                 to,
@@ -1165,6 +1166,7 @@ mod tests {
 
     fn msg(id: u64, to: &str) -> ChatMessage {
         ChatMessage {
+            r#ref: None,
             user_id: UserId::new("bob").unwrap_or_else(|e| panic!("{e:?}")),
             message: format!("m{id}"),
             to: Recipient::User(UserId::new(to).unwrap_or_else(|e| panic!("{e:?}"))),
