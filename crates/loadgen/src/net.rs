@@ -253,7 +253,7 @@ mod tests {
         let mut codec = simpletextim_proto::ServerCodec::new();
         let mut got = Vec::new();
         while let Some(c) = tokio_util::codec::Decoder::decode(&mut codec, &mut out).unwrap() {
-            got.push(c.unwrap());
+            got.push(c.unwrap().command);
         }
         assert_eq!(
             got,

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use simpletextim_proto::{ChatMessage, CodecError, Command, Failure, Recipient, Reply, UserId};
+use simpletextim_proto::{ChatMessage, CodecError, Recipient, Rejected, Reply, Request, UserId};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
 /// How JSON objects are delimited on a connection.
@@ -26,8 +26,8 @@ pub enum Framing {
     Lines,
 }
 
-/// Reads commands one per line, with the same limit and answers as the framed protocol:
-/// a line that is not a valid command is a recoverable `fail` (400), a line longer than the
+/// Reads requests one per line, with the same limit and answers as the framed protocol:
+/// a line that is not a valid request is a recoverable `fail` (400), a line longer than the
 /// limit is fatal (413, then close). Blank lines are skipped.
 #[derive(Debug)]
 pub struct LineCodec {
@@ -46,7 +46,7 @@ impl LineCodec {
 }
 
 impl Decoder for LineCodec {
-    type Item = Result<Command, Failure>;
+    type Item = Result<Request, Rejected>;
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
@@ -63,7 +63,7 @@ impl Decoder for LineCodec {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Ok(Some(Command::from_json(line)));
+            return Ok(Some(Request::from_json(line)));
         }
     }
 }
@@ -108,6 +108,7 @@ impl Private {
     /// The message, addressed to `to`, its recipient as registered.
     pub fn message(&self, to: UserId) -> ChatMessage {
         ChatMessage {
+            r#ref: None,
             user_id: self.from.clone(),
             message: self.text.clone(),
             to: Recipient::User(to),
@@ -360,6 +361,7 @@ mod tests {
 
     fn msg(id: u64, text: &str) -> ChatMessage {
         ChatMessage {
+            r#ref: None,
             user_id: UserId::new("bob").unwrap(),
             message: text.into(),
             to: Recipient::Everyone,
@@ -380,6 +382,7 @@ mod tests {
 
     fn chat(from: &str, text: &str, to: Recipient, id: u64, ts: u64) -> ChatMessage {
         ChatMessage {
+            r#ref: None,
             user_id: UserId::new(from).unwrap(),
             message: text.to_owned(),
             to,
@@ -450,10 +453,14 @@ mod tests {
             replies,
             vec![
                 Reply::Message {
+                    r#ref: None,
                     messages: vec![a.clone(), b.clone()]
                 },
                 joined,
-                Reply::Message { messages: vec![c] },
+                Reply::Message {
+                    r#ref: None,
+                    messages: vec![c]
+                },
             ]
         );
         // The joined frame is byte-for-byte what Reply serializes to.
@@ -464,6 +471,7 @@ mod tests {
         assert_eq!(
             &bytes[4..],
             &Reply::Message {
+                r#ref: None,
                 messages: vec![a, b]
             }
             .to_json()[..]
@@ -501,7 +509,7 @@ mod tests {
         let ids: Vec<u64> = replies
             .into_iter()
             .flat_map(|r| match r {
-                Reply::Message { messages } => messages,
+                Reply::Message { messages, .. } => messages,
                 other => panic!("unexpected {other:?}"),
             })
             .map(|m| m.id)
@@ -524,7 +532,14 @@ mod tests {
         let lines: Vec<&str> = text.split_terminator('\n').collect();
         assert!(text.ends_with('\n'));
         let batch = |m: Vec<ChatMessage>| {
-            String::from_utf8(Reply::Message { messages: m }.to_json()).unwrap()
+            String::from_utf8(
+                Reply::Message {
+                    r#ref: None,
+                    messages: m,
+                }
+                .to_json(),
+            )
+            .unwrap()
         };
         assert_eq!(
             lines,
@@ -587,7 +602,7 @@ mod tests {
                 decode_all_framed(w.take(), framing)
                     .iter()
                     .map(|r| match r {
-                        Reply::Message { messages } => messages.len(),
+                        Reply::Message { messages, .. } => messages.len(),
                         _ => 0,
                     })
                     .collect::<Vec<_>>(),
@@ -614,12 +629,21 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"{\"command\":\"list\"}\r\n\n  \r\nnot json\n{\"command\":\"exit\"}\n{\"comm"[..],
         );
-        assert_eq!(c.decode(&mut buf).unwrap(), Some(Ok(Command::List)));
+        assert_eq!(
+            c.decode(&mut buf).unwrap(),
+            Some(Ok(Request::new(simpletextim_proto::Command::List)))
+        );
         match c.decode(&mut buf).unwrap() {
-            Some(Err(f)) => assert_eq!(f.error_code, simpletextim_proto::ErrorCode::BadRequest),
+            Some(Err(f)) => assert_eq!(
+                f.failure.error_code,
+                simpletextim_proto::ErrorCode::BadRequest
+            ),
             other => panic!("expected a 400, got {other:?}"),
         }
-        assert_eq!(c.decode(&mut buf).unwrap(), Some(Ok(Command::Exit)));
+        assert_eq!(
+            c.decode(&mut buf).unwrap(),
+            Some(Ok(Request::new(simpletextim_proto::Command::Exit)))
+        );
         // A partial line waits for more.
         assert_eq!(c.decode(&mut buf).unwrap(), None);
         buf.extend_from_slice(&[b'x'; 100]);

@@ -53,7 +53,7 @@ async fn every_public_message_reaches_every_client_once_in_per_sender_order() {
                     .ok_or_else(|| format!("client {i}: closed"))?
                     .map_err(|e| format!("client {i}: {e}"))?;
                 match reply {
-                    Reply::Message { messages } => got.extend(messages),
+                    Reply::Message { messages, .. } => got.extend(messages),
                     // Later logins' joins reach the earlier clients; they don't count.
                     Reply::Joined { .. } => {}
                     other => return Err(format!("client {i}: unexpected {other:?}")),
@@ -161,7 +161,7 @@ async fn slow_consumer_is_cut_off(config: Config) {
                 Ok(Some(Ok(Reply::Left { user_id }))) if user_id.as_str() == "slow" => {
                     return Ok((chats, rx));
                 }
-                Ok(Some(Ok(Reply::Message { messages }))) => chats += messages.len(),
+                Ok(Some(Ok(Reply::Message { messages, .. }))) => chats += messages.len(),
                 Ok(Some(Ok(other))) => return Err(format!("unexpected {other:?}")),
             }
         }
@@ -189,7 +189,7 @@ async fn slow_consumer_is_cut_off(config: Config) {
         let mut n = 0usize;
         while let Some(r) = slow.next().await {
             match r {
-                Ok(Reply::Message { messages }) => n += messages.len(),
+                Ok(Reply::Message { messages, .. }) => n += messages.len(),
                 Ok(Reply::Joined { .. }) => {}
                 Ok(other) => panic!("unexpected {other:?}"),
                 Err(_) => break,
@@ -212,7 +212,7 @@ async fn slow_consumer_is_cut_off(config: Config) {
             .expect("no echo in time")
             .expect("closed")
             .expect("bad reply");
-        if let Reply::Message { messages } = r {
+        if let Reply::Message { messages, .. } = r {
             if messages.iter().any(|m| m.message == "still fine") {
                 break;
             }
@@ -252,7 +252,7 @@ async fn private_messages_to_a_slow_consumer_are_kept_for_its_next_login() {
         let mut got = 0;
         while got < 50 {
             match next(&mut fast).await {
-                Reply::Message { messages } => {
+                Reply::Message { messages, .. } => {
                     got += messages.len();
                     echoed.extend(messages);
                 }
@@ -275,7 +275,7 @@ async fn private_messages_to_a_slow_consumer_are_kept_for_its_next_login() {
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(r) = slow.next().await {
             match r {
-                Ok(Reply::Message { messages }) => received.extend(messages),
+                Ok(Reply::Message { messages, .. }) => received.extend(messages),
                 Ok(Reply::Joined { .. }) => {}
                 Ok(other) => panic!("unexpected {other:?}"),
                 Err(_) => break,

@@ -133,7 +133,7 @@ async fn next(c: &mut Client) -> Reply {
 async fn send_private(c: &mut Client, to: &str, text: &str) -> ChatMessage {
     c.send_private(to, text).await.unwrap();
     match next(c).await {
-        Reply::Message { mut messages } if messages.len() == 1 => messages.remove(0),
+        Reply::Message { mut messages, .. } if messages.len() == 1 => messages.remove(0),
         other => panic!("expected the echo, got {other:?}"),
     }
 }
@@ -153,6 +153,7 @@ fn uid(s: &str) -> UserId {
 
 fn private(from: &str, to: &str, text: &str, got: &ChatMessage) -> ChatMessage {
     ChatMessage {
+        r#ref: None,
         user_id: uid(from),
         message: text.into(),
         to: Recipient::User(uid(to)),
@@ -329,6 +330,7 @@ async fn a_just_created_account_survives_sigkill() {
     assert_eq!(
         next(&mut carol).await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("Carol")]
         }
     );
@@ -381,6 +383,7 @@ async fn the_mailbox_cap_refuses_with_503_and_stores_nothing() {
     assert_eq!(
         next(&mut alice).await,
         Reply::Fail {
+            r#ref: None,
             fail: Failure::new(
                 ErrorCode::Unavailable,
                 "mailbox full: bob has too many unread messages"
@@ -392,6 +395,7 @@ async fn the_mailbox_cap_refuses_with_503_and_stores_nothing() {
     assert_eq!(
         next(&mut alice).await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice")]
         }
     );

@@ -95,6 +95,7 @@ async fn a_list_costs_ten_sends() {
     assert_eq!(
         next(&mut alice).await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice")]
         }
     );
@@ -197,7 +198,7 @@ async fn the_17th_connection_from_an_address_is_refused_and_closed() {
         c.frame(br#"{"command":"login","user_id":"user15","password":"pw-of-user15"}"#)
             .await;
         match c.reply().await {
-            Reply::Message { messages } if messages.is_empty() => {
+            Reply::Message { messages, .. } if messages.is_empty() => {
                 again = Some(c);
                 break;
             }

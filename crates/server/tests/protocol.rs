@@ -19,12 +19,24 @@ async fn login_ack_is_first_frame_with_no_pending_messages() {
     let s = start().await;
     let mut raw = Raw::connect(&s).await;
     raw.frame(br#"{"command":"login alice/se/cret"}"#).await;
-    assert_eq!(raw.reply().await, Reply::Message { messages: vec![] });
+    assert_eq!(
+        raw.reply().await,
+        Reply::Message {
+            r#ref: None,
+            messages: vec![]
+        }
+    );
     // The password was split at the first '/': the same password logs in again.
     let mut raw2 = Raw::connect(&s).await;
     raw2.frame(br#"{"command":"login","user_id":"alice","password":"se/cret"}"#)
         .await;
-    assert_eq!(raw2.reply().await, Reply::Message { messages: vec![] });
+    assert_eq!(
+        raw2.reply().await,
+        Reply::Message {
+            r#ref: None,
+            messages: vec![]
+        }
+    );
 }
 
 #[tokio::test]
@@ -121,6 +133,7 @@ async fn closed_registration_gives_the_same_401_for_unknown_user_and_wrong_passw
     assert_eq!(
         next(&mut c).await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("Admin")]
         }
     );
@@ -171,6 +184,7 @@ async fn user_ids_are_case_insensitive_and_keep_their_registered_spelling() {
     assert_eq!(
         next(&mut c).await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("Alice")]
         }
     );
@@ -242,7 +256,7 @@ async fn ids_increase_and_each_senders_order_is_kept() {
     let mut got = Vec::new();
     while got.len() < 20 {
         match next(&mut carol).await {
-            Reply::Message { messages } => got.extend(messages),
+            Reply::Message { messages, .. } => got.extend(messages),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -270,7 +284,13 @@ async fn message_text_is_counted_in_characters() {
     assert_eq!(next_chat(&mut alice).await.message, cjk);
     let mut raw = Raw::connect(&s).await;
     raw.frame(br#"{"command":"login bob/pw"}"#).await;
-    assert_eq!(raw.reply().await, Reply::Message { messages: vec![] });
+    assert_eq!(
+        raw.reply().await,
+        Reply::Message {
+            r#ref: None,
+            messages: vec![]
+        }
+    );
     let too_long = format!(r#"{{"command":"send","message":"{}"}}"#, "漢".repeat(141));
     raw.frame(too_long.as_bytes()).await;
     assert_eq!(
@@ -285,6 +305,7 @@ async fn message_text_is_counted_in_characters() {
     assert_eq!(
         raw.reply().await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice"), uid("bob")]
         }
     );
@@ -399,6 +420,7 @@ async fn list_is_sorted_case_insensitively_and_includes_the_asker() {
     assert_eq!(
         next(&mut zed).await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice"), uid("Bea"), uid("zed")]
         }
     );
@@ -436,6 +458,7 @@ async fn joined_goes_to_others_and_left_on_exit_and_on_disconnect() {
     assert_eq!(
         next(&mut alice).await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice")]
         }
     );
@@ -468,6 +491,7 @@ async fn takeover_closes_old_session_with_409_and_broadcasts_nothing() {
     assert_eq!(
         next(&mut watcher).await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice"), uid("watcher")]
         }
     );
@@ -494,7 +518,13 @@ async fn malformed_requests_get_400_and_the_connection_stays_open() {
     let s = start().await;
     let mut raw = Raw::connect(&s).await;
     raw.frame(br#"{"command":"login alice/pw"}"#).await;
-    assert_eq!(raw.reply().await, Reply::Message { messages: vec![] });
+    assert_eq!(
+        raw.reply().await,
+        Reply::Message {
+            r#ref: None,
+            messages: vec![]
+        }
+    );
     let cases: &[(&[u8], &str)] = &[
         (
             b"not json",
@@ -541,6 +571,7 @@ async fn malformed_requests_get_400_and_the_connection_stays_open() {
     assert_eq!(
         raw.reply().await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice")]
         }
     );
@@ -552,7 +583,13 @@ async fn oversized_frame_is_413_then_closed_and_others_are_undisturbed() {
     let (mut alice, _) = login(&s, "alice").await;
     let mut raw = Raw::connect(&s).await;
     raw.frame(br#"{"command":"login mallory/pw"}"#).await;
-    assert_eq!(raw.reply().await, Reply::Message { messages: vec![] });
+    assert_eq!(
+        raw.reply().await,
+        Reply::Message {
+            r#ref: None,
+            messages: vec![]
+        }
+    );
     assert_eq!(
         next(&mut alice).await,
         Reply::Joined {

@@ -163,6 +163,7 @@ fn uid(s: &str) -> UserId {
 
 fn fail(code: ErrorCode, reason: &str) -> Reply {
     Reply::Fail {
+        r#ref: None,
         fail: Failure::new(code, reason),
     }
 }
@@ -177,6 +178,7 @@ async fn assert_served(c: &mut Client, users: &[&str]) {
     assert_eq!(
         next(c).await,
         Reply::List {
+            r#ref: None,
             list: users.iter().map(|u| uid(u)).collect()
         }
     );
@@ -394,6 +396,7 @@ async fn a_version_1_database_is_served_after_its_migration_and_revokes() {
     assert_eq!(
         pending,
         vec![ChatMessage {
+            r#ref: None,
             user_id: uid("dave"),
             message: "kept across versions".into(),
             to: Recipient::User(uid("Carol")),

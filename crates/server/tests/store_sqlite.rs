@@ -29,6 +29,7 @@ fn account(name: &str, created_ms: u64) -> Account {
 
 fn msg(id: u64, from: &str, to: &str) -> ChatMessage {
     ChatMessage {
+        r#ref: None,
         user_id: uid(from),
         message: format!("message {id} from {from}"),
         to: Recipient::User(uid(to)),

@@ -193,6 +193,7 @@ fn open(gate: &Semaphore) {
 async fn send_login(s: &TestServer, from: &str, user: &str) -> Client {
     let mut c = connect_from(s, from).await;
     c.send(&Command::Login {
+        acks: false,
         user_id: uid(user),
         password: Password::new(&format!("pw-of-{user}")).unwrap(),
     })
@@ -203,7 +204,13 @@ async fn send_login(s: &TestServer, from: &str, user: &str) -> Client {
 
 /// The login ack of a login sent with [`send_login`].
 async fn logged_in(c: &mut Client) {
-    assert_eq!(next(c).await, Reply::Message { messages: vec![] });
+    assert_eq!(
+        next(c).await,
+        Reply::Message {
+            r#ref: None,
+            messages: vec![]
+        }
+    );
 }
 
 #[tokio::test]

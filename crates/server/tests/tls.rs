@@ -169,7 +169,7 @@ impl TlsClient {
     /// The next reply, which must be one chat message.
     async fn chat(&mut self) -> ChatMessage {
         match self.next().await {
-            Reply::Message { mut messages } if messages.len() == 1 => messages.remove(0),
+            Reply::Message { mut messages, .. } if messages.len() == 1 => messages.remove(0),
             other => panic!("expected one message, got {other:?}"),
         }
     }
@@ -178,7 +178,13 @@ impl TlsClient {
     async fn login(&mut self, user: &str) {
         let password = Password::new(&format!("pw-{user}")).unwrap();
         self.send(Command::login(uid(user), password)).await;
-        assert_eq!(self.next().await, Reply::Message { messages: vec![] });
+        assert_eq!(
+            self.next().await,
+            Reply::Message {
+                r#ref: None,
+                messages: vec![]
+            }
+        );
     }
 
     async fn say(&mut self, to: Recipient, text: &str) {
@@ -245,6 +251,7 @@ async fn login_messages_and_list_over_tls_get_the_exact_replies() {
     assert_eq!(
         alice.next().await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice"), uid("bob")]
         }
     );
@@ -309,7 +316,7 @@ async fn tls_1_2_works_and_many_messages_cross_several_records_in_order() {
     let mut last_id = 0;
     while seen < N {
         match alice.next().await {
-            Reply::Message { messages } => {
+            Reply::Message { messages, .. } => {
                 for m in messages {
                     assert_eq!(m, chat_like(&m, "bob", &text(seen), Recipient::Everyone));
                     assert!(m.id > last_id);
@@ -347,6 +354,7 @@ async fn a_plaintext_client_on_a_tls_port_gets_no_plaintext_and_is_closed() {
     assert_eq!(
         bob.next().await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("bob")]
         }
     );
@@ -557,7 +565,7 @@ async fn private_messages_to_a_slow_tls_consumer_are_kept_for_its_next_login() {
         let mut got = 0;
         while got < 50 {
             match fast.next().await {
-                Reply::Message { messages } => {
+                Reply::Message { messages, .. } => {
                     got += messages.len();
                     echoed.extend(messages);
                 }
@@ -580,7 +588,7 @@ async fn private_messages_to_a_slow_tls_consumer_are_kept_for_its_next_login() {
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(Ok(reply)) = slow.framed.next().await {
             match reply {
-                Reply::Message { messages } => received.extend(messages),
+                Reply::Message { messages, .. } => received.extend(messages),
                 Reply::Joined { .. } => {}
                 other => panic!("unexpected {other:?}"),
             }
@@ -595,7 +603,10 @@ async fn private_messages_to_a_slow_tls_consumer_are_kept_for_its_next_login() {
     let mut again = TlsClient::connect(server.addr, &tls).await;
     let password = Password::new("pw-slow").unwrap();
     again.send(Command::login(uid("slow"), password)).await;
-    let Reply::Message { messages: pending } = again.next().await else {
+    let Reply::Message {
+        messages: pending, ..
+    } = again.next().await
+    else {
         panic!("no login ack");
     };
     // The rest of the messages, from at most a few already read: none missing.
@@ -729,6 +740,7 @@ async fn the_binary_reloads_its_certificate_on_sighup() {
     assert_eq!(
         alice.next().await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice"), uid("bob")]
         }
     );

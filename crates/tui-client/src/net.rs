@@ -255,7 +255,7 @@ async fn session(
                     warn!(?kind, %error, "skipping a reply this client cannot read");
                 }
                 Some(Ok(reply)) => {
-                    if let Reply::Fail { fail } = &reply
+                    if let Reply::Fail { fail, .. } = &reply
                         && fail.error_code == ErrorCode::Conflict
                     {
                         taken_over = Some(format!(

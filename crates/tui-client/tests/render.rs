@@ -34,6 +34,7 @@ fn new_app() -> App {
 
 fn msg(from: &str, to: &str, text: &str, minute: u64) -> ChatMessage {
     ChatMessage {
+        r#ref: None,
         user_id: uid(from),
         message: text.into(),
         to: to.parse().expect("valid recipient"),
@@ -84,6 +85,7 @@ fn logged_in(pending: Vec<ChatMessage>) -> App {
     reply(
         &mut app,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice"), uid("bob"), uid("li.xiaolong")],
         },
         0,
@@ -105,6 +107,7 @@ fn busy_app() -> App {
     reply(
         &mut app,
         Reply::Message {
+            r#ref: None,
             messages: vec![
                 msg("bob", "*", "evening all", 1),
                 msg("alice", "*", "hi bob 👋", 1),
@@ -141,6 +144,7 @@ fn busy_app() -> App {
     reply(
         &mut app,
         Reply::Message {
+            r#ref: None,
             messages: vec![msg("bob", "alice", "psst, private", 7)],
         },
         7,
@@ -201,7 +205,14 @@ fn long_scrollback() -> App {
             msg(from, "*", &format!("message number {i} 数字 {i}"), i)
         })
         .collect();
-    reply(&mut app, Reply::Message { messages: batch }, 300);
+    reply(
+        &mut app,
+        Reply::Message {
+            r#ref: None,
+            messages: batch,
+        },
+        300,
+    );
     app
 }
 
@@ -221,6 +232,7 @@ fn long_scrollback_scrolled_up_with_new_messages() {
         reply(
             &mut app,
             Reply::Message {
+                r#ref: None,
                 messages: vec![
                     msg("bob", "*", "new while scrolled", 301),
                     msg("bob", "*", "another", 302),
@@ -357,7 +369,7 @@ fn tiny_terminals_do_not_break_the_layout() {
 fn a_disconnect_while_choosing_a_user_empties_the_panel() {
     let mut app = logged_in(vec![]);
     let list = (0..30).map(|i| uid(&format!("user{i:02}"))).collect();
-    reply(&mut app, Reply::List { list }, 0);
+    reply(&mut app, Reply::List { r#ref: None, list }, 0);
     resize(&mut app, 100, 20);
     key(&mut app, KeyCode::F(2));
     key(&mut app, KeyCode::End);
@@ -394,7 +406,14 @@ fn an_out_of_range_time_is_drawn_as_a_question_mark() {
             ..msg("bob", "*", text, 1)
         })
         .collect();
-    reply(&mut app, Reply::Message { messages }, 1);
+    reply(
+        &mut app,
+        Reply::Message {
+            r#ref: None,
+            messages,
+        },
+        1,
+    );
     resize(&mut app, 80, 24);
     let terminal = render(&app, 80, 24);
     let buffer = terminal.backend().buffer();

@@ -178,7 +178,7 @@ fn say(to: Recipient, text: &str) -> Command {
 /// The single message of a `message` reply.
 fn one_message(reply: Reply) -> ChatMessage {
     match reply {
-        Reply::Message { mut messages } if messages.len() == 1 => messages.remove(0),
+        Reply::Message { mut messages, .. } if messages.len() == 1 => messages.remove(0),
         other => panic!("expected one message, got {other:?}"),
     }
 }
@@ -215,6 +215,7 @@ async fn two_people_log_in_and_chat_over_tls_trusting_the_ca_file() {
     assert_eq!(
         alice.reply().await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice"), uid("bob")]
         }
     );
@@ -268,7 +269,7 @@ async fn reconnections_keep_using_tls() {
 
     server.stop().await;
     match erin.reply().await {
-        Reply::Fail { fail } => assert_eq!(fail.error_code, ErrorCode::Unavailable),
+        Reply::Fail { fail, .. } => assert_eq!(fail.error_code, ErrorCode::Unavailable),
         other => panic!("expected the shutdown's fail 503, got {other:?}"),
     }
     // The server closed its TLS sessions: a close, not an error.
@@ -286,6 +287,7 @@ async fn reconnections_keep_using_tls() {
     assert_eq!(
         erin.reply().await,
         Reply::List {
+            r#ref: None,
             list: vec![uid("erin")]
         }
     );

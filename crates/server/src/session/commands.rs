@@ -2,7 +2,7 @@
 //! (logged in, within the user's flood control).
 
 use simpletextim_proto::{
-    Command, ErrorCode, Failure, MessageText, Password, Recipient, Reply, UserId,
+    Command, ErrorCode, Failure, MessageText, Password, Recipient, Ref, Reply, Request, UserId,
 };
 
 use tokio::time::Instant;
@@ -47,34 +47,57 @@ impl Drop for InFlight {
 }
 
 impl Session {
-    /// Handles one command.
+    /// Handles one request. Every reply that answers it (`fail`, `list`, the login ack)
+    /// carries its `ref`.
     ///
     /// # Errors
     /// How the session ends, if the command ends it.
-    pub(super) async fn handle(&mut self, command: Command) -> Result<(), End> {
+    pub(super) async fn handle(&mut self, request: Request) -> Result<(), End> {
+        let Request { r#ref, command } = request;
         if let Err(wait) = self.charge(&command) {
             let secs = ceil_secs(wait);
             let reason = format!("rate limit exceeded, try again in {secs} s");
-            self.fail(Failure::new(ErrorCode::RateLimited, reason));
+            self.fail_ref(r#ref, Failure::new(ErrorCode::RateLimited, reason));
             return Ok(());
         }
         match command {
             // Boxed: logging in is rare and its future is the largest; keeping it off the
-            // session's own future keeps every idle session small.
-            Command::Login { user_id, password } => {
-                return Box::pin(self.login(user_id, password)).await;
+            // session's own future keeps every idle session small. `acks` is not served
+            // yet: such a login behaves as one without it (version 1).
+            Command::Login {
+                user_id,
+                password,
+                acks: _,
+            } => {
+                return Box::pin(self.login(user_id, password, r#ref)).await;
             }
             Command::Exit => {
                 let _ = self.drain_outbox();
                 return Err(End::Exit);
             }
-            Command::Send { .. } | Command::List if self.login.is_none() => {
-                self.fail(Failure::new(ErrorCode::Unauthorized, "login required"));
+            Command::Send { .. }
+            | Command::List
+            | Command::History { .. }
+            | Command::Ack { .. }
+                if self.login.is_none() =>
+            {
+                self.fail_ref(
+                    r#ref,
+                    Failure::new(ErrorCode::Unauthorized, "login required"),
+                );
             }
-            Command::Send { to, message } => self.send(to, message).await,
+            Command::Send { to, message } => self.send(to, message, r#ref).await,
             Command::List => {
                 let list = self.shared.hub.list();
-                self.reply(&Reply::List { list });
+                self.reply(&Reply::List { r#ref, list });
+            }
+            Command::History { .. } => {
+                let reason = "history is not available on this server yet";
+                self.fail_ref(r#ref, Failure::bad_request(reason));
+            }
+            Command::Ack { .. } => {
+                let reason = "ack is not available on this server yet";
+                self.fail_ref(r#ref, Failure::bad_request(reason));
             }
         }
         Ok(())
@@ -89,7 +112,7 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, to: Recipient, message: MessageText) {
+    async fn send(&mut self, to: Recipient, message: MessageText, r#ref: Option<Ref>) {
         let Some(login) = &self.login else { return };
         match to {
             Recipient::Everyone => self.shared.hub.publish(&login.user_id, message),
@@ -102,7 +125,7 @@ impl Session {
                     message,
                 ));
                 if let Err(failure) = sent.await {
-                    self.fail(failure);
+                    self.fail_ref(r#ref, failure);
                 }
             }
         }
@@ -114,10 +137,15 @@ impl Session {
     /// # Errors
     /// How the session ends: too many failed logins, the login deadline, the client gone,
     /// the store failing, or the ack's write.
-    async fn login(&mut self, user_id: UserId, password: Password) -> Result<(), End> {
+    async fn login(
+        &mut self,
+        user_id: UserId,
+        password: Password,
+        r#ref: Option<Ref>,
+    ) -> Result<(), End> {
         if let Some(login) = &self.login {
             let reason = format!("already logged in as {}", login.user_id);
-            self.fail(Failure::new(ErrorCode::Conflict, reason));
+            self.fail_ref(r#ref, Failure::new(ErrorCode::Conflict, reason));
             return Ok(());
         }
         let addr = self.conn.peer().ip();
@@ -128,7 +156,7 @@ impl Session {
             tracing::info!(peer = %self.conn.peer(), user = %user_id, "login throttled");
             let secs = ceil_secs(wait);
             let reason = format!("too many failed logins, try again in {secs} s");
-            self.fail(Failure::new(ErrorCode::RateLimited, reason));
+            self.fail_ref(r#ref, Failure::new(ErrorCode::RateLimited, reason));
             return Ok(());
         }
         let slot = if self.shared.limits.is_exempt(addr) {
@@ -137,12 +165,12 @@ impl Session {
             Some(slot)
         } else {
             let reason = "too many logins in progress from this address, try again";
-            self.fail(Failure::new(ErrorCode::Unavailable, reason));
+            self.fail_ref(r#ref, Failure::new(ErrorCode::Unavailable, reason));
             return Ok(());
         };
         // Before the account is looked up: a revocation at or after it ends the session.
         let login_ms = crate::now_ms();
-        let checked = self.check_password(&user_id, &password).await;
+        let checked = self.check_password(&user_id, &password, &r#ref).await;
         drop(slot);
         let user_id = match checked? {
             Ok(registered) => {
@@ -153,10 +181,10 @@ impl Session {
                 if failure.error_code == ErrorCode::Unauthorized {
                     self.shared.throttle.failed(addr, &key, Instant::now());
                 }
-                return self.login_failed(&user_id, failure);
+                return self.login_failed(&user_id, failure, r#ref);
             }
         };
-        self.start(user_id, login_ms).await
+        self.start(user_id, login_ms, r#ref).await
     }
 
     /// Joins the hub as `user_id` (as registered), then writes the login ack with the
@@ -165,7 +193,12 @@ impl Session {
     /// # Errors
     /// How the session ends: the account revoked meanwhile, the store failing, or the
     /// ack's write.
-    async fn start(&mut self, user_id: UserId, login_ms: u64) -> Result<(), End> {
+    async fn start(
+        &mut self,
+        user_id: UserId,
+        login_ms: u64,
+        r#ref: Option<Ref>,
+    ) -> Result<(), End> {
         let outbox = Outbox::new(Limits {
             items: self.shared.config.outbox_capacity,
             bytes: self.shared.config.outbox_bytes,
@@ -196,16 +229,22 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(user = %user_id, error = %e, "cannot read mailbox");
-                self.conn.queue_reply(&Reply::fail(
-                    ErrorCode::Unavailable,
-                    "storage unavailable, try again later",
-                ));
+                self.conn.queue_reply(
+                    &Reply::fail(
+                        ErrorCode::Unavailable,
+                        "storage unavailable, try again later",
+                    )
+                    .with_ref(r#ref),
+                );
                 return Err(End::Error);
             }
         };
         let delivered: Vec<u64> = pending.iter().map(|m| m.id).collect();
         // The ack is the session's first frame: nothing from the outbox has been written.
-        self.conn.queue_reply(&Reply::Message { messages: pending });
+        self.conn.queue_reply(&Reply::Message {
+            r#ref,
+            messages: pending,
+        });
         self.write_out().await?;
         if !delivered.is_empty() {
             // Written to the socket: now they may go. A crash before this line delivers them
@@ -229,6 +268,7 @@ impl Session {
         &mut self,
         user_id: &UserId,
         password: &Password,
+        r#ref: &Option<Ref>,
     ) -> Result<Result<UserId, Failure>, End> {
         let shared = self.shared.clone();
         let addr = self.conn.peer().ip();
@@ -242,7 +282,8 @@ impl Session {
                 biased;
                 r = &mut checked => return Ok(r),
                 () = deadline_passed(&mut self.login_deadline) => {
-                    self.fail(Failure::new(ErrorCode::Unauthorized, "login timed out"));
+                    let failure = Failure::new(ErrorCode::Unauthorized, "login timed out");
+                    self.fail_ref(r#ref.clone(), failure);
                     return Err(End::LoginTimeout);
                 }
                 r = std::future::poll_fn(|cx| self.conn.poll_read_ready(cx)), if watch => {
@@ -258,12 +299,17 @@ impl Session {
 
     /// Answers a refused login; closes the connection after [`MAX_FAILED_LOGINS`] wrong
     /// passwords.
-    fn login_failed(&mut self, user_id: &UserId, failure: Failure) -> Result<(), End> {
+    fn login_failed(
+        &mut self,
+        user_id: &UserId,
+        failure: Failure,
+        r#ref: Option<Ref>,
+    ) -> Result<(), End> {
         let unauthorized = failure.error_code == ErrorCode::Unauthorized;
         if unauthorized {
             tracing::info!(peer = %self.conn.peer(), user = %user_id, "login failed");
         }
-        self.fail(failure);
+        self.fail_ref(r#ref, failure);
         if unauthorized {
             self.failed_logins += 1;
             if self.failed_logins >= MAX_FAILED_LOGINS {

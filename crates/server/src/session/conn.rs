@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use simpletextim_proto::{CodecError, Command, Failure, Reply, ServerCodec};
+use simpletextim_proto::{CodecError, Rejected, Reply, Request, ServerCodec};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -209,13 +209,13 @@ impl Connection {
         }
     }
 
-    /// The next complete command in the read buffer: `Ok(None)` when there is none (yet),
-    /// `Ok(Some(Err(failure)))` for a frame that is not a valid command (recoverable: the
-    /// session answers with the failure).
+    /// The next complete request in the read buffer: `Ok(None)` when there is none (yet),
+    /// `Ok(Some(Err(rejected)))` for a frame that is not a valid request (recoverable: the
+    /// session answers with the failure, and the request's `ref` if it had a valid one).
     ///
     /// # Errors
     /// A fatal framing error ([`CodecError::FrameTooLarge`]): nothing more can be read.
-    pub(crate) fn next_command(&mut self) -> Result<Option<Result<Command, Failure>>, CodecError> {
+    pub(crate) fn next_command(&mut self) -> Result<Option<Result<Request, Rejected>>, CodecError> {
         match &mut self.codec {
             Codec::LengthDelimited(c) => c.decode(&mut self.rbuf),
             Codec::Lines(c) => c.decode(&mut self.rbuf),

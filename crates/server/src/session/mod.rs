@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use simpletextim_proto::{CodecError, ErrorCode, Failure, Reply, UserId};
+use simpletextim_proto::{CodecError, ErrorCode, Failure, Ref, Reply, UserId};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -203,8 +203,8 @@ impl Session {
         }
         loop {
             match self.conn.next_command() {
-                Ok(Some(Ok(command))) => {
-                    self.handle(command).await?;
+                Ok(Some(Ok(request))) => {
+                    self.handle(request).await?;
                     // A read chunk can hold hundreds of commands, and a `list` reply can be
                     // large: write what they produced before taking the next one, so a
                     // client that sends without reading cannot make us buffer much.
@@ -212,7 +212,7 @@ impl Session {
                         self.write_out().await?;
                     }
                 }
-                Ok(Some(Err(failure))) => self.fail(failure),
+                Ok(Some(Err(rejected))) => self.reply(&rejected.into_reply()),
                 Ok(None) => break,
                 Err(CodecError::FrameTooLarge { max }) => {
                     self.fail(Failure::new(
@@ -234,8 +234,17 @@ impl Session {
         }
     }
 
+    /// Answers `fail`, for what answers no request (a timeout, a refused connection).
     fn fail(&mut self, failure: Failure) {
-        self.reply(&Reply::Fail { fail: failure });
+        self.fail_ref(None, failure);
+    }
+
+    /// Answers `fail` to a request, with its `ref`.
+    fn fail_ref(&mut self, r#ref: Option<Ref>, failure: Failure) {
+        self.reply(&Reply::Fail {
+            r#ref,
+            fail: failure,
+        });
     }
 
     /// Queues a direct reply after everything the hub already queued for this client.

@@ -18,7 +18,8 @@ use proptest::sample::Index;
 use proptest::test_runner::Config;
 use simpletextim_proto::ErrorCode;
 
-use super::{CodecError, Command, Failure, LineCodec};
+use super::{CodecError, LineCodec};
+use simpletextim_proto::{Command, Failure, Rejected, Request};
 use tokio_util::codec::Decoder;
 
 /// Cases per property in a plain `cargo test` (each property then takes well under a
@@ -40,7 +41,7 @@ fn config() -> Config {
 /// What the codec made of a stream: its items, and the fatal error that ended it, if any.
 #[derive(Debug, PartialEq)]
 struct Outcome {
-    items: Vec<Result<Command, Failure>>,
+    items: Vec<Result<Request, Rejected>>,
     too_large: bool,
 }
 
@@ -115,7 +116,7 @@ fn model(max: usize, stream: &[u8]) -> Outcome {
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if !line.iter().all(u8::is_ascii_whitespace) {
-            items.push(Command::from_json(line));
+            items.push(Request::from_json(line));
         }
         rest = &rest[end + 1..];
     }
@@ -123,10 +124,10 @@ fn model(max: usize, stream: &[u8]) -> Outcome {
 
 /// Every answer is a command that survives its own round trip, a 400, or a 413 for text
 /// over 140 characters.
-fn check_answer(answer: &Result<Command, Failure>) -> Result<(), TestCaseError> {
+fn check_answer(answer: &Result<Request, Rejected>) -> Result<(), TestCaseError> {
     match answer {
-        Ok(cmd) => prop_assert_eq!(&Command::from_json(&cmd.to_json()), answer),
-        Err(f) => prop_assert!(
+        Ok(req) => prop_assert_eq!(&Request::from_json(&req.to_json()), answer),
+        Err(Rejected { failure: f, .. }) => prop_assert!(
             f.error_code == ErrorCode::BadRequest
                 || (f.error_code == ErrorCode::TooLarge
                     && f.reason.starts_with("message too long: ")),
@@ -154,7 +155,7 @@ fn lines_of_max_and_max_plus_one_bytes() {
         let mut s = exact.clone();
         s.push(b'\n');
         let want = Outcome {
-            items: vec![Ok(Command::List)],
+            items: vec![Ok(Request::new(Command::List))],
             too_large: false,
         };
         assert_eq!(feed(max, &s, &[], bytewise), want);
@@ -210,9 +211,12 @@ fn blank_lines_and_line_endings_exactly() {
         got,
         Outcome {
             items: vec![
-                Ok(Command::List),
-                Ok(Command::Exit),
-                Err(Failure::bad_request("message is empty")),
+                Ok(Request::new(Command::List)),
+                Ok(Request::new(Command::Exit)),
+                Err(Rejected {
+                    r#ref: None,
+                    failure: Failure::bad_request("message is empty"),
+                }),
             ],
             too_large: false,
         }

@@ -113,7 +113,7 @@ pub async fn next(c: &mut Client) -> Reply {
 /// The next reply must be a single chat message; returns it.
 pub async fn next_chat(c: &mut Client) -> ChatMessage {
     match next(c).await {
-        Reply::Message { mut messages } if messages.len() == 1 => messages.remove(0),
+        Reply::Message { mut messages, .. } if messages.len() == 1 => messages.remove(0),
         other => panic!("expected one chat message, got {other:?}"),
     }
 }
@@ -131,6 +131,7 @@ pub async fn assert_closed(c: &mut Client) {
 
 pub fn fail(code: ErrorCode, reason: &str) -> Reply {
     Reply::Fail {
+        r#ref: None,
         fail: Failure::new(code, reason),
     }
 }
@@ -139,6 +140,7 @@ pub fn fail(code: ErrorCode, reason: &str) -> Reply {
 /// (checked separately).
 pub fn chat_like(got: &ChatMessage, from: &str, text: &str, to: Recipient) -> ChatMessage {
     ChatMessage {
+        r#ref: None,
         user_id: uid(from),
         message: text.into(),
         to,

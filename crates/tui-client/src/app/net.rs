@@ -108,11 +108,11 @@ impl App {
 
     fn apply_reply(&mut self, reply: Reply, at_ms: u64) -> Vec<Action> {
         match reply {
-            Reply::Message { messages } => messages
+            Reply::Message { messages, .. } => messages
                 .into_iter()
                 .flat_map(|m| self.add_message(m, at_ms, false))
                 .collect(),
-            Reply::List { list } => {
+            Reply::List { list, .. } => {
                 self.online = list;
                 self.online.sort();
                 if self.list_requests > 0 {
@@ -137,7 +137,7 @@ impl App {
                 self.presence_notice(&user_id, at_ms, EntryKind::Left(user_id.clone()), text);
                 Vec::new()
             }
-            Reply::Fail { fail } => self.on_fail(&fail),
+            Reply::Fail { fail, .. } => self.on_fail(&fail),
             // A kind of reply from a newer server: nothing to show.
             _ => Vec::new(),
         }

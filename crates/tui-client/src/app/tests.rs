@@ -27,6 +27,7 @@ const NOON: u64 = 1_764_158_400_000;
 
 fn msg(from: &str, to: &str, text: &str, id: u64) -> ChatMessage {
     ChatMessage {
+        r#ref: None,
         user_id: uid(from),
         message: text.into(),
         to: to.parse().unwrap(),
@@ -51,6 +52,7 @@ fn logged_in() -> App {
     reply(
         &mut app,
         Reply::List {
+            r#ref: None,
             list: vec![uid("alice"), uid("bob")],
         },
     );
@@ -62,7 +64,13 @@ fn reply(app: &mut App, reply: Reply) -> Vec<Action> {
 }
 
 fn messages(app: &mut App, msgs: Vec<ChatMessage>) -> Vec<Action> {
-    reply(app, Reply::Message { messages: msgs })
+    reply(
+        app,
+        Reply::Message {
+            r#ref: None,
+            messages: msgs,
+        },
+    )
 }
 
 fn key(app: &mut App, code: KeyCode) -> Vec<Action> {
@@ -374,6 +382,7 @@ fn commands() {
     reply(
         &mut app,
         Reply::List {
+            r#ref: None,
             list: vec![uid("bob"), uid("alice")],
         },
     );
@@ -812,7 +821,7 @@ fn a_click_on_the_users_panel_after_f2_scrolled_it_opens_the_user_shown() {
         height: 20,
     });
     let list: Vec<UserId> = (0..30).map(|i| uid(&format!("user{i:02}"))).collect();
-    reply(&mut app, Reply::List { list });
+    reply(&mut app, Reply::List { r#ref: None, list });
     // F2 then End: the selection is the last user, so the panel shows the end of the list.
     key(&mut app, KeyCode::F(2));
     key(&mut app, KeyCode::End);
