@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{KickReason, Outbox};
 use crate::store::{Revocation, RevocationKind, Store, StoreError};
-use crate::wire::{ChatHead, Out, Private, encode_reply};
+use crate::wire::{ChatHead, Echo, Out, Private, encode_reply};
 
 /// What the hub keeps of a logged-in session.
 #[derive(Debug, Clone)]
@@ -322,18 +322,35 @@ impl Hub {
     }
 
     /// Accepts a public message and delivers it to everyone online, the sender included.
-    pub fn publish(&self, from: &UserId, text: MessageText) {
+    /// With `echo_ref` (the `ref` of the sender's `send`, already JSON), the sender's own
+    /// session (`from_conn`) gets the echo with the ref; every other copy is the same shared
+    /// bytes, without it.
+    pub fn publish(
+        &self,
+        from: &UserId,
+        from_conn: u64,
+        text: MessageText,
+        echo_ref: Option<&Bytes>,
+    ) {
         let head = ChatHead::new(from, text.as_str());
         let mut inner = self.lock();
         let (id, ts) = next_id(&mut inner.last_id);
         let obj = head.finish(Recipient::Everyone.as_str(), id, ts);
-        inner.broadcast(Out::Chat(obj), None);
+        match echo_ref {
+            None => inner.broadcast(Out::Chat(obj), None),
+            Some(_) => {
+                let echo = Echo::of(echo_ref, obj.clone());
+                inner.broadcast(Out::Chat(obj), Some(from_conn));
+                inner.echo(from_conn, &from.key(), echo);
+            }
+        }
     }
 
     /// Accepts a private message: delivered to the recipient when online, otherwise stored
-    /// in their mailbox; echoed to the sender (`from_conn`) either way, once accepted. A
-    /// recipient whose outbox is full is cut off as a slow consumer and the message is
-    /// stored for its next login.
+    /// in their mailbox; echoed to the sender (`from_conn`) either way, once accepted, with
+    /// `echo_ref` (the `ref` of the sender's `send`, already JSON) when given: only the
+    /// sender's copy carries it, and it is never stored. A recipient whose outbox is full
+    /// is cut off as a slow consumer and the message is stored for its next login.
     ///
     /// # Errors
     /// `404` when the recipient has no account, `503` when their mailbox is full or the
@@ -344,11 +361,13 @@ impl Hub {
         from_conn: u64,
         to: &UserId,
         text: MessageText,
+        echo_ref: Option<Bytes>,
     ) -> Result<(), Failure> {
         let route = Route {
             from_key: from.key(),
             from_conn,
             key: to.key(),
+            echo_ref,
         };
         let draft = match self.try_online(&route, Draft::new(from, text)) {
             Ok(attempt) => return self.settle(attempt, &route, to).await,
@@ -407,7 +426,7 @@ impl Hub {
         };
         match stored.await {
             Ok(()) => {
-                let echo = Out::Chat(kept.echo);
+                let echo = Echo::of(route.echo_ref.as_ref(), kept.echo);
                 self.lock().echo(route.from_conn, &route.from_key, echo);
                 Ok(())
             }
@@ -447,11 +466,12 @@ impl ForMailbox {
 }
 
 /// Who sends a private message to whom: the sender's case-folded id and connection, and the
-/// recipient's case-folded id.
+/// recipient's case-folded id; and the `ref` of the sender's `send` (JSON) for its echo.
 struct Route {
     from_key: String,
     from_conn: u64,
     key: String,
+    echo_ref: Option<Bytes>,
 }
 
 /// A private message before the hub gives it an id: the costly encoding of sender and text
@@ -537,7 +557,13 @@ impl Inner {
         let to_conn = recipient.conn_id;
         let (id, ts) = next_id(&mut self.last_id);
         let private = Arc::new(draft.finish(&recipient.user_id, id, ts));
-        offer(recipient, Out::Private(private.clone()), &mut self.slow);
+        // To oneself, the one copy is both the delivery and the echo (with the ref).
+        let item = if to_conn == route.from_conn {
+            Echo::of_private(route.echo_ref.as_ref(), private.clone())
+        } else {
+            Out::Private(private.clone())
+        };
+        offer(recipient, item, &mut self.slow);
         if !self.slow.is_empty() {
             // The recipient's outbox is full: it is cut off as a slow consumer, and the
             // message goes to its mailbox (the caller stores it) instead of being lost.
@@ -548,7 +574,7 @@ impl Inner {
             return Delivery::CutOff(ForMailbox::new(private, to));
         }
         if to_conn != route.from_conn {
-            let echo = Out::Chat(private.obj.clone());
+            let echo = Echo::of(route.echo_ref.as_ref(), private.obj.clone());
             self.echo(route.from_conn, &route.from_key, echo);
         }
         Delivery::Delivered
@@ -977,7 +1003,9 @@ mod tests {
         let _bob = member(&hub, 2, "bob");
         hub.publish(
             &UserId::new("bob").expect("valid id"),
+            2,
             MessageText::new("hi").expect("valid text"),
+            None,
         );
         // No ticker runs here: the chat alone wakes alice.
         tokio::time::timeout(Duration::from_secs(5), alice.changed())
@@ -1002,5 +1030,92 @@ mod tests {
         assert_eq!(alice.kicked(), Some(KickReason::Shutdown));
         let bob = member(&hub, 2, "bob");
         assert_eq!(bob.kicked(), Some(KickReason::Shutdown));
+    }
+
+    /// What an outbox holds, as the bytes a session writes for it (an echo with its ref).
+    fn written(outbox: &Outbox) -> Vec<String> {
+        outbox
+            .take()
+            .items
+            .iter()
+            .map(|i| {
+                let mut w = crate::wire::FrameWriter::with_framing(crate::wire::Framing::Lines);
+                w.push(i);
+                let line = String::from_utf8_lossy(w.pending()).into_owned();
+                line.trim_end()
+                    .trim_start_matches(r#"{"command":"message","messages":["#)
+                    .trim_end_matches("]}")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn only_the_senders_copy_of_a_public_message_carries_the_ref_and_recipients_share_bytes()
+    {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = member(&hub, 2, "bob");
+        let carol = member(&hub, 3, "carol");
+        for o in [&alice, &bob, &carol] {
+            o.take();
+        }
+        let r = Bytes::from_static(br#""r1""#);
+        hub.publish(
+            &UserId::new("bob").expect("valid id"),
+            2,
+            MessageText::new("hi").expect("valid text"),
+            Some(&r),
+        );
+        let (a, c) = (alice.take(), carol.take());
+        let (Out::Chat(a), Out::Chat(c)) = (&a.items[0], &c.items[0]) else {
+            panic!("recipients get the plain shared object");
+        };
+        // The same allocation: no copy per recipient.
+        assert_eq!(a.as_ptr(), c.as_ptr());
+        let echo = written(&bob);
+        assert_eq!(echo.len(), 1);
+        let plain = String::from_utf8_lossy(a);
+        assert!(plain.starts_with(r#"{"user_id":"bob","message":"hi","to":"*","id":"#));
+        assert_eq!(echo[0], format!(r#"{{"ref":"r1",{}"#, &plain[1..]));
+    }
+
+    #[tokio::test]
+    async fn a_private_message_to_oneself_with_a_ref_is_kept_without_it() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        alice.take();
+        let me = UserId::new("alice").expect("valid id");
+        let r = Bytes::from_static(b"7");
+        hub.send_private(
+            &me,
+            1,
+            &me,
+            MessageText::new("note").expect("valid"),
+            Some(r),
+        )
+        .await
+        .expect("sent");
+        let taken = alice.take();
+        assert_eq!(taken.items.len(), 1);
+        let Out::Echo(e) = &taken.items[0] else {
+            panic!("expected the echo, got {:?}", taken.items[0]);
+        };
+        let p = e.private.as_ref().expect("the echo is also the delivery");
+        let kept = p.message(me.clone());
+        assert_eq!(kept.r#ref, None);
+        assert_eq!(kept.message, "note");
+        let mut w = crate::wire::FrameWriter::with_framing(crate::wire::Framing::LengthDelimited);
+        w.push(&taken.items[0]);
+        // Nothing written: the message is among the undelivered, without the ref.
+        let undelivered: Vec<ChatMessage> = w
+            .unwritten_private(0)
+            .map(|p| p.message(me.clone()))
+            .collect();
+        assert_eq!(undelivered, vec![kept]);
+        assert!(
+            String::from_utf8_lossy(w.pending())
+                .contains(r#"[{"ref":7,"user_id":"alice","message":"note","to":"alice","#)
+        );
     }
 }

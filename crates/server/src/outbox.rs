@@ -141,7 +141,7 @@ impl Outbox {
         if s.kicked.is_some() {
             return Ok(None);
         }
-        let len = u32::try_from(item.bytes().len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(item.encoded_len()).unwrap_or(u32::MAX);
         let bytes = s.bytes.saturating_add(len);
         if s.items.len() >= self.limits.items
             || (!s.items.is_empty() && bytes as usize > self.limits.bytes)

@@ -84,6 +84,63 @@ pub enum Out {
     Private(Arc<Private>),
     /// A whole reply payload, already JSON (`{"command":"joined",…}`).
     Frame(Bytes),
+    /// The echo of a message the session's user sent with a `ref` (protocol 1.1): the
+    /// object every other copy shares, written with the ref in front. Boxed: rare, and an
+    /// `Out` stays small.
+    Echo(Box<Echo>),
+}
+
+/// The sender's copy of a message it sent with a `ref`: the shared encoded object, untouched,
+/// and the ref, which [`FrameWriter`] writes in front of it
+/// (`{"ref":<ref>,"user_id":…`): only this copy carries the ref, and nothing is serialized
+/// again.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    /// The ref, already JSON (`42` or `"r1"`).
+    pub r#ref: Bytes,
+    /// The chat object, as [`ChatHead`] writes it (starting with `{`).
+    pub obj: Bytes,
+    /// A private message the user sent to itself: the echo is also its delivery, kept in the
+    /// mailbox (without the ref, which only [`FrameWriter`] adds) if it does not reach the
+    /// socket.
+    pub private: Option<Arc<Private>>,
+}
+
+/// What [`FrameWriter`] writes before an echo's ref, and after it (the object then goes on
+/// from its second byte).
+const ECHO_HEAD: &[u8] = br#"{"ref":"#;
+
+impl Echo {
+    /// The echo of `obj` (a public message, or a private one to another user) with the
+    /// JSON-encoded `ref`, or the plain shared object without one.
+    pub fn of(r#ref: Option<&Bytes>, obj: Bytes) -> Out {
+        match r#ref {
+            None => Out::Chat(obj),
+            Some(r) => Out::Echo(Box::new(Echo {
+                r#ref: r.clone(),
+                obj,
+                private: None,
+            })),
+        }
+    }
+
+    /// The item for a private message the user sent to itself: with the JSON-encoded
+    /// `ref`, an echo that still counts as the message's delivery.
+    pub fn of_private(r#ref: Option<&Bytes>, private: Arc<Private>) -> Out {
+        match r#ref {
+            None => Out::Private(private),
+            Some(r) => Out::Echo(Box::new(Echo {
+                r#ref: r.clone(),
+                obj: private.obj.clone(),
+                private: Some(private),
+            })),
+        }
+    }
+}
+
+/// A ref as the JSON an [`Echo`] carries.
+pub fn encode_ref(r: &simpletextim_proto::Ref) -> Bytes {
+    Bytes::from(r.to_string())
 }
 
 /// A private message on its way to its recipient: the encoded object every copy shares (the
@@ -119,11 +176,20 @@ impl Private {
 }
 
 impl Out {
-    /// The encoded bytes of the item.
+    /// The encoded bytes of the item (of an echo: the shared object, without its ref).
     pub fn bytes(&self) -> &Bytes {
         match self {
             Out::Chat(b) | Out::Frame(b) => b,
             Out::Private(p) => &p.obj,
+            Out::Echo(e) => &e.obj,
+        }
+    }
+
+    /// How many bytes the item takes in a frame (an echo's ref included).
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Out::Echo(e) => e.obj.len() + ECHO_HEAD.len() + e.r#ref.len(),
+            _ => self.bytes().len(),
         }
     }
 }
@@ -228,13 +294,26 @@ impl FrameWriter {
                 self.private.push((OPEN, p.clone()));
             }
             Out::Frame(payload) => self.push_frame(payload),
+            Out::Echo(e) => {
+                self.push_object(Some(&e.r#ref), &e.obj);
+                if let Some(p) = &e.private {
+                    self.private.push((OPEN, p.clone()));
+                }
+            }
         }
     }
 
     /// Appends a chat message object to the open `message` frame, opening one if needed.
     pub fn push_chat(&mut self, obj: &[u8]) {
+        self.push_object(None, obj);
+    }
+
+    /// Appends a chat message object, with `r#ref` (JSON) in front when given, to the open
+    /// `message` frame, opening one if needed.
+    fn push_object(&mut self, r#ref: Option<&[u8]>, obj: &[u8]) {
+        let len = obj.len() + r#ref.map_or(0, |r| ECHO_HEAD.len() + r.len());
         match self.open_batch {
-            Some(start) if self.buf.len() - start + obj.len() < MAX_BATCH_FRAME => {
+            Some(start) if self.buf.len() - start + len < MAX_BATCH_FRAME => {
                 self.buf.put_u8(b',');
             }
             _ => {
@@ -246,7 +325,17 @@ impl FrameWriter {
                 self.buf.put_slice(MESSAGE_FRAME_HEAD);
             }
         }
-        self.buf.put_slice(obj);
+        match r#ref {
+            None => self.buf.put_slice(obj),
+            Some(r) => {
+                // `{"ref":<ref>,` then the object after its `{`: `"user_id":…}`.
+                debug_assert_eq!(obj.first(), Some(&b'{'));
+                self.buf.put_slice(ECHO_HEAD);
+                self.buf.put_slice(r);
+                self.buf.put_u8(b',');
+                self.buf.put_slice(obj.strip_prefix(b"{").unwrap_or(obj));
+            }
+        }
     }
 
     /// Appends a whole reply frame.
@@ -316,7 +405,7 @@ impl FrameWriter {
         let n: usize = items
             .into_iter()
             .map(|item| match item {
-                Out::Chat(_) | Out::Private(_) => item.bytes().len() + 1,
+                Out::Chat(_) | Out::Private(_) | Out::Echo(_) => item.encoded_len() + 1,
                 Out::Frame(b) => b.len() + frame,
             })
             .sum();
@@ -621,6 +710,60 @@ mod tests {
                 .map(|l| Reply::from_json(l.as_bytes()).unwrap())
                 .collect(),
         }
+    }
+
+    #[test]
+    fn an_out_stays_small_with_echoes_boxed() {
+        assert_eq!(std::mem::size_of::<Out>(), std::mem::size_of::<Bytes>() + 8);
+    }
+
+    #[test]
+    fn an_echo_is_the_shared_object_with_the_ref_in_front_in_the_same_batch() {
+        let a = encode_chat(&msg(1, "a"));
+        let b = encode_chat(&msg(2, "b \"quoted\""));
+        for (r, json) in [
+            (simpletextim_proto::Ref::text("x\"y").unwrap(), r#""x\"y""#),
+            (
+                simpletextim_proto::Ref::Number(9_007_199_254_740_991),
+                "9007199254740991",
+            ),
+        ] {
+            let encoded = encode_ref(&r);
+            assert_eq!(&encoded[..], json.as_bytes());
+            let mut w = FrameWriter::new();
+            w.push(&Out::Chat(a.clone()));
+            w.push(&Echo::of(Some(&encoded), b.clone()));
+            w.push(&Out::Chat(a.clone()));
+            let item = Echo::of(Some(&encoded), b.clone());
+            assert_eq!(item.encoded_len(), b.len() + 7 + json.len());
+            let bytes = w.take();
+            let want = format!(
+                r#"{{"command":"message","messages":[{},{{"ref":{json},{},{}]}}"#,
+                String::from_utf8_lossy(&a),
+                String::from_utf8_lossy(&b[1..]),
+                String::from_utf8_lossy(&a),
+            );
+            assert_eq!(String::from_utf8_lossy(&bytes[4..]), want);
+            // Byte for byte what serde writes for the message with its ref.
+            let with_ref = ChatMessage {
+                r#ref: Some(r.clone()),
+                ..msg(2, "b \"quoted\"")
+            };
+            assert!(want.contains(&String::from_utf8(encode_chat(&with_ref).to_vec()).unwrap()));
+            let replies = decode_all(bytes);
+            let [
+                Reply::Message {
+                    r#ref: None,
+                    messages,
+                },
+            ] = &replies[..]
+            else {
+                panic!("one message frame, got {replies:?}");
+            };
+            assert_eq!(messages, &vec![msg(1, "a"), with_ref, msg(1, "a")]);
+        }
+        // Without a ref, the plain shared object.
+        assert!(matches!(Echo::of(None, b.clone()), Out::Chat(o) if o == b));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::Shared;
 use crate::hub::Member;
 use crate::limits::ceil_secs;
 use crate::outbox::{Limits, Outbox};
+use crate::wire::encode_ref;
 
 /// Failed logins after which the connection is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
@@ -114,8 +115,13 @@ impl Session {
 
     async fn send(&mut self, to: Recipient, message: MessageText, r#ref: Option<Ref>) {
         let Some(login) = &self.login else { return };
+        // The echo carries the ref, encoded once here.
+        let echo_ref = r#ref.as_ref().map(encode_ref);
         match to {
-            Recipient::Everyone => self.shared.hub.publish(&login.user_id, message),
+            Recipient::Everyone => {
+                let hub = &self.shared.hub;
+                hub.publish(&login.user_id, self.conn_id, message, echo_ref.as_ref());
+            }
             Recipient::User(to) => {
                 let from = login.user_id.clone();
                 let sent = Box::pin(self.shared.hub.send_private(
@@ -123,6 +129,7 @@ impl Session {
                     self.conn_id,
                     &to,
                     message,
+                    echo_ref,
                 ));
                 if let Err(failure) = sent.await {
                     self.fail_ref(r#ref, failure);

@@ -98,6 +98,8 @@ impl Session {
                 .iter()
                 .filter_map(|item| match item {
                     Out::Private(p) => Some(p.message(me.clone())),
+                    // A private message to oneself sent with a ref: kept without the ref.
+                    Out::Echo(e) => e.private.as_ref().map(|p| p.message(me.clone())),
                     Out::Chat(_) | Out::Frame(_) => None,
                 }),
         );
