@@ -1,0 +1,467 @@
+//! Protocol 1.1 `ref`s, over real TCP, as exact JSON: the reply that answers a command
+//! carries its `ref` (every kind of `fail`, `list`, the login ack), the answer to a `send` is
+//! the sender's echo with the `ref` inside its message object, and nobody else's copy of
+//! that message carries it (byte for byte the frame a second user receives).
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use common::*;
+use futures::StreamExt;
+use simpletextim_proto::Command;
+use simpletextim_server::{Config, MemoryStore, RateLimit};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+/// A socket that sends JSON text and reads each reply frame as the exact text it holds.
+struct Wire {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    read: FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
+}
+
+impl Wire {
+    async fn connect(s: &TestServer) -> Wire {
+        let (r, w) = TcpStream::connect(s.addr).await.unwrap().into_split();
+        let codec = LengthDelimitedCodec::builder()
+            .max_frame_length(16 << 20)
+            .new_codec();
+        Wire {
+            write: w,
+            read: FramedRead::new(r, codec),
+        }
+    }
+
+    async fn send(&mut self, json: &str) {
+        let mut b = BytesMut::new();
+        b.put_u32(json.len() as u32);
+        b.put_slice(json.as_bytes());
+        self.write.write_all(&b).await.unwrap();
+    }
+
+    /// The next frame, as text.
+    async fn recv(&mut self) -> String {
+        let frame = tokio::time::timeout(WAIT, self.read.next())
+            .await
+            .expect("no reply in time")
+            .expect("connection closed")
+            .unwrap();
+        String::from_utf8(frame.to_vec()).unwrap()
+    }
+
+    /// The next frame that is not a presence notice (`joined`/`left`), as text.
+    async fn recv_chat(&mut self) -> String {
+        loop {
+            let f = self.recv().await;
+            if !f.starts_with(r#"{"command":"joined""#) && !f.starts_with(r#"{"command":"left""#) {
+                return f;
+            }
+        }
+    }
+
+    /// Sends `json` and asserts the exact reply.
+    async fn expect(&mut self, json: &str, want: &str) {
+        self.send(json).await;
+        assert_eq!(self.recv().await, want, "in answer to {json}");
+    }
+
+    /// Logs `user` in (password `pw-of-USER`) without a ref, and checks the empty ack.
+    async fn login(s: &TestServer, user: &str) -> Wire {
+        let mut w = Wire::connect(s).await;
+        w.expect(
+            &format!(r#"{{"command":"login {user}/pw-of-{user}"}}"#),
+            r#"{"command":"message","messages":[]}"#,
+        )
+        .await;
+        w
+    }
+}
+
+/// A `fail` reply's exact JSON, with `r` (JSON) as its ref when given.
+fn fail_json(r: Option<&str>, code: u16, reason: &str) -> String {
+    let reason = serde_json::to_string(reason).unwrap();
+    match r {
+        Some(r) => format!(
+            r#"{{"command":"fail","ref":{r},"fail":{{"error_code":{code},"reason":{reason}}}}}"#
+        ),
+        None => format!(r#"{{"command":"fail","fail":{{"error_code":{code},"reason":{reason}}}}}"#),
+    }
+}
+
+/// The `id` and `ts` of the only message of a `message` frame.
+fn id_ts(frame: &str) -> (u64, u64) {
+    let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+    let m = &v["messages"][0];
+    (m["id"].as_u64().unwrap(), m["ts"].as_u64().unwrap())
+}
+
+/// The exact frame of one chat message, with `r` (JSON) first in the object when given.
+fn chat_json(r: Option<&str>, from: &str, text: &str, to: &str, frame: &str) -> String {
+    let (id, ts) = id_ts(frame);
+    let r = r.map(|r| format!(r#""ref":{r},"#)).unwrap_or_default();
+    format!(
+        r#"{{"command":"message","messages":[{{{r}"user_id":"{from}","message":"{text}","to":"{to}","id":{id},"ts":{ts}}}]}}"#
+    )
+}
+
+/// Refs of both kinds, at their bounds, as JSON.
+const REFS: &[&str] = &[
+    r#""a-1""#,
+    "42",
+    "0",
+    "9007199254740991",
+    r#""é🎉 \"quoted\"""#,
+    r#""xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx""#,
+];
+
+#[tokio::test]
+async fn every_reply_to_a_command_carries_its_ref() {
+    for &r in REFS {
+        let s = start().await;
+        let mut w = Wire::connect(&s).await;
+        // Before login: 401, with the ref.
+        for cmd in ["list", "history", "ack"] {
+            w.expect(
+                &format!(r#"{{"command":"{cmd}","ref":{r},"with":"*","id":1}}"#),
+                &fail_json(Some(r), 401, "login required"),
+            )
+            .await;
+        }
+        // The login ack.
+        w.expect(
+            &format!(r#"{{"command":"login alice/pw-of-alice","ref":{r}}}"#),
+            &format!(r#"{{"command":"message","ref":{r},"messages":[]}}"#),
+        )
+        .await;
+        // list.
+        w.expect(
+            &format!(r#"{{"ref":{r},"command":"list"}}"#),
+            &format!(r#"{{"command":"list","ref":{r},"list":["alice"]}}"#),
+        )
+        .await;
+        // 409: a second login on the session.
+        w.expect(
+            &format!(r#"{{"command":"login","user_id":"bob","password":"x","ref":{r}}}"#),
+            &fail_json(Some(r), 409, "already logged in as alice"),
+        )
+        .await;
+        // history and ack: not served yet.
+        w.expect(
+            &format!(r#"{{"command":"history","with":"*","ref":{r}}}"#),
+            &fail_json(Some(r), 400, "history is not available on this server yet"),
+        )
+        .await;
+        w.expect(
+            &format!(r#"{{"command":"ack","id":5,"ref":{r}}}"#),
+            &fail_json(Some(r), 400, "ack is not available on this server yet"),
+        )
+        .await;
+        // 404: a private message to a user with no account.
+        w.expect(
+            &format!(r#"{{"command":"send","message":"hi","to":"carol","ref":{r}}}"#),
+            &fail_json(Some(r), 404, "no such user: carol"),
+        )
+        .await;
+        // Commands the parser refuses, at every stage, keep their valid ref.
+        let long = "x".repeat(141);
+        for (payload, code) in [
+            (r#"{"command":"dance""#.to_owned(), 400),
+            (r#"{"command":"send""#.to_owned(), 400),
+            (r#"{"command":"send","message":5"#.to_owned(), 400),
+            (r#"{"command":"send","message":"a\nb""#.to_owned(), 400),
+            (format!(r#"{{"command":"send","message":"{long}""#), 413),
+            (
+                r#"{"command":"history","with":"*","before":1,"after":2"#.to_owned(),
+                400,
+            ),
+            (
+                r#"{"command":"history","with":"*","limit":201"#.to_owned(),
+                400,
+            ),
+            (r#"{"command":"ack","id":-1"#.to_owned(), 400),
+            (
+                r#"{"command":"login alice/pw","acks":"yes""#.to_owned(),
+                400,
+            ),
+        ] {
+            let json = format!(r#"{payload},"ref":{r}}}"#);
+            let reason = Command::from_json(json.as_bytes()).unwrap_err().reason;
+            w.expect(&json, &fail_json(Some(r), code, &reason)).await;
+        }
+        // The answer to a send is its echo, the ref inside the message object.
+        w.send(&format!(r#"{{"command":"send","message":"hi","ref":{r}}}"#))
+            .await;
+        let echo = w.recv().await;
+        assert_eq!(echo, chat_json(Some(r), "alice", "hi", "*", &echo));
+        s.shutdown.cancel();
+    }
+}
+
+#[tokio::test]
+async fn a_refused_login_carries_its_ref() {
+    let s = start().await;
+    let _alice = Wire::login(&s, "alice").await;
+    let mut w = Wire::connect(&s).await;
+    w.expect(
+        r#"{"command":"login alice/wrong","ref":"l1"}"#,
+        &fail_json(Some(r#""l1""#), 401, "invalid user id or password"),
+    )
+    .await;
+    w.expect(
+        r#"{"command":"login","user_id":"alice","password":"wrong","ref":2}"#,
+        &fail_json(Some("2"), 401, "invalid user id or password"),
+    )
+    .await;
+    // Still open: the right password, with another ref.
+    w.expect(
+        r#"{"command":"login alice/pw-of-alice","ref":3}"#,
+        r#"{"command":"message","ref":3,"messages":[]}"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_rate_limits_429_carries_the_ref() {
+    let s = start_with(Config {
+        rate_limit: Some(RateLimit {
+            per_sec: 0.01,
+            burst: 1,
+        }),
+        ..config()
+    })
+    .await;
+    let mut w = Wire::login(&s, "alice").await;
+    w.send(r#"{"command":"send","message":"one"}"#).await;
+    let echo = w.recv().await;
+    assert_eq!(echo, chat_json(None, "alice", "one", "*", &echo));
+    w.expect(
+        r#"{"command":"send","message":"two","ref":"r"}"#,
+        &fail_json(
+            Some(r#""r""#),
+            429,
+            "rate limit exceeded, try again in 100 s",
+        ),
+    )
+    .await;
+    w.expect(
+        r#"{"command":"send","message":"two"}"#,
+        &fail_json(None, 429, "rate limit exceeded, try again in 100 s"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_full_mailboxs_503_carries_the_ref() {
+    let s = start_with(Config {
+        store: Arc::new(MemoryStore::new(1)),
+        ..config()
+    })
+    .await;
+    let mut dave = Wire::login(&s, "dave").await;
+    dave.send(r#"{"command":"exit"}"#).await;
+    let mut bob = Wire::login(&s, "bob").await;
+    // Wait until dave is gone: bob's list shows only bob.
+    loop {
+        bob.send(r#"{"command":"list"}"#).await;
+        if bob.recv_chat().await == r#"{"command":"list","list":["bob"]}"# {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    bob.send(r#"{"command":"send","message":"one","to":"dave","ref":1}"#)
+        .await;
+    let echo = bob.recv_chat().await;
+    assert_eq!(echo, chat_json(Some("1"), "bob", "one", "dave", &echo));
+    bob.send(r#"{"command":"send","message":"two","to":"dave","ref":2}"#)
+        .await;
+    assert_eq!(
+        bob.recv_chat().await,
+        fail_json(
+            Some("2"),
+            503,
+            "mailbox full: dave has too many unread messages"
+        )
+    );
+}
+
+#[tokio::test]
+async fn only_the_senders_copy_of_a_public_message_carries_the_ref() {
+    let s = start().await;
+    let mut alice = Wire::login(&s, "alice").await;
+    let mut bob = Wire::login(&s, "bob").await;
+    let mut carol = Wire::login(&s, "carol").await;
+    for r in [r#""p1""#, "7"] {
+        bob.send(&format!(
+            r#"{{"command":"send","message":"hi all","ref":{r}}}"#
+        ))
+        .await;
+        let echo = bob.recv_chat().await;
+        assert_eq!(echo, chat_json(Some(r), "bob", "hi all", "*", &echo));
+        // The others: exactly the same message, without the ref.
+        let plain = chat_json(None, "bob", "hi all", "*", &echo);
+        assert_eq!(alice.recv_chat().await, plain);
+        assert_eq!(carol.recv_chat().await, plain);
+    }
+    // Without a ref, the sender's copy is the others' too.
+    bob.send(r#"{"command":"send","message":"again"}"#).await;
+    let echo = bob.recv_chat().await;
+    let plain = chat_json(None, "bob", "again", "*", &echo);
+    assert_eq!(echo, plain);
+    assert_eq!(alice.recv_chat().await, plain);
+    assert_eq!(carol.recv_chat().await, plain);
+}
+
+#[tokio::test]
+async fn only_the_senders_copy_of_a_private_message_carries_the_ref() {
+    let s = start().await;
+    let mut alice = Wire::login(&s, "alice").await;
+    let mut bob = Wire::login(&s, "bob").await;
+    bob.send(r#"{"command":"send","message":"psst","to":"alice","ref":"q"}"#)
+        .await;
+    let echo = bob.recv_chat().await;
+    assert_eq!(
+        echo,
+        chat_json(Some(r#""q""#), "bob", "psst", "alice", &echo)
+    );
+    assert_eq!(
+        alice.recv_chat().await,
+        chat_json(None, "bob", "psst", "alice", &echo)
+    );
+    // To oneself: one copy, the echo, with the ref.
+    bob.send(r#"{"command":"send","message":"note","to":"bob","ref":99}"#)
+        .await;
+    let echo = bob.recv_chat().await;
+    assert_eq!(echo, chat_json(Some("99"), "bob", "note", "bob", &echo));
+    // Nothing else came: the next reply is the list's.
+    bob.expect(
+        r#"{"command":"list","ref":100}"#,
+        r#"{"command":"list","ref":100,"list":["alice","bob"]}"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_private_message_to_an_offline_user_is_echoed_with_the_ref_and_stored_without() {
+    let s = start().await;
+    let mut carol = Wire::login(&s, "carol").await;
+    carol.send(r#"{"command":"exit"}"#).await;
+    let mut bob = Wire::login(&s, "bob").await;
+    loop {
+        bob.send(r#"{"command":"list"}"#).await;
+        if bob.recv_chat().await == r#"{"command":"list","list":["bob"]}"# {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    bob.send(r#"{"command":"send","message":"later","to":"carol","ref":"off"}"#)
+        .await;
+    let echo = bob.recv_chat().await;
+    assert_eq!(
+        echo,
+        chat_json(Some(r#""off""#), "bob", "later", "carol", &echo)
+    );
+    // Carol's login ack: her own login's ref at the top, the message without bob's.
+    let (id, ts) = id_ts(&echo);
+    let mut carol = Wire::connect(&s).await;
+    carol
+        .expect(
+            r#"{"command":"login carol/pw-of-carol","ref":"L"}"#,
+            &format!(
+                r#"{{"command":"message","ref":"L","messages":[{{"user_id":"bob","message":"later","to":"carol","id":{id},"ts":{ts}}}]}}"#
+            ),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_bad_ref_is_400_without_a_ref_and_the_connection_stays_open() {
+    let s = start().await;
+    let bad = [
+        r#""""#.to_owned(),
+        format!(r#""{}""#, "é".repeat(65)),
+        "1.5".to_owned(),
+        "1.0".to_owned(),
+        "-1".to_owned(),
+        "9007199254740992".to_owned(),
+        "18446744073709551616".to_owned(),
+        "true".to_owned(),
+        "[1]".to_owned(),
+        r#"{"ref":1}"#.to_owned(),
+    ];
+    let reason = "ref must be a string of 1-64 characters or an integer 0 <= n < 2^53";
+    let mut w = Wire::connect(&s).await;
+    for b in &bad {
+        // Before login, a good command and a bad one alike.
+        w.expect(
+            &format!(r#"{{"command":"login alice/pw-of-alice","ref":{b}}}"#),
+            &fail_json(None, 400, reason),
+        )
+        .await;
+        w.expect(
+            &format!(r#"{{"command":"dance","ref":{b}}}"#),
+            &fail_json(None, 400, reason),
+        )
+        .await;
+    }
+    let mut w = Wire::login(&s, "alice").await;
+    for b in &bad {
+        w.expect(
+            &format!(r#"{{"command":"list","ref":{b}}}"#),
+            &fail_json(None, 400, reason),
+        )
+        .await;
+        // Nothing was sent.
+        w.expect(
+            &format!(r#"{{"command":"send","message":"no","ref":{b}}}"#),
+            &fail_json(None, 400, reason),
+        )
+        .await;
+    }
+    w.expect(
+        r#"{"command":"list"}"#,
+        r#"{"command":"list","list":["alice"]}"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_ref_or_with_a_null_one_no_reply_carries_one() {
+    let s = start().await;
+    let mut w = Wire::connect(&s).await;
+    w.expect(
+        r#"{"command":"list"}"#,
+        &fail_json(None, 401, "login required"),
+    )
+    .await;
+    w.expect(
+        r#"{"command":"list","ref":null}"#,
+        &fail_json(None, 401, "login required"),
+    )
+    .await;
+    w.expect(
+        r#"{"command":"login alice/pw-of-alice","ref":null}"#,
+        r#"{"command":"message","messages":[]}"#,
+    )
+    .await;
+    w.expect(
+        r#"{"command":"list","ref":null}"#,
+        r#"{"command":"list","list":["alice"]}"#,
+    )
+    .await;
+    w.expect(
+        r#"{"command":"dance"}"#,
+        &fail_json(None, 400, r#"unknown command: "dance""#),
+    )
+    .await;
+    w.expect(
+        "not json",
+        &fail_json(None, 400, "invalid JSON: expected ident at line 1 column 2"),
+    )
+    .await;
+    w.send(r#"{"command":"send","message":"hi","to":"alice","ref":null}"#)
+        .await;
+    let echo = w.recv().await;
+    assert_eq!(echo, chat_json(None, "alice", "hi", "alice", &echo));
+}
