@@ -3,6 +3,8 @@
 //! the sender's echo with the `ref` inside its message object, and nobody else's copy of
 //! that message carries it (byte for byte the frame a second user receives).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
