@@ -4,6 +4,7 @@
 //! With `tls.rs`, which loads trusted certificates, the only module of the crate that does
 //! I/O.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,10 +18,13 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::codec::{ClientCodec, CodecError};
-use crate::command::Command;
+use crate::command::{Command, Request};
 use crate::reply::{ChatMessage, Reply};
 use crate::tls::{TlsConfig, TlsSetupError};
-use crate::types::{Failure, MessageText, Password, Recipient, UserId};
+use crate::types::{Failure, MessageText, Password, REF_NUMBER_BOUND, Recipient, Ref, UserId};
+
+/// Most replies [`Client::request`] keeps aside while it waits for its answer.
+pub const MAX_REQUEST_BACKLOG: usize = 4096;
 
 /// What can go wrong in a [`Client`].
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,12 @@ pub enum ClientError {
     /// The server answered with a reply that does not fit the request.
     #[error("unexpected reply from the server: {0:?}")]
     Unexpected(Box<Reply>),
+    /// [`Client::request`] kept more than [`MAX_REQUEST_BACKLOG`] other replies aside while waiting
+    /// for its answer (a server that does not answer with refs, version 1, never answers).
+    /// Nothing is lost: the replies kept aside, the one over the bound included, come next
+    /// on the stream, and the answer may still come after them. The connection is fine.
+    #[error("more than {MAX_REQUEST_BACKLOG} other replies arrived before the answer")]
+    Backlog,
 }
 
 impl ClientError {
@@ -104,6 +114,8 @@ impl ClientError {
 pub struct Client {
     sender: ClientSender,
     receiver: ClientReceiver,
+    /// The ref of the next [`Client::request`].
+    next_ref: u64,
 }
 
 impl Client {
@@ -164,7 +176,9 @@ impl Client {
             },
             receiver: ClientReceiver {
                 inner: FramedRead::new(r, ClientCodec::new()),
+                backlog: VecDeque::new(),
             },
+            next_ref: 1,
         }
     }
 
@@ -184,7 +198,8 @@ impl Client {
         let user_id = UserId::new(user_id).map_err(ClientError::Invalid)?;
         let password = Password::new(password).map_err(ClientError::Invalid)?;
         self.sender.send(&Command::login(user_id, password)).await?;
-        match self.next_reply().await? {
+        // From the socket: replies a `request` kept aside came before the login was sent.
+        match self.receiver.read_reply().await? {
             Reply::Message { messages, .. } => Ok(messages),
             Reply::Fail { fail, .. } => Err(ClientError::Refused(fail)),
             other => Err(ClientError::Unexpected(Box::new(other))),
@@ -241,7 +256,53 @@ impl Client {
         self.sender.send(&Command::Exit).await
     }
 
+    /// Sends `command` with the next integer `ref` (1, 2, 3…) and waits for the reply that
+    /// answers it (protocol 1.1): the one carrying that ref. For a `send`, that is the echo:
+    /// a [`Reply::Message`] holding only the sender's copy of the message (its
+    /// [`ChatMessage`]'s `r#ref` set); for any other command, the `fail`, `list`,
+    /// `history` or login ack with the ref. A `fail` is returned as `Ok(Reply::Fail {..})`,
+    /// like any answer.
+    ///
+    /// Every other reply that arrives meanwhile (chat, presence notices, other messages of
+    /// the echo's frame) is kept, in order, and the stream (or [`Client::next_reply`])
+    /// yields it afterwards, before anything newer. `exit` is answered by nothing: do not
+    /// send it with `request`.
+    ///
+    /// ```no_run
+    /// use simpletextim_proto::{Client, Command, Reply};
+    ///
+    /// # async fn run() -> Result<(), simpletextim_proto::ClientError> {
+    /// let mut client = Client::connect("127.0.0.1:5000").await?;
+    /// client.login("alice", "secret").await?;
+    /// let Reply::List { list, .. } = client.request(Command::List).await? else {
+    ///     panic!("a list answers a list");
+    /// };
+    /// println!("online: {list:?}");
+    /// let command = Command::send("bob".parse().unwrap(), "hi".parse().unwrap());
+    /// match client.request(command).await? {
+    ///     Reply::Message { messages, .. } => println!("sent as id {}", messages[0].id),
+    ///     Reply::Fail { fail, .. } => println!("refused: {fail}"),
+    ///     other => println!("unexpected: {other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ClientError::Backlog`] when more than [`MAX_REQUEST_BACKLOG`] other replies arrive first
+    /// (nothing is lost); [`ClientError::Closed`] when the server closes the connection; the
+    /// framing or I/O error.
+    pub async fn request(&mut self, command: Command) -> Result<Reply, ClientError> {
+        let r = Ref::Number(self.next_ref);
+        // Below 2^53, as a ref must be; wraps (after 2^53 requests).
+        self.next_ref = (self.next_ref + 1) % REF_NUMBER_BOUND;
+        self.sender
+            .send_request(&Request::with_ref(command, r.clone()))
+            .await?;
+        self.receiver.wait_for(&r).await
+    }
+
     /// Splits the client into a sending half and a receiving half, for use from two tasks.
+    /// Replies kept aside by [`Client::request`] stay with the receiving half.
     pub fn into_split(self) -> (ClientSender, ClientReceiver) {
         (self.sender, self.receiver)
     }
@@ -268,6 +329,14 @@ impl ClientSender {
     /// The I/O error when the connection is broken.
     pub async fn send(&mut self, command: &Command) -> Result<(), ClientError> {
         self.inner.send(command).await.map_err(ClientError::from)
+    }
+
+    /// Sends a request (a command with its `ref`) and flushes it to the socket.
+    ///
+    /// # Errors
+    /// The I/O error when the connection is broken.
+    pub async fn send_request(&mut self, request: &Request) -> Result<(), ClientError> {
+        self.inner.send(request).await.map_err(ClientError::from)
     }
 
     /// Queues a command without flushing; many fed commands leave in one write at the
@@ -321,10 +390,13 @@ impl ClientSender {
 
 /// The receiving half of a [`Client`]: a [`Stream`] of replies that ends when the server
 /// closes the connection. Its items are those of [`Client`]'s stream: an unreadable reply
-/// is the recoverable `Ok(`[`Reply::Unreadable`]`)`, an `Err` is fatal.
+/// is the recoverable `Ok(`[`Reply::Unreadable`]`)`, an `Err` is fatal. Replies
+/// [`Client::request`] kept aside come first, in the order they arrived.
 #[derive(Debug)]
 pub struct ClientReceiver {
     inner: FramedRead<ReadHalf, ClientCodec>,
+    /// Replies that arrived while [`Client::request`] waited for its answer.
+    backlog: VecDeque<Reply>,
 }
 
 impl ClientReceiver {
@@ -334,10 +406,74 @@ impl ClientReceiver {
     /// # Errors
     /// [`ClientError::Closed`] when the server closed the connection, or the framing error.
     pub async fn next_reply(&mut self) -> Result<Reply, ClientError> {
+        if let Some(r) = self.backlog.pop_front() {
+            return Ok(r);
+        }
+        self.read_reply().await
+    }
+
+    /// The next reply from the socket, past the backlog.
+    async fn read_reply(&mut self) -> Result<Reply, ClientError> {
         match self.inner.next().await {
             Some(r) => r.map_err(ClientError::from),
             None => Err(ClientError::Closed),
         }
+    }
+
+    /// Reads replies until the one answering the request with ref `r`, keeping the others
+    /// in the backlog. An echo's frame is split: the echo is the answer, the messages
+    /// around it go to the backlog (those before it, then those after it).
+    async fn wait_for(&mut self, r: &Ref) -> Result<Reply, ClientError> {
+        loop {
+            let reply = self.read_reply().await?;
+            let reply = match reply {
+                Reply::Message {
+                    r#ref: None,
+                    mut messages,
+                } => match messages.iter().position(|m| m.r#ref.as_ref() == Some(r)) {
+                    Some(i) => {
+                        let after = messages.split_off(i + 1);
+                        // `i` is the echo's index: it is the last of what is left.
+                        let echo = messages.pop();
+                        // The answer came: these are kept even past the bound (one frame).
+                        for part in [messages, after] {
+                            if !part.is_empty() {
+                                self.backlog.push_back(Reply::Message {
+                                    r#ref: None,
+                                    messages: part,
+                                });
+                            }
+                        }
+                        if let Some(echo) = echo {
+                            return Ok(Reply::Message {
+                                r#ref: None,
+                                messages: vec![echo],
+                            });
+                        }
+                        continue;
+                    }
+                    None => Reply::Message {
+                        r#ref: None,
+                        messages,
+                    },
+                },
+                other => other,
+            };
+            if reply.request_ref() == Some(r) {
+                return Ok(reply);
+            }
+            self.keep(reply)?;
+        }
+    }
+
+    /// Keeps a reply for later; past [`MAX_REQUEST_BACKLOG`] it is still kept, and the request
+    /// gives up.
+    fn keep(&mut self, reply: Reply) -> Result<(), ClientError> {
+        self.backlog.push_back(reply);
+        if self.backlog.len() > MAX_REQUEST_BACKLOG {
+            return Err(ClientError::Backlog);
+        }
+        Ok(())
     }
 }
 
@@ -345,6 +481,9 @@ impl Stream for ClientReceiver {
     type Item = Result<Reply, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(r) = self.backlog.pop_front() {
+            return Poll::Ready(Some(Ok(r)));
+        }
         Pin::new(&mut self.inner)
             .poll_next(cx)
             .map(|o| o.map(|r| r.map_err(ClientError::from)))

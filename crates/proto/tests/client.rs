@@ -3,7 +3,10 @@
 use bytes::BytesMut;
 use futures::StreamExt;
 use simpletextim_proto::codec::encode_frame;
-use simpletextim_proto::{Client, ClientError, Reply, UserId};
+use simpletextim_proto::{
+    ChatMessage, Client, ClientError, Command, ErrorCode, MAX_REQUEST_BACKLOG, Recipient, Ref,
+    Reply, Request, UserId,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -79,5 +82,208 @@ async fn an_unreadable_login_answer_is_unexpected_not_fatal_framing() {
     assert!(
         matches!(&err, ClientError::Unexpected(r) if matches!(**r, Reply::Unreadable { .. })),
         "{err:?}"
+    );
+}
+
+// ---- Client::request (protocol 1.1 refs) -------------------------------------------
+
+/// A client connected to a fake server that reads requests and, for each, sends back the
+/// frames `answer` gives (it sees the request's ref); it stays open until the client goes.
+async fn client_answered_by(answer: impl Fn(&Request) -> Vec<String> + Send + 'static) -> Client {
+    use simpletextim_proto::ServerCodec;
+    use tokio_util::codec::FramedRead;
+
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a local port");
+    let addr = listener.local_addr().expect("bound address");
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let (r, mut w) = socket.into_split();
+        let mut requests = FramedRead::new(r, ServerCodec::new());
+        while let Some(Ok(Ok(request))) = requests.next().await {
+            let mut bytes = BytesMut::new();
+            for payload in answer(&request) {
+                encode_frame(payload.as_bytes(), usize::MAX, &mut bytes).expect("no limit");
+            }
+            if w.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    Client::from_stream(TcpStream::connect(addr).await.expect("connect"))
+}
+
+/// A request's ref as JSON.
+fn ref_json(request: &Request) -> String {
+    serde_json::to_string(&request.r#ref).expect("a ref serializes")
+}
+
+fn chat(from: &str, text: &str, id: u64, r#ref: Option<Ref>) -> ChatMessage {
+    ChatMessage {
+        r#ref,
+        user_id: UserId::new(from).expect("a valid id"),
+        message: text.to_owned(),
+        to: Recipient::Everyone,
+        id,
+        ts: 1_764_168_000_000,
+    }
+}
+
+fn chat_json(m: &ChatMessage) -> String {
+    serde_json::to_string(m).expect("a message serializes")
+}
+
+async fn next(client: &mut Client) -> Reply {
+    tokio::time::timeout(std::time::Duration::from_secs(10), client.next())
+        .await
+        .expect("a reply in time")
+        .expect("not closed")
+        .expect("no error")
+}
+
+#[tokio::test]
+async fn a_request_returns_its_answer_and_the_stream_then_yields_what_came_before_in_order() {
+    let mut client = client_answered_by(|req| {
+        let r = ref_json(req);
+        let id = match &req.r#ref {
+            Some(Ref::Number(n)) => *n,
+            other => panic!("an integer ref, got {other:?}"),
+        };
+        vec![
+            r#"{"command":"joined","user_id":"bob"}"#.to_owned(),
+            format!(
+                r#"{{"command":"message","messages":[{}]}}"#,
+                chat_json(&chat("bob", "hi", id, None))
+            ),
+            format!(r#"{{"command":"list","ref":{r},"list":["alice","bob"]}}"#),
+        ]
+    })
+    .await;
+    let list = |n: u64| Reply::List {
+        r#ref: Some(Ref::Number(n)),
+        list: vec![
+            UserId::new("alice").expect("valid"),
+            UserId::new("bob").expect("valid"),
+        ],
+    };
+    // Refs count up from 1.
+    assert_eq!(client.request(Command::List).await.unwrap(), list(1));
+    assert_eq!(client.request(Command::List).await.unwrap(), list(2));
+    for id in [1, 2] {
+        assert_eq!(next(&mut client).await, Reply::Joined { user_id: bob() });
+        assert_eq!(
+            next(&mut client).await,
+            Reply::Message {
+                r#ref: None,
+                messages: vec![chat("bob", "hi", id, None)]
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_sends_answer_is_its_echo_cut_from_its_frame_and_the_rest_comes_after() {
+    let mut client = client_answered_by(|req| {
+        let echo = chat("alice", "mine", 2, req.r#ref.clone());
+        vec![format!(
+            r#"{{"command":"message","messages":[{},{},{}]}}"#,
+            chat_json(&chat("carol", "before", 1, None)),
+            chat_json(&echo),
+            chat_json(&chat("dave", "after", 3, None)),
+        )]
+    })
+    .await;
+    let send = Command::send(Recipient::Everyone, "mine".parse().expect("valid text"));
+    assert_eq!(
+        client.request(send).await.unwrap(),
+        Reply::Message {
+            r#ref: None,
+            messages: vec![chat("alice", "mine", 2, Some(Ref::Number(1)))]
+        }
+    );
+    for m in [
+        chat("carol", "before", 1, None),
+        chat("dave", "after", 3, None),
+    ] {
+        assert_eq!(
+            next(&mut client).await,
+            Reply::Message {
+                r#ref: None,
+                messages: vec![m]
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_fail_with_the_ref_is_the_answer_and_one_without_waits_its_turn() {
+    let mut client = client_answered_by(|req| {
+        vec![
+            r#"{"command":"fail","fail":{"error_code":400,"reason":"not yours"}}"#.to_owned(),
+            format!(
+                r#"{{"command":"fail","ref":{},"fail":{{"error_code":404,"reason":"no such user: carol"}}}}"#,
+                ref_json(req)
+            ),
+        ]
+    })
+    .await;
+    let send = Command::send(
+        Recipient::User(UserId::new("carol").expect("valid")),
+        "hi".parse().expect("valid text"),
+    );
+    assert_eq!(
+        client.request(send).await.unwrap(),
+        Reply::fail(ErrorCode::NotFound, "no such user: carol").with_ref(Some(Ref::Number(1)))
+    );
+    assert_eq!(
+        next(&mut client).await,
+        Reply::fail(ErrorCode::BadRequest, "not yours")
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_ends_the_request_with_backlog_and_nothing_is_lost() {
+    let mut client = client_answered_by(|_| {
+        (0..=MAX_REQUEST_BACKLOG)
+            .map(|i| format!(r#"{{"command":"joined","user_id":"u{i}"}}"#))
+            .collect()
+    })
+    .await;
+    let err = client.request(Command::List).await.unwrap_err();
+    assert!(matches!(err, ClientError::Backlog), "{err:?}");
+    for i in 0..=MAX_REQUEST_BACKLOG {
+        assert_eq!(
+            next(&mut client).await,
+            Reply::Joined {
+                user_id: UserId::new(&format!("u{i}")).expect("valid")
+            }
+        );
+    }
+    // The connection is fine: a second request reads on (and again gets only notices).
+    let err = client.request(Command::List).await.unwrap_err();
+    assert!(matches!(err, ClientError::Backlog), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_backlog_goes_with_the_receiving_half() {
+    let mut client = client_answered_by(|req| {
+        vec![
+            r#"{"command":"left","user_id":"bob"}"#.to_owned(),
+            format!(r#"{{"command":"list","ref":{},"list":[]}}"#, ref_json(req)),
+        ]
+    })
+    .await;
+    assert_eq!(
+        client.request(Command::List).await.unwrap(),
+        Reply::List {
+            r#ref: Some(Ref::Number(1)),
+            list: vec![]
+        }
+    );
+    let (_tx, mut rx) = client.into_split();
+    assert_eq!(
+        rx.next_reply().await.unwrap(),
+        Reply::Left { user_id: bob() }
     );
 }
