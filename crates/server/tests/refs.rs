@@ -467,3 +467,62 @@ async fn without_a_ref_or_with_a_null_one_no_reply_carries_one() {
     let echo = w.recv().await;
     assert_eq!(echo, chat_json(None, "alice", "hi", "alice", &echo));
 }
+
+#[tokio::test]
+async fn the_proto_clients_request_gets_its_answers_from_the_server() {
+    use simpletextim_proto::{Recipient, Ref, Reply};
+
+    let s = start().await;
+    let (mut alice, _) = login(&s, "alice").await;
+    let (mut bob, _) = login(&s, "bob").await;
+    // bob's public message reaches alice while she waits for her list: kept for later.
+    bob.send_public("hello").await.unwrap();
+    let first = next_chat(&mut bob).await;
+    let list = alice.request(Command::List).await.unwrap();
+    assert_eq!(
+        list,
+        Reply::List {
+            r#ref: Some(Ref::Number(1)),
+            list: vec![uid("alice"), uid("bob")]
+        }
+    );
+    let send = Command::send(Recipient::User(uid("bob")), "psst".parse().unwrap());
+    let Reply::Message {
+        r#ref: None,
+        messages,
+    } = alice.request(send).await.unwrap()
+    else {
+        panic!("the echo answers a send");
+    };
+    assert_eq!(messages.len(), 1);
+    let echo = &messages[0];
+    assert_eq!(
+        echo,
+        &simpletextim_proto::ChatMessage {
+            r#ref: Some(Ref::Number(2)),
+            ..chat_like(echo, "alice", "psst", Recipient::User(uid("bob")))
+        }
+    );
+    let unknown = Command::send(Recipient::User(uid("nobody")), "hi".parse().unwrap());
+    assert_eq!(
+        alice.request(unknown).await.unwrap(),
+        fail(
+            simpletextim_proto::ErrorCode::NotFound,
+            "no such user: nobody"
+        )
+        .with_ref(Some(Ref::Number(3)))
+    );
+    // What came meanwhile follows, in order: bob's joined, then his message.
+    assert_eq!(
+        next(&mut alice).await,
+        Reply::Joined {
+            user_id: uid("bob")
+        }
+    );
+    let m = next_chat(&mut alice).await;
+    assert_eq!(m, chat_like(&first, "bob", "hello", Recipient::Everyone));
+    // bob's copy of alice's message has no ref.
+    let got = next_chat(&mut bob).await;
+    assert_eq!(got.r#ref, None);
+    assert_eq!(got.id, echo.id);
+}
