@@ -87,7 +87,16 @@ impl Session {
                     Failure::new(ErrorCode::Unauthorized, "login required"),
                 );
             }
-            Command::Send { to, message } => self.send(to, message, r#ref).await,
+            Command::Send {
+                to: Recipient::Everyone,
+                message,
+            } => self.publish(message, r#ref),
+            // Boxed: only a pointer (not the message and its ref) waits in the session's
+            // future while a private message is stored.
+            Command::Send {
+                to: Recipient::User(to),
+                message,
+            } => Box::pin(self.send_private(to, message, r#ref)).await,
             Command::List => {
                 let list = self.shared.hub.list();
                 self.reply(&Reply::List { r#ref, list });
@@ -113,28 +122,27 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, to: Recipient, message: MessageText, r#ref: Option<Ref>) {
+    /// Sends a public message; the echo carries `r#ref`.
+    fn publish(&mut self, message: MessageText, r#ref: Option<Ref>) {
         let Some(login) = &self.login else { return };
         // The echo carries the ref, encoded once here.
         let echo_ref = r#ref.as_ref().map(encode_ref);
-        match to {
-            Recipient::Everyone => {
-                let hub = &self.shared.hub;
-                hub.publish(&login.user_id, self.conn_id, message, echo_ref.as_ref());
-            }
-            Recipient::User(to) => {
-                let from = login.user_id.clone();
-                let sent = Box::pin(self.shared.hub.send_private(
-                    &from,
-                    self.conn_id,
-                    &to,
-                    message,
-                    echo_ref,
-                ));
-                if let Err(failure) = sent.await {
-                    self.fail_ref(r#ref, failure);
-                }
-            }
+        let hub = &self.shared.hub;
+        hub.publish(&login.user_id, self.conn_id, message, echo_ref.as_ref());
+    }
+
+    /// Sends a private message; the echo, or the `fail`, carries `r#ref`.
+    async fn send_private(&mut self, to: UserId, message: MessageText, r#ref: Option<Ref>) {
+        let Some(login) = &self.login else { return };
+        let echo_ref = r#ref.as_ref().map(encode_ref);
+        let from = login.user_id.clone();
+        let sent = self
+            .shared
+            .hub
+            .send_private(&from, self.conn_id, &to, message, echo_ref)
+            .await;
+        if let Err(failure) = sent {
+            self.fail_ref(r#ref, failure);
         }
     }
 
