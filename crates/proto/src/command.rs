@@ -272,6 +272,22 @@ pub struct Request {
 ///
 /// Invalid JSON, a payload that is not an object and a bad `ref` itself are rejected
 /// without a ref.
+///
+/// ```
+/// use simpletextim_proto::{ErrorCode, Ref, Request};
+///
+/// let long = format!(r#"{{"command":"send","message":"{}","ref":"m7"}}"#, "x".repeat(141));
+/// let rejected = Request::from_json(long.as_bytes()).unwrap_err();
+/// assert_eq!(rejected.r#ref, Some(Ref::text("m7").unwrap()));
+/// assert_eq!(rejected.failure.error_code, ErrorCode::TooLarge);
+///
+/// let rejected = Request::from_json(b"not json").unwrap_err();
+/// assert_eq!(rejected.r#ref, None);
+/// assert_eq!(
+///     rejected.into_reply().to_json(),
+///     br#"{"command":"fail","fail":{"error_code":400,"reason":"invalid JSON: expected ident at line 1 column 2"}}"#
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{failure}")]
 pub struct Rejected {
