@@ -526,3 +526,51 @@ async fn the_proto_clients_request_gets_its_answers_from_the_server() {
     assert_eq!(got.r#ref, None);
     assert_eq!(got.id, echo.id);
 }
+
+/// The debugging listener (one object per line) reads refs and answers with them the same.
+#[tokio::test]
+async fn the_line_listener_carries_refs_too() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::TcpListener;
+
+    let lines = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = lines.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(simpletextim_server::run_listeners(
+        vec![(lines, simpletextim_server::Framing::Lines)],
+        config(),
+        shutdown.clone(),
+    ));
+    let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let mut r = BufReader::new(r);
+    let mut ask = async |json: &str| {
+        w.write_all(format!("{json}\r\n").as_bytes()).await.unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(WAIT, r.read_line(&mut line))
+            .await
+            .expect("no line in time")
+            .unwrap();
+        line
+    };
+    assert_eq!(
+        ask(r#"{"command":"login alice/pw","ref":"l"}"#).await,
+        "{\"command\":\"message\",\"ref\":\"l\",\"messages\":[]}\n"
+    );
+    assert_eq!(
+        ask(r#"{"command":"list","ref":1.5}"#).await,
+        format!(
+            "{}\n",
+            fail_json(
+                None,
+                400,
+                "ref must be a string of 1-64 characters or an integer 0 <= n < 2^53"
+            )
+        )
+    );
+    let echo = ask(r#"{"command":"send","message":"hi","ref":3}"#).await;
+    assert_eq!(
+        echo,
+        format!("{}\n", chat_json(Some("3"), "alice", "hi", "*", &echo))
+    );
+    shutdown.cancel();
+}
