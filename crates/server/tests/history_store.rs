@@ -1,5 +1,6 @@
 //! The kept history of both stores: one suite of checks over `&dyn Store`, run against the
-//! SQLite store (in a temporary directory) and the in-memory store.
+//! SQLite store (in a temporary directory) and the in-memory store, including the
+//! [`HistoryWriter`] in front of each.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,8 +8,8 @@ use std::time::Duration;
 
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use simpletextim_server::store::{
-    Account, Conversation, HistoryPage, HistoryQuery, MemoryStore, PageLimit, Retention,
-    SqliteStore, Store, StoreError,
+    Account, Conversation, HistoryPage, HistoryQuery, HistoryStats, HistoryWriter, MemoryStore,
+    PageLimit, ReserveError, Retention, SqliteStore, Store, StoreError,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -425,6 +426,41 @@ mod suite {
         assert_eq!(kept(store).await?, [0u64; 0], "by age");
         Ok(())
     }
+
+    pub async fn the_writer_group_commits_in_order(store: Arc<dyn Store>) -> TestResult {
+        let writer = HistoryWriter::spawn(Arc::clone(&store), 8192);
+        // Pushed without yielding: the writer task (on this single-threaded runtime) finds
+        // all 5000 queued, and commits them 1024 at a time.
+        for id in 1..=5000 {
+            writer
+                .try_reserve()?
+                .push(msg(id, "a", if id % 2 == 0 { "*" } else { "b" }));
+        }
+        assert_eq!(writer.stats().queued, 5000);
+        writer.flush().await;
+        assert_eq!(
+            writer.stats(),
+            HistoryStats {
+                queued: 0,
+                committed: 5000,
+                failed: 0,
+                batches: 5
+            }
+        );
+        let page = store
+            .history(public(), HistoryQuery::Latest, limit(3))
+            .await?;
+        assert_eq!(ids(&page), [4996, 4998, 5000]);
+        let page = store
+            .history(between("a", "b"), HistoryQuery::After(0), limit(3))
+            .await?;
+        assert_eq!(ids(&page), [1, 3, 5]);
+        assert_eq!(store.max_message_id().await?, 5000);
+        writer.close().await;
+        assert!(matches!(writer.try_reserve(), Err(ReserveError::Closed)));
+        assert!(matches!(writer.reserve().await, Err(ReserveError::Closed)));
+        Ok(())
+    }
 }
 
 /// Runs every check of [`suite`] against the backend `$make` builds.
@@ -451,6 +487,12 @@ macro_rules! suite_for {
             check!(deleting_an_account_deletes_its_private_history);
             check!(retention_by_count_prunes_the_oldest_in_batches);
             check!(retention_by_age_prunes_the_oldest_in_batches);
+
+            #[tokio::test]
+            async fn the_writer_group_commits_in_order() -> TestResult {
+                let backend = super::$backend()?;
+                suite::the_writer_group_commits_in_order(Arc::clone(&backend.store)).await
+            }
         }
     };
 }

@@ -18,17 +18,23 @@
 //!
 //! **History.** Every public and private message is kept per [`Conversation`] until the
 //! operator's [`Retention`] prunes it ([`Store::append_history`], [`Store::history`],
-//! [`Store::prune_history`]).
+//! [`Store::prune_history`]). The live path does not wait for it: [`HistoryWriter`] hands
+//! messages to the store in group commits, and [`run_retention`] prunes in the background.
 //! A private message to an offline user is the exception: [`Store::enqueue`] writes its
 //! history row in the transaction of its mailbox row, before the sender's echo.
 
 mod history;
 mod memory;
 mod sqlite;
+mod writer;
 
 pub use history::{Conversation, HistoryPage, HistoryQuery, PageLimit, Retention};
 pub use memory::MemoryStore;
 pub use sqlite::{AccountInfo, DB_FILE_NAME, OpenError, SCHEMA_VERSION, SqliteStore};
+pub use writer::{
+    HISTORY_QUEUE, HistoryPermit, HistoryStats, HistoryWriter, PRUNE_BATCH, ReserveError,
+    run_retention,
+};
 
 use std::time::Duration;
 
@@ -163,6 +169,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`RevocationKind::AccountDeleted`] revocation, in one transaction; returns how many
     /// messages the mailbox held. The message-id high-water mark is kept.
     ///
+    /// Private messages of the account that a [`HistoryWriter`] still holds (the last few
+    /// milliseconds before the deletion) are written after it.
+    ///
     /// The default refuses: a store that supports administration overrides it.
     ///
     /// # Errors
@@ -233,7 +242,7 @@ pub trait Store: Send + Sync + 'static {
     /// `now_ms` (Unix milliseconds): first the oldest (lowest ids) beyond
     /// [`Retention::max_messages`], then the oldest (lowest `ts`) older than
     /// [`Retention::max_age`]. One short transaction, so a background task calls it
-    /// repeatedly until it returns less than `max_rows`. Returns
+    /// repeatedly until it returns less than `max_rows` (see [`run_retention`]). Returns
     /// how many it deleted.
     ///
     /// The default has nothing to delete.
