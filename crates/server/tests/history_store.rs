@@ -1,15 +1,18 @@
 //! The kept history of both stores: one suite of checks over `&dyn Store`, run against the
 //! SQLite store (in a temporary directory) and the in-memory store, including the
-//! [`HistoryWriter`] in front of each.
+//! [`HistoryWriter`] in front of each; then what only the SQLite store has: the migration
+//! from schema version 2, atomic batches, survival across reopening.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rusqlite::Connection;
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use simpletextim_server::store::{
-    Account, Conversation, HistoryPage, HistoryQuery, HistoryStats, HistoryWriter, MemoryStore,
-    PageLimit, ReserveError, Retention, SqliteStore, Store, StoreError,
+    Account, Conversation, DB_FILE_NAME, HistoryPage, HistoryQuery, HistoryStats, HistoryWriter,
+    MemoryStore, PageLimit, ReserveError, Retention, SCHEMA_VERSION, SqliteStore, Store,
+    StoreError,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -499,3 +502,156 @@ macro_rules! suite_for {
 
 suite_for!(sqlite);
 suite_for!(memory);
+
+/// The schema of version 2, exactly as the version-2 server wrote it (migrations 1 and 2).
+const SCHEMA_V2: &str = "CREATE TABLE accounts (
+         key           TEXT PRIMARY KEY NOT NULL,
+         user_id       TEXT NOT NULL,
+         password_hash TEXT NOT NULL,
+         created_ms    INTEGER NOT NULL,
+         mailbox_len   INTEGER NOT NULL DEFAULT 0
+     ) WITHOUT ROWID;
+     CREATE TABLE mailbox (
+         id        INTEGER PRIMARY KEY,
+         recipient TEXT NOT NULL,
+         sender    TEXT NOT NULL,
+         message   TEXT NOT NULL,
+         to_user   TEXT NOT NULL,
+         ts        INTEGER NOT NULL
+     );
+     CREATE INDEX mailbox_by_recipient ON mailbox (recipient, id);
+     -- Keeps accounts.mailbox_len equal to the recipient's row count whoever writes (even
+     -- the sqlite3 shell), so the cap check is one row lookup, not a count of the mailbox.
+     CREATE TRIGGER mailbox_insert AFTER INSERT ON mailbox BEGIN
+         UPDATE accounts SET mailbox_len = mailbox_len + 1 WHERE key = NEW.recipient;
+     END;
+     CREATE TRIGGER mailbox_delete AFTER DELETE ON mailbox BEGIN
+         UPDATE accounts SET mailbox_len = mailbox_len - 1 WHERE key = OLD.recipient;
+     END;
+     CREATE TABLE meta (
+         name  TEXT PRIMARY KEY NOT NULL,
+         value INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     INSERT INTO meta (name, value) VALUES ('max_message_id', 0);
+     CREATE TABLE revocations (
+         id    INTEGER PRIMARY KEY AUTOINCREMENT,
+         key   TEXT NOT NULL,
+         at_ms INTEGER NOT NULL,
+         kind  TEXT NOT NULL CHECK (kind IN ('password', 'deleted'))
+     );
+     CREATE INDEX revocations_by_time ON revocations (at_ms);";
+
+/// The definitions of every table, index and trigger of the database `db`, by name.
+fn schema(db: &Path) -> Result<Vec<(String, String)>, rusqlite::Error> {
+    let conn = Connection::open(db)?;
+    let mut stmt = conn
+        .prepare("SELECT name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY type, name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+#[tokio::test]
+async fn a_version_2_database_gets_history_and_keeps_its_data() -> TestResult {
+    let dir = tempdir()?;
+    let db = dir.path().join(DB_FILE_NAME);
+    std::fs::write(&db, b"")?;
+    chmod(&db, 0o600)?;
+    {
+        let conn = Connection::open(&db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(SCHEMA_V2)?;
+        conn.pragma_update(None, "user_version", 2)?;
+        conn.execute(
+            "INSERT INTO accounts (key, user_id, password_hash, created_ms) VALUES \
+             ('alice', 'Alice', ?1, 1), ('bob', 'bob', ?2, 1)",
+            [account("Alice").password_hash, account("bob").password_hash],
+        )?;
+        // Two messages waiting for alice, from "Bob" to "ALICE" and from "carol".
+        conn.execute(
+            "INSERT INTO mailbox (id, recipient, sender, message, to_user, ts) VALUES \
+             (41, 'alice', 'Bob', 'message 41 from Bob', 'ALICE', 1000041), \
+             (43, 'alice', 'zed', 'message 43 from zed', 'alice', 1000043)",
+            [],
+        )?;
+        conn.execute(
+            "UPDATE meta SET value = 43 WHERE name = 'max_message_id'",
+            [],
+        )?;
+        conn.execute(
+            "INSERT INTO revocations (key, at_ms, kind) VALUES ('bob', 5, 'password')",
+            [],
+        )?;
+    }
+
+    let store = SqliteStore::open(dir.path(), CAP)?;
+    assert_eq!(store.account("alice".into()).await?, Some(account("Alice")));
+    assert_eq!(
+        store.pending("alice".into()).await?,
+        vec![msg(41, "Bob", "ALICE"), msg(43, "zed", "alice")]
+    );
+    assert_eq!(store.max_message_id().await?, 43);
+    assert_eq!(store.last_revocation_id().await?, 1);
+    // The pending messages are the first rows of their conversations' history.
+    let latest = |c| store.history(c, HistoryQuery::Latest, PageLimit::DEFAULT);
+    assert_eq!(
+        latest(between("bob", "alice")).await?.messages,
+        vec![msg(41, "Bob", "ALICE")]
+    );
+    assert_eq!(ids(&latest(between("alice", "zed")).await?), [43]);
+    // Counted for retention: keeping one prunes one, the oldest.
+    let keep1 = Retention {
+        max_age: None,
+        max_messages: Some(1),
+    };
+    assert_eq!(store.prune_history(keep1, 0, 10).await?, 1);
+    assert_eq!(ids(&latest(between("bob", "alice")).await?), [0u64; 0]);
+    assert_eq!(ids(&latest(between("alice", "zed")).await?), [43]);
+    drop(store);
+
+    let conn = Connection::open(&db)?;
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    assert_eq!((version, SCHEMA_VERSION), (3, 3));
+    drop(conn);
+    let fresh = tempdir()?;
+    drop(SqliteStore::open(fresh.path(), CAP)?);
+    assert_eq!(schema(&db)?, schema(&fresh.path().join(DB_FILE_NAME))?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_keeps_nothing() -> TestResult {
+    let backend = sqlite()?;
+    let store = &backend.store;
+    // An id SQLite cannot hold fails the whole call, the rows before it included.
+    let r = store
+        .append_history(vec![msg(1, "a", "*"), msg_at(u64::MAX, "a", "*", 1)])
+        .await;
+    assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    let latest = || store.history(public(), HistoryQuery::Latest, PageLimit::DEFAULT);
+    assert_eq!(ids(&latest().await?), [0u64; 0]);
+    assert_eq!(store.max_message_id().await?, 0);
+    store.append_history(vec![msg(1, "a", "*")]).await?;
+    assert_eq!(ids(&latest().await?), [1]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_survives_reopening() -> TestResult {
+    let dir = tempdir()?;
+    let store = SqliteStore::open(dir.path(), CAP)?;
+    store
+        .append_history(vec![msg(1, "a", "*"), msg(2, "a", "B")])
+        .await?;
+    drop(store);
+    let store = SqliteStore::open(dir.path(), CAP)?;
+    let p = store
+        .history(public(), HistoryQuery::Latest, PageLimit::DEFAULT)
+        .await?;
+    assert_eq!(p.messages, vec![msg(1, "a", "*")]);
+    let p = store
+        .history(between("b", "A"), HistoryQuery::Latest, PageLimit::DEFAULT)
+        .await?;
+    assert_eq!(p.messages, vec![msg(2, "a", "B")]);
+    assert_eq!(store.max_message_id().await?, 2);
+    Ok(())
+}
