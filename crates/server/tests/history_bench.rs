@@ -6,7 +6,8 @@
 //! ```
 //!
 //! 1. messages/s handed through a [`HistoryWriter`] (public and private, 140 characters)
-//!    until all are committed, and the batches that took;
+//!    until all are committed, the batches that took, and meanwhile the latency of an
+//!    account lookup (what a login asks the store) made every millisecond;
 //! 2. history pages/s (50 messages, latest / before / after, public and private) on the
 //!    table those left, one request at a time and 64 at once;
 //! 3. how long one [`Store::prune_history`] batch of 1000 rows holds the store.
@@ -86,7 +87,23 @@ async fn measure_history_throughput() -> TestResult {
     let text = "x".repeat(140);
     let t0_ms = 1_764_168_000_000u64;
 
-    // 1. Through the writer, as the hub would hand them over.
+    // 1. Through the writer, as the hub would hand them over, with account lookups beside.
+    let lookups = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            let mut latencies = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let stop = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < stop {
+                tick.tick().await;
+                let t = Instant::now();
+                store.account("nobody".into()).await?;
+                latencies.push(t.elapsed());
+            }
+            Ok::<_, simpletextim_server::store::StoreError>(latencies)
+        }
+    });
     let writer = HistoryWriter::spawn(
         Arc::clone(&store),
         simpletextim_server::store::HISTORY_QUEUE,
@@ -116,6 +133,16 @@ async fn measure_history_throughput() -> TestResult {
         stats.committed as f64 / stats.batches.max(1) as f64,
         stats.failed,
         db_size(dir.path()) as f64 / 1e6,
+    );
+    let mut latencies = lookups.await??;
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    println!(
+        "account lookups meanwhile: {} in the first 3 s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0),
     );
 
     // 2. Pages of 50, one at a time, then 64 at once.

@@ -10,9 +10,9 @@ use std::time::Duration;
 use rusqlite::Connection;
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use simpletextim_server::store::{
-    Account, Conversation, DB_FILE_NAME, HistoryPage, HistoryQuery, HistoryStats, HistoryWriter,
-    MemoryStore, PageLimit, ReserveError, Retention, SCHEMA_VERSION, SqliteStore, Store,
-    StoreError,
+    Account, Conversation, DB_FILE_NAME, HISTORY_BATCH, HistoryPage, HistoryQuery, HistoryStats,
+    HistoryWriter, MemoryStore, PageLimit, ReserveError, Retention, SCHEMA_VERSION, SqliteStore,
+    Store, StoreError,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -431,9 +431,10 @@ mod suite {
     }
 
     pub async fn the_writer_group_commits_in_order(store: Arc<dyn Store>) -> TestResult {
+        assert_eq!(HISTORY_BATCH, 128);
         let writer = HistoryWriter::spawn(Arc::clone(&store), 8192);
         // Pushed without yielding: the writer task (on this single-threaded runtime) finds
-        // all 5000 queued, and commits them 1024 at a time.
+        // all 5000 queued, and commits them HISTORY_BATCH (128) at a time: 40 writes.
         for id in 1..=5000 {
             writer
                 .try_reserve()?
@@ -447,7 +448,7 @@ mod suite {
                 queued: 0,
                 committed: 5000,
                 failed: 0,
-                batches: 5
+                batches: 5000usize.div_ceil(HISTORY_BATCH) as u64
             }
         );
         let page = store

@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use simpletextim_server::store::{
-    Account, Conversation, HistoryPage, HistoryQuery, HistoryStats, HistoryWriter, MemoryStore,
-    PRUNE_BATCH, PageLimit, ReserveError, Retention, Store, StoreError, run_retention,
+    Account, Conversation, HISTORY_BATCH, HistoryPage, HistoryQuery, HistoryStats, HistoryWriter,
+    MemoryStore, PRUNE_BATCH, PageLimit, ReserveError, Retention, Store, StoreError, run_retention,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -176,7 +176,7 @@ fn stats(queued: u64, committed: u64, failed: u64, batches: u64) -> HistoryStats
 }
 
 #[tokio::test]
-async fn what_accumulates_during_a_write_is_committed_in_one_in_order() -> TestResult {
+async fn what_accumulates_during_a_write_is_committed_in_full_batches_in_order() -> TestResult {
     let store = TestStore::new(true);
     let writer = HistoryWriter::spawn(store.clone(), 8192);
     writer.reserve().await?.push(msg(1));
@@ -189,8 +189,10 @@ async fn what_accumulates_during_a_write_is_committed_in_one_in_order() -> TestR
     assert_eq!(writer.stats(), stats(1000, 0, 0, 0));
     store.open();
     writer.flush().await;
-    assert_eq!(writer.stats(), stats(0, 1000, 0, 2));
-    assert_eq!(store.appends.load(Ordering::SeqCst), 2);
+    // One write for message 1, then 999 in batches of 128: 7 full ones and 103.
+    assert_eq!(HISTORY_BATCH, 128);
+    assert_eq!(writer.stats(), stats(0, 1000, 0, 9));
+    assert_eq!(store.appends.load(Ordering::SeqCst), 9);
     assert_eq!(store.kept().await?, (1..=1000).collect::<Vec<u64>>());
     Ok(())
 }
@@ -328,5 +330,29 @@ async fn retention_prunes_in_batches_then_sleeps_until_shutdown() -> TestResult 
     );
     tokio::time::timeout(Duration::from_secs(10), forever).await?;
     assert_eq!(store.prunes.load(Ordering::SeqCst), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn messages_trickling_in_share_writes_at_most_one_per_5_ms() -> TestResult {
+    let store = TestStore::new(false);
+    let writer = HistoryWriter::spawn(store.clone(), 8192);
+    let start = std::time::Instant::now();
+    for id in 1..=50 {
+        writer.reserve().await?.push(msg(id));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    writer.flush().await;
+    let elapsed = start.elapsed();
+    // Writes start at least 5 ms apart, so a span of T ms holds at most T / 5 + 1.
+    let most = u64::try_from(elapsed.as_millis() / 5 + 1)?;
+    let s = writer.stats();
+    assert_eq!((s.committed, s.failed), (50, 0));
+    assert!(
+        (2..=most).contains(&s.batches),
+        "{} writes in {elapsed:?}",
+        s.batches
+    );
+    assert_eq!(store.kept().await?, (1..=50).collect::<Vec<u64>>());
     Ok(())
 }

@@ -32,8 +32,18 @@ use super::{Retention, Store};
 pub const HISTORY_QUEUE: usize = 8192;
 
 /// Most messages one history transaction holds: bounds how long one write keeps the store
-/// busy (other requests wait behind it) while a backlog is worked off.
-const MAX_WRITE: usize = 1024;
+/// thread busy (a login's lookup or an offline message waits behind it) while a backlog is
+/// worked off. 128 rows take about 4 ms with the commit on a 2-core VM; at 1024 a saturated
+/// writer made account lookups wait 65 ms at the 99th percentile instead of 9–17 ms, for
+/// no more throughput (docs/ARCHITECTURE.md, *Store*).
+pub const HISTORY_BATCH: usize = 128;
+
+/// Least time between the starts of two history writes: at most 200 history commits (and
+/// fsyncs) a second however the messages trickle in, for at most this much more history
+/// lost by a crash, and the store thread idle between writes for the other requests. With
+/// [`HISTORY_BATCH`] it caps the history written at 25 600 messages a second; above that,
+/// [`HistoryWriter::reserve`] waits (backpressure on the senders).
+const WRITE_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Rows [`run_retention`] deletes per [`Store::prune_history`] call: a transaction of a
 /// few milliseconds, so the store thread serves other requests between batches.
@@ -164,7 +174,7 @@ impl HistoryWriter {
             capacity,
             slots: Arc::new(Semaphore::new(capacity)),
             queue: Mutex::new(Queue {
-                messages: VecDeque::with_capacity(capacity.min(MAX_WRITE)),
+                messages: VecDeque::with_capacity(capacity.min(HISTORY_BATCH)),
                 pushed: 0,
             }),
             wake: Notify::new(),
@@ -274,13 +284,18 @@ impl Drop for HistoryPermit {
     }
 }
 
-/// The writing task: commits what accumulated, at most [`MAX_WRITE`] messages at a time,
-/// until the writer is closed, nothing is queued, and no permit is out.
+/// The writing task: commits what accumulated, at most [`HISTORY_BATCH`] messages at a time and
+/// one write per [`WRITE_INTERVAL`], until the writer is closed, nothing is queued, and no
+/// permit is out.
 async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
+    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(last) = last_write {
+            tokio::time::sleep_until(last + WRITE_INTERVAL).await;
+        }
         let batch: Vec<ChatMessage> = {
             let mut queue = shared.queue();
-            let n = queue.messages.len().min(MAX_WRITE);
+            let n = queue.messages.len().min(HISTORY_BATCH);
             queue.messages.drain(..n).collect()
         };
         if batch.is_empty() {
@@ -294,6 +309,7 @@ async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
             continue;
         }
         let n = batch.len();
+        last_write = Some(tokio::time::Instant::now());
         match store.append_history(batch).await {
             Ok(()) => {
                 shared.committed.fetch_add(n as u64, Ordering::Relaxed);
