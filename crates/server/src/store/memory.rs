@@ -94,12 +94,15 @@ impl History {
         HistoryPage { messages, more }
     }
 
+    /// What [`Store::prune_history`] does: the oldest ids beyond the count, then the
+    /// oldest times (ties: lowest id) beyond the age, `max_rows` in all.
     fn prune(&mut self, retention: Retention, now_ms: u64, max_rows: u64) -> u64 {
-        let mut deleted = 0;
+        let budget = usize::try_from(max_rows).unwrap_or(usize::MAX);
+        let mut deleted: usize = 0;
         if let Some(max) = retention.max_messages {
-            let kept = self.by_id.len() as u64;
-            let over = kept.saturating_sub(max).min(max_rows);
-            let oldest: Vec<u64> = self.by_id.keys().take(over as usize).copied().collect();
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            let over = self.by_id.len().saturating_sub(max).min(budget);
+            let oldest: Vec<u64> = self.by_id.keys().take(over).copied().collect();
             for id in oldest {
                 self.remove(id);
                 deleted += 1;
@@ -113,12 +116,12 @@ impl History {
                 .map(|(&id, (_, m))| (m.ts, id))
                 .collect();
             old.sort_unstable();
-            for (_, id) in old.into_iter().take((max_rows - deleted) as usize) {
+            for (_, id) in old.into_iter().take(budget - deleted) {
                 self.remove(id);
                 deleted += 1;
             }
         }
-        deleted
+        deleted as u64
     }
 
     /// Forgets every private conversation of `user_key`.
