@@ -177,7 +177,8 @@ impl MemoryStore {
         f: impl FnOnce(&mut Inner) -> Result<T, StoreError>,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         // A poisoned lock means a panic while mutating plain maps; the data is still
-        // consistent (every mutation is a single insert/remove), so carry on.
+        // usable (a mutation cut short leaves at worst a history id without its message,
+        // which pages skip), so carry on.
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         ready(f(&mut inner)).boxed()
     }

@@ -117,8 +117,9 @@ pub trait Store: Send + Sync + 'static {
     fn create_account(&self, account: Account) -> BoxFuture<'static, Result<(), StoreError>>;
 
     /// Stores a private message for the offline user `recipient_key`, and its history row
-    /// (as [`Store::append_history`] would) in the same transaction. Durable when the
-    /// future resolves.
+    /// (as [`Store::append_history`] would: kept once per id, so storing again a message
+    /// that a cut-off session still held adds no second row) in the same transaction.
+    /// Durable when the future resolves.
     ///
     /// Fails with [`StoreError::NoSuchUser`] when the recipient has no account and with
     /// [`StoreError::MailboxFull`] when the mailbox is at its cap; nothing is stored then.

@@ -87,7 +87,8 @@ pub struct HistoryStats {
 ///
 /// Cloning gives another handle to the same writer. The writer closes when
 /// [`HistoryWriter::close`] is called or every handle is dropped; messages pushed until
-/// then are still written.
+/// then (and by permits still held) are still written. Its task holds the store until
+/// then: at shutdown, close the writer before the store.
 #[derive(Clone)]
 pub struct HistoryWriter {
     shared: Arc<Shared>,
