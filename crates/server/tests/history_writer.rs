@@ -356,3 +356,36 @@ async fn messages_trickling_in_share_writes_at_most_one_per_5_ms() -> TestResult
     assert_eq!(store.kept().await?, (1..=50).collect::<Vec<u64>>());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn senders_reserving_before_a_lock_and_pushing_under_it_keep_id_order() -> TestResult {
+    // As the hub does: a slot first (waiting while the small writer is full), then the id
+    // and the push under one lock, so the writer's order is the id order.
+    let store = TestStore::new(false);
+    let writer = HistoryWriter::spawn(store.clone(), 64);
+    let hub = Arc::new(std::sync::Mutex::new(0u64));
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let (writer, hub) = (writer.clone(), Arc::clone(&hub));
+            tokio::spawn(async move {
+                for _ in 0..2000 {
+                    let permit = writer.reserve().await?;
+                    let mut next_id = hub.lock().unwrap_or_else(|p| p.into_inner());
+                    *next_id += 1;
+                    permit.push(msg(*next_id));
+                }
+                Ok::<(), ReserveError>(())
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await??;
+    }
+    writer.flush().await;
+    let s = writer.stats();
+    assert_eq!((s.queued, s.committed, s.failed), (0, 16_000, 0));
+    // A write holds at most the 64 slots.
+    assert!(s.batches >= 16_000 / 64, "{} writes", s.batches);
+    assert_eq!(store.kept().await?, (1..=16_000).collect::<Vec<u64>>());
+    Ok(())
+}
