@@ -9,8 +9,8 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use simpletextim_server::store::{
-    Account, AccountInfo, DB_FILE_NAME, OpenError, REVOCATION_KEEP, Revocation, RevocationKind,
-    SCHEMA_VERSION, SqliteStore, Store, StoreError,
+    Account, AccountInfo, Conversation, DB_FILE_NAME, HistoryQuery, OpenError, PageLimit,
+    REVOCATION_KEEP, Revocation, RevocationKind, SCHEMA_VERSION, SqliteStore, Store, StoreError,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -377,6 +377,7 @@ fn an_empty_directory_is_created_and_migrated() -> TestResult {
         tables,
         [
             "accounts",
+            "history",
             "mailbox",
             "meta",
             "revocations",
@@ -808,7 +809,8 @@ fn schema(db: &Path) -> Result<Vec<(String, String)>, rusqlite::Error> {
 }
 
 #[tokio::test]
-async fn a_version_1_database_is_migrated_to_version_2_and_keeps_its_data() -> TestResult {
+async fn a_version_1_database_is_migrated_to_the_current_version_and_keeps_its_data() -> TestResult
+{
     let dir = tempdir()?;
     let db = dir.path().join(DB_FILE_NAME);
     // A version-1 database with an account, a second one holding a message, and the
@@ -848,6 +850,16 @@ async fn a_version_1_database_is_migrated_to_version_2_and_keeps_its_data() -> T
         vec![msg(41, "bob", "alice")]
     );
     assert_eq!(store.max_message_id().await?, 41);
+    // Version 3 kept the pending message as the first row of its conversation's history.
+    let page = store
+        .history(
+            Conversation::between(&uid("bob"), &uid("alice")),
+            HistoryQuery::Latest,
+            PageLimit::DEFAULT,
+        )
+        .await?;
+    assert_eq!(page.messages, vec![msg(41, "bob", "alice")]);
+    assert!(!page.more);
     let listed: Vec<u64> = store
         .list_accounts()
         .await?
@@ -863,7 +875,7 @@ async fn a_version_1_database_is_migrated_to_version_2_and_keeps_its_data() -> T
 
     let conn = Connection::open(&db)?;
     let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    assert_eq!((version, SCHEMA_VERSION), (2, 2));
+    assert_eq!((version, SCHEMA_VERSION), (3, 3));
     drop(conn);
     // The same schema as a database created by this version.
     let fresh = tempdir()?;

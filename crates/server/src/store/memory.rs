@@ -1,14 +1,17 @@
 //! An in-memory [`Store`]: for tests and servers that need nothing to survive a restart.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use futures::future::{BoxFuture, FutureExt, ready};
 use simpletextim_proto::ChatMessage;
 
-use super::{Account, REVOCATION_KEEP, Revocation, RevocationKind, Store, StoreError};
+use super::{
+    Account, Conversation, HistoryPage, HistoryQuery, PageLimit, REVOCATION_KEEP, Retention,
+    Revocation, RevocationKind, Store, StoreError,
+};
 
-/// Accounts and mailboxes in process memory. Each operation completes synchronously under
+/// Accounts, mailboxes and history in process memory. Each operation completes synchronously under
 /// one lock, so the ordering contract of [`Store`] holds trivially.
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -24,6 +27,120 @@ struct Inner {
     /// Oldest first; none older than [`REVOCATION_KEEP`] after a revocation is recorded.
     revocations: VecDeque<Revocation>,
     last_revocation_id: u64,
+    history: History,
+}
+
+/// The kept history: every message by id, and the ids of each conversation.
+#[derive(Debug, Default)]
+struct History {
+    /// Every kept message with its conversation's key, by id (so oldest id first).
+    by_id: BTreeMap<u64, (String, ChatMessage)>,
+    /// The ids of each conversation with kept messages, by its key.
+    by_conversation: HashMap<String, BTreeSet<u64>>,
+}
+
+impl History {
+    /// Keeps `message` unless its id is kept already.
+    fn insert(&mut self, message: ChatMessage) {
+        if self.by_id.contains_key(&message.id) {
+            return;
+        }
+        let key = Conversation::of(&message.user_id, &message.to)
+            .key()
+            .to_owned();
+        self.by_conversation
+            .entry(key.clone())
+            .or_default()
+            .insert(message.id);
+        self.by_id.insert(message.id, (key, message));
+    }
+
+    /// Forgets the message `id`.
+    fn remove(&mut self, id: u64) {
+        let Some((key, _)) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(ids) = self.by_conversation.get_mut(&key) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_conversation.remove(&key);
+            }
+        }
+    }
+
+    fn page(&self, conversation: &Conversation, query: HistoryQuery, limit: usize) -> HistoryPage {
+        let Some(ids) = self.by_conversation.get(conversation.key()) else {
+            return HistoryPage::default();
+        };
+        // One more than the limit, in the direction asked: whether there is more.
+        let mut picked: Vec<u64> = match query {
+            HistoryQuery::Latest => ids.iter().rev().take(limit + 1).copied().collect(),
+            HistoryQuery::Before(id) => ids.range(..id).rev().take(limit + 1).copied().collect(),
+            HistoryQuery::After(id) => ids
+                .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded))
+                .take(limit + 1)
+                .copied()
+                .collect(),
+        };
+        let more = picked.len() > limit;
+        picked.truncate(limit);
+        if query.goes_back() {
+            picked.reverse();
+        }
+        let messages = picked
+            .iter()
+            .filter_map(|id| self.by_id.get(id).map(|(_, m)| m.clone()))
+            .collect();
+        HistoryPage { messages, more }
+    }
+
+    /// What [`Store::prune_history`] does: the oldest ids beyond the count, then the
+    /// oldest times (ties: lowest id) beyond the age, `max_rows` in all.
+    fn prune(&mut self, retention: Retention, now_ms: u64, max_rows: u64) -> u64 {
+        let budget = usize::try_from(max_rows).unwrap_or(usize::MAX);
+        let mut deleted: usize = 0;
+        if let Some(max) = retention.max_messages {
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            let over = self.by_id.len().saturating_sub(max).min(budget);
+            let oldest: Vec<u64> = self.by_id.keys().take(over).copied().collect();
+            for id in oldest {
+                self.remove(id);
+                deleted += 1;
+            }
+        }
+        if let Some(cutoff) = retention.cutoff_ms(now_ms) {
+            let mut old: Vec<(u64, u64)> = self
+                .by_id
+                .iter()
+                .filter(|(_, (_, m))| m.ts < cutoff)
+                .map(|(&id, (_, m))| (m.ts, id))
+                .collect();
+            old.sort_unstable();
+            for (_, id) in old.into_iter().take(budget - deleted) {
+                self.remove(id);
+                deleted += 1;
+            }
+        }
+        deleted as u64
+    }
+
+    /// Forgets every private conversation of `user_key`.
+    fn remove_user(&mut self, user_key: &str) {
+        let keys: Vec<String> = self
+            .by_conversation
+            .keys()
+            .filter(|k| {
+                k.split_once('/')
+                    .is_some_and(|(a, b)| a == user_key || b == user_key)
+            })
+            .cloned()
+            .collect();
+        for key in keys {
+            for id in self.by_conversation.remove(&key).unwrap_or_default() {
+                self.by_id.remove(&id);
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -60,7 +177,8 @@ impl MemoryStore {
         f: impl FnOnce(&mut Inner) -> Result<T, StoreError>,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         // A poisoned lock means a panic while mutating plain maps; the data is still
-        // consistent (every mutation is a single insert/remove), so carry on.
+        // usable (a mutation cut short leaves at worst a history id without its message,
+        // which pages skip), so carry on.
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         ready(f(&mut inner)).boxed()
     }
@@ -99,7 +217,8 @@ impl Store for MemoryStore {
             i.max_id = i.max_id.max(message.id);
             // Oldest (lowest id) first, even for a message kept with an older id.
             let at = mailbox.partition_point(|m| m.id < message.id);
-            mailbox.insert(at, message);
+            mailbox.insert(at, message.clone());
+            i.history.insert(message);
             Ok(())
         })
     }
@@ -156,6 +275,7 @@ impl Store for MemoryStore {
                 return Err(StoreError::NoSuchUser(key));
             }
             let dropped = i.mailboxes.remove(&key).map_or(0, |m| m.len() as u64);
+            i.history.remove_user(&key);
             i.revoke(key, RevocationKind::AccountDeleted);
             Ok(dropped)
         })
@@ -180,6 +300,37 @@ impl Store for MemoryStore {
 
     fn last_revocation_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
         self.with(|i| Ok(i.last_revocation_id))
+    }
+
+    fn append_history(
+        &self,
+        messages: Vec<ChatMessage>,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.with(move |i| {
+            for message in messages {
+                i.max_id = i.max_id.max(message.id);
+                i.history.insert(message);
+            }
+            Ok(())
+        })
+    }
+
+    fn history(
+        &self,
+        conversation: Conversation,
+        query: HistoryQuery,
+        limit: PageLimit,
+    ) -> BoxFuture<'static, Result<HistoryPage, StoreError>> {
+        self.with(move |i| Ok(i.history.page(&conversation, query, limit.get())))
+    }
+
+    fn prune_history(
+        &self,
+        retention: Retention,
+        now_ms: u64,
+        max_rows: u64,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.with(move |i| Ok(i.history.prune(retention, now_ms, max_rows)))
     }
 }
 

@@ -1,4 +1,5 @@
-//! Persistence: accounts and the offline mailbox, behind the [`Store`] trait.
+//! Persistence: accounts, the offline mailbox and the kept history, behind the [`Store`]
+//! trait.
 //!
 //! [`MemoryStore`] keeps everything in memory (tests, throw-away servers); the embedded
 //! SQLite store is the durable default.
@@ -14,12 +15,26 @@
 //! the same transaction. A running server polls [`Store::revocations_after`] and ends the
 //! sessions that logged in before it (see [`Revocation::at_ms`] for the rule that makes this
 //! race-free).
+//!
+//! **History.** Every public and private message is kept per [`Conversation`] until the
+//! operator's [`Retention`] prunes it ([`Store::append_history`], [`Store::history`],
+//! [`Store::prune_history`]). The live path does not wait for it: [`HistoryWriter`] hands
+//! messages to the store in group commits, and [`run_retention`] prunes in the background.
+//! A private message to an offline user is the exception: [`Store::enqueue`] writes its
+//! history row in the transaction of its mailbox row, before the sender's echo.
 
+mod history;
 mod memory;
 mod sqlite;
+mod writer;
 
+pub use history::{Conversation, HistoryPage, HistoryQuery, PageLimit, Retention};
 pub use memory::MemoryStore;
 pub use sqlite::{AccountInfo, DB_FILE_NAME, OpenError, SCHEMA_VERSION, SqliteStore};
+pub use writer::{
+    HISTORY_BATCH, HISTORY_QUEUE, HistoryPermit, HistoryStats, HistoryWriter, PRUNE_BATCH,
+    ReserveError, run_retention,
+};
 
 use std::time::Duration;
 
@@ -87,7 +102,8 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Accounts and offline messages. Keys are case-folded user ids ([`UserId::key`]).
+/// Accounts, offline messages and the kept history. Keys are case-folded user ids
+/// ([`UserId::key`]).
 ///
 /// See the module documentation for the ordering contract every implementation keeps.
 pub trait Store: Send + Sync + 'static {
@@ -100,8 +116,10 @@ pub trait Store: Send + Sync + 'static {
     /// racing for one id: the loser then verifies against the winner's password).
     fn create_account(&self, account: Account) -> BoxFuture<'static, Result<(), StoreError>>;
 
-    /// Stores a private message for the offline user `recipient_key`. Durable when the
-    /// future resolves.
+    /// Stores a private message for the offline user `recipient_key`, and its history row
+    /// (as [`Store::append_history`] would: kept once per id, so storing again a message
+    /// that a cut-off session still held adds no second row) in the same transaction.
+    /// Durable when the future resolves.
     ///
     /// Fails with [`StoreError::NoSuchUser`] when the recipient has no account and with
     /// [`StoreError::MailboxFull`] when the mailbox is at its cap; nothing is stored then.
@@ -146,9 +164,14 @@ pub trait Store: Send + Sync + 'static {
         ready(Err(unsupported("changing a password"))).boxed()
     }
 
-    /// Deletes the account `key` and its offline mailbox and records a
+    /// Deletes the account `key`, its offline mailbox and its private history (every
+    /// private conversation it took part in, both directions; the other users lose their
+    /// side of it too, and its public messages stay) and records a
     /// [`RevocationKind::AccountDeleted`] revocation, in one transaction; returns how many
     /// messages the mailbox held. The message-id high-water mark is kept.
+    ///
+    /// Private messages of the account that a [`HistoryWriter`] still holds (the last few
+    /// milliseconds before the deletion) are written after it.
     ///
     /// The default refuses: a store that supports administration overrides it.
     ///
@@ -179,6 +202,61 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// The default is 0, as [`Store::revocations_after`] has none.
     fn last_revocation_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+        ready(Ok(0)).boxed()
+    }
+
+    /// Keeps `messages` in the history of their conversations ([`Conversation::of`] their
+    /// sender and recipient), all in one transaction: all are kept or none. A message whose
+    /// id is kept already is skipped (so writing one twice is harmless). Raises the
+    /// message-id high-water mark of [`Store::max_message_id`] to their highest id.
+    ///
+    /// The default keeps nothing: a store without history (a test double).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails (nothing of the call is kept).
+    fn append_history(
+        &self,
+        messages: Vec<ChatMessage>,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let _ = messages;
+        ready(Ok(())).boxed()
+    }
+
+    /// One page of the kept history of `conversation`: at most `limit` messages, oldest
+    /// first, chosen by `query`, with [`HistoryPage::more`] exact.
+    ///
+    /// The default has none: an empty page.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails.
+    fn history(
+        &self,
+        conversation: Conversation,
+        query: HistoryQuery,
+        limit: PageLimit,
+    ) -> BoxFuture<'static, Result<HistoryPage, StoreError>> {
+        let _ = (conversation, query, limit);
+        ready(Ok(HistoryPage::default())).boxed()
+    }
+
+    /// Deletes at most `max_rows` kept messages that `retention` no longer keeps at
+    /// `now_ms` (Unix milliseconds): first the oldest (lowest ids) beyond
+    /// [`Retention::max_messages`], then the oldest (lowest `ts`) older than
+    /// [`Retention::max_age`]. One short transaction, so a background task calls it
+    /// repeatedly until it returns less than `max_rows` (see [`run_retention`]). Returns
+    /// how many it deleted.
+    ///
+    /// The default has nothing to delete.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store fails (nothing is deleted).
+    fn prune_history(
+        &self,
+        retention: Retention,
+        now_ms: u64,
+        max_rows: u64,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let _ = (retention, now_ms, max_rows);
         ready(Ok(0)).boxed()
     }
 }

@@ -15,6 +15,15 @@
 //!   same transaction as the change, read by a running server to end the account's
 //!   sessions ([`Revocation`]); `AUTOINCREMENT` so an id is never reused after pruning.
 //!   Rows older than [`REVOCATION_KEEP`] are deleted by the next write of a row.
+//! - `history(id PRIMARY KEY, conversation, sender, recipient, message, ts)` (version 3):
+//!   every kept public and private message; `conversation` is [`Conversation::key`] (`*`,
+//!   or `alice/bob`), `sender` and `recipient` the spellings as sent (`recipient` NULL for a
+//!   public message). Indexed by `(conversation, id)` for the pages of
+//!   [`Store::history`], by `ts` for pruning by age, and (private rows only) by the second
+//!   user of `conversation` for deleting an account's conversations. `meta.history_len`
+//!   is its row count, kept by triggers, for pruning by count. A private message to an
+//!   offline user gets its row in the transaction of its mailbox row; version 3 copied the
+//!   mailbox rows pending at the upgrade.
 //!
 //! **Permissions** (Unix). The directory is created 0700 and the database file 0600 (set
 //! explicitly, whatever the umask) before SQLite opens it; SQLite gives the `-wal` and `-shm`
@@ -55,7 +64,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use tokio::sync::oneshot;
 
-use super::{Account, REVOCATION_KEEP, Revocation, RevocationKind, Store, StoreError};
+use super::{
+    Account, Conversation, HistoryPage, HistoryQuery, PageLimit, REVOCATION_KEEP, Retention,
+    Revocation, RevocationKind, Store, StoreError,
+};
 
 /// The database file inside the data directory.
 pub const DB_FILE_NAME: &str = "simpletextim.sqlite3";
@@ -116,6 +128,41 @@ const MIGRATIONS: &[&str] = &[
          kind  TEXT NOT NULL CHECK (kind IN ('password', 'deleted'))
      );
      CREATE INDEX revocations_by_time ON revocations (at_ms);",
+    // 3: the kept history of every conversation, with the pending private messages as its
+    // first rows (their history row is written with their mailbox row from now on).
+    "CREATE TABLE history (
+         id           INTEGER PRIMARY KEY,
+         conversation TEXT NOT NULL,
+         sender       TEXT NOT NULL,
+         recipient    TEXT,
+         message      TEXT NOT NULL,
+         ts           INTEGER NOT NULL
+     );
+     -- Latest, before and after pages of one conversation (scanned either way); the
+     -- account deletion's range of conversations whose first user is the account.
+     CREATE INDEX history_by_conversation ON history (conversation, id);
+     -- Pruning by age, oldest first.
+     CREATE INDEX history_by_time ON history (ts);
+     -- The account deletion's private conversations whose second user is the account.
+     CREATE INDEX history_by_second_user
+         ON history (substr(conversation, instr(conversation, '/') + 1))
+         WHERE recipient IS NOT NULL;
+     -- Keeps meta.history_len equal to the row count whoever writes, so pruning by count
+     -- is one row lookup, not a count of the table.
+     INSERT INTO meta (name, value) VALUES ('history_len', 0);
+     CREATE TRIGGER history_insert AFTER INSERT ON history BEGIN
+         UPDATE meta SET value = value + 1 WHERE name = 'history_len';
+     END;
+     CREATE TRIGGER history_delete AFTER DELETE ON history BEGIN
+         UPDATE meta SET value = value - 1 WHERE name = 'history_len';
+     END;
+     INSERT INTO history (id, conversation, sender, recipient, message, ts)
+         SELECT id,
+                CASE WHEN lower(sender) <= recipient
+                     THEN lower(sender) || '/' || recipient
+                     ELSE recipient || '/' || lower(sender) END,
+                sender, to_user, message, ts
+         FROM mailbox ORDER BY id;",
 ];
 
 /// Why [`SqliteStore::open`] failed. The `Display` form is one line naming the path.
@@ -459,6 +506,33 @@ impl Store for SqliteStore {
 
     fn last_revocation_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
         self.submit(Kind::Read, |w| w.last_revocation_id())
+    }
+
+    fn append_history(
+        &self,
+        messages: Vec<ChatMessage>,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.submit(Kind::Write, move |w| w.append_history(&messages))
+    }
+
+    fn history(
+        &self,
+        conversation: Conversation,
+        query: HistoryQuery,
+        limit: PageLimit,
+    ) -> BoxFuture<'static, Result<HistoryPage, StoreError>> {
+        self.submit(Kind::Read, move |w| w.history(&conversation, query, limit))
+    }
+
+    fn prune_history(
+        &self,
+        retention: Retention,
+        now_ms: u64,
+        max_rows: u64,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.submit(Kind::Write, move |w| {
+            w.prune_history(retention, now_ms, max_rows)
+        })
     }
 }
 
@@ -919,10 +993,155 @@ impl Worker {
                 message.to.as_str(),
                 to_i64(message.ts)?,
             ])?;
+        self.insert_history(message)?;
+        self.raise_max_message_id(id)
+    }
+
+    /// Raises the message-id high-water mark to `id`.
+    fn raise_max_message_id(&self, id: i64) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("UPDATE meta SET value = max(value, ?1) WHERE name = 'max_message_id'")?
             .execute([id])?;
         Ok(())
+    }
+
+    /// Inserts the history row of `message`, unless its id has one already.
+    fn insert_history(&self, message: &ChatMessage) -> Result<(), StoreError> {
+        let conversation = Conversation::of(&message.user_id, &message.to);
+        let recipient = match &message.to {
+            Recipient::Everyone => None,
+            Recipient::User(u) => Some(u.as_str()),
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO history (id, conversation, sender, recipient, message, ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                to_i64(message.id)?,
+                conversation.key(),
+                message.user_id.as_str(),
+                recipient,
+                message.message,
+                to_i64(message.ts)?,
+            ])?;
+        Ok(())
+    }
+
+    fn append_history(&self, messages: &[ChatMessage]) -> Result<(), StoreError> {
+        // In the caller's savepoint: any failure undoes the rows inserted so far.
+        for message in messages {
+            self.insert_history(message)?;
+        }
+        if let Some(max) = messages.iter().map(|m| m.id).max() {
+            self.raise_max_message_id(to_i64(max)?)?;
+        }
+        Ok(())
+    }
+
+    fn history(
+        &self,
+        conversation: &Conversation,
+        query: HistoryQuery,
+        limit: PageLimit,
+    ) -> Result<HistoryPage, StoreError> {
+        const COLUMNS: &str = "SELECT sender, recipient, message, id, ts FROM history";
+        // One row more than the limit, in the direction asked: whether there is more.
+        let fetch = i64::try_from(limit.get() + 1).unwrap_or(i64::MAX);
+        let key = conversation.key();
+        let (sql, anchor) = match query {
+            HistoryQuery::Latest => (
+                format!("{COLUMNS} WHERE conversation = ?1 AND id <= ?2 ORDER BY id DESC LIMIT ?3"),
+                i64::MAX,
+            ),
+            // An anchor above i64::MAX is above every stored id.
+            HistoryQuery::Before(id) => (
+                format!("{COLUMNS} WHERE conversation = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"),
+                i64::try_from(id).unwrap_or(i64::MAX),
+            ),
+            HistoryQuery::After(id) => match i64::try_from(id) {
+                Ok(id) => (
+                    format!("{COLUMNS} WHERE conversation = ?1 AND id > ?2 ORDER BY id LIMIT ?3"),
+                    id,
+                ),
+                Err(_) => return Ok(HistoryPage::default()),
+            },
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![key, anchor, fetch], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut messages = Vec::with_capacity(limit.get() + 1);
+        for row in rows {
+            let (sender, recipient, message, id, ts) = row?;
+            let to = match recipient {
+                None => Recipient::Everyone,
+                Some(r) => Recipient::User(parse_user_id(&r)?),
+            };
+            messages.push(chat(
+                parse_user_id(&sender)?,
+                message,
+                to,
+                to_u64(id)?,
+                to_u64(ts)?,
+            ));
+        }
+        let more = messages.len() > limit.get();
+        messages.truncate(limit.get());
+        if query.goes_back() {
+            messages.reverse();
+        }
+        Ok(HistoryPage { messages, more })
+    }
+
+    fn prune_history(
+        &self,
+        retention: Retention,
+        now_ms: u64,
+        max_rows: u64,
+    ) -> Result<u64, StoreError> {
+        let budget = i64::try_from(max_rows).unwrap_or(i64::MAX);
+        let mut deleted: i64 = 0;
+        if let Some(max) = retention.max_messages {
+            let kept: i64 = self
+                .conn
+                .prepare_cached("SELECT value FROM meta WHERE name = 'history_len'")?
+                .query_row([], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let over = kept
+                .saturating_sub(i64::try_from(max).unwrap_or(i64::MAX))
+                .clamp(0, budget);
+            if over > 0 {
+                let n = self
+                    .conn
+                    .prepare_cached(
+                        "DELETE FROM history WHERE id IN
+                         (SELECT id FROM history ORDER BY id LIMIT ?1)",
+                    )?
+                    .execute([over])?;
+                deleted += i64::try_from(n).unwrap_or(i64::MAX);
+            }
+        }
+        if let Some(cutoff) = retention.cutoff_ms(now_ms)
+            && deleted < budget
+        {
+            let n = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM history WHERE id IN
+                     (SELECT id FROM history WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+                )?
+                .execute([i64::try_from(cutoff).unwrap_or(i64::MAX), budget - deleted])?;
+            deleted += i64::try_from(n).unwrap_or(i64::MAX);
+        }
+        to_u64(deleted)
     }
 
     fn pending(&self, key: &str) -> Result<Vec<ChatMessage>, StoreError> {
@@ -945,14 +1164,13 @@ impl Worker {
             let to = to
                 .parse::<Recipient>()
                 .map_err(|e| corrupt(format!("recipient {to:?}: {}", e.reason)))?;
-            messages.push(ChatMessage {
-                r#ref: None,
-                user_id: parse_user_id(&sender)?,
+            messages.push(chat(
+                parse_user_id(&sender)?,
                 message,
                 to,
-                id: to_u64(id)?,
-                ts: to_u64(ts)?,
-            });
+                to_u64(id)?,
+                to_u64(ts)?,
+            ));
         }
         Ok(messages)
     }
@@ -1007,6 +1225,20 @@ impl Worker {
         let messages = self
             .conn
             .prepare_cached("DELETE FROM mailbox WHERE recipient = ?1")?
+            .execute([key])?;
+        // Its private conversations: those where it is the first user (a range of the
+        // conversation index: '0' follows '/'), then those where it is the second.
+        self.conn
+            .prepare_cached(
+                "DELETE FROM history
+                 WHERE conversation >= ?1 || '/' AND conversation < ?1 || '0'",
+            )?
+            .execute([key])?;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM history WHERE recipient IS NOT NULL
+                 AND substr(conversation, instr(conversation, '/') + 1) = ?1",
+            )?
             .execute([key])?;
         let removed = self
             .conn
@@ -1144,6 +1376,19 @@ fn fail_all(done: &mut Vec<Box<dyn Request>>, reason: &str) {
     }
 }
 
+/// A message as read back from the database: the one place this file builds a
+/// [`ChatMessage`].
+fn chat(user_id: UserId, message: String, to: Recipient, id: u64, ts: u64) -> ChatMessage {
+    ChatMessage {
+        r#ref: None,
+        user_id,
+        message,
+        to,
+        id,
+        ts,
+    }
+}
+
 fn corrupt(what: String) -> StoreError {
     StoreError::Backend(format!("corrupt database: {what}"))
 }
@@ -1165,14 +1410,13 @@ mod tests {
     use super::*;
 
     fn msg(id: u64, to: &str) -> ChatMessage {
-        ChatMessage {
-            r#ref: None,
-            user_id: UserId::new("bob").unwrap_or_else(|e| panic!("{e:?}")),
-            message: format!("m{id}"),
-            to: Recipient::User(UserId::new(to).unwrap_or_else(|e| panic!("{e:?}"))),
+        chat(
+            UserId::new("bob").unwrap_or_else(|e| panic!("{e:?}")),
+            format!("m{id}"),
+            Recipient::User(UserId::new(to).unwrap_or_else(|e| panic!("{e:?}"))),
             id,
-            ts: id / 2,
-        }
+            id / 2,
+        )
     }
 
     /// A temporary directory of mode 0700, as [`SqliteStore::open`] requires of an existing
