@@ -32,6 +32,9 @@ pub fn run() -> anyhow::Result<()> {
     if !deny_present {
         bail!("cargo-deny is not installed: cargo install --locked {CARGO_DENY} (.ci/run does)");
     }
+    // cargo-deny reads the manifests of every crate in Cargo.lock, those of other
+    // platforms too, which a build on this one never downloads: fetch them all first.
+    cargo(&["fetch", "--locked"], &[])?;
     cargo(
         &[
             "deny",
