@@ -52,7 +52,9 @@ mod reply;
 mod tls;
 pub mod types;
 
-pub use client::{Client, ClientError, ClientReceiver, ClientSender, MAX_REQUEST_BACKLOG};
+pub use client::{
+    Client, ClientError, ClientReceiver, ClientSender, HistoryPage, MAX_REQUEST_BACKLOG,
+};
 pub use codec::{ClientCodec, CodecError, ServerCodec};
 pub use command::{Command, Rejected, Request};
 pub use reply::{ChatMessage, Reply};
