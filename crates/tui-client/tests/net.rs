@@ -30,7 +30,8 @@ async fn unknown_and_unreadable_replies_are_skipped_without_dropping_the_connect
         let (socket, _) = listener.accept().await.unwrap();
         let mut framed = Framed::new(socket, LengthDelimitedCodec::new());
         let login = framed.next().await.unwrap().unwrap();
-        assert_eq!(&login[..], br#"{"command":"login alice/pw"}"#);
+        // Acknowledged delivery: the application acks private messages once shown.
+        assert_eq!(&login[..], br#"{"command":"login alice/pw","acks":true}"#);
         for frame in [
             r#"{"command":"message","messages":[]}"#,
             r#"{"command":"message","messages":[{"id":"x"}]}"#,
@@ -65,7 +66,7 @@ async fn unknown_and_unreadable_replies_are_skipped_without_dropping_the_connect
     // Neither the unreadable `message` nor the unknown `typing` reaches the application, and
     // neither drops the connection: the next event answers the next command.
     requests
-        .send(NetRequest::Send(simpletextim_proto::Command::List))
+        .send(NetRequest::Send(simpletextim_proto::Command::List.into()))
         .unwrap();
     match next_net(&mut events).await {
         NetEvent::Reply {

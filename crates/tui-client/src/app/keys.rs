@@ -7,8 +7,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEventK
 use ratatui::layout::{Position, Rect};
 
 use super::commands::{COMMANDS, command_names};
-use super::conversation::ConvId;
-use super::state::{Action, App};
+use super::conversation::{ConvId, OlderHistory};
+use super::state::{Action, App, Connection, HistoryKind};
 use crate::event::Event;
 use crate::input::LineEditor;
 use crate::layout::{self, HelpSection};
@@ -23,7 +23,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "Alt+1..9, Ctrl+N / Ctrl+P",
         "show conversation 1..9, next / previous",
     ),
-    ("PageUp / PageDown, wheel", "scroll the messages"),
+    (
+        "PageUp / PageDown, wheel",
+        "scroll the messages; at the top, load older",
+    ),
     ("Up / Down", "previous / next line from the history"),
     ("Tab", "complete a user id or a /command"),
     (
@@ -90,7 +93,11 @@ impl App {
             KeyCode::Down => self.input.history_next(),
             KeyCode::PageUp => {
                 let msgs = &mut self.active_conversation_mut().msgs;
+                let at_top = msgs.at_top();
                 msgs.scroll_up(msgs.page());
+                if at_top {
+                    return self.load_older();
+                }
             }
             KeyCode::PageDown => {
                 let msgs = &mut self.active_conversation_mut().msgs;
@@ -102,6 +109,21 @@ impl App {
             _ => edit_key(&mut self.input, key),
         }
         Vec::new()
+    }
+
+    /// PageUp at the top of the conversation shown: asks for the page of history before its
+    /// oldest message (once at a time, and no more once the server has nothing older).
+    fn load_older(&mut self) -> Vec<Action> {
+        if self.connection != Connection::Connected {
+            return Vec::new();
+        }
+        let conv = self.active_conversation_mut();
+        if conv.older != OlderHistory::Idle {
+            return Vec::new();
+        }
+        conv.older = OlderHistory::Loading;
+        let id = conv.id.clone();
+        vec![self.ask_history(id, HistoryKind::Older)]
     }
 
     /// A key while the help overlay is shown: scroll it (within its text) or close it.

@@ -35,7 +35,8 @@ use simpletextim_proto::UserId;
 
 pub use self::commands::{COMMANDS, command_names};
 pub use self::conversation::{
-    ConvId, Conversation, Entry, EntryKind, EntryLayout, MAX_ENTRIES, MsgArea, TimeZone,
+    ConvId, Conversation, Entry, EntryKind, EntryLayout, MAX_ENTRIES, MsgArea, OlderHistory,
+    TimeZone,
 };
 pub use self::keys::{HELP, KEYS};
 use self::state::pane_size;

@@ -3,7 +3,10 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
-use simpletextim_proto::{ChatMessage, Command, ErrorCode, Password, Recipient, Reply, UserId};
+use simpletextim_proto::{
+    Anchor, ChatMessage, Command, ErrorCode, PageLimit, Password, Recipient, Ref, Reply, Request,
+    UserId,
+};
 
 use crate::event::NetEvent;
 use crate::layout;
@@ -73,8 +76,37 @@ fn messages(app: &mut App, msgs: Vec<ChatMessage>) -> Vec<Action> {
     )
 }
 
+/// A key, and the actions it leads to with the refs of commands taken off (the tests of
+/// refs look at them: `sent_with_refs`).
 fn key(app: &mut App, code: KeyCode) -> Vec<Action> {
-    app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+    without_refs(app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE))))
+}
+
+fn without_refs(actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            Action::Net(NetRequest::Send(r)) => Action::Net(NetRequest::Send(r.command.into())),
+            other => other,
+        })
+        .collect()
+}
+
+/// A command as sent, with its ref.
+fn sent(command: Command, r: u64) -> Action {
+    Action::Net(NetRequest::Send(Request::with_ref(command, Ref::Number(r))))
+}
+
+/// The history request for the newest page of a conversation.
+fn latest(with: &str, r: u64) -> Action {
+    sent(
+        Command::History {
+            with: with.parse().unwrap(),
+            anchor: None,
+            limit: Some(PageLimit::new(50).unwrap()),
+        },
+        r,
+    )
 }
 
 fn ctrl(app: &mut App, c: char) -> Vec<Action> {
@@ -103,7 +135,9 @@ fn enter(app: &mut App, line: &str) -> Vec<Action> {
 }
 
 fn send_action(to: Recipient, text: &str) -> Action {
-    Action::Net(NetRequest::Send(Command::send(to, text.parse().unwrap())))
+    Action::Net(NetRequest::Send(
+        Command::send(to, text.parse().unwrap()).into(),
+    ))
 }
 
 fn names(app: &App) -> Vec<(String, usize, bool)> {
@@ -209,7 +243,10 @@ fn pending_messages_land_in_their_conversations_unread() {
             Action::Bell,
             Action::Bell,
             Action::Bell,
-            Action::Net(NetRequest::Send(Command::List)),
+            sent(Command::List, 1),
+            latest("*", 2),
+            latest("bob", 3),
+            latest("carol", 4),
         ]
     );
 }
@@ -377,7 +414,7 @@ fn commands() {
 
     assert_eq!(
         enter(&mut app, "/list"),
-        [Action::Net(NetRequest::Send(Command::List))]
+        [Action::Net(NetRequest::Send(Command::List.into()))]
     );
     reply(
         &mut app,
@@ -634,7 +671,21 @@ fn reconnection_keeps_the_screen() {
         pending: vec![],
         at_ms: NOON,
     }));
-    assert_eq!(actions, [Action::Net(NetRequest::Send(Command::List))]);
+    // The online list, and what was said in public after the last message held.
+    assert_eq!(
+        actions,
+        [
+            sent(Command::List, 4),
+            sent(
+                Command::History {
+                    with: Recipient::Everyone,
+                    anchor: Some(Anchor::After(1)),
+                    limit: Some(PageLimit::new(200).unwrap()),
+                },
+                5
+            ),
+        ]
+    );
     assert_eq!(app.connection, Connection::Connected);
     // The error of the lost connection is over.
     assert_eq!(status(&app), None);
@@ -752,7 +803,13 @@ fn typing_while_waiting_for_the_echo_starts_the_next_line() {
     assert_eq!(app.input.text(), "first");
     // The echo frees the line: what was typed is applied, sending the second line.
     let actions = messages(&mut app, vec![msg("alice", "*", "first", 1)]);
-    assert_eq!(actions, [send_action(Recipient::Everyone, "second")]);
+    assert_eq!(
+        actions,
+        [sent(
+            Command::send(Recipient::Everyone, "second".parse().unwrap()),
+            4
+        )]
+    );
     assert_eq!(app.input.text(), "second");
     // The paste waits for the second echo.
     messages(&mut app, vec![msg("alice", "*", "second", 2)]);
