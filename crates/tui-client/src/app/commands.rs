@@ -201,12 +201,13 @@ impl App {
     }
 
     /// Our own message came back: it was sent, so the input line that sent it goes. The
-    /// echo carries the `ref` of the `send` it answers; from a server that gives none, it
-    /// is the oldest message awaited when the text is the same.
+    /// echo carries the `ref` of the `send` it answers; from a server that gives none (that
+    /// answered nothing with a ref yet), it is the oldest message awaited when the text is
+    /// the same.
     pub(super) fn echoed(&mut self, r: Option<&Ref>, text: &str) -> Vec<Action> {
         let index = match self.answered(r) {
             Some((n, _)) => self.awaiting.iter().position(|a| a.r#ref == n),
-            None if r.is_none() => self
+            None if r.is_none() && !self.server_refs => self
                 .awaiting
                 .front()
                 .is_some_and(|a| a.text == text)

@@ -549,6 +549,82 @@ mod tests {
         assert_eq!(TimeZone::utc().local(0), epoch);
     }
 
+    fn message(id: u64, text: &str) -> Entry {
+        Entry {
+            id: Some(id),
+            ..entry(id, text)
+        }
+    }
+
+    fn texts(area: &MsgArea) -> Vec<&str> {
+        area.entries().iter().map(|e| e.text.as_str()).collect()
+    }
+
+    /// Messages go in id order wherever they come from, once each; the cached height stays
+    /// what laying the entries out again gives (date lines move as entries are inserted).
+    #[test]
+    fn messages_are_kept_in_id_order_once_each() {
+        let mut area = MsgArea::new((30, 10), TimeZone::utc());
+        let recount = |a: &MsgArea| {
+            (0..a.entries().len())
+                .map(|i| a.entry_rows(i))
+                .sum::<usize>()
+        };
+        assert!(area.add_message(message(5, "five")));
+        area.push(entry(6, "a notice"), false);
+        assert!(area.add_message(message(9, "nine")));
+        assert!(area.add_message(message(2, "two")));
+        assert!(area.add_message(message(7, "seven")));
+        assert!(area.add_message(message(1, "one")));
+        assert!(!area.add_message(message(7, "seven")), "shown already");
+        // One id, another message (a misbehaving server): both shown.
+        assert!(area.add_message(message(7, "also seven")));
+        area.insert_after_id(2, entry(3, "gap after two"));
+        area.insert_after_id(9, entry(10, "gap after nine"));
+        assert_eq!(
+            texts(&area),
+            [
+                "one",
+                "two",
+                "gap after two",
+                "five",
+                "a notice",
+                "seven",
+                "also seven",
+                "nine",
+                "gap after nine"
+            ]
+        );
+        assert_eq!(area.total_rows(), recount(&area));
+        assert_eq!((area.min_id(), area.max_id()), (Some(1), Some(9)));
+        area.push_front(entry(0, "beginning"));
+        assert_eq!(texts(&area)[..2], ["beginning", "one"]);
+        assert_eq!(area.total_rows(), recount(&area));
+        // Cleared, the highest id stays known, and a message comes back.
+        area.clear();
+        assert_eq!((area.min_id(), area.max_id()), (None, Some(9)));
+        assert!(area.add_message(message(5, "five")));
+    }
+
+    /// A message inserted below a scrolled-up view moves the view with it (and counts as
+    /// new below); one inserted above it leaves the view's distance from the bottom alone.
+    #[test]
+    fn inserts_keep_a_scrolled_up_view_on_its_rows() {
+        let mut area = MsgArea::new((80, 5), TimeZone::utc());
+        for id in (10..40).step_by(2) {
+            area.add_message(message(id, "m"));
+        }
+        area.scroll_up(6);
+        let rows = area.total_rows();
+        // Below the view: between the two newest.
+        area.add_message(message(37, "m"));
+        assert_eq!(area.total_rows(), rows + 1);
+        assert_eq!((area.scroll(), area.new_below()), (7, 1));
+        // Above the view: older than everything.
+        area.add_message(message(1, "m"));
+        assert_eq!((area.scroll(), area.new_below()), (7, 1));
+    }
+
     #[test]
     fn narrow_panes_put_the_text_below_the_prefix() {
         let mut area = MsgArea::new((12, 5), TimeZone::utc());

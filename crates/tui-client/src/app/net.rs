@@ -106,6 +106,7 @@ impl App {
             }
         }
         self.was_logged_in = true;
+        self.server_refs = false;
         // A new session: what the last one did not acknowledge comes again in its login ack.
         self.acks = super::state::Acks {
             on: true,
@@ -350,8 +351,8 @@ impl App {
 
     /// A `fail`: shown against the command it answers (found by its ref). One without a
     /// ref (from a server that gives none, or about the session: taken over, shutting down)
-    /// goes to the status bar; except for those two, it answers the oldest message sent,
-    /// as replies come in order.
+    /// goes to the status bar; from a server that answered nothing with a ref yet, and
+    /// except for those two, it answers the oldest message sent, as replies come in order.
     fn on_fail(&mut self, r: Option<&Ref>, fail: &Failure, at_ms: u64) -> Vec<Action> {
         let why = format!("{}: {}", fail.error_code, sanitize(&fail.reason));
         match self.answered(r) {
@@ -399,6 +400,7 @@ impl App {
                     error: true,
                 });
                 if r.is_none()
+                    && !self.server_refs
                     && fail.error_code != ErrorCode::Conflict
                     && fail.error_code != ErrorCode::Unavailable
                 {

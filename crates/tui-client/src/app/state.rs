@@ -124,6 +124,10 @@ pub struct App {
     pub(super) requests: BTreeMap<u64, Pending>,
     /// Acknowledged delivery of private messages.
     pub(super) acks: Acks,
+    /// The server of this session answered a command with its ref (protocol 1.1): replies
+    /// are matched by ref only. Until then, a `fail` or an echo without ref answers the
+    /// oldest message sent, as with a server of protocol 1.0.
+    pub(super) server_refs: bool,
 }
 
 /// A message sent and not yet echoed by the server.
@@ -264,6 +268,7 @@ impl App {
             next_ref: 1,
             requests: BTreeMap::new(),
             acks: Acks::default(),
+            server_refs: false,
         }
     }
 
@@ -278,10 +283,12 @@ impl App {
 
     /// The command a reply with ref `r` answers, forgotten as it is answered.
     pub(super) fn answered(&mut self, r: Option<&Ref>) -> Option<(u64, Pending)> {
-        match r {
+        let answered = match r {
             Some(Ref::Number(n)) => self.requests.remove(n).map(|p| (*n, p)),
             _ => None,
-        }
+        };
+        self.server_refs |= answered.is_some();
+        answered
     }
 
     /// The index of an open conversation.
