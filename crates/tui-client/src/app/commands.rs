@@ -7,7 +7,7 @@ use simpletextim_proto::types::MAX_MESSAGE_CHARS;
 use simpletextim_proto::{Command, ErrorCode, MessageText, Recipient, Ref, UserId};
 
 use super::conversation::ConvId;
-use super::state::{Action, App, Awaiting, Connection, Pending, StatusLine};
+use super::state::{Action, App, Awaiting, Connection, HistoryKind, Pending, StatusLine};
 
 /// Commands, as (usage, what it does), for the help overlay; the first word of each usage
 /// is the command Tab completes, except `//text` (an escape, not a command).
@@ -112,14 +112,21 @@ impl App {
                 if text.trim().is_empty() {
                     return self.error("usage: /msg NAME TEXT".into());
                 }
-                self.conversation(&ConvId::Private(user.clone()));
-                self.send(Recipient::User(user), text, line)
+                let id = ConvId::Private(user.clone());
+                let new = self.conversation_index(&id).is_none();
+                self.conversation(&id);
+                let mut actions = self.send(Recipient::User(user), text, line);
+                // A conversation opened now shows what was said in it before.
+                if new && !actions.is_empty() {
+                    actions.push(self.ask_history(id, HistoryKind::Latest));
+                }
+                actions
             }
             "/query" => match UserId::new(args) {
                 Ok(u) => {
-                    self.open_query(u);
+                    let actions = self.open_query(u);
                     done(self);
-                    Vec::new()
+                    actions
                 }
                 Err(_) if args.is_empty() => self.error("usage: /query NAME".into()),
                 Err(f) => self.error(format!("/query: {}", f.reason)),

@@ -66,8 +66,7 @@ impl App {
             return Vec::new();
         }
         if let Some(i) = self.users_cursor {
-            self.on_users_key(key, i);
-            return Vec::new();
+            return self.on_users_key(key, i);
         }
         if self.input_locked() {
             if key.code == KeyCode::Esc {
@@ -145,7 +144,7 @@ impl App {
     }
 
     /// A key while a user of the online list is selected (`i`, F2).
-    fn on_users_key(&mut self, key: KeyEvent, i: usize) {
+    fn on_users_key(&mut self, key: KeyEvent, i: usize) -> Vec<Action> {
         let last = self.online.len().saturating_sub(1);
         match key.code {
             KeyCode::Up => self.users_cursor = Some(i.saturating_sub(1)),
@@ -155,17 +154,18 @@ impl App {
             KeyCode::Enter => {
                 self.users_cursor = None;
                 if let Some(user) = self.online.get(i).cloned() {
-                    self.open_query(user);
+                    return self.open_query(user);
                 }
             }
             KeyCode::Esc | KeyCode::F(2) => self.users_cursor = None,
             _ => {}
         }
+        Vec::new()
     }
 
     /// The mouse: the wheel scrolls the messages, a click on the sidebar shows that
     /// conversation, a click on a name of the online list opens a private conversation.
-    pub(super) fn on_mouse(&mut self, kind: MouseEventKind, at: Position) {
+    pub(super) fn on_mouse(&mut self, kind: MouseEventKind, at: Position) -> Vec<Action> {
         let areas = self.layout();
         match kind {
             MouseEventKind::ScrollUp => self.active_conversation_mut().msgs.scroll_up(WHEEL_ROWS),
@@ -182,11 +182,12 @@ impl App {
                     && let Some(i) = layout::user_at(self.users_cursor, users, at.y)
                     && let Some(user) = self.online.get(i).cloned()
                 {
-                    self.open_query(user);
+                    return self.open_query(user);
                 }
             }
             _ => {}
         }
+        Vec::new()
     }
 
     /// Tab: completes a `/command` at the start of the line, else a user id (online, or

@@ -39,6 +39,7 @@ pub use self::conversation::{
     TimeZone,
 };
 pub use self::keys::{HELP, KEYS};
+use self::state::HistoryKind;
 use self::state::pane_size;
 pub use self::state::{
     Action, App, Connection, LoginField, LoginForm, Screen, Settings, StatusLine,
@@ -60,7 +61,7 @@ impl App {
             }
             Event::Mouse(m) => {
                 if self.screen == Screen::Chat && !self.show_help {
-                    self.on_mouse(m.kind, Position::new(m.column, m.row));
+                    return self.on_mouse(m.kind, Position::new(m.column, m.row));
                 }
                 Vec::new()
             }
@@ -120,10 +121,17 @@ impl App {
         }
     }
 
-    /// Opens (if needed) and shows the private conversation with `user`.
-    pub fn open_query(&mut self, user: UserId) {
-        let i = self.conversation(&ConvId::Private(user));
+    /// Opens (if needed) and shows the private conversation with `user`. A conversation
+    /// opened now asks for its newest page of history (when connected).
+    pub fn open_query(&mut self, user: UserId) -> Vec<Action> {
+        let id = ConvId::Private(user);
+        let new = self.conversation_index(&id).is_none();
+        let i = self.conversation(&id);
         self.switch_to(i);
+        if new && self.connection == Connection::Connected {
+            return vec![self.ask_history(id, HistoryKind::Latest)];
+        }
+        Vec::new()
     }
 }
 

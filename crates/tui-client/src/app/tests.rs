@@ -400,7 +400,11 @@ fn commands() {
     let mut app = logged_in();
     assert_eq!(
         enter(&mut app, "/msg bob hi there"),
-        [send_action(Recipient::User(uid("bob")), "hi there")]
+        [
+            send_action(Recipient::User(uid("bob")), "hi there"),
+            // The conversation opened: its newest history.
+            without_refs(vec![latest("bob", 0)]).remove(0),
+        ]
     );
     assert_eq!(names(&app).len(), 2, "/msg opens the conversation");
     assert_eq!(app.active, 0, "/msg does not switch");
@@ -1033,15 +1037,19 @@ fn a_refused_send_is_shown_against_it_found_by_its_ref() {
     type_str(&mut app, "/msg carol hi");
     assert_eq!(
         press(&mut app, KeyCode::Enter),
-        [sent(
-            Command::send(Recipient::User(uid("carol")), "hi".parse().unwrap()),
-            3
-        )]
+        [
+            sent(
+                Command::send(Recipient::User(uid("carol")), "hi".parse().unwrap()),
+                3
+            ),
+            latest("carol", 4),
+        ]
     );
     // Someone else's refusal (another ref) is not this line's.
     fail_ref(&mut app, 99, ErrorCode::TooLarge, "not yours");
     assert!(app.input_locked());
     fail_ref(&mut app, 3, ErrorCode::NotFound, "no such user: carol");
+    fail_ref(&mut app, 4, ErrorCode::NotFound, "no such user: carol");
     assert!(!app.input_locked());
     assert_eq!(app.input.text(), "/msg carol hi");
     assert_eq!(
@@ -1413,4 +1421,34 @@ fn acks_go_up_to_what_was_on_screen_one_per_drawing() {
     reconnect(&mut app, vec![msg("bob", "alice", "five", 62)]);
     // (After the list, 6, and the catch-up of the three conversations, 7 to 9.)
     assert_eq!(app.on_drawn(), [sent(Command::Ack { id: 62 }, 10)]);
+}
+
+#[test]
+fn a_conversation_opened_asks_for_its_newest_history() {
+    let mut app = logged_in();
+    type_str(&mut app, "/query carol");
+    assert_eq!(press(&mut app, KeyCode::Enter), [latest("carol", 3)]);
+    // Open already: nothing to ask.
+    type_str(&mut app, "/query carol");
+    assert_eq!(press(&mut app, KeyCode::Enter), []);
+    // From the online list (F2, Enter on bob).
+    press(&mut app, KeyCode::F(2));
+    press(&mut app, KeyCode::Down);
+    assert_eq!(press(&mut app, KeyCode::Enter), [latest("bob", 4)]);
+    assert_eq!(app.active_conversation().id, ConvId::Private(uid("bob")));
+    history(
+        &mut app,
+        4,
+        "bob",
+        vec![msg("bob", "alice", "last week", 2)],
+        false,
+    );
+    assert_eq!(texts(&app, 2), ["last week"]);
+    // Not connected: opened without asking.
+    app.update(Event::Net(NetEvent::Disconnected {
+        reason: "connection reset".into(),
+        at_ms: NOON,
+    }));
+    type_str(&mut app, "/query dave");
+    assert_eq!(press(&mut app, KeyCode::Enter), []);
 }
