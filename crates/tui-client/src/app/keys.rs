@@ -7,7 +7,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEventK
 use ratatui::layout::{Position, Rect};
 
 use super::commands::{COMMANDS, command_names};
-use super::conversation::{ConvId, OlderHistory};
+use super::conversation::{ConvId, MAX_ENTRIES, OlderHistory};
 use super::state::{Action, App, Connection, HistoryKind};
 use crate::event::Event;
 use crate::input::LineEditor;
@@ -119,6 +119,12 @@ impl App {
         let conv = self.active_conversation_mut();
         if conv.older != OlderHistory::Idle {
             return Vec::new();
+        }
+        if conv.msgs.entries().len() >= MAX_ENTRIES {
+            // Older entries would be dropped as they come.
+            return self.error(format!(
+                "no older messages: the scrollback holds {MAX_ENTRIES} entries at most"
+            ));
         }
         conv.older = OlderHistory::Loading;
         let id = conv.id.clone();

@@ -1452,3 +1452,21 @@ fn a_conversation_opened_asks_for_its_newest_history() {
     type_str(&mut app, "/query dave");
     assert_eq!(press(&mut app, KeyCode::Enter), []);
 }
+
+#[test]
+fn page_up_asks_nothing_older_when_the_scrollback_is_full() {
+    let mut app = logged_in();
+    let many: Vec<ChatMessage> = (1..=MAX_ENTRIES as u64)
+        .map(|i| msg("bob", "*", "x", i))
+        .collect();
+    messages(&mut app, many);
+    let rows = app.conversations[0].msgs.total_rows();
+    app.conversations[0].msgs.scroll_up(rows);
+    assert!(app.conversations[0].msgs.at_top());
+    assert_eq!(press(&mut app, KeyCode::PageUp), []);
+    assert_eq!(app.conversations[0].older, OlderHistory::Idle);
+    assert_eq!(
+        status(&app),
+        Some("no older messages: the scrollback holds 5000 entries at most")
+    );
+}
