@@ -593,7 +593,15 @@ async fn private_messages_are_acknowledged_once_shown() {
     // "all" is shown: the message was never on screen, so not acknowledged.
     assert_eq!(ivan.app.active, 0);
     ivan.say("/quit");
-    jane.until("jane sees ivan leave", |a| a.online.len() == 1)
+    let ivan_left = |a: &App| {
+        a.conversations[0]
+            .msgs
+            .entries()
+            .iter()
+            .filter(|e| e.text == "ivan left")
+            .count()
+    };
+    jane.until("jane sees ivan leave", |a| ivan_left(a) == 1)
         .await;
 
     let mut ivan = Peer::start(server.addr, "ivan", "ivan-pw");
@@ -603,7 +611,8 @@ async fn private_messages_are_acknowledged_once_shown() {
     // Shown now: acknowledged at once.
     ivan.show('2');
     ivan.say("/quit");
-    jane.until("jane sees ivan leave", |a| a.online.len() == 1)
+    // Gone for good (the ack went before the exit): nothing of the session is pending.
+    jane.until("jane sees ivan leave again", |a| ivan_left(a) == 2)
         .await;
 
     let mut client = Client::connect(server.addr).await.expect("connect");
