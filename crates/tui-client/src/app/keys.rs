@@ -169,12 +169,20 @@ impl App {
         Vec::new()
     }
 
-    /// The mouse: the wheel scrolls the messages, a click on the sidebar shows that
-    /// conversation, a click on a name of the online list opens a private conversation.
+    /// The mouse: the wheel scrolls the messages (up at the top: loads older ones, as
+    /// PageUp), a click on the sidebar shows that conversation, a click on a name of the
+    /// online list opens a private conversation.
     pub(super) fn on_mouse(&mut self, kind: MouseEventKind, at: Position) -> Vec<Action> {
         let areas = self.layout();
         match kind {
-            MouseEventKind::ScrollUp => self.active_conversation_mut().msgs.scroll_up(WHEEL_ROWS),
+            MouseEventKind::ScrollUp => {
+                let msgs = &mut self.active_conversation_mut().msgs;
+                let at_top = msgs.at_top();
+                msgs.scroll_up(WHEEL_ROWS);
+                if at_top {
+                    return self.load_older();
+                }
+            }
             MouseEventKind::ScrollDown => {
                 self.active_conversation_mut().msgs.scroll_down(WHEEL_ROWS);
             }

@@ -1470,3 +1470,20 @@ fn page_up_asks_nothing_older_when_the_scrollback_is_full() {
         Some("no older messages: the scrollback holds 5000 entries at most")
     );
 }
+
+#[test]
+fn the_wheel_up_at_the_top_loads_older_history_too() {
+    let mut app = logged_in();
+    messages(&mut app, vec![msg("bob", "*", "only", 40)]);
+    let wheel = Event::Mouse(MouseEvent {
+        kind: MouseEventKind::ScrollUp,
+        column: 40,
+        row: 5,
+        modifiers: KeyModifiers::NONE,
+    });
+    assert_eq!(
+        app.update(wheel.clone()),
+        [history_request("*", Some(Anchor::Before(40)), 50, 3)]
+    );
+    assert_eq!(app.update(wheel), []);
+}
