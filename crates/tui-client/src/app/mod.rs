@@ -15,7 +15,9 @@
 //!   layout height);
 //! - `login`: the login form's keys; `keys`: the chat screen's keys and mouse;
 //!   `commands`: the input line, `/commands` and the wait for a sent line's echo;
-//!   `net`: what the network task reports.
+//!   `net`: what the network task reports (replies matched to their command by `ref`,
+//!   history pages merged in id order, gap markers) and [`App::on_drawn`], the `ack` of
+//!   what the last drawing showed.
 //!
 //! Imports run one way: `conversation` is a leaf, `state` imports it, the concern modules
 //! import those two (`keys` also takes the command names from `commands`, `login` the line
