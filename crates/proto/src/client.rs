@@ -21,7 +21,9 @@ use crate::codec::{ClientCodec, CodecError};
 use crate::command::{Command, Request};
 use crate::reply::{ChatMessage, Reply};
 use crate::tls::{TlsConfig, TlsSetupError};
-use crate::types::{Failure, MessageText, Password, REF_NUMBER_BOUND, Recipient, Ref, UserId};
+use crate::types::{
+    Anchor, Failure, MessageText, PageLimit, Password, REF_NUMBER_BOUND, Recipient, Ref, UserId,
+};
 
 /// Most replies [`Client::request`] keeps aside while it waits for its answer.
 pub const MAX_REQUEST_BACKLOG: usize = 4096;
@@ -76,6 +78,20 @@ impl ClientError {
     }
 }
 
+/// A page of one conversation's kept messages: what [`Client::history`] returns (the fields
+/// of a [`Reply::History`] but its `ref`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The conversation: `Everyone` for the public one, a user for the private conversation
+    /// between the client's user and that user.
+    pub with: Recipient,
+    /// The messages, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// Whether the kept history goes on past this page in the direction asked (older for
+    /// the newest page or [`Anchor::Before`], newer for [`Anchor::After`]).
+    pub more: bool,
+}
+
 /// A connection to a SimpleTextIM server.
 ///
 /// `Client` sends commands through its methods and is a [`Stream`] of the server's
@@ -116,6 +132,15 @@ pub struct Client {
     receiver: ClientReceiver,
     /// The ref of the next [`Client::request`].
     next_ref: u64,
+    /// Who logged in, once logged in: whose private messages [`Client::set_auto_ack`]
+    /// acknowledges.
+    me: Option<UserId>,
+    /// [`Client::set_auto_ack`]'s mode.
+    auto_ack: bool,
+    /// The highest id of a private message addressed to `me` handed to the caller.
+    seen: u64,
+    /// The highest id acknowledged.
+    acked: u64,
 }
 
 impl Client {
@@ -179,6 +204,10 @@ impl Client {
                 backlog: VecDeque::new(),
             },
             next_ref: 1,
+            me: None,
+            auto_ack: false,
+            seen: 0,
+            acked: 0,
         }
     }
 
@@ -195,24 +224,203 @@ impl Client {
         user_id: &str,
         password: &str,
     ) -> Result<Vec<ChatMessage>, ClientError> {
+        self.login_as(user_id, password, false).await
+    }
+
+    /// Logs in asking for acknowledged delivery (protocol 1.1, `"acks": true`), and waits
+    /// for the answer, like [`Client::login`]. In such a session a private message addressed
+    /// to this user (and every message of the login ack returned here) counts as delivered
+    /// only once the client acknowledges an id at least as large with [`Client::ack`]: the
+    /// server keeps every unacknowledged one and hands it over again, in id order, at the
+    /// next login. A message may so come twice; its `id` tells. A server of protocol 1.0
+    /// ignores the field: the session is then an ordinary one.
+    ///
+    /// ```no_run
+    /// use simpletextim_proto::Client;
+    ///
+    /// # async fn run() -> Result<(), simpletextim_proto::ClientError> {
+    /// let mut client = Client::connect("127.0.0.1:5000").await?;
+    /// let pending = client.login_with_acks("alice", "secret").await?;
+    /// for m in &pending {
+    ///     println!("<{}> {}", m.user_id, m.message);
+    /// }
+    /// // Shown: the server may forget them.
+    /// if let Some(last) = pending.last() {
+    ///     client.ack(last.id).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::login`].
+    pub async fn login_with_acks(
+        &mut self,
+        user_id: &str,
+        password: &str,
+    ) -> Result<Vec<ChatMessage>, ClientError> {
+        self.login_as(user_id, password, true).await
+    }
+
+    async fn login_as(
+        &mut self,
+        user_id: &str,
+        password: &str,
+        acks: bool,
+    ) -> Result<Vec<ChatMessage>, ClientError> {
         let user_id = UserId::new(user_id).map_err(ClientError::Invalid)?;
         let password = Password::new(password).map_err(ClientError::Invalid)?;
-        self.sender.send(&Command::login(user_id, password)).await?;
+        let login = Command::Login {
+            user_id: user_id.clone(),
+            password,
+            acks,
+        };
+        self.sender.send(&login).await?;
         // From the socket: replies a `request` kept aside came before the login was sent.
         match self.receiver.read_reply().await? {
-            Reply::Message { messages, .. } => Ok(messages),
+            Reply::Message { messages, .. } => {
+                self.me = Some(user_id);
+                self.note_private(&messages);
+                Ok(messages)
+            }
             Reply::Fail { fail, .. } => Err(ClientError::Refused(fail)),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }
 
-    /// Waits for the next reply, which may be [`Reply::Unreadable`] or [`Reply::Unknown`]
-    /// (skip those and call again).
+    /// Turns the automatic acknowledgement on or off (off at first), for a session logged
+    /// in with [`Client::login_with_acks`]. When on, [`Client::next_reply`] first sends an
+    /// `ack` of the highest id of the private messages addressed to this user that the
+    /// client has handed over so far (from the login ack and from earlier
+    /// [`Client::next_reply`] calls), when that id was not acknowledged yet: at most one
+    /// `ack` per call, and only for messages the caller already holds.
+    ///
+    /// Only [`Client::next_reply`] acknowledges: the [`Stream`] implementation and the
+    /// halves of [`Client::into_split`] never do (a stream cannot send), and a client that
+    /// crashes before its next call has acknowledged nothing it did not hold.
+    ///
+    /// ```no_run
+    /// use simpletextim_proto::{Client, Reply};
+    ///
+    /// # async fn run() -> Result<(), simpletextim_proto::ClientError> {
+    /// let mut client = Client::connect("127.0.0.1:5000").await?;
+    /// client.login_with_acks("alice", "secret").await?;
+    /// client.set_auto_ack(true);
+    /// loop {
+    ///     // Acknowledges the private messages printed by the previous turns, then reads.
+    ///     if let Reply::Message { messages, .. } = client.next_reply().await? {
+    ///         for m in messages {
+    ///             println!("<{}> {}", m.user_id, m.message);
+    ///         }
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn set_auto_ack(&mut self, on: bool) {
+        self.auto_ack = on;
+    }
+
+    /// Notes the private messages addressed to us among `messages`, for the automatic
+    /// acknowledgement.
+    fn note_private(&mut self, messages: &[ChatMessage]) {
+        let Some(me) = &self.me else { return };
+        for m in messages {
+            if m.to == Recipient::User(me.clone()) && &m.user_id != me {
+                self.seen = self.seen.max(m.id);
+            }
+        }
+    }
+
+    /// Asks for a page of one conversation's kept messages (protocol 1.1) and waits for it,
+    /// with [`Client::request`] (so replies that come meanwhile are kept for the stream).
+    /// `with` is [`Recipient::Everyone`] for the public conversation, a user for the private
+    /// conversation with that user; `anchor` `None` asks for the newest messages,
+    /// [`Anchor::Before`] for those just older than an id, [`Anchor::After`] for those just
+    /// newer; `limit` `None` is the server's default (50).
+    ///
+    /// Unlike [`Client::request`], which returns a `fail` as a reply, a refusal here is an
+    /// error, [`ClientError::Refused`], as for [`Client::login`].
+    ///
+    /// ```no_run
+    /// use simpletextim_proto::{Anchor, Client, PageLimit, Recipient};
+    ///
+    /// # async fn run() -> Result<(), simpletextim_proto::ClientError> {
+    /// let mut client = Client::connect("127.0.0.1:5000").await?;
+    /// client.login("alice", "secret").await?;
+    /// // What was said in public while we were away, after the last message we saw (41).
+    /// let mut after = 41;
+    /// loop {
+    ///     let page = client
+    ///         .history(Recipient::Everyone, Some(Anchor::After(after)), Some(PageLimit::MAX))
+    ///         .await?;
+    ///     for m in &page.messages {
+    ///         println!("{} <{}> {}", m.id, m.user_id, m.message);
+    ///     }
+    ///     match page.messages.last() {
+    ///         Some(last) if page.more => after = last.id,
+    ///         _ => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// [`ClientError::Closed`] when the server closed the connection, or the framing error.
+    /// [`ClientError::Refused`] when the server answers `fail` (400 from a server without
+    /// history, 401 before login…); [`ClientError::Unexpected`] when it answers the ref with
+    /// another kind of reply; otherwise as [`Client::request`].
+    pub async fn history(
+        &mut self,
+        with: Recipient,
+        anchor: Option<Anchor>,
+        limit: Option<PageLimit>,
+    ) -> Result<HistoryPage, ClientError> {
+        let command = Command::History {
+            with,
+            anchor,
+            limit,
+        };
+        match self.request(command).await? {
+            Reply::History {
+                with,
+                messages,
+                more,
+                ..
+            } => Ok(HistoryPage {
+                with,
+                messages,
+                more,
+            }),
+            Reply::Fail { fail, .. } => Err(ClientError::Refused(fail)),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Acknowledges every private message addressed to this user with an id up to `id`
+    /// (protocol 1.1, in a session logged in with [`Client::login_with_acks`]): the server
+    /// may forget them. See [`ClientSender::ack`].
+    ///
+    /// # Errors
+    /// As [`ClientSender::ack`].
+    pub async fn ack(&mut self, id: u64) -> Result<(), ClientError> {
+        self.sender.ack(id).await
+    }
+
+    /// Waits for the next reply, which may be [`Reply::Unreadable`] or [`Reply::Unknown`]
+    /// (skip those and call again). With [`Client::set_auto_ack`] on, first acknowledges
+    /// the private messages handed over before.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] when the server closed the connection, or the framing error;
+    /// with the automatic acknowledgement, the I/O error of sending it.
     pub async fn next_reply(&mut self) -> Result<Reply, ClientError> {
-        self.receiver.next_reply().await
+        if self.auto_ack && self.seen > self.acked {
+            self.sender.ack(self.seen).await?;
+            self.acked = self.seen;
+        }
+        let reply = self.receiver.next_reply().await?;
+        if let Reply::Message { messages, .. } = &reply {
+            self.note_private(messages);
+        }
+        Ok(reply)
     }
 
     /// Sends any command.
@@ -356,6 +564,19 @@ impl ClientSender {
         SinkExt::<&Command>::flush(&mut self.inner)
             .await
             .map_err(ClientError::from)
+    }
+
+    /// Acknowledges every private message addressed to this user with an id up to `id`
+    /// (protocol 1.1, in a session logged in with [`Client::login_with_acks`]). The server
+    /// answers nothing when it takes the ack, so the ack is sent without a ref and not
+    /// waited for: a refusal (a server without acks answers `fail 400`) arrives on the
+    /// stream as a [`Reply::Fail`] without a ref. An id the session was never sent is
+    /// harmless.
+    ///
+    /// # Errors
+    /// The I/O error when the connection is broken.
+    pub async fn ack(&mut self, id: u64) -> Result<(), ClientError> {
+        self.send(&Command::Ack { id }).await
     }
 
     /// Sends a public message to everyone logged in.

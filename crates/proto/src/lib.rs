@@ -12,7 +12,9 @@
 //! - [`ServerCodec`] and [`ClientCodec`]: `tokio_util` length-delimited frames of JSON.
 //! - [`Client`]: an async client to build bots and user interfaces on, over plain TCP or
 //!   TLS ([`Client::connect_tls`] with a [`TlsConfig`]: the system's roots, a CA file, or
-//!   both).
+//!   both). Protocol 1.1: [`Client::request`] matches a reply to its command by ref;
+//!   [`Client::history`] returns a [`HistoryPage`]; [`Client::login_with_acks`],
+//!   [`Client::ack`] and the opt-in [`Client::set_auto_ack`] for acknowledged delivery.
 //!
 //! Start reading at [`Client`] to talk to a server, or at [`Command`] and [`Reply`] for the
 //! messages themselves. The protocol is described in `docs/PROTOCOL.md` of the repository.
@@ -52,7 +54,9 @@ mod reply;
 mod tls;
 pub mod types;
 
-pub use client::{Client, ClientError, ClientReceiver, ClientSender, MAX_REQUEST_BACKLOG};
+pub use client::{
+    Client, ClientError, ClientReceiver, ClientSender, HistoryPage, MAX_REQUEST_BACKLOG,
+};
 pub use codec::{ClientCodec, CodecError, ServerCodec};
 pub use command::{Command, Rejected, Request};
 pub use reply::{ChatMessage, Reply};

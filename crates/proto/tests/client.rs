@@ -4,8 +4,8 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use simpletextim_proto::codec::encode_frame;
 use simpletextim_proto::{
-    ChatMessage, Client, ClientError, Command, ErrorCode, MAX_REQUEST_BACKLOG, Recipient, Ref,
-    Reply, Request, UserId,
+    Anchor, ChatMessage, Client, ClientError, Command, ErrorCode, HistoryPage, MAX_REQUEST_BACKLOG,
+    PageLimit, Recipient, Ref, Reply, Request, UserId,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -285,5 +285,254 @@ async fn the_backlog_goes_with_the_receiving_half() {
     assert_eq!(
         rx.next_reply().await.unwrap(),
         Reply::Left { user_id: bob() }
+    );
+}
+
+// ---- Client::history, Client::ack, Client::login_with_acks ------------------------------
+
+#[tokio::test]
+async fn history_returns_the_page_answering_its_ref_and_keeps_the_rest() {
+    let mut client = client_answered_by(|req| {
+        let Command::History {
+            with,
+            anchor,
+            limit,
+        } = &req.command
+        else {
+            return vec![format!(
+                r#"{{"command":"fail","ref":{},"fail":{{"error_code":400,"reason":"not history"}}}}"#,
+                ref_json(req)
+            )];
+        };
+        // The page echoes what was asked, so the test sees the command's fields.
+        let (before, after) = match anchor {
+            Some(Anchor::Before(id)) => (*id, 0),
+            Some(Anchor::After(id)) => (0, *id),
+            None => (0, 0),
+        };
+        let limit = limit.map_or(0, PageLimit::get) as u64;
+        vec![
+            r#"{"command":"joined","user_id":"bob"}"#.to_owned(),
+            format!(
+                r#"{{"command":"history","ref":{},"with":"{with}","messages":[{},{}],"more":true}}"#,
+                ref_json(req),
+                chat_json(&chat("bob", "old", before, None)),
+                chat_json(&chat("carol", "older", after + limit, None)),
+            ),
+        ]
+    })
+    .await;
+    let page = client
+        .history(
+            Recipient::User(bob()),
+            Some(Anchor::Before(41)),
+            Some(PageLimit::new(20).expect("valid")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page,
+        HistoryPage {
+            with: Recipient::User(bob()),
+            messages: vec![
+                chat("bob", "old", 41, None),
+                chat("carol", "older", 20, None)
+            ],
+            more: true,
+        }
+    );
+    let page = client
+        .history(Recipient::Everyone, Some(Anchor::After(7)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages,
+        [chat("bob", "old", 0, None), chat("carol", "older", 7, None)]
+    );
+    assert_eq!(page.with, Recipient::Everyone);
+    // The notices that came before each page wait on the stream.
+    for _ in 0..2 {
+        assert_eq!(next(&mut client).await, Reply::Joined { user_id: bob() });
+    }
+}
+
+#[tokio::test]
+async fn a_refused_history_is_the_refused_error_with_the_failure() {
+    let mut client = client_answered_by(|req| {
+        vec![format!(
+            r#"{{"command":"fail","ref":{},"fail":{{"error_code":400,"reason":"history is not available on this server yet"}}}}"#,
+            ref_json(req)
+        )]
+    })
+    .await;
+    let err = client
+        .history(Recipient::Everyone, None, None)
+        .await
+        .unwrap_err();
+    let ClientError::Refused(failure) = &err else {
+        panic!("refused, got {err:?}");
+    };
+    assert_eq!(failure.error_code, ErrorCode::BadRequest);
+    assert_eq!(
+        failure.reason,
+        "history is not available on this server yet"
+    );
+    assert_eq!(err.failure(), Some(failure));
+}
+
+#[tokio::test]
+async fn a_history_answered_by_another_kind_is_unexpected() {
+    let mut client = client_answered_by(|req| {
+        vec![format!(
+            r#"{{"command":"list","ref":{},"list":[]}}"#,
+            ref_json(req)
+        )]
+    })
+    .await;
+    let err = client
+        .history(Recipient::Everyone, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Unexpected(r) if **r == Reply::List { r#ref: Some(Ref::Number(1)), list: vec![] }),
+        "{err:?}"
+    );
+}
+
+/// The fake server reports every request it reads as a `joined` notice naming it, so the
+/// test sees exactly what was sent (a user id holds `_` and `-`, not JSON).
+fn report(req: &Request) -> String {
+    let what = match &req.command {
+        Command::Login { acks, .. } => format!("login-acks-{acks}"),
+        Command::Ack { id } => format!("ack-{id}"),
+        other => other.name().to_owned(),
+    };
+    let r = match &req.r#ref {
+        Some(Ref::Number(n)) => format!("-ref-{n}"),
+        Some(Ref::Text(t)) => format!("-ref-{t}"),
+        None => String::new(),
+    };
+    format!(r#"{{"command":"joined","user_id":"{what}{r}"}}"#)
+}
+
+#[tokio::test]
+async fn login_with_acks_asks_for_acks_and_ack_sends_the_id_without_a_ref() {
+    let mut client = client_answered_by(|req| match &req.command {
+        Command::Login { .. } => vec![
+            format!(
+                r#"{{"command":"message","messages":[{}]}}"#,
+                chat_json(&ChatMessage {
+                    to: Recipient::User(UserId::new("alice").expect("valid")),
+                    ..chat("bob", "while you were away", 41, None)
+                })
+            ),
+            report(req),
+        ],
+        _ => vec![report(req)],
+    })
+    .await;
+    let pending = client.login_with_acks("alice", "secret").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].id, pending[0].message.as_str()),
+        (41, "while you were away")
+    );
+    client.ack(41).await.unwrap();
+    let (mut tx, mut rx) = client.into_split();
+    tx.ack(42).await.unwrap();
+    for expected in ["login-acks-true", "ack-41", "ack-42"] {
+        assert_eq!(
+            rx.next_reply().await.unwrap(),
+            Reply::Joined {
+                user_id: UserId::new(expected).expect("valid")
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn login_without_acks_does_not_ask_for_them() {
+    let mut client = client_answered_by(|req| {
+        vec![
+            r#"{"command":"message","messages":[]}"#.to_owned(),
+            report(req),
+        ]
+    })
+    .await;
+    assert_eq!(client.login("alice", "secret").await.unwrap(), []);
+    assert_eq!(
+        next(&mut client).await,
+        Reply::Joined {
+            user_id: UserId::new("login-acks-false").expect("valid")
+        }
+    );
+}
+
+#[tokio::test]
+async fn auto_ack_acknowledges_what_next_reply_handed_over_once_before_reading_on() {
+    let alice = || Recipient::User(UserId::new("alice").expect("valid"));
+    let mut client = client_answered_by(move |req| match &req.command {
+        Command::Login { .. } => vec![format!(
+            r#"{{"command":"message","messages":[{}]}}"#,
+            chat_json(&ChatMessage {
+                to: alice(),
+                ..chat("bob", "kept for you", 5, None)
+            })
+        )],
+        Command::Ack { id: 5 } => vec![
+            report(req),
+            // A private message to alice, one of hers to bob, a public one.
+            format!(
+                r#"{{"command":"message","messages":[{},{},{}]}}"#,
+                chat_json(&ChatMessage {
+                    to: alice(),
+                    ..chat("bob", "to alice", 7, None)
+                }),
+                chat_json(&ChatMessage {
+                    to: Recipient::User(bob()),
+                    ..chat("alice", "to bob", 8, None)
+                }),
+                chat_json(&chat("carol", "to all", 9, None)),
+            ),
+        ],
+        _ => vec![report(req)],
+    })
+    .await;
+    client.login_with_acks("alice", "secret").await.unwrap();
+    client.set_auto_ack(true);
+    // The login ack's message is acknowledged before the first read.
+    assert_eq!(
+        client.next_reply().await.unwrap(),
+        Reply::Joined {
+            user_id: UserId::new("ack-5").expect("valid")
+        }
+    );
+    let Reply::Message { messages, .. } = client.next_reply().await.unwrap() else {
+        panic!("the messages");
+    };
+    assert_eq!(messages.len(), 3);
+    // 7 is acknowledged (not 8, alice's own, nor 9, public)…
+    assert_eq!(
+        client.next_reply().await.unwrap(),
+        Reply::Joined {
+            user_id: UserId::new("ack-7").expect("valid")
+        }
+    );
+    // … once: nothing new since.
+    client.send(&Command::List).await.unwrap();
+    assert_eq!(
+        client.next_reply().await.unwrap(),
+        Reply::Joined {
+            user_id: UserId::new("list").expect("valid")
+        }
+    );
+    // Off: nothing is acknowledged.
+    client.set_auto_ack(false);
+    client.send(&Command::List).await.unwrap();
+    assert_eq!(
+        client.next_reply().await.unwrap(),
+        Reply::Joined {
+            user_id: UserId::new("list").expect("valid")
+        }
     );
 }

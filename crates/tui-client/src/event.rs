@@ -2,7 +2,7 @@
 //! and the network task), [`NetRequest`]s out of it to the network task.
 
 use crossterm::event::{Event as TermEvent, KeyEvent, MouseEvent};
-use simpletextim_proto::{ChatMessage, Command, Password, Reply, UserId};
+use simpletextim_proto::{ChatMessage, Password, Reply, Request, UserId};
 
 /// Everything the application reacts to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +96,8 @@ pub enum NetRequest {
         /// The password.
         password: Password,
     },
-    /// Send a command on the current session.
-    Send(Command),
+    /// Send a command (with its `ref`) on the current session.
+    Send(Request),
     /// Send `exit`, let the server close the session, and stop.
     Exit,
 }

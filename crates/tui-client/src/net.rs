@@ -222,7 +222,10 @@ async fn connect_and_login(
 ) -> Result<(Client, Vec<ChatMessage>), ClientError> {
     let attempt = async {
         let mut client = endpoint.connect().await?;
-        let pending = client.login(user.as_str(), password.expose()).await?;
+        // Acknowledged delivery: the application acks private messages once shown.
+        let pending = client
+            .login_with_acks(user.as_str(), password.expose())
+            .await?;
         Ok((client, pending))
     };
     match tokio::time::timeout(LOGIN_TIMEOUT, attempt).await {
@@ -283,9 +286,9 @@ async fn session(
                 }
             },
             request = requests.recv() => match request {
-                Some(NetRequest::Send(command)) => {
-                    debug!(command = command.name(), "sending");
-                    if let Err(e) = tx.send(&command).await {
+                Some(NetRequest::Send(request)) => {
+                    debug!(command = request.command.name(), "sending");
+                    if let Err(e) = tx.send_request(&request).await {
                         return End::Lost(sanitize(&e.to_string()));
                     }
                 }

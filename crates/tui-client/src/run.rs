@@ -50,6 +50,11 @@ pub async fn run(
             break;
         }
         terminal.draw(|frame| ui::draw(frame, &app))?;
+        // What was just drawn is on screen: acknowledge it (at most one `ack` a frame).
+        let mut acks = app.on_drawn();
+        if perform(&mut acks, &net_tx, terminal)? {
+            break;
+        }
         let event = tokio::select! {
             event = events.recv() => event,
             // The network task ends only when asked to, unless it failed: say so rather

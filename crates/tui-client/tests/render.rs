@@ -421,3 +421,53 @@ fn an_out_of_range_time_is_drawn_as_a_question_mark() {
     assert_eq!(row(20).trim_end(), "?     <bob> late");
     assert_eq!(row(21).trim_end(), "?     <bob> later");
 }
+
+/// History (protocol 1.1): after a reconnection whose catch-up the server refused, the
+/// marker where messages may be missing; PageUp at the top, "loading older…" in the title.
+#[test]
+fn gap_marker_and_loading_older() {
+    let mut app = logged_in(vec![]);
+    reply(
+        &mut app,
+        Reply::Message {
+            r#ref: None,
+            messages: vec![msg("bob", "*", "before the break", 1)],
+        },
+        1,
+    );
+    net(
+        &mut app,
+        NetEvent::Disconnected {
+            reason: "connection reset".into(),
+            at_ms: T0 + 2 * 60_000,
+        },
+    );
+    net(
+        &mut app,
+        NetEvent::LoggedIn {
+            user: uid("alice"),
+            pending: vec![],
+            at_ms: T0 + 3 * 60_000,
+        },
+    );
+    // The list (ref 3), then the catch-up of "all" (ref 4), refused.
+    reply(
+        &mut app,
+        Reply::fail(
+            ErrorCode::BadRequest,
+            "history is not available on this server yet",
+        )
+        .with_ref(Some(simpletextim_proto::Ref::Number(4))),
+        3,
+    );
+    reply(
+        &mut app,
+        Reply::Message {
+            r#ref: None,
+            messages: vec![msg("bob", "*", "after the break", 4)],
+        },
+        4,
+    );
+    key(&mut app, KeyCode::PageUp);
+    snapshot("gap_and_loading_80x24", &mut app, 80, 24);
+}

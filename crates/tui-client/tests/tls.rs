@@ -152,7 +152,9 @@ impl Peer {
     }
 
     fn send(&self, command: Command) {
-        self.requests.send(NetRequest::Send(command)).unwrap();
+        self.requests
+            .send(NetRequest::Send(command.into()))
+            .unwrap();
     }
 
     async fn exit(self) {

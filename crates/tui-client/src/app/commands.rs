@@ -4,11 +4,10 @@
 //! line stays, locked, until the echo or a refusal; keys typed meanwhile are replayed).
 
 use simpletextim_proto::types::MAX_MESSAGE_CHARS;
-use simpletextim_proto::{Command, ErrorCode, MessageText, Recipient, UserId};
+use simpletextim_proto::{Command, ErrorCode, MessageText, Recipient, Ref, UserId};
 
 use super::conversation::ConvId;
-use super::state::{Action, App, Awaiting, Connection, StatusLine};
-use crate::event::NetRequest;
+use super::state::{Action, App, Awaiting, Connection, HistoryKind, Pending, StatusLine};
 
 /// Commands, as (usage, what it does), for the help overlay; the first word of each usage
 /// is the command Tab completes, except `//text` (an escape, not a command).
@@ -113,14 +112,21 @@ impl App {
                 if text.trim().is_empty() {
                     return self.error("usage: /msg NAME TEXT".into());
                 }
-                self.conversation(&ConvId::Private(user.clone()));
-                self.send(Recipient::User(user), text, line)
+                let id = ConvId::Private(user.clone());
+                let new = self.conversation_index(&id).is_none();
+                self.conversation(&id);
+                let mut actions = self.send(Recipient::User(user), text, line);
+                // A conversation opened now shows what was said in it before.
+                if new && !actions.is_empty() {
+                    actions.push(self.ask_history(id, HistoryKind::Latest));
+                }
+                actions
             }
             "/query" => match UserId::new(args) {
                 Ok(u) => {
-                    self.open_query(u);
+                    let actions = self.open_query(u);
                     done(self);
-                    Vec::new()
+                    actions
                 }
                 Err(_) if args.is_empty() => self.error("usage: /query NAME".into()),
                 Err(f) => self.error(format!("/query: {}", f.reason)),
@@ -129,9 +135,8 @@ impl App {
                 if self.connection != Connection::Connected {
                     return self.error("not connected".into());
                 }
-                self.list_requests += 1;
                 done(self);
-                vec![Action::Net(NetRequest::Send(Command::List))]
+                vec![self.request(Command::List, Pending::List { show: true })]
             }
             "/clear" => {
                 self.active_conversation_mut().msgs.clear();
@@ -178,11 +183,22 @@ impl App {
             }
             Err(f) => return self.error(format!("not sent: {}", f.reason)),
         };
+        let conv = match &to {
+            Recipient::Everyone => ConvId::Public,
+            Recipient::User(u) => ConvId::Private(u.clone()),
+        };
+        let pending = Pending::Send {
+            conv,
+            text: text.to_owned(),
+        };
+        let r#ref = self.next_ref;
+        let action = self.request(Command::send(to, message), pending);
         self.awaiting.push_back(Awaiting {
+            r#ref,
             text: text.to_owned(),
             line: line.to_owned(),
         });
-        vec![Action::Net(NetRequest::Send(Command::send(to, message)))]
+        vec![action]
     }
 
     /// Shows an error in the status bar.
@@ -191,11 +207,21 @@ impl App {
         Vec::new()
     }
 
-    /// Our own message came back: it was sent, so the input line that sent it goes.
-    pub(super) fn echoed(&mut self, text: &str) -> Vec<Action> {
-        if self.awaiting.front().is_some_and(|a| a.text == text)
-            && let Some(a) = self.awaiting.pop_front()
-        {
+    /// Our own message came back: it was sent, so the input line that sent it goes. The
+    /// echo carries the `ref` of the `send` it answers; from a server that gives none (that
+    /// answered nothing with a ref yet), it is the oldest message awaited when the text is
+    /// the same.
+    pub(super) fn echoed(&mut self, r: Option<&Ref>, text: &str) -> Vec<Action> {
+        let index = match self.answered(r) {
+            Some((n, _)) => self.awaiting.iter().position(|a| a.r#ref == n),
+            None if r.is_none() && !self.server_refs => self
+                .awaiting
+                .front()
+                .is_some_and(|a| a.text == text)
+                .then_some(0),
+            None => None,
+        };
+        if let Some(a) = index.and_then(|i| self.awaiting.remove(i)) {
             self.input.push_history(&a.line);
             if self.input.text() == a.line {
                 self.input.clear();

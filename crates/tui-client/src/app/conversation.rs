@@ -10,7 +10,8 @@
 //! This module is a leaf of `app`: it imports nothing from the rest of the crate but
 //! [`crate::text`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use chrono::{DateTime, FixedOffset, Local, NaiveDate, NaiveDateTime, TimeZone as _};
 use simpletextim_proto::UserId;
@@ -113,6 +114,9 @@ impl EntryKind {
 /// One line of a conversation, before wrapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The server's id of a chat message (`None` for notices, and for messages from a
+    /// server that gives no ids). Entries with ids are kept in id order.
+    pub id: Option<u64>,
     /// When, in Unix milliseconds.
     pub ts_ms: u64,
     /// What it is.
@@ -164,6 +168,12 @@ pub struct MsgArea {
     tz: TimeZone,
     /// Rows of all entries at the pane's width: the sum of their [`EntryLayout::rows`].
     rows: usize,
+    /// The [`MsgArea::key`] of every entry with an id: what a message shown again (a
+    /// history page overlapping what is shown, a redelivery) is recognised by.
+    keys: BTreeSet<(u64, u64)>,
+    /// The highest message id ever added (kept through `/clear` and dropped entries): where
+    /// catching up after a reconnection starts.
+    high_water: Option<u64>,
 }
 
 impl MsgArea {
@@ -176,6 +186,141 @@ impl MsgArea {
             size,
             tz,
             rows: 0,
+            keys: BTreeSet::new(),
+            high_water: None,
+        }
+    }
+
+    /// What identifies a message entry: its id and a fingerprint of its sender, time and
+    /// text. One message delivered twice has one key; two messages a misbehaving server
+    /// gave one id keep two (both are shown).
+    fn key(entry: &Entry) -> Option<(u64, u64)> {
+        let id = entry.id?;
+        let mut h = DefaultHasher::new();
+        if let EntryKind::Chat { from, .. } = &entry.kind {
+            from.as_str().hash(&mut h);
+        }
+        entry.ts_ms.hash(&mut h);
+        entry.text.hash(&mut h);
+        Some((id, h.finish()))
+    }
+
+    /// The lowest id of the messages held (where older history is asked from).
+    pub fn min_id(&self) -> Option<u64> {
+        self.keys.first().map(|k| k.0)
+    }
+
+    /// The highest message id ever added, even if cleared or dropped since.
+    pub fn max_id(&self) -> Option<u64> {
+        self.high_water
+    }
+
+    /// Whether the view shows the oldest row (or the entries fit the pane).
+    pub fn at_top(&self) -> bool {
+        self.scroll >= self.rows.saturating_sub(usize::from(self.size.1))
+    }
+
+    /// Adds a chat message in id order (at the bottom when it is the newest, as live
+    /// messages are; above newer ones when it comes from history). An entry without id goes
+    /// at the bottom. Returns false, adding nothing, when the same message is already held.
+    pub fn add_message(&mut self, entry: Entry) -> bool {
+        let Some(key) = Self::key(&entry) else {
+            self.push(entry, true);
+            return true;
+        };
+        if self.keys.contains(&key) {
+            return false;
+        }
+        let pos = self.position_after(key.0);
+        self.keys.insert(key);
+        self.high_water = self.high_water.max(Some(key.0));
+        self.insert(pos, entry, true);
+        true
+    }
+
+    /// Adds a notice just after the messages with ids up to `id` (before the first newer
+    /// one, after the notices that follow them): a gap marker's place.
+    pub fn insert_after_id(&mut self, id: u64, entry: Entry) {
+        let pos = self.position_after(id);
+        self.insert(pos, entry, false);
+    }
+
+    /// Adds a notice above every entry ("beginning of history").
+    pub fn push_front(&mut self, entry: Entry) {
+        self.insert(0, entry, false);
+    }
+
+    /// Where an entry with id `id` goes: before the first entry with a larger id, or at
+    /// the end. Ids held are in order, so the search starts from the nearer end.
+    fn position_after(&self, id: u64) -> usize {
+        let len = self.entries.len();
+        match (self.keys.first(), self.keys.last()) {
+            (_, None) => len,
+            (_, Some(last)) if last.0 <= id => len,
+            (Some(first), _) if id < first.0 => self
+                .entries
+                .iter()
+                .position(|e| e.id.is_some_and(|e| e > id))
+                .unwrap_or(len),
+            _ => {
+                let mut pos = len;
+                for (i, e) in self.entries.iter().enumerate().rev() {
+                    match e.id {
+                        Some(e) if e > id => pos = i,
+                        Some(_) => break,
+                        None => {}
+                    }
+                }
+                pos
+            }
+        }
+    }
+
+    /// Inserts an entry at `pos`, keeping the row count, and the view on the rows it shows:
+    /// an entry that lands below a scrolled-up view pushes the view up with it (and counts
+    /// as new below when it is a message), one above it changes nothing shown.
+    fn insert(&mut self, pos: usize, entry: Entry, is_message: bool) {
+        if pos >= self.entries.len() {
+            self.push(entry, is_message);
+            return;
+        }
+        let below_view = self.scroll > 0 && self.rows_from(pos) < self.scroll;
+        // The entry at `pos` moves down one: its date line may go.
+        let before = self.entry_rows(pos);
+        self.entries.insert(pos, entry);
+        let after = self.entry_rows(pos) + self.entry_rows(pos + 1);
+        let added = after.saturating_sub(before);
+        self.rows = (self.rows + after).saturating_sub(before);
+        if below_view {
+            self.scroll += added;
+            if is_message {
+                self.new_below += 1;
+            }
+        }
+        if self.entries.len() > MAX_ENTRIES {
+            self.drop_oldest();
+        }
+    }
+
+    /// Rows of the entries from `pos` to the end, counted from the nearer end, and no
+    /// further than needed to compare with the scroll position.
+    fn rows_from(&self, pos: usize) -> usize {
+        let len = self.entries.len();
+        if pos < len / 2 {
+            let mut above = 0;
+            for i in 0..pos {
+                above += self.entry_rows(i);
+            }
+            self.rows.saturating_sub(above)
+        } else {
+            let mut below = 0;
+            for i in (pos..len).rev() {
+                below += self.entry_rows(i);
+                if below >= self.scroll {
+                    break;
+                }
+            }
+            below
         }
     }
 
@@ -262,13 +407,17 @@ impl MsgArea {
     /// date line, so its rows are counted again.
     fn drop_oldest(&mut self) {
         let before = self.entry_rows(0) + self.entry_rows(1);
-        self.entries.pop_front();
+        if let Some(key) = self.entries.pop_front().as_ref().and_then(Self::key) {
+            self.keys.remove(&key);
+        }
         self.rows = self.rows + self.entry_rows(0) - before;
     }
 
-    /// Empties the area (`/clear`).
+    /// Empties the area (`/clear`). The highest id stays known: catching up after a
+    /// reconnection does not bring the cleared messages back.
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.keys.clear();
         self.rows = 0;
         self.scroll = 0;
         self.new_below = 0;
@@ -308,6 +457,18 @@ impl MsgArea {
     }
 }
 
+/// Where loading older history (PageUp at the top) stands, for one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OlderHistory {
+    /// Nothing asked; PageUp at the top asks.
+    #[default]
+    Idle,
+    /// A page was asked for ("loading older…").
+    Loading,
+    /// The server keeps nothing older ("beginning of history"): PageUp asks no more.
+    Done,
+}
+
 /// A conversation: its identity, its marks in the sidebar and its messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
@@ -319,6 +480,8 @@ pub struct Conversation {
     pub highlight: bool,
     /// Its entries and scroll position.
     pub msgs: MsgArea,
+    /// Loading older history.
+    pub older: OlderHistory,
 }
 
 impl Conversation {
@@ -329,6 +492,7 @@ impl Conversation {
             unread: 0,
             highlight: false,
             msgs: MsgArea::new(size, tz),
+            older: OlderHistory::Idle,
         }
     }
 }
@@ -339,6 +503,7 @@ mod tests {
 
     fn entry(i: u64, text: &str) -> Entry {
         Entry {
+            id: None,
             // Three entries a day.
             ts_ms: i * 8 * 3_600_000,
             kind: EntryKind::Chat {
@@ -382,6 +547,82 @@ mod tests {
         assert_eq!(TimeZone::utc().local(i64::MAX as u64), None);
         let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0));
         assert_eq!(TimeZone::utc().local(0), epoch);
+    }
+
+    fn message(id: u64, text: &str) -> Entry {
+        Entry {
+            id: Some(id),
+            ..entry(id, text)
+        }
+    }
+
+    fn texts(area: &MsgArea) -> Vec<&str> {
+        area.entries().iter().map(|e| e.text.as_str()).collect()
+    }
+
+    /// Messages go in id order wherever they come from, once each; the cached height stays
+    /// what laying the entries out again gives (date lines move as entries are inserted).
+    #[test]
+    fn messages_are_kept_in_id_order_once_each() {
+        let mut area = MsgArea::new((30, 10), TimeZone::utc());
+        let recount = |a: &MsgArea| {
+            (0..a.entries().len())
+                .map(|i| a.entry_rows(i))
+                .sum::<usize>()
+        };
+        assert!(area.add_message(message(5, "five")));
+        area.push(entry(6, "a notice"), false);
+        assert!(area.add_message(message(9, "nine")));
+        assert!(area.add_message(message(2, "two")));
+        assert!(area.add_message(message(7, "seven")));
+        assert!(area.add_message(message(1, "one")));
+        assert!(!area.add_message(message(7, "seven")), "shown already");
+        // One id, another message (a misbehaving server): both shown.
+        assert!(area.add_message(message(7, "also seven")));
+        area.insert_after_id(2, entry(3, "gap after two"));
+        area.insert_after_id(9, entry(10, "gap after nine"));
+        assert_eq!(
+            texts(&area),
+            [
+                "one",
+                "two",
+                "gap after two",
+                "five",
+                "a notice",
+                "seven",
+                "also seven",
+                "nine",
+                "gap after nine"
+            ]
+        );
+        assert_eq!(area.total_rows(), recount(&area));
+        assert_eq!((area.min_id(), area.max_id()), (Some(1), Some(9)));
+        area.push_front(entry(0, "beginning"));
+        assert_eq!(texts(&area)[..2], ["beginning", "one"]);
+        assert_eq!(area.total_rows(), recount(&area));
+        // Cleared, the highest id stays known, and a message comes back.
+        area.clear();
+        assert_eq!((area.min_id(), area.max_id()), (None, Some(9)));
+        assert!(area.add_message(message(5, "five")));
+    }
+
+    /// A message inserted below a scrolled-up view moves the view with it (and counts as
+    /// new below); one inserted above it leaves the view's distance from the bottom alone.
+    #[test]
+    fn inserts_keep_a_scrolled_up_view_on_its_rows() {
+        let mut area = MsgArea::new((80, 5), TimeZone::utc());
+        for id in (10..40).step_by(2) {
+            area.add_message(message(id, "m"));
+        }
+        area.scroll_up(6);
+        let rows = area.total_rows();
+        // Below the view: between the two newest.
+        area.add_message(message(37, "m"));
+        assert_eq!(area.total_rows(), rows + 1);
+        assert_eq!((area.scroll(), area.new_below()), (7, 1));
+        // Above the view: older than everything.
+        area.add_message(message(1, "m"));
+        assert_eq!((area.scroll(), area.new_below()), (7, 1));
     }
 
     #[test]

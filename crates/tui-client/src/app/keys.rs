@@ -7,8 +7,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEventK
 use ratatui::layout::{Position, Rect};
 
 use super::commands::{COMMANDS, command_names};
-use super::conversation::ConvId;
-use super::state::{Action, App};
+use super::conversation::{ConvId, MAX_ENTRIES, OlderHistory};
+use super::state::{Action, App, Connection, HistoryKind};
 use crate::event::Event;
 use crate::input::LineEditor;
 use crate::layout::{self, HelpSection};
@@ -23,7 +23,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "Alt+1..9, Ctrl+N / Ctrl+P",
         "show conversation 1..9, next / previous",
     ),
-    ("PageUp / PageDown, wheel", "scroll the messages"),
+    (
+        "PageUp / PageDown, wheel",
+        "scroll the messages; at the top, load older",
+    ),
     ("Up / Down", "previous / next line from the history"),
     ("Tab", "complete a user id or a /command"),
     (
@@ -63,8 +66,7 @@ impl App {
             return Vec::new();
         }
         if let Some(i) = self.users_cursor {
-            self.on_users_key(key, i);
-            return Vec::new();
+            return self.on_users_key(key, i);
         }
         if self.input_locked() {
             if key.code == KeyCode::Esc {
@@ -90,7 +92,11 @@ impl App {
             KeyCode::Down => self.input.history_next(),
             KeyCode::PageUp => {
                 let msgs = &mut self.active_conversation_mut().msgs;
+                let at_top = msgs.at_top();
                 msgs.scroll_up(msgs.page());
+                if at_top {
+                    return self.load_older();
+                }
             }
             KeyCode::PageDown => {
                 let msgs = &mut self.active_conversation_mut().msgs;
@@ -102,6 +108,27 @@ impl App {
             _ => edit_key(&mut self.input, key),
         }
         Vec::new()
+    }
+
+    /// PageUp at the top of the conversation shown: asks for the page of history before its
+    /// oldest message (once at a time, and no more once the server has nothing older).
+    fn load_older(&mut self) -> Vec<Action> {
+        if self.connection != Connection::Connected {
+            return Vec::new();
+        }
+        let conv = self.active_conversation_mut();
+        if conv.older != OlderHistory::Idle {
+            return Vec::new();
+        }
+        if conv.msgs.entries().len() >= MAX_ENTRIES {
+            // Older entries would be dropped as they come.
+            return self.error(format!(
+                "no older messages: the scrollback holds {MAX_ENTRIES} entries at most"
+            ));
+        }
+        conv.older = OlderHistory::Loading;
+        let id = conv.id.clone();
+        vec![self.ask_history(id, HistoryKind::Older)]
     }
 
     /// A key while the help overlay is shown: scroll it (within its text) or close it.
@@ -123,7 +150,7 @@ impl App {
     }
 
     /// A key while a user of the online list is selected (`i`, F2).
-    fn on_users_key(&mut self, key: KeyEvent, i: usize) {
+    fn on_users_key(&mut self, key: KeyEvent, i: usize) -> Vec<Action> {
         let last = self.online.len().saturating_sub(1);
         match key.code {
             KeyCode::Up => self.users_cursor = Some(i.saturating_sub(1)),
@@ -133,20 +160,29 @@ impl App {
             KeyCode::Enter => {
                 self.users_cursor = None;
                 if let Some(user) = self.online.get(i).cloned() {
-                    self.open_query(user);
+                    return self.open_query(user);
                 }
             }
             KeyCode::Esc | KeyCode::F(2) => self.users_cursor = None,
             _ => {}
         }
+        Vec::new()
     }
 
-    /// The mouse: the wheel scrolls the messages, a click on the sidebar shows that
-    /// conversation, a click on a name of the online list opens a private conversation.
-    pub(super) fn on_mouse(&mut self, kind: MouseEventKind, at: Position) {
+    /// The mouse: the wheel scrolls the messages (up at the top: loads older ones, as
+    /// PageUp), a click on the sidebar shows that conversation, a click on a name of the
+    /// online list opens a private conversation.
+    pub(super) fn on_mouse(&mut self, kind: MouseEventKind, at: Position) -> Vec<Action> {
         let areas = self.layout();
         match kind {
-            MouseEventKind::ScrollUp => self.active_conversation_mut().msgs.scroll_up(WHEEL_ROWS),
+            MouseEventKind::ScrollUp => {
+                let msgs = &mut self.active_conversation_mut().msgs;
+                let at_top = msgs.at_top();
+                msgs.scroll_up(WHEEL_ROWS);
+                if at_top {
+                    return self.load_older();
+                }
+            }
             MouseEventKind::ScrollDown => {
                 self.active_conversation_mut().msgs.scroll_down(WHEEL_ROWS);
             }
@@ -160,11 +196,12 @@ impl App {
                     && let Some(i) = layout::user_at(self.users_cursor, users, at.y)
                     && let Some(user) = self.online.get(i).cloned()
                 {
-                    self.open_query(user);
+                    return self.open_query(user);
                 }
             }
             _ => {}
         }
+        Vec::new()
     }
 
     /// Tab: completes a `/command` at the start of the line, else a user id (online, or

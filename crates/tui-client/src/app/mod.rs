@@ -15,7 +15,9 @@
 //!   layout height);
 //! - `login`: the login form's keys; `keys`: the chat screen's keys and mouse;
 //!   `commands`: the input line, `/commands` and the wait for a sent line's echo;
-//!   `net`: what the network task reports.
+//!   `net`: what the network task reports (replies matched to their command by `ref`,
+//!   history pages merged in id order, gap markers) and [`App::on_drawn`], the `ack` of
+//!   what the last drawing showed.
 //!
 //! Imports run one way: `conversation` is a leaf, `state` imports it, the concern modules
 //! import those two (`keys` also takes the command names from `commands`, `login` the line
@@ -35,9 +37,11 @@ use simpletextim_proto::UserId;
 
 pub use self::commands::{COMMANDS, command_names};
 pub use self::conversation::{
-    ConvId, Conversation, Entry, EntryKind, EntryLayout, MAX_ENTRIES, MsgArea, TimeZone,
+    ConvId, Conversation, Entry, EntryKind, EntryLayout, MAX_ENTRIES, MsgArea, OlderHistory,
+    TimeZone,
 };
 pub use self::keys::{HELP, KEYS};
+use self::state::HistoryKind;
 use self::state::pane_size;
 pub use self::state::{
     Action, App, Connection, LoginField, LoginForm, Screen, Settings, StatusLine,
@@ -59,7 +63,7 @@ impl App {
             }
             Event::Mouse(m) => {
                 if self.screen == Screen::Chat && !self.show_help {
-                    self.on_mouse(m.kind, Position::new(m.column, m.row));
+                    return self.on_mouse(m.kind, Position::new(m.column, m.row));
                 }
                 Vec::new()
             }
@@ -119,10 +123,17 @@ impl App {
         }
     }
 
-    /// Opens (if needed) and shows the private conversation with `user`.
-    pub fn open_query(&mut self, user: UserId) {
-        let i = self.conversation(&ConvId::Private(user));
+    /// Opens (if needed) and shows the private conversation with `user`. A conversation
+    /// opened now asks for its newest page of history (when connected).
+    pub fn open_query(&mut self, user: UserId) -> Vec<Action> {
+        let id = ConvId::Private(user);
+        let new = self.conversation_index(&id).is_none();
+        let i = self.conversation(&id);
         self.switch_to(i);
+        if new && self.connection == Connection::Connected {
+            return vec![self.ask_history(id, HistoryKind::Latest)];
+        }
+        Vec::new()
     }
 }
 

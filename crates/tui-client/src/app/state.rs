@@ -2,10 +2,11 @@
 //! every concern uses. Plain data; the behaviour is in the sibling modules, which import
 //! this one (it imports none of them but the leaf [`super::conversation`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ratatui::layout::Rect;
-use simpletextim_proto::UserId;
+use simpletextim_proto::types::REF_NUMBER_BOUND;
+use simpletextim_proto::{Command, Ref, Request, UserId};
 
 use super::conversation::{ConvId, Conversation, TimeZone};
 use crate::event::{Event, NetRequest};
@@ -116,17 +117,85 @@ pub struct App {
     /// Editing keys and pastes typed while the input line waits for an echo, applied once
     /// it is free (so a fast typist's next line never sticks to the one being sent).
     pub(super) typeahead: Vec<Event>,
-    /// `list` replies still expected for a `/list` typed by the person.
-    pub(super) list_requests: usize,
+    /// The `ref` of the next command sent (every command but `exit` carries one).
+    pub(super) next_ref: u64,
+    /// Commands sent and not answered yet, by ref: what a reply (or a `fail`) answers.
+    /// Emptied when the connection is lost.
+    pub(super) requests: BTreeMap<u64, Pending>,
+    /// Acknowledged delivery of private messages.
+    pub(super) acks: Acks,
+    /// The server of this session answered a command with its ref (protocol 1.1): replies
+    /// are matched by ref only. Until then, a `fail` or an echo without ref answers the
+    /// oldest message sent, as with a server of protocol 1.0.
+    pub(super) server_refs: bool,
 }
 
 /// A message sent and not yet echoed by the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Awaiting {
-    /// The message text, to recognise the echo.
+    /// The `ref` it was sent with.
+    pub(super) r#ref: u64,
+    /// The message text, to recognise the echo of a server that gives no refs.
     pub(super) text: String,
     /// The input line that sent it, cleared when the echo arrives.
     pub(super) line: String,
+}
+
+/// A command sent and not answered yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Pending {
+    /// A message to a conversation (answered by its echo).
+    Send {
+        /// Where it goes.
+        conv: ConvId,
+        /// Its text, for the note when it is refused.
+        text: String,
+    },
+    /// `list`; `show`: typed as `/list`, the answer is shown.
+    List {
+        /// Show the answer in the conversation.
+        show: bool,
+    },
+    /// A page of history for a conversation.
+    History {
+        /// Which conversation.
+        conv: ConvId,
+        /// Why it was asked.
+        kind: HistoryKind,
+    },
+    /// An `ack` (answered only when refused).
+    Ack,
+}
+
+/// Why a history page was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HistoryKind {
+    /// The newest page, at the first login (or for a conversation with nothing yet).
+    Latest,
+    /// Catching up after a reconnection: the page after `after`, the `page`-th (from 0).
+    Gap {
+        /// The id the page follows.
+        after: u64,
+        /// How many pages came before it.
+        page: u32,
+    },
+    /// PageUp at the top: the page before the oldest message shown.
+    Older,
+}
+
+/// Acknowledged delivery (protocol 1.1): which private messages addressed to us came, which
+/// have been on screen, and how far they were acknowledged. An `ack` covers every id up to
+/// it, so it never goes past a message that was not shown.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct Acks {
+    /// The session acknowledges (the login asked for it and no `ack` was refused).
+    pub(super) on: bool,
+    /// The highest id acknowledged in this session.
+    pub(super) acked: u64,
+    /// Private messages addressed to us not on screen yet, and their conversation.
+    pub(super) unshown: BTreeMap<u64, ConvId>,
+    /// Private messages addressed to us that were on screen, not acknowledged yet.
+    pub(super) shown: BTreeSet<u64>,
 }
 
 /// The field of the login form that has the focus.
@@ -196,8 +265,35 @@ impl App {
             was_logged_in: false,
             awaiting: VecDeque::new(),
             typeahead: Vec::new(),
-            list_requests: 0,
+            next_ref: 1,
+            requests: BTreeMap::new(),
+            acks: Acks::default(),
+            server_refs: false,
         }
+    }
+
+    /// Sends `command` with the next ref, remembering what it was for.
+    pub(super) fn request(&mut self, command: Command, pending: Pending) -> Action {
+        let n = self.next_ref;
+        // Below 2^53, as a ref must be (it wraps after 2^53 commands).
+        self.next_ref = (self.next_ref + 1) % REF_NUMBER_BOUND;
+        self.requests.insert(n, pending);
+        Action::Net(NetRequest::Send(Request::with_ref(command, Ref::Number(n))))
+    }
+
+    /// The command a reply with ref `r` answers, forgotten as it is answered.
+    pub(super) fn answered(&mut self, r: Option<&Ref>) -> Option<(u64, Pending)> {
+        let answered = match r {
+            Some(Ref::Number(n)) => self.requests.remove(n).map(|p| (*n, p)),
+            _ => None,
+        };
+        self.server_refs |= answered.is_some();
+        answered
+    }
+
+    /// The index of an open conversation.
+    pub(super) fn conversation_index(&self, id: &ConvId) -> Option<usize> {
+        self.conversations.iter().position(|c| &c.id == id)
     }
 
     /// The conversation shown.

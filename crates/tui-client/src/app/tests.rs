@@ -3,7 +3,10 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
-use simpletextim_proto::{ChatMessage, Command, ErrorCode, Password, Recipient, Reply, UserId};
+use simpletextim_proto::{
+    Anchor, ChatMessage, Command, ErrorCode, PageLimit, Password, Recipient, Ref, Reply, Request,
+    UserId,
+};
 
 use crate::event::NetEvent;
 use crate::layout;
@@ -73,8 +76,37 @@ fn messages(app: &mut App, msgs: Vec<ChatMessage>) -> Vec<Action> {
     )
 }
 
+/// A key, and the actions it leads to with the refs of commands taken off (the tests of
+/// refs look at them: `sent_with_refs`).
 fn key(app: &mut App, code: KeyCode) -> Vec<Action> {
-    app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+    without_refs(app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE))))
+}
+
+fn without_refs(actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            Action::Net(NetRequest::Send(r)) => Action::Net(NetRequest::Send(r.command.into())),
+            other => other,
+        })
+        .collect()
+}
+
+/// A command as sent, with its ref.
+fn sent(command: Command, r: u64) -> Action {
+    Action::Net(NetRequest::Send(Request::with_ref(command, Ref::Number(r))))
+}
+
+/// The history request for the newest page of a conversation.
+fn latest(with: &str, r: u64) -> Action {
+    sent(
+        Command::History {
+            with: with.parse().unwrap(),
+            anchor: None,
+            limit: Some(PageLimit::new(50).unwrap()),
+        },
+        r,
+    )
 }
 
 fn ctrl(app: &mut App, c: char) -> Vec<Action> {
@@ -103,7 +135,9 @@ fn enter(app: &mut App, line: &str) -> Vec<Action> {
 }
 
 fn send_action(to: Recipient, text: &str) -> Action {
-    Action::Net(NetRequest::Send(Command::send(to, text.parse().unwrap())))
+    Action::Net(NetRequest::Send(
+        Command::send(to, text.parse().unwrap()).into(),
+    ))
 }
 
 fn names(app: &App) -> Vec<(String, usize, bool)> {
@@ -209,7 +243,10 @@ fn pending_messages_land_in_their_conversations_unread() {
             Action::Bell,
             Action::Bell,
             Action::Bell,
-            Action::Net(NetRequest::Send(Command::List)),
+            sent(Command::List, 1),
+            latest("*", 2),
+            latest("bob", 3),
+            latest("carol", 4),
         ]
     );
 }
@@ -363,7 +400,11 @@ fn commands() {
     let mut app = logged_in();
     assert_eq!(
         enter(&mut app, "/msg bob hi there"),
-        [send_action(Recipient::User(uid("bob")), "hi there")]
+        [
+            send_action(Recipient::User(uid("bob")), "hi there"),
+            // The conversation opened: its newest history.
+            without_refs(vec![latest("bob", 0)]).remove(0),
+        ]
     );
     assert_eq!(names(&app).len(), 2, "/msg opens the conversation");
     assert_eq!(app.active, 0, "/msg does not switch");
@@ -377,7 +418,7 @@ fn commands() {
 
     assert_eq!(
         enter(&mut app, "/list"),
-        [Action::Net(NetRequest::Send(Command::List))]
+        [Action::Net(NetRequest::Send(Command::List.into()))]
     );
     reply(
         &mut app,
@@ -634,7 +675,21 @@ fn reconnection_keeps_the_screen() {
         pending: vec![],
         at_ms: NOON,
     }));
-    assert_eq!(actions, [Action::Net(NetRequest::Send(Command::List))]);
+    // The online list, and what was said in public after the last message held.
+    assert_eq!(
+        actions,
+        [
+            sent(Command::List, 4),
+            sent(
+                Command::History {
+                    with: Recipient::Everyone,
+                    anchor: Some(Anchor::After(1)),
+                    limit: Some(PageLimit::new(200).unwrap()),
+                },
+                5
+            ),
+        ]
+    );
     assert_eq!(app.connection, Connection::Connected);
     // The error of the lost connection is over.
     assert_eq!(status(&app), None);
@@ -752,7 +807,13 @@ fn typing_while_waiting_for_the_echo_starts_the_next_line() {
     assert_eq!(app.input.text(), "first");
     // The echo frees the line: what was typed is applied, sending the second line.
     let actions = messages(&mut app, vec![msg("alice", "*", "first", 1)]);
-    assert_eq!(actions, [send_action(Recipient::Everyone, "second")]);
+    assert_eq!(
+        actions,
+        [sent(
+            Command::send(Recipient::Everyone, "second".parse().unwrap()),
+            4
+        )]
+    );
     assert_eq!(app.input.text(), "second");
     // The paste waits for the second echo.
     messages(&mut app, vec![msg("alice", "*", "second", 2)]);
@@ -902,4 +963,527 @@ fn an_out_of_range_timestamp_shows_as_a_question_mark() {
         );
         assert_eq!(layout.text, ["late"]);
     }
+}
+
+// ---- refs, history, acks (protocol 1.1) -------------------------------------------------
+
+/// Presses a key and returns the actions as they are, refs included.
+fn press(app: &mut App, code: KeyCode) -> Vec<Action> {
+    app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+}
+
+fn history(
+    app: &mut App,
+    r: u64,
+    with: &str,
+    messages: Vec<ChatMessage>,
+    more: bool,
+) -> Vec<Action> {
+    reply(
+        app,
+        Reply::History {
+            r#ref: Some(Ref::Number(r)),
+            with: with.parse().unwrap(),
+            messages,
+            more,
+        },
+    )
+}
+
+fn history_request(with: &str, anchor: Option<Anchor>, limit: u64, r: u64) -> Action {
+    sent(
+        Command::History {
+            with: with.parse().unwrap(),
+            anchor,
+            limit: Some(PageLimit::new(limit).unwrap()),
+        },
+        r,
+    )
+}
+
+fn texts(app: &App, index: usize) -> Vec<String> {
+    app.conversations[index]
+        .msgs
+        .entries()
+        .iter()
+        .map(|e| e.text.clone())
+        .collect()
+}
+
+fn fail_ref(app: &mut App, r: u64, code: ErrorCode, reason: &str) -> Vec<Action> {
+    reply(
+        app,
+        Reply::fail(code, reason).with_ref(Some(Ref::Number(r))),
+    )
+}
+
+fn reconnect(app: &mut App, pending: Vec<ChatMessage>) -> Vec<Action> {
+    app.update(Event::Net(NetEvent::Disconnected {
+        reason: "connection reset".into(),
+        at_ms: NOON,
+    }));
+    app.update(Event::Net(NetEvent::LoggedIn {
+        user: uid("alice"),
+        pending,
+        at_ms: NOON,
+    }))
+}
+
+const LOST: &str = "connection lost: connection reset";
+
+#[test]
+fn a_refused_send_is_shown_against_it_found_by_its_ref() {
+    let mut app = logged_in();
+    type_str(&mut app, "/msg carol hi");
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        [
+            sent(
+                Command::send(Recipient::User(uid("carol")), "hi".parse().unwrap()),
+                3
+            ),
+            latest("carol", 4),
+        ]
+    );
+    // Someone else's refusal (another ref) is not this line's.
+    fail_ref(&mut app, 99, ErrorCode::TooLarge, "not yours");
+    assert!(app.input_locked());
+    fail_ref(&mut app, 3, ErrorCode::NotFound, "no such user: carol");
+    fail_ref(&mut app, 4, ErrorCode::NotFound, "no such user: carol");
+    assert!(!app.input_locked());
+    assert_eq!(app.input.text(), "/msg carol hi");
+    assert_eq!(
+        status(&app),
+        Some("not sent to carol: 404: no such user: carol")
+    );
+    assert_eq!(names(&app)[1], ("carol".into(), 0, false));
+    assert_eq!(texts(&app, 1), ["not sent (404: no such user: carol): hi"]);
+    assert_eq!(
+        app.conversations[1].msgs.entries()[0].kind,
+        EntryKind::Error
+    );
+}
+
+#[test]
+fn the_echo_is_found_by_its_ref() {
+    let (mut app, _) = logged_in_with(vec![]);
+    // The server answers with refs.
+    reply(
+        &mut app,
+        Reply::List {
+            r#ref: Some(Ref::Number(1)),
+            list: vec![uid("alice")],
+        },
+    );
+    type_str(&mut app, "same words");
+    press(&mut app, KeyCode::Enter);
+    // Our own line from another client of ours, same text, no ref: not the echo.
+    messages(&mut app, vec![msg("alice", "*", "same words", 1)]);
+    assert!(app.input_locked());
+    let echo = ChatMessage {
+        r#ref: Some(Ref::Number(3)),
+        ..msg("alice", "*", "same words", 2)
+    };
+    messages(&mut app, vec![echo]);
+    assert!(!app.input_locked());
+    assert_eq!(app.input.text(), "");
+}
+
+#[test]
+fn a_refused_list_names_the_command() {
+    let mut app = logged_in();
+    type_str(&mut app, "/list");
+    assert_eq!(press(&mut app, KeyCode::Enter), [sent(Command::List, 3)]);
+    fail_ref(&mut app, 3, ErrorCode::RateLimited, "slow down");
+    assert_eq!(status(&app), Some("/list: 429: slow down"));
+}
+
+#[test]
+fn the_first_login_asks_for_the_newest_pages_and_merges_them_without_doubles() {
+    let (mut app, actions) = logged_in_with(vec![msg("bob", "alice", "while away", 5)]);
+    assert_eq!(
+        actions,
+        [
+            Action::Bell,
+            sent(Command::List, 1),
+            latest("*", 2),
+            latest("bob", 3)
+        ]
+    );
+    // The page holds the pending message too: shown once, the older ones above it.
+    let page = vec![
+        msg("bob", "alice", "earlier", 2),
+        msg("alice", "bob", "mine", 3),
+        msg("bob", "alice", "while away", 5),
+    ];
+    assert_eq!(history(&mut app, 3, "bob", page, true), []);
+    assert_eq!(texts(&app, 1), ["earlier", "mine", "while away"]);
+    // Old history is not unread: the pending message alone is.
+    assert_eq!(names(&app)[1], ("bob".into(), 1, true));
+    assert_eq!(
+        history(
+            &mut app,
+            2,
+            "*",
+            vec![msg("carol", "*", "old news", 1)],
+            false
+        ),
+        []
+    );
+    assert_eq!(texts(&app, 0), ["old news"]);
+    assert_eq!(names(&app)[0], ("all".into(), 0, false));
+    // Refused at the first login (a server without history): nothing is missing.
+    let (mut app, _) = logged_in_with(vec![]);
+    fail_ref(
+        &mut app,
+        2,
+        ErrorCode::BadRequest,
+        "history is not available",
+    );
+    assert_eq!(texts(&app, 0), Vec::<String>::new());
+    assert_eq!(status(&app), None);
+}
+
+#[test]
+fn a_reconnection_fills_the_gap_page_after_page_in_id_order() {
+    let mut app = logged_in();
+    messages(&mut app, vec![msg("bob", "*", "before", 10)]);
+    assert_eq!(
+        reconnect(&mut app, vec![]),
+        [
+            sent(Command::List, 3),
+            history_request("*", Some(Anchor::After(10)), 200, 4)
+        ]
+    );
+    // A live message comes before the missed ones.
+    messages(&mut app, vec![msg("carol", "*", "live", 500)]);
+    let page: Vec<ChatMessage> = (11..=210)
+        .map(|id| msg("bob", "*", &format!("missed {id}"), id))
+        .collect();
+    assert_eq!(
+        history(&mut app, 4, "*", page, true),
+        [history_request("*", Some(Anchor::After(210)), 200, 5)]
+    );
+    // The last page overlaps the live message: it is not shown twice.
+    let page = vec![
+        msg("bob", "*", "missed 211", 211),
+        msg("carol", "*", "live", 500),
+    ];
+    assert_eq!(history(&mut app, 5, "*", page, false), []);
+    let texts = texts(&app, 0);
+    let mut expected = vec!["before".to_owned(), LOST.into(), "reconnected".into()];
+    expected.extend((11..=211).map(|id| format!("missed {id}")));
+    expected.push("live".into());
+    assert_eq!(texts, expected);
+    let ids: Vec<Option<u64>> = app.conversations[0]
+        .msgs
+        .entries()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let mut expected_ids = vec![Some(10), None, None];
+    expected_ids.extend((11..=211).map(Some));
+    expected_ids.push(Some(500));
+    assert_eq!(ids, expected_ids);
+    // Only the online list is still unanswered.
+    assert_eq!(app.requests.keys().copied().collect::<Vec<_>>(), [3]);
+}
+
+#[test]
+fn a_gap_past_the_page_bound_gets_a_marker() {
+    let mut app = logged_in();
+    messages(&mut app, vec![msg("bob", "*", "before", 10)]);
+    reconnect(&mut app, vec![]);
+    // Pages of one message each, always with more: 20 pages, then a marker.
+    for page in 0..20u64 {
+        let id = 11 + page;
+        let actions = history(
+            &mut app,
+            4 + page,
+            "*",
+            vec![msg("bob", "*", "m", id)],
+            true,
+        );
+        if page < 19 {
+            assert_eq!(
+                actions,
+                [history_request("*", Some(Anchor::After(id)), 200, 5 + page)]
+            );
+        } else {
+            assert_eq!(actions, []);
+        }
+    }
+    messages(&mut app, vec![msg("carol", "*", "newer", 1000)]);
+    let texts = texts(&app, 0);
+    assert_eq!(
+        texts[texts.len() - 2..],
+        [
+            "… messages may be missing here … (more than 4000 messages)".to_owned(),
+            "newer".into()
+        ]
+    );
+}
+
+#[test]
+fn a_refused_gap_gets_a_marker_where_the_gap_is() {
+    let mut app = logged_in();
+    messages(&mut app, vec![msg("bob", "*", "before", 10)]);
+    messages(&mut app, vec![msg("bob", "alice", "private before", 12)]);
+    let actions = reconnect(&mut app, vec![]);
+    assert_eq!(
+        actions,
+        [
+            sent(Command::List, 3),
+            history_request("*", Some(Anchor::After(10)), 200, 4),
+            history_request("bob", Some(Anchor::After(12)), 200, 5),
+        ]
+    );
+    messages(&mut app, vec![msg("carol", "*", "live", 500)]);
+    fail_ref(
+        &mut app,
+        4,
+        ErrorCode::BadRequest,
+        "history is not available on this server yet",
+    );
+    assert_eq!(
+        texts(&app, 0),
+        [
+            "before",
+            LOST,
+            "reconnected",
+            "… messages may be missing here … (history: 400: history is not available on this server yet)",
+            "live"
+        ]
+    );
+    assert_eq!(
+        app.conversations[0].msgs.entries()[3].kind,
+        EntryKind::Error
+    );
+    // Not a status-bar error: the marker says it where it matters.
+    assert_eq!(status(&app), None);
+    // The private conversation caught up: missed messages are unread there.
+    history(
+        &mut app,
+        5,
+        "bob",
+        vec![msg("bob", "alice", "missed", 13)],
+        false,
+    );
+    assert_eq!(texts(&app, 1), ["private before", "missed"]);
+    assert_eq!(names(&app)[1], ("bob".into(), 2, true));
+}
+
+#[test]
+fn messages_delivered_again_are_not_shown_twice_and_the_gap_starts_before_them() {
+    let mut app = logged_in();
+    messages(&mut app, vec![msg("bob", "alice", "one", 5)]);
+    alt(&mut app, '2');
+    // The session ended before the ack: the login ack brings 5 again, with 9.
+    let actions = reconnect(
+        &mut app,
+        vec![msg("bob", "alice", "one", 5), msg("bob", "alice", "two", 9)],
+    );
+    assert_eq!(
+        actions,
+        [
+            Action::Bell,
+            sent(Command::List, 3),
+            latest("*", 4),
+            history_request("bob", Some(Anchor::After(5)), 200, 5),
+        ]
+    );
+    assert_eq!(texts(&app, 1), ["one", "two"]);
+    assert_eq!(names(&app)[1], ("bob".into(), 1, true));
+}
+
+#[test]
+fn page_up_at_the_top_loads_older_history_until_its_beginning() {
+    let mut app = logged_in();
+    messages(
+        &mut app,
+        vec![msg("bob", "*", "first", 40), msg("bob", "*", "second", 41)],
+    );
+    // Everything fits the pane: the top is shown, PageUp asks for older messages.
+    assert_eq!(
+        press(&mut app, KeyCode::PageUp),
+        [history_request("*", Some(Anchor::Before(40)), 50, 3)]
+    );
+    assert_eq!(app.conversations[0].older, OlderHistory::Loading);
+    // Once at a time.
+    assert_eq!(press(&mut app, KeyCode::PageUp), []);
+    let page = vec![msg("carol", "*", "older", 38), msg("carol", "*", "old", 39)];
+    assert_eq!(history(&mut app, 3, "*", page, true), []);
+    assert_eq!(app.conversations[0].older, OlderHistory::Idle);
+    assert_eq!(texts(&app, 0), ["older", "old", "first", "second"]);
+    assert_eq!(names(&app)[0], ("all".into(), 0, false));
+    assert_eq!(
+        press(&mut app, KeyCode::PageUp),
+        [history_request("*", Some(Anchor::Before(38)), 50, 4)]
+    );
+    assert_eq!(
+        history(
+            &mut app,
+            4,
+            "*",
+            vec![msg("dave", "*", "oldest", 37)],
+            false
+        ),
+        []
+    );
+    assert_eq!(app.conversations[0].older, OlderHistory::Done);
+    assert_eq!(
+        texts(&app, 0),
+        [
+            "beginning of history",
+            "oldest",
+            "older",
+            "old",
+            "first",
+            "second"
+        ]
+    );
+    // The notice is dated like the oldest message: no date line of its own.
+    let first = &app.conversations[0].msgs.entries()[0];
+    assert_eq!(
+        (first.ts_ms, &first.kind),
+        (NOON + 37 * 60_000, &EntryKind::Info)
+    );
+    assert_eq!(press(&mut app, KeyCode::PageUp), []);
+}
+
+#[test]
+fn page_up_below_the_top_only_scrolls_and_a_refusal_is_shown() {
+    let mut app = logged_in();
+    let many: Vec<ChatMessage> = (1..=100).map(|i| msg("bob", "*", "line", i)).collect();
+    messages(&mut app, many);
+    assert_eq!(press(&mut app, KeyCode::PageUp), []);
+    assert!(!app.conversations[0].msgs.at_top());
+    // Scrolled to the top, PageUp asks; a refusal lets it ask again later.
+    for _ in 0..20 {
+        press(&mut app, KeyCode::PageUp);
+        if app.conversations[0].older == OlderHistory::Loading {
+            break;
+        }
+    }
+    assert_eq!(app.conversations[0].older, OlderHistory::Loading);
+    let r = *app.requests.keys().last().unwrap();
+    fail_ref(
+        &mut app,
+        r,
+        ErrorCode::BadRequest,
+        "history is not available",
+    );
+    assert_eq!(app.conversations[0].older, OlderHistory::Idle);
+    assert_eq!(
+        status(&app),
+        Some("older messages: 400: history is not available")
+    );
+}
+
+#[test]
+fn acks_go_up_to_what_was_on_screen_one_per_drawing() {
+    let mut app = logged_in();
+    messages(&mut app, vec![msg("bob", "alice", "one", 5)]);
+    messages(&mut app, vec![msg("carol", "alice", "two", 7)]);
+    // Public messages and our own are not acknowledged.
+    messages(&mut app, vec![msg("dave", "*", "public", 8)]);
+    // "all" is shown: neither private message was on screen.
+    assert_eq!(app.on_drawn(), []);
+    // carol's 7 is shown, bob's 5 not: acking 7 would cover 5.
+    alt(&mut app, '3');
+    assert_eq!(app.on_drawn(), []);
+    alt(&mut app, '2');
+    assert_eq!(app.on_drawn(), [sent(Command::Ack { id: 7 }, 3)]);
+    assert_eq!(app.on_drawn(), []);
+    // A new one in the conversation shown, at its bottom: acked at the next drawing.
+    messages(&mut app, vec![msg("bob", "alice", "three", 9)]);
+    assert_eq!(app.on_drawn(), [sent(Command::Ack { id: 9 }, 4)]);
+    // Scrolled up, the newest is not on screen; back at the bottom it is.
+    let many: Vec<ChatMessage> = (10..60).map(|i| msg("alice", "bob", "mine", i)).collect();
+    messages(&mut app, many);
+    press(&mut app, KeyCode::PageUp);
+    messages(&mut app, vec![msg("bob", "alice", "four", 61)]);
+    assert_eq!(app.on_drawn(), []);
+    press(&mut app, KeyCode::PageDown);
+    press(&mut app, KeyCode::PageDown);
+    assert_eq!(app.conversations[1].msgs.scroll(), 0);
+    // Nor under the help overlay.
+    app.show_help = true;
+    assert_eq!(app.on_drawn(), []);
+    app.show_help = false;
+    assert_eq!(app.on_drawn(), [sent(Command::Ack { id: 61 }, 5)]);
+    // A server without acks refuses: no more acks this session, and nothing to show.
+    fail_ref(&mut app, 5, ErrorCode::BadRequest, "ack is not available");
+    assert_eq!(status(&app), None);
+    messages(&mut app, vec![msg("bob", "alice", "five", 62)]);
+    assert_eq!(app.on_drawn(), []);
+    // The next session acks again.
+    reconnect(&mut app, vec![msg("bob", "alice", "five", 62)]);
+    // (After the list, 6, and the catch-up of the three conversations, 7 to 9.)
+    assert_eq!(app.on_drawn(), [sent(Command::Ack { id: 62 }, 10)]);
+}
+
+#[test]
+fn a_conversation_opened_asks_for_its_newest_history() {
+    let mut app = logged_in();
+    type_str(&mut app, "/query carol");
+    assert_eq!(press(&mut app, KeyCode::Enter), [latest("carol", 3)]);
+    // Open already: nothing to ask.
+    type_str(&mut app, "/query carol");
+    assert_eq!(press(&mut app, KeyCode::Enter), []);
+    // From the online list (F2, Enter on bob).
+    press(&mut app, KeyCode::F(2));
+    press(&mut app, KeyCode::Down);
+    assert_eq!(press(&mut app, KeyCode::Enter), [latest("bob", 4)]);
+    assert_eq!(app.active_conversation().id, ConvId::Private(uid("bob")));
+    history(
+        &mut app,
+        4,
+        "bob",
+        vec![msg("bob", "alice", "last week", 2)],
+        false,
+    );
+    assert_eq!(texts(&app, 2), ["last week"]);
+    // Not connected: opened without asking.
+    app.update(Event::Net(NetEvent::Disconnected {
+        reason: "connection reset".into(),
+        at_ms: NOON,
+    }));
+    type_str(&mut app, "/query dave");
+    assert_eq!(press(&mut app, KeyCode::Enter), []);
+}
+
+#[test]
+fn page_up_asks_nothing_older_when_the_scrollback_is_full() {
+    let mut app = logged_in();
+    let many: Vec<ChatMessage> = (1..=MAX_ENTRIES as u64)
+        .map(|i| msg("bob", "*", "x", i))
+        .collect();
+    messages(&mut app, many);
+    let rows = app.conversations[0].msgs.total_rows();
+    app.conversations[0].msgs.scroll_up(rows);
+    assert!(app.conversations[0].msgs.at_top());
+    assert_eq!(press(&mut app, KeyCode::PageUp), []);
+    assert_eq!(app.conversations[0].older, OlderHistory::Idle);
+    assert_eq!(
+        status(&app),
+        Some("no older messages: the scrollback holds 5000 entries at most")
+    );
+}
+
+#[test]
+fn the_wheel_up_at_the_top_loads_older_history_too() {
+    let mut app = logged_in();
+    messages(&mut app, vec![msg("bob", "*", "only", 40)]);
+    let wheel = Event::Mouse(MouseEvent {
+        kind: MouseEventKind::ScrollUp,
+        column: 40,
+        row: 5,
+        modifiers: KeyModifiers::NONE,
+    });
+    assert_eq!(
+        app.update(wheel.clone()),
+        [history_request("*", Some(Anchor::Before(40)), 50, 3)]
+    );
+    assert_eq!(app.update(wheel), []);
 }

@@ -198,6 +198,7 @@ mod tests {
         for i in 0..n {
             c.msgs.push(
                 Entry {
+                    id: None,
                     // Three entries a day.
                     ts_ms: i * 8 * 3_600_000,
                     kind: EntryKind::Chat {

@@ -7,7 +7,7 @@ use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 
-use crate::app::{App, Connection, ConvId};
+use crate::app::{App, Connection, ConvId, OlderHistory};
 use crate::text::sanitize;
 
 fn bar_style() -> Style {
@@ -17,7 +17,7 @@ fn bar_style() -> Style {
 /// Draws the title bar.
 pub fn draw_title(frame: &mut Frame, area: Rect, app: &App) {
     let conv = app.active_conversation();
-    let text = match &conv.id {
+    let mut text = match &conv.id {
         ConvId::Public => format!(" all · public conversation · {} online", app.online.len()),
         ConvId::Private(u) => format!(
             " {u} · private conversation · {}",
@@ -28,6 +28,9 @@ pub fn draw_title(frame: &mut Frame, area: Rect, app: &App) {
             }
         ),
     };
+    if conv.older == OlderHistory::Loading {
+        text.push_str(" · loading older…");
+    }
     let line = Line::from(vec![
         Span::styled(text, Style::new().add_modifier(Modifier::BOLD)),
         Span::raw(" │ F1: help"),
