@@ -22,7 +22,35 @@ struct Wire {
 
 impl Wire {
     async fn connect(s: &TestServer) -> Wire {
-        Wire::from_stream(TcpStream::connect(s.addr).await.unwrap())
+        Wire::connect_to(s.addr).await
+    }
+
+    async fn connect_to(addr: std::net::SocketAddr) -> Wire {
+        Wire::from_stream(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// Resets the connection (RST, not FIN): `SO_LINGER` 0, then close.
+    fn reset(self) {
+        let stream = self.write.reunite(self.read.into_inner()).unwrap();
+        // Linger 0 never blocks the close: it discards what is unsent and resets.
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(stream);
+    }
+
+    /// Receives `want` (private messages to this client, in this order), asserting each
+    /// frame exactly (several messages may share one frame).
+    async fn expect_messages(&mut self, want: &[Msg]) {
+        let mut at = 0;
+        while at < want.len() {
+            let frame = self.recv_chat().await;
+            let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+            let n = v["messages"].as_array().map_or(0, Vec::len).max(1);
+            let end = (at + n).min(want.len());
+            assert_eq!(frame, message_frame(None, &want[at..end]), "message {at}");
+            at = end;
+        }
     }
 
     fn from_stream(stream: TcpStream) -> Wire {
@@ -278,6 +306,119 @@ async fn a_session_without_acks_deletes_the_login_acks_messages() {
     let m = offline_messages(&s, 1, 2).await;
     let mut bob = login_v1(&s, "bob", &m).await;
     bob.expect_nothing_then_list(r#""bob""#).await;
+    drop(bob);
+    login_acks(&s, "bob", &[]).await;
+}
+
+/// How a test ends a session with acknowledged delivery.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Eof,
+    Reset,
+    TakenOver,
+    Exit,
+}
+
+#[tokio::test]
+async fn live_messages_not_acked_come_again_however_the_session_ends() {
+    for ending in [Ending::Eof, Ending::Reset, Ending::TakenOver, Ending::Exit] {
+        let s = start().await;
+        register(&s, &["bob"]).await;
+        let early = offline_messages(&s, 0, 1).await;
+        let mut bob = login_acks(&s, "bob", &early).await;
+        let mut alice = login_v1(&s, "alice", &[]).await;
+        let mut m = early.clone();
+        for i in 1..4 {
+            m.push(alice.send_private("bob", &format!("m{i}")).await);
+        }
+        bob.expect_messages(&m[1..]).await;
+        // The login ack's message and the first live one.
+        bob.send(&format!(r#"{{"command":"ack","id":{}}}"#, m[1].id))
+            .await;
+        bob.expect_nothing_then_list(r#""alice","bob""#).await;
+        let next = match ending {
+            Ending::Eof => {
+                drop(bob);
+                None
+            }
+            Ending::Reset => {
+                bob.reset();
+                None
+            }
+            Ending::Exit => {
+                bob.send(r#"{"command":"exit"}"#).await;
+                bob.expect_closed().await;
+                None
+            }
+            Ending::TakenOver => {
+                let mut next = Wire::connect(&s).await;
+                next.expect(
+                    r#"{"command":"login","user_id":"bob","password":"pw-of-bob","acks":true}"#,
+                    &message_frame(None, &m[2..]),
+                )
+                .await;
+                assert_eq!(
+                    bob.recv().await,
+                    fail_json(None, 409, "logged in elsewhere"),
+                    "{ending:?}"
+                );
+                bob.expect_closed().await;
+                Some(next)
+            }
+        };
+        let mut bob = match next {
+            Some(bob) => bob,
+            None => login_acks(&s, "bob", &m[2..]).await,
+        };
+        // Acked now: gone for good.
+        bob.send(&format!(r#"{{"command":"ack","id":{}}}"#, m[3].id))
+            .await;
+        bob.expect_nothing_then_list(r#""alice","bob""#).await;
+        drop(bob);
+        login_acks(&s, "bob", &[]).await;
+        s.shutdown.cancel();
+    }
+}
+
+#[tokio::test]
+async fn a_private_message_to_oneself_with_acks_is_echoed_once_and_kept() {
+    let s = start().await;
+    let mut bob = login_acks(&s, "bob", &[]).await;
+    bob.send(r#"{"command":"send","to":"bob","message":"note","ref":"n"}"#)
+        .await;
+    let echo = bob.recv_chat().await;
+    let v: serde_json::Value = serde_json::from_str(&echo).unwrap();
+    let note = Msg {
+        from: "bob".into(),
+        text: "note".into(),
+        to: "bob".into(),
+        id: v["messages"][0]["id"].as_u64().unwrap(),
+        ts: v["messages"][0]["ts"].as_u64().unwrap(),
+    };
+    let with_ref = format!(r#"{{"ref":"n",{}"#, &note.json()[1..]);
+    assert_eq!(
+        echo,
+        format!(r#"{{"command":"message","messages":[{with_ref}]}}"#)
+    );
+    // Once: the next frame answers the list.
+    bob.expect_nothing_then_list(r#""bob""#).await;
+    drop(bob);
+    let mut bob = login_acks(&s, "bob", std::slice::from_ref(&note)).await;
+    bob.send(&format!(r#"{{"command":"ack","id":{}}}"#, note.id))
+        .await;
+    bob.expect_nothing_then_list(r#""bob""#).await;
+    drop(bob);
+    login_acks(&s, "bob", &[]).await;
+}
+
+#[tokio::test]
+async fn a_session_without_acks_is_sent_live_messages_once() {
+    let s = start().await;
+    let mut bob = login_v1(&s, "bob", &[]).await;
+    let mut alice = login_v1(&s, "alice", &[]).await;
+    let m = alice.send_private("bob", "hi").await;
+    bob.expect_messages(std::slice::from_ref(&m)).await;
+    bob.expect_nothing_then_list(r#""alice","bob""#).await;
     drop(bob);
     login_acks(&s, "bob", &[]).await;
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::conn::Filled;
-use super::{End, LoggedIn, Session, Unacked, deadline_passed};
+use super::{End, LoggedIn, Session, deadline_passed};
 use crate::Shared;
 use crate::hub::Member;
 use crate::limits::ceil_secs;
@@ -149,13 +149,12 @@ impl Session {
     /// a session whose login did not ask for acks, `fail 503` when the store fails (the ids
     /// are then kept, for a later ack or the next login).
     async fn ack(&mut self, id: u64, r#ref: Option<Ref>) {
-        let Some(login) = &mut self.login else { return };
-        let Some(unacked) = &mut login.acks else {
+        let Some(login) = &self.login else { return };
+        let Some(acked) = login.outbox.ack_up_to(id) else {
             let reason = r#"ack needs a login with "acks": true"#;
             self.fail_ref(r#ref, Failure::bad_request(reason));
             return;
         };
-        let acked = unacked.take_up_to(id);
         if acked.is_empty() {
             return;
         }
@@ -163,9 +162,7 @@ impl Session {
         let deleted = store.delete_delivered(login.user_id.key(), acked.clone());
         if let Err(e) = deleted.await {
             tracing::error!(user = %login.user_id, error = %e, "cannot delete acked messages");
-            if let Some(unacked) = &mut login.acks {
-                unacked.ids.extend(acked);
-            }
+            login.outbox.unack(acked);
             let reason = "storage unavailable, try again later";
             self.fail_ref(r#ref, Failure::new(ErrorCode::Unavailable, reason));
         }
@@ -242,10 +239,14 @@ impl Session {
         acks: bool,
         r#ref: Option<Ref>,
     ) -> Result<(), End> {
-        let outbox = Outbox::new(Limits {
+        let limits = Limits {
             items: self.shared.config.outbox_capacity,
             bytes: self.shared.config.outbox_bytes,
-        });
+        };
+        let outbox = match acks {
+            true => Outbox::new_acks(limits),
+            false => Outbox::new(limits),
+        };
         // Refused when the account was changed while its password was checked: the
         // session ends (`fail 401`) before anything of the user's is read.
         self.shared.hub.join(Member {
@@ -261,7 +262,6 @@ impl Session {
         self.login = Some(LoggedIn {
             user_id: user_id.clone(),
             outbox,
-            acks: None,
         });
         let peer = self.conn.peer();
         tracing::info!(%peer, user = %user_id, conn = self.conn_id, "logged in");
@@ -284,13 +284,10 @@ impl Session {
             }
         };
         let delivered: Vec<u64> = pending.iter().map(|m| m.id).collect();
-        if acks && let Some(login) = &mut self.login {
-            // Kept until acked: remembered before anything is written, so that a session
-            // that ends from now on leaves them in the mailbox.
-            login.acks = Some(Box::new(Unacked {
-                limit: delivered.len() + self.shared.config.outbox_capacity,
-                ids: delivered.iter().copied().collect(),
-            }));
+        if acks && let Some(login) = &self.login {
+            // Kept until acked; remembered before the outbox is first drained, so that a
+            // message queued meanwhile and also read here goes out once.
+            login.outbox.remember(delivered.iter().copied());
         }
         // The ack is the session's first frame: nothing from the outbox has been written.
         self.conn.queue_reply(&Reply::Message {

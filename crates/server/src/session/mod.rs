@@ -29,7 +29,7 @@ use crate::Shared;
 use crate::limits::Admission;
 use crate::outbox::{KickReason, Outbox};
 use crate::store::RevocationKind;
-use crate::wire::{Framing, Out};
+use crate::wire::Framing;
 use conn::{Connection, Filled};
 pub(crate) use rate::FloodControl;
 use rate::UserBucket;
@@ -78,22 +78,6 @@ impl From<KickReason> for End {
 struct LoggedIn {
     user_id: UserId,
     outbox: Arc<Outbox>,
-    /// With `"acks": true` at login: the mailboxed private messages sent and not acked yet.
-    /// Boxed: most sessions have none, and an idle session's future stays small.
-    acks: Option<Box<Unacked>>,
-}
-
-/// What an acknowledged-delivery session (a login with `"acks": true`) was sent and its
-/// client has not acked yet: the ids of private messages to its user, each of them in the
-/// user's mailbox (the login ack's, and the live ones the hub stored before queuing them).
-/// `ack {id}` deletes those up to `id` from the mailbox and forgets them. Bounded: past
-/// [`Unacked::limit`] the session is cut off as a slow consumer (the messages stay in the
-/// mailbox for the next login).
-#[derive(Debug, Default)]
-struct Unacked {
-    ids: std::collections::BTreeSet<u64>,
-    /// Most ids remembered: the login ack's count plus the outbox's item limit.
-    limit: usize,
 }
 
 pub(crate) struct Session {
@@ -112,44 +96,6 @@ pub(crate) struct Session {
     /// The places the connection holds (overall, its address's, not logged in yet), or why
     /// it was refused.
     admission: Admission,
-}
-
-impl Unacked {
-    /// Remembers the private messages to the user among `items` (about to be written),
-    /// and drops those it remembers already: a message the hub queued while the login read
-    /// the mailbox, which the login ack carried.
-    ///
-    /// # Errors
-    /// [`End::SlowConsumer`] when that makes more than [`Unacked::limit`]: the client does
-    /// not ack. Nothing is lost: every one of them is in the mailbox.
-    fn remember(&mut self, items: &mut std::collections::VecDeque<Out>) -> Result<(), End> {
-        items.retain(|item| match item {
-            Out::Private(p) => self.ids.insert(p.id),
-            // A message to oneself with a ref is also its echo: never dropped.
-            Out::Echo(e) => {
-                if let Some(p) = &e.private {
-                    self.ids.insert(p.id);
-                }
-                true
-            }
-            Out::Chat(_) | Out::Frame(_) => true,
-        });
-        if self.ids.len() > self.limit {
-            return Err(End::SlowConsumer);
-        }
-        Ok(())
-    }
-
-    /// Forgets the ids up to `id` (the client acked them) and returns them.
-    fn take_up_to(&mut self, id: u64) -> Vec<u64> {
-        let later = match id.checked_add(1) {
-            Some(next) => self.ids.split_off(&next),
-            None => std::collections::BTreeSet::new(),
-        };
-        std::mem::replace(&mut self.ids, later)
-            .into_iter()
-            .collect()
-    }
 }
 
 /// What woke a waiting session.
@@ -313,13 +259,10 @@ impl Session {
     /// # Errors
     /// How the session ends when it was kicked.
     fn drain_outbox(&mut self) -> Result<(), End> {
-        let Some(login) = &mut self.login else {
+        let Some(login) = &self.login else {
             return Ok(());
         };
-        let mut taken = login.outbox.take();
-        if let Some(unacked) = &mut login.acks {
-            unacked.remember(&mut taken.items)?;
-        }
+        let taken = login.outbox.take();
         self.conn.queue_all(taken.items.iter());
         match taken.kicked {
             None => Ok(()),
