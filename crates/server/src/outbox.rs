@@ -502,6 +502,89 @@ mod tests {
         assert_eq!(o.take().items.len(), 0);
     }
 
+    fn private(id: u64) -> Out {
+        Out::Private(Arc::new(crate::wire::Private {
+            obj: Bytes::from(format!("p{id}")),
+            from: simpletextim_proto::UserId::new("alice").expect("valid id"),
+            text: format!("p{id}"),
+            id,
+            ts: 1,
+        }))
+    }
+
+    fn ids(items: &VecDeque<Out>) -> Vec<Option<u64>> {
+        items.iter().map(private_id).collect()
+    }
+
+    #[test]
+    fn with_acks_nothing_from_an_uncommitted_message_on_is_handed_out() {
+        let o = Outbox::new_acks(items(8));
+        assert!(o.has_acks());
+        assert!(!Outbox::new(items(8)).has_acks());
+        o.push(private(1)).unwrap();
+        o.push_uncommitted(private(2)).unwrap();
+        o.push(frame("chat")).unwrap();
+        o.push_uncommitted(private(3)).unwrap();
+        assert_eq!(ids(&o.take().items), vec![Some(1)]);
+        // The later one commits first: still held behind the earlier one.
+        o.release(3, true);
+        assert!(o.take().items.is_empty());
+        o.release(2, true);
+        assert!(woken(&o));
+        assert_eq!(ids(&o.take().items), vec![Some(2), None, Some(3)]);
+        // A refused one is dropped, and what follows it goes out.
+        o.push_uncommitted(private(4)).unwrap();
+        o.push(private(5)).unwrap();
+        o.release(4, false);
+        assert_eq!(ids(&o.take().items), vec![Some(5)]);
+        // Released twice, or never held: nothing happens.
+        o.release(4, true);
+        o.release(99, false);
+        assert!(o.take().items.is_empty());
+        // What stays held counts against the byte limit.
+        o.push_uncommitted(private(10)).unwrap();
+        assert!(o.take().items.is_empty());
+        assert_eq!(o.lock().bytes, 3);
+    }
+
+    #[test]
+    fn with_acks_handed_out_messages_are_remembered_until_acked_and_sent_once() {
+        let o = Outbox::new_acks(items(8));
+        // The login ack's messages.
+        o.remember([1, 2].into_iter());
+        // 2 was queued while the login read the mailbox: it goes out once, in the ack.
+        o.push(private(2)).unwrap();
+        o.push(private(3)).unwrap();
+        o.push(frame("joined")).unwrap();
+        assert_eq!(ids(&o.take().items), vec![Some(3), None]);
+        assert_eq!(o.ack_up_to(2), Some(vec![1, 2]));
+        assert_eq!(o.ack_up_to(2), Some(vec![]));
+        o.unack(vec![2]);
+        assert_eq!(o.ack_up_to(u64::MAX), Some(vec![2, 3]));
+        assert_eq!(Outbox::new(items(8)).ack_up_to(5), None);
+    }
+
+    #[test]
+    fn with_acks_too_many_unacked_messages_make_a_slow_consumer() {
+        // The bound: the login ack's count plus the item limit.
+        let o = Outbox::new_acks(items(2));
+        o.remember([1].into_iter());
+        o.push(private(2)).unwrap();
+        o.push(private(3)).unwrap();
+        let t = o.take();
+        assert_eq!((ids(&t.items), t.kicked), (vec![Some(2), Some(3)], None));
+        assert_eq!(o.ack_up_to(2), Some(vec![1, 2]));
+        o.push(private(4)).unwrap();
+        o.push(private(5)).unwrap();
+        let t = o.take();
+        assert_eq!((ids(&t.items), t.kicked), (vec![Some(4), Some(5)], None));
+        o.push(private(6)).unwrap();
+        // Four not acked: nothing more is written (all of it is in the mailbox).
+        let t = o.take();
+        assert_eq!(t.kicked, Some(KickReason::SlowConsumer));
+        assert!(t.items.is_empty());
+    }
+
     #[tokio::test]
     async fn push_to_empty_queue_wakes_the_waiter() {
         let o = Outbox::new(items(4));

@@ -422,3 +422,37 @@ async fn a_session_without_acks_is_sent_live_messages_once() {
     drop(bob);
     login_acks(&s, "bob", &[]).await;
 }
+
+#[tokio::test]
+async fn a_full_mailbox_refuses_a_live_message_and_the_recipient_never_sees_it() {
+    let s = start_with(simpletextim_server::Config {
+        store: std::sync::Arc::new(simpletextim_server::MemoryStore::new(2)),
+        ..config()
+    })
+    .await;
+    let mut bob = login_acks(&s, "bob", &[]).await;
+    let mut alice = login_v1(&s, "alice", &[]).await;
+    let m1 = alice.send_private("bob", "m1").await;
+    let m2 = alice.send_private("bob", "m2").await;
+    // Two not acked fill bob's mailbox: the third is refused, and never reaches bob.
+    alice
+        .expect(
+            r#"{"command":"send","to":"bob","message":"m3","ref":3}"#,
+            &fail_json(
+                Some("3"),
+                503,
+                "mailbox full: bob has too many unread messages",
+            ),
+        )
+        .await;
+    bob.expect_messages(&[m1, m2.clone()]).await;
+    bob.expect_nothing_then_list(r#""alice","bob""#).await;
+    // Acked: room again.
+    bob.send(&format!(r#"{{"command":"ack","id":{}}}"#, m2.id))
+        .await;
+    bob.expect_nothing_then_list(r#""alice","bob""#).await;
+    let m4 = alice.send_private("bob", "m4").await;
+    bob.expect_messages(std::slice::from_ref(&m4)).await;
+    drop(bob);
+    login_acks(&s, "bob", &[m4]).await;
+}
