@@ -1153,6 +1153,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_private_message_to_an_acks_recipient_is_stored_then_handed_out_and_a_full_outbox_cuts_it_off()
+     {
+        let store = Arc::new(MemoryStore::new(10));
+        for name in ["alice", "bob"] {
+            store
+                .create_account(crate::store::Account {
+                    user_id: UserId::new(name).expect("valid id"),
+                    password_hash: "x".into(),
+                    created_ms: 1,
+                })
+                .await
+                .expect("created");
+        }
+        let hub = Hub::new(store.clone(), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = Outbox::new_acks(crate::outbox::Limits {
+            items: 1,
+            bytes: 64 * 1024,
+        });
+        hub.join(Member {
+            conn_id: 2,
+            user_id: UserId::new("bob").expect("valid id"),
+            outbox: bob.clone(),
+            login_ms: 1,
+        })
+        .expect("joined");
+        alice.take();
+        let (from, to) = (
+            UserId::new("alice").expect("id"),
+            UserId::new("bob").expect("id"),
+        );
+        let text = |t: &str| MessageText::new(t).expect("valid text");
+        hub.send_private(&from, 1, &to, text("one"), None)
+            .await
+            .expect("sent");
+        // Stored before it could be handed out, then handed out, then echoed.
+        let ids: Vec<u64> = store
+            .pending("bob".into())
+            .await
+            .expect("read")
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids.len(), 1);
+        let taken = bob.take();
+        assert!(matches!(&taken.items[0], Out::Private(p) if p.id == ids[0]));
+        assert_eq!(frames(&alice).len(), 1);
+        // The outbox holds one item: the third message finds it full. Bob is cut off, and
+        // the message is in the mailbox all the same, and echoed.
+        hub.send_private(&from, 1, &to, text("two"), None)
+            .await
+            .expect("sent");
+        hub.send_private(&from, 1, &to, text("three"), None)
+            .await
+            .expect("sent");
+        assert_eq!(bob.kicked(), Some(KickReason::SlowConsumer));
+        assert_eq!(store.pending("bob".into()).await.expect("read").len(), 3);
+        let echoes = frames(&alice);
+        assert_eq!(echoes.len(), 3, "{echoes:?}");
+        assert!(echoes[2].contains(r#""message":"three""#));
+    }
+
+    #[tokio::test]
     async fn a_private_message_to_oneself_with_a_ref_is_kept_without_it() {
         let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
         let alice = member(&hub, 1, "alice");
