@@ -758,3 +758,45 @@ impl Wire {
         );
     }
 }
+
+#[tokio::test]
+async fn messages_not_acked_survive_a_shutdown_and_a_slow_consumer_cut() {
+    let store: std::sync::Arc<dyn simpletextim_server::Store> =
+        std::sync::Arc::new(simpletextim_server::MemoryStore::new(1000));
+    let with_store = || simpletextim_server::Config {
+        store: store.clone(),
+        // Two messages not acked beyond the login ack's make a slow consumer.
+        outbox_capacity: 2,
+        ..config()
+    };
+    let s = start_with(with_store()).await;
+    let mut bob = login_acks(s.addr, "bob", &[]).await;
+    let mut alice = login_v1(s.addr, "alice", &[]).await;
+    let m1 = alice.send_private("bob", "m1").await;
+    bob.expect_messages(std::slice::from_ref(&m1)).await;
+    // Shutdown: bob is told, and nothing is lost.
+    s.shutdown.cancel();
+    assert_eq!(
+        bob.recv().await,
+        fail_json(None, 503, "server shutting down")
+    );
+    bob.expect_closed().await;
+    tokio::time::timeout(WAIT, s.handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let s = start_with(with_store()).await;
+    let mut bob = login_acks(s.addr, "bob", std::slice::from_ref(&m1)).await;
+    let mut alice = login_v1(s.addr, "alice", &[]).await;
+    let mut m = vec![m1];
+    for i in 2..4 {
+        m.push(alice.send_private("bob", &format!("m{i}")).await);
+    }
+    bob.expect_messages(&m[1..]).await;
+    // One more than the login ack's count plus the outbox's two: cut off, no goodbye.
+    m.push(alice.send_private("bob", "m4").await);
+    bob.expect_closed().await;
+    login_acks(s.addr, "bob", &m).await;
+}
