@@ -387,8 +387,9 @@ impl Hub {
     /// Delivers a private message if its recipient is online; gives the draft back if not.
     fn try_online(&self, route: &Route, draft: Draft) -> Result<Attempt, Draft> {
         let mut inner = self.lock();
-        match inner.deliver_online(route, draft) {
+        match inner.deliver_online(route, draft, &*self.store) {
             Delivery::Delivered => Ok(Attempt::Delivered),
+            Delivery::Storing(stored, kept, held) => Ok(Attempt::Storing(stored, kept, held)),
             Delivery::CutOff(private) => Ok(self.store_locked(&inner, route, private)),
             Delivery::Offline(draft) => Err(draft),
         }
@@ -398,8 +399,9 @@ impl Hub {
     /// stores it in their mailbox otherwise.
     fn deliver_or_store(&self, route: &Route, draft: Draft, to: UserId) -> Attempt {
         let mut inner = self.lock();
-        match inner.deliver_online(route, draft) {
+        match inner.deliver_online(route, draft, &*self.store) {
             Delivery::Delivered => Attempt::Delivered,
+            Delivery::Storing(stored, kept, held) => Attempt::Storing(stored, kept, held),
             Delivery::CutOff(private) => self.store_locked(&inner, route, private),
             Delivery::Offline(draft) => {
                 let (id, ts) = next_id(&mut inner.last_id);
@@ -414,17 +416,24 @@ impl Hub {
     /// mailbox sees the message (the store's ordering contract).
     fn store_locked(&self, _locked: &Inner, route: &Route, kept: ForMailbox) -> Attempt {
         let stored = self.store.enqueue(route.key.clone(), kept.msg.clone());
-        Attempt::Storing(stored, kept)
+        Attempt::Storing(stored, kept, None)
     }
 
     /// Finishes a delivery attempt: a message being stored is echoed to its sender once the
-    /// store has it; the store's refusal becomes the sender's `fail`.
+    /// store has it; the store's refusal becomes the sender's `fail`. A message held in an
+    /// acknowledged-delivery recipient's outbox is let go, or dropped, first.
     async fn settle(&self, attempt: Attempt, route: &Route, to: &UserId) -> Result<(), Failure> {
-        let (stored, kept) = match attempt {
+        let (stored, kept, held) = match attempt {
             Attempt::Delivered => return Ok(()),
-            Attempt::Storing(stored, kept) => (stored, kept),
+            Attempt::Storing(stored, kept, held) => (stored, kept, held),
         };
-        match stored.await {
+        let stored = stored.await;
+        if let Some(held) = &held {
+            held.outbox.release(held.id, stored.is_ok());
+        }
+        match stored {
+            // To oneself, the item let go is the echo too.
+            Ok(()) if held.as_ref().is_some_and(|h| h.to_self) => Ok(()),
             Ok(()) => {
                 let echo = Echo::of(route.echo_ref.as_ref(), kept.echo);
                 self.lock().echo(route.from_conn, &route.from_key, echo);
@@ -444,8 +453,22 @@ impl Hub {
 enum Attempt {
     /// Queued for its online recipient (and echoed).
     Delivered,
-    /// On its way to the recipient's mailbox: echoed once stored.
-    Storing(BoxFuture<'static, Result<(), StoreError>>, ForMailbox),
+    /// On its way to the recipient's mailbox: echoed once stored. Also queued, held until
+    /// then, when the recipient is online with acknowledged delivery.
+    Storing(
+        BoxFuture<'static, Result<(), StoreError>>,
+        ForMailbox,
+        Option<Held>,
+    ),
+}
+
+/// A private message queued, held, in the outbox of a recipient with acknowledged
+/// delivery until its mailbox write commits ([`Outbox::release`]).
+struct Held {
+    outbox: Arc<Outbox>,
+    id: u64,
+    /// Sent to oneself: the queued item is also the echo.
+    to_self: bool,
 }
 
 /// A private message for its recipient's mailbox, and the echo its sender gets once it is
@@ -512,6 +535,14 @@ enum Delivery {
     /// The recipient's outbox was full: it is cut off, and this message (with its id) must
     /// go to its mailbox.
     CutOff(ForMailbox),
+    /// The recipient is online with acknowledged delivery: the message is on its way to the
+    /// mailbox, and queued, held until stored (unless the outbox was full: then the
+    /// recipient is cut off). Echoed once stored.
+    Storing(
+        BoxFuture<'static, Result<(), StoreError>>,
+        ForMailbox,
+        Option<Held>,
+    ),
 }
 
 impl Inner {
@@ -550,7 +581,9 @@ impl Inner {
     }
 
     /// Delivers a private message to its recipient, if online, and echoes it to the sender.
-    fn deliver_online(&mut self, route: &Route, draft: Draft) -> Delivery {
+    /// A recipient with acknowledged delivery gets it through its mailbox
+    /// ([`Inner::deliver_acked`]).
+    fn deliver_online(&mut self, route: &Route, draft: Draft, store: &dyn Store) -> Delivery {
         let Some(recipient) = self.members.get(&route.key) else {
             return Delivery::Offline(draft);
         };
@@ -563,6 +596,10 @@ impl Inner {
         } else {
             Out::Private(private.clone())
         };
+        if recipient.outbox.has_acks() {
+            let (to, outbox) = (recipient.user_id.clone(), recipient.outbox.clone());
+            return self.deliver_acked(route, store, (to, to_conn, outbox), item, &private);
+        }
         offer(recipient, item, &mut self.slow);
         if !self.slow.is_empty() {
             // The recipient's outbox is full: it is cut off as a slow consumer, and the
@@ -578,6 +615,41 @@ impl Inner {
             self.echo(route.from_conn, &route.from_key, echo);
         }
         Delivery::Delivered
+    }
+
+    /// Delivers a private message (`item`, for `private`) to a recipient online with
+    /// acknowledged delivery (`to`: its id as registered, connection and outbox): its
+    /// mailbox write is asked for first, under the lock (the store's ordering contract: a
+    /// login that registers afterwards reads it), then the item is queued, held until the
+    /// write commits, so that the client never gets a message that is not durable, and gets
+    /// them in id order. The sender's echo waits for the commit.
+    fn deliver_acked(
+        &mut self,
+        route: &Route,
+        store: &dyn Store,
+        (to, to_conn, outbox): (UserId, u64, Arc<Outbox>),
+        item: Out,
+        private: &Private,
+    ) -> Delivery {
+        let kept = ForMailbox {
+            msg: private.message(to),
+            echo: private.obj.clone(),
+        };
+        let stored = store.enqueue(route.key.clone(), kept.msg.clone());
+        let held = match outbox.push_uncommitted(item) {
+            Ok(()) => Some(Held {
+                outbox,
+                id: private.id,
+                to_self: to_conn == route.from_conn,
+            }),
+            Err(_) => {
+                // Cut off as a slow consumer; the message is in the mailbox.
+                self.slow.push((route.key.clone(), to_conn));
+                self.cut_off();
+                None
+            }
+        };
+        Delivery::Storing(stored, kept, held)
     }
 
     /// Sends to the sender's own session (`from_key`, case-folded), if it is still the
@@ -1078,6 +1150,69 @@ mod tests {
         let plain = String::from_utf8_lossy(a);
         assert!(plain.starts_with(r#"{"user_id":"bob","message":"hi","to":"*","id":"#));
         assert_eq!(echo[0], format!(r#"{{"ref":"r1",{}"#, &plain[1..]));
+    }
+
+    #[tokio::test]
+    async fn a_private_message_to_an_acks_recipient_is_stored_then_handed_out_and_a_full_outbox_cuts_it_off()
+     {
+        let store = Arc::new(MemoryStore::new(10));
+        for name in ["alice", "bob"] {
+            store
+                .create_account(crate::store::Account {
+                    user_id: UserId::new(name).expect("valid id"),
+                    password_hash: "x".into(),
+                    created_ms: 1,
+                })
+                .await
+                .expect("created");
+        }
+        let hub = Hub::new(store.clone(), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = Outbox::new_acks(crate::outbox::Limits {
+            items: 1,
+            bytes: 64 * 1024,
+        });
+        hub.join(Member {
+            conn_id: 2,
+            user_id: UserId::new("bob").expect("valid id"),
+            outbox: bob.clone(),
+            login_ms: 1,
+        })
+        .expect("joined");
+        alice.take();
+        let (from, to) = (
+            UserId::new("alice").expect("id"),
+            UserId::new("bob").expect("id"),
+        );
+        let text = |t: &str| MessageText::new(t).expect("valid text");
+        hub.send_private(&from, 1, &to, text("one"), None)
+            .await
+            .expect("sent");
+        // Stored before it could be handed out, then handed out, then echoed.
+        let ids: Vec<u64> = store
+            .pending("bob".into())
+            .await
+            .expect("read")
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids.len(), 1);
+        let taken = bob.take();
+        assert!(matches!(&taken.items[0], Out::Private(p) if p.id == ids[0]));
+        assert_eq!(frames(&alice).len(), 1);
+        // The outbox holds one item: the third message finds it full. Bob is cut off, and
+        // the message is in the mailbox all the same, and echoed.
+        hub.send_private(&from, 1, &to, text("two"), None)
+            .await
+            .expect("sent");
+        hub.send_private(&from, 1, &to, text("three"), None)
+            .await
+            .expect("sent");
+        assert_eq!(bob.kicked(), Some(KickReason::SlowConsumer));
+        assert_eq!(store.pending("bob".into()).await.expect("read").len(), 3);
+        let echoes = frames(&alice);
+        assert_eq!(echoes.len(), 3, "{echoes:?}");
+        assert!(echoes[2].contains(r#""message":"three""#));
     }
 
     #[tokio::test]

@@ -10,8 +10,22 @@
 //! eager item or reply, in queue order, or when the hub's presence ticker calls
 //! [`Outbox::flush_lazy`] a few tens of milliseconds later. A login storm of N users then
 //! costs each idle session one wake-up and one `write` per tick instead of one per notice.
+//!
+//! **Acknowledged delivery** (a login with `"acks": true`, [`Outbox::new_acks`]). Every
+//! private message to such a session is written to the user's mailbox before it is queued
+//! here, and stays there until the client acks it. The outbox then keeps two sets of ids:
+//! - *uncommitted*: messages queued whose mailbox write has not committed yet
+//!   ([`Outbox::push_uncommitted`]). [`Outbox::take`] hands out nothing from the first of
+//!   them on, so the client never sees a message that is not durable, and sees everything
+//!   in queue order; [`Outbox::release`] lets it go once committed, or drops it when the
+//!   store refused it (its sender gets the `fail`).
+//! - *unacked*: the mailboxed messages handed out (the login ack's too,
+//!   [`Outbox::remember`]) that the client has not acked ([`Outbox::ack_up_to`]).
+//!   Bounded: past the login ack's count plus the item limit, the session is a slow
+//!   consumer (nothing is lost: all of them are in the mailbox). A message handed out twice
+//!   (queued while the login read the mailbox, so also in the login ack) goes out once.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -47,6 +61,28 @@ struct State {
     woken: bool,
     /// The outbox is on the hub's list of outboxes to flush at the next tick.
     listed: bool,
+    /// Acknowledged delivery's state; `None` for a session without it.
+    acks: Option<Box<Acks>>,
+}
+
+/// What an outbox of a session with acknowledged delivery keeps (see the module docs).
+#[derive(Debug, Default)]
+struct Acks {
+    /// Private messages queued whose mailbox write has not committed yet.
+    uncommitted: Vec<u64>,
+    /// Mailboxed private messages handed out and not acked.
+    unacked: BTreeSet<u64>,
+    /// Most ids `unacked` holds before the session is a slow consumer.
+    limit: usize,
+}
+
+/// The id of a private message to the session's user, if `item` is one.
+fn private_id(item: &Out) -> Option<u64> {
+    match item {
+        Out::Private(p) => Some(p.id),
+        Out::Echo(e) => e.private.as_ref().map(|p| p.id),
+        Out::Chat(_) | Out::Frame(_) => None,
+    }
 }
 
 /// A bounded queue of frames for one session, and its kick switch.
@@ -55,6 +91,8 @@ pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
     limits: Limits,
+    /// The session asked for acknowledged delivery (its state is [`State::acks`]).
+    acks: bool,
 }
 
 /// How much an outbox holds before its session counts as a slow consumer.
@@ -79,14 +117,110 @@ pub struct Taken {
 impl Outbox {
     /// An empty outbox holding at most `limits`.
     pub fn new(limits: Limits) -> Arc<Outbox> {
+        Outbox::with_acks(limits, None)
+    }
+
+    fn with_acks(limits: Limits, acks: Option<Box<Acks>>) -> Arc<Outbox> {
         Arc::new(Outbox {
-            state: Mutex::new(State::default()),
+            acks: acks.is_some(),
+            state: Mutex::new(State {
+                acks,
+                ..State::default()
+            }),
             notify: Notify::new(),
             limits: Limits {
                 items: limits.items.max(1),
                 bytes: limits.bytes,
             },
         })
+    }
+
+    /// An empty outbox holding at most `limits`, for a session with acknowledged delivery.
+    pub fn new_acks(limits: Limits) -> Arc<Outbox> {
+        let acks = Acks {
+            limit: limits.items.max(1),
+            ..Acks::default()
+        };
+        Outbox::with_acks(limits, Some(Box::new(acks)))
+    }
+
+    /// Whether the session asked for acknowledged delivery.
+    pub fn has_acks(&self) -> bool {
+        self.acks
+    }
+
+    /// Queues a private message to a session with acknowledged delivery whose mailbox write
+    /// has been asked for but has not committed: nothing from it on is handed out until
+    /// [`Outbox::release`]. Wakes nobody (there is nothing new to take yet).
+    ///
+    /// # Errors
+    /// [`Full`] as [`Outbox::push`].
+    pub fn push_uncommitted(&self, item: Out) -> Result<(), Full> {
+        let id = private_id(&item);
+        let Some(mut s) = self.queue(item)? else {
+            return Ok(());
+        };
+        if let (Some(acks), Some(id)) = (&mut s.acks, id) {
+            acks.uncommitted.push(id);
+        }
+        Ok(())
+    }
+
+    /// The mailbox write of the private message `id` is over: it may be handed out
+    /// (`committed`), or it is dropped (the store refused it, and its sender is told).
+    /// Wakes the session if something can be taken.
+    pub fn release(&self, id: u64, committed: bool) {
+        let mut s = self.lock();
+        let Some(acks) = &mut s.acks else { return };
+        let Some(at) = acks.uncommitted.iter().position(|&u| u == id) else {
+            return;
+        };
+        acks.uncommitted.swap_remove(at);
+        if !committed
+            && let Some(at) = s.items.iter().position(|i| private_id(i) == Some(id))
+            && let Some(item) = s.items.remove(at)
+        {
+            let len = u32::try_from(item.encoded_len()).unwrap_or(u32::MAX);
+            s.bytes = s.bytes.saturating_sub(len);
+        }
+        let wake = !s.items.is_empty() && !std::mem::replace(&mut s.woken, true);
+        drop(s);
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Remembers the login ack's messages (in the mailbox) as handed out and not acked;
+    /// the bound grows by as many.
+    pub fn remember(&self, ids: impl ExactSizeIterator<Item = u64>) {
+        let mut s = self.lock();
+        if let Some(acks) = &mut s.acks {
+            acks.limit = acks.limit.saturating_add(ids.len());
+            acks.unacked.extend(ids);
+        }
+    }
+
+    /// The client acked `id`: forgets and returns the ids up to it that were handed out (to
+    /// be deleted from the mailbox). `None` for a session without acknowledged delivery.
+    pub fn ack_up_to(&self, id: u64) -> Option<Vec<u64>> {
+        let mut s = self.lock();
+        let acks = s.acks.as_mut()?;
+        let later = match id.checked_add(1) {
+            Some(next) => acks.unacked.split_off(&next),
+            None => BTreeSet::new(),
+        };
+        Some(
+            std::mem::replace(&mut acks.unacked, later)
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    /// Remembers again ids [`Outbox::ack_up_to`] returned, whose deletion failed.
+    pub fn unack(&self, ids: Vec<u64>) {
+        if let Some(acks) = &mut self.lock().acks {
+            acks.unacked.extend(ids);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -178,14 +312,78 @@ impl Outbox {
         self.lock().kicked
     }
 
-    /// Takes everything queued. From now on, a push wakes the session again.
+    /// Takes everything queued (with acknowledged delivery: up to the first message whose
+    /// mailbox write has not committed, remembering the private messages it hands out).
+    /// From now on, a push wakes the session again.
     pub fn take(&self) -> Taken {
         let mut s = self.lock();
         s.woken = false;
+        if s.acks.is_some() {
+            return Self::take_acked(&mut s);
+        }
         s.bytes = 0;
         Taken {
             items: std::mem::take(&mut s.items),
             kicked: s.kicked,
+        }
+    }
+
+    /// [`Outbox::take`] with acknowledged delivery.
+    fn take_acked(s: &mut State) -> Taken {
+        let State {
+            items,
+            bytes,
+            kicked,
+            acks,
+            ..
+        } = s;
+        let Some(acks) = acks else {
+            return Taken::default();
+        };
+        let held = match acks.uncommitted.is_empty() {
+            true => None,
+            false => items
+                .iter()
+                .position(|i| private_id(i).is_some_and(|id| acks.uncommitted.contains(&id))),
+        };
+        let mut taken = match held {
+            None => {
+                *bytes = 0;
+                std::mem::take(items)
+            }
+            Some(at) => {
+                let rest = items.split_off(at);
+                let len: usize = rest.iter().map(Out::encoded_len).sum();
+                *bytes = u32::try_from(len).unwrap_or(u32::MAX);
+                std::mem::replace(items, rest)
+            }
+        };
+        taken.retain(|item| match item {
+            // Handed out already (in the login ack): once is enough.
+            Out::Private(p) => acks.unacked.insert(p.id),
+            // A message to oneself with a ref is also its echo: always written.
+            Out::Echo(e) => {
+                if let Some(p) = &e.private {
+                    acks.unacked.insert(p.id);
+                }
+                true
+            }
+            Out::Chat(_) | Out::Frame(_) => true,
+        });
+        if acks.unacked.len() > acks.limit && kicked.is_none() {
+            tracing::warn!(
+                unacked = acks.unacked.len(),
+                "acks: too many messages not acked, disconnecting as a slow consumer"
+            );
+            *kicked = Some(KickReason::SlowConsumer);
+        }
+        if *kicked == Some(KickReason::SlowConsumer) {
+            // Nothing more is written: all of it is in the mailbox.
+            taken.clear();
+        }
+        Taken {
+            items: taken,
+            kicked: *kicked,
         }
     }
 
@@ -302,6 +500,89 @@ mod tests {
         let _ = o.take();
         assert_eq!(o.push_lazy(frame("3")), Ok(false));
         assert_eq!(o.take().items.len(), 0);
+    }
+
+    fn private(id: u64) -> Out {
+        Out::Private(Arc::new(crate::wire::Private {
+            obj: Bytes::from(format!("p{id}")),
+            from: simpletextim_proto::UserId::new("alice").expect("valid id"),
+            text: format!("p{id}"),
+            id,
+            ts: 1,
+        }))
+    }
+
+    fn ids(items: &VecDeque<Out>) -> Vec<Option<u64>> {
+        items.iter().map(private_id).collect()
+    }
+
+    #[test]
+    fn with_acks_nothing_from_an_uncommitted_message_on_is_handed_out() {
+        let o = Outbox::new_acks(items(8));
+        assert!(o.has_acks());
+        assert!(!Outbox::new(items(8)).has_acks());
+        o.push(private(1)).unwrap();
+        o.push_uncommitted(private(2)).unwrap();
+        o.push(frame("chat")).unwrap();
+        o.push_uncommitted(private(3)).unwrap();
+        assert_eq!(ids(&o.take().items), vec![Some(1)]);
+        // The later one commits first: still held behind the earlier one.
+        o.release(3, true);
+        assert!(o.take().items.is_empty());
+        o.release(2, true);
+        assert!(woken(&o));
+        assert_eq!(ids(&o.take().items), vec![Some(2), None, Some(3)]);
+        // A refused one is dropped, and what follows it goes out.
+        o.push_uncommitted(private(4)).unwrap();
+        o.push(private(5)).unwrap();
+        o.release(4, false);
+        assert_eq!(ids(&o.take().items), vec![Some(5)]);
+        // Released twice, or never held: nothing happens.
+        o.release(4, true);
+        o.release(99, false);
+        assert!(o.take().items.is_empty());
+        // What stays held counts against the byte limit.
+        o.push_uncommitted(private(10)).unwrap();
+        assert!(o.take().items.is_empty());
+        assert_eq!(o.lock().bytes, 3);
+    }
+
+    #[test]
+    fn with_acks_handed_out_messages_are_remembered_until_acked_and_sent_once() {
+        let o = Outbox::new_acks(items(8));
+        // The login ack's messages.
+        o.remember([1, 2].into_iter());
+        // 2 was queued while the login read the mailbox: it goes out once, in the ack.
+        o.push(private(2)).unwrap();
+        o.push(private(3)).unwrap();
+        o.push(frame("joined")).unwrap();
+        assert_eq!(ids(&o.take().items), vec![Some(3), None]);
+        assert_eq!(o.ack_up_to(2), Some(vec![1, 2]));
+        assert_eq!(o.ack_up_to(2), Some(vec![]));
+        o.unack(vec![2]);
+        assert_eq!(o.ack_up_to(u64::MAX), Some(vec![2, 3]));
+        assert_eq!(Outbox::new(items(8)).ack_up_to(5), None);
+    }
+
+    #[test]
+    fn with_acks_too_many_unacked_messages_make_a_slow_consumer() {
+        // The bound: the login ack's count plus the item limit.
+        let o = Outbox::new_acks(items(2));
+        o.remember([1].into_iter());
+        o.push(private(2)).unwrap();
+        o.push(private(3)).unwrap();
+        let t = o.take();
+        assert_eq!((ids(&t.items), t.kicked), (vec![Some(2), Some(3)], None));
+        assert_eq!(o.ack_up_to(2), Some(vec![1, 2]));
+        o.push(private(4)).unwrap();
+        o.push(private(5)).unwrap();
+        let t = o.take();
+        assert_eq!((ids(&t.items), t.kicked), (vec![Some(4), Some(5)], None));
+        o.push(private(6)).unwrap();
+        // Four not acked: nothing more is written (all of it is in the mailbox).
+        let t = o.take();
+        assert_eq!(t.kicked, Some(KickReason::SlowConsumer));
+        assert!(t.items.is_empty());
     }
 
     #[tokio::test]

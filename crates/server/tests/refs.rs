@@ -149,7 +149,7 @@ async fn every_reply_to_a_command_carries_its_ref() {
             &fail_json(Some(r), 409, "already logged in as alice"),
         )
         .await;
-        // history and ack: not served yet.
+        // history: not served yet; ack: only with acks.
         w.expect(
             &format!(r#"{{"command":"history","with":"*","ref":{r}}}"#),
             &fail_json(Some(r), 400, "history is not available on this server yet"),
@@ -157,7 +157,7 @@ async fn every_reply_to_a_command_carries_its_ref() {
         .await;
         w.expect(
             &format!(r#"{{"command":"ack","id":5,"ref":{r}}}"#),
-            &fail_json(Some(r), 400, "ack is not available on this server yet"),
+            &fail_json(Some(r), 400, r#"ack needs a login with "acks": true"#),
         )
         .await;
         // 404: a private message to a user with no account.

@@ -1,4 +1,4 @@
-//! What each command does: `login`, `send`, `list` and `exit`, and the checks before them
+//! What each command does: `login`, `send`, `list`, `ack` and `exit`, and the checks before them
 //! (logged in, within the user's flood control).
 
 use simpletextim_proto::{
@@ -63,14 +63,13 @@ impl Session {
         }
         match command {
             // Boxed: logging in is rare and its future is the largest; keeping it off the
-            // session's own future keeps every idle session small. `acks` is not served
-            // yet: such a login behaves as one without it (version 1).
+            // session's own future keeps every idle session small.
             Command::Login {
                 user_id,
                 password,
-                acks: _,
+                acks,
             } => {
-                return Box::pin(self.login(user_id, password, r#ref)).await;
+                return Box::pin(self.login(user_id, password, acks, r#ref)).await;
             }
             Command::Exit => {
                 let _ = self.drain_outbox();
@@ -105,10 +104,8 @@ impl Session {
                 let reason = "history is not available on this server yet";
                 self.fail_ref(r#ref, Failure::bad_request(reason));
             }
-            Command::Ack { .. } => {
-                let reason = "ack is not available on this server yet";
-                self.fail_ref(r#ref, Failure::bad_request(reason));
-            }
+            // Boxed, as a private message: the store's delete waits off the idle future.
+            Command::Ack { id } => Box::pin(self.ack(id, r#ref)).await,
         }
         Ok(())
     }
@@ -146,6 +143,31 @@ impl Session {
         }
     }
 
+    /// `ack {id}`: the client holds every private message to it up to `id`. Those this
+    /// session sent are deleted from the mailbox and forgotten; an id it never sent deletes
+    /// nothing. Answers nothing on success (the protocol specifies no reply); `fail 400` in
+    /// a session whose login did not ask for acks, `fail 503` when the store fails (the ids
+    /// are then kept, for a later ack or the next login).
+    async fn ack(&mut self, id: u64, r#ref: Option<Ref>) {
+        let Some(login) = &self.login else { return };
+        let Some(acked) = login.outbox.ack_up_to(id) else {
+            let reason = r#"ack needs a login with "acks": true"#;
+            self.fail_ref(r#ref, Failure::bad_request(reason));
+            return;
+        };
+        if acked.is_empty() {
+            return;
+        }
+        let store = &self.shared.config.store;
+        let deleted = store.delete_delivered(login.user_id.key(), acked.clone());
+        if let Err(e) = deleted.await {
+            tracing::error!(user = %login.user_id, error = %e, "cannot delete acked messages");
+            login.outbox.unack(acked);
+            let reason = "storage unavailable, try again later";
+            self.fail_ref(r#ref, Failure::new(ErrorCode::Unavailable, reason));
+        }
+    }
+
     /// Refuses a login that is throttled or over its address's logins in progress, checks
     /// the password, then starts the logged-in session.
     ///
@@ -156,6 +178,7 @@ impl Session {
         &mut self,
         user_id: UserId,
         password: Password,
+        acks: bool,
         r#ref: Option<Ref>,
     ) -> Result<(), End> {
         if let Some(login) = &self.login {
@@ -199,11 +222,12 @@ impl Session {
                 return self.login_failed(&user_id, failure, r#ref);
             }
         };
-        self.start(user_id, login_ms, r#ref).await
+        self.start(user_id, login_ms, acks, r#ref).await
     }
 
     /// Joins the hub as `user_id` (as registered), then writes the login ack with the
-    /// messages kept in the mailbox, and deletes those once written.
+    /// messages kept in the mailbox, and deletes those once written; with `acks`, they stay
+    /// in the mailbox until the client acks them.
     ///
     /// # Errors
     /// How the session ends: the account revoked meanwhile, the store failing, or the
@@ -212,12 +236,17 @@ impl Session {
         &mut self,
         user_id: UserId,
         login_ms: u64,
+        acks: bool,
         r#ref: Option<Ref>,
     ) -> Result<(), End> {
-        let outbox = Outbox::new(Limits {
+        let limits = Limits {
             items: self.shared.config.outbox_capacity,
             bytes: self.shared.config.outbox_bytes,
-        });
+        };
+        let outbox = match acks {
+            true => Outbox::new_acks(limits),
+            false => Outbox::new(limits),
+        };
         // Refused when the account was changed while its password was checked: the
         // session ends (`fail 401`) before anything of the user's is read.
         self.shared.hub.join(Member {
@@ -255,13 +284,18 @@ impl Session {
             }
         };
         let delivered: Vec<u64> = pending.iter().map(|m| m.id).collect();
+        if acks && let Some(login) = &self.login {
+            // Kept until acked; remembered before the outbox is first drained, so that a
+            // message queued meanwhile and also read here goes out once.
+            login.outbox.remember(delivered.iter().copied());
+        }
         // The ack is the session's first frame: nothing from the outbox has been written.
         self.conn.queue_reply(&Reply::Message {
             r#ref,
             messages: pending,
         });
         self.write_out().await?;
-        if !delivered.is_empty() {
+        if !acks && !delivered.is_empty() {
             // Written to the socket: now they may go. A crash before this line delivers them
             // again at the next login rather than losing them.
             let deleted = self.shared.config.store.delete_delivered(key, delivered);

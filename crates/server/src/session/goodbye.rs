@@ -80,10 +80,16 @@ impl Session {
     /// senders but never reached the socket: those in the part of the write buffer the
     /// socket did not take, then those still in the outbox. Called once the session has left
     /// the hub, so nothing more is queued. The user gets them at the next login.
+    ///
+    /// Not with acknowledged delivery: every private message such a session was sent is in
+    /// the mailbox already, until acked.
     async fn keep_undelivered_private(&mut self) {
         let Some(login) = &self.login else {
             return;
         };
+        if login.outbox.has_acks() {
+            return;
+        }
         let me = &login.user_id;
         let mut kept: Vec<ChatMessage> = self
             .conn

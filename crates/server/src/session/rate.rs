@@ -40,6 +40,12 @@ impl RateLimit {
 pub const LIST_COST: u32 = 10;
 
 /// Tokens `command` costs (`login` and `exit` cost none).
+///
+/// `ack` costs none either: it writes to the store only when it covers private messages
+/// the session was sent and not acked yet, and then deletes at least one of them, each of
+/// which cost its sender a token; an ack that covers nothing (repeated, or of an id never
+/// sent) touches nothing but the session's own memory. Charging it would make a client that
+/// acks each message it reads pay twice for what others sent it.
 fn cost(command: &Command) -> f64 {
     match command {
         Command::List => f64::from(LIST_COST),
