@@ -579,7 +579,6 @@ async fn page_up_loads_older_messages_from_the_server() {
 /// With acks, a private message not shown before the session ends comes again at the next
 /// login (shown once), and one shown is acknowledged: it does not come again.
 #[tokio::test]
-#[ignore = "needs the server's acknowledged delivery (issue 11 wiring)"]
 async fn private_messages_are_acknowledged_once_shown() {
     let server = server_on("127.0.0.1:0").await;
     let mut ivan = Peer::start(server.addr, "ivan", "ivan-pw");
