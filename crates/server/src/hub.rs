@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{KickReason, Outbox};
-use crate::store::{Revocation, RevocationKind, Store, StoreError};
+use crate::store::{HistoryPermit, Revocation, RevocationKind, Store, StoreError};
 use crate::wire::{ChatHead, Echo, Out, Private, encode_reply};
 
 /// What the hub keeps of a logged-in session.
@@ -324,18 +324,26 @@ impl Hub {
     /// Accepts a public message and delivers it to everyone online, the sender included.
     /// With `echo_ref` (the `ref` of the sender's `send`, already JSON), the sender's own
     /// session (`from_conn`) gets the echo with the ref; every other copy is the same shared
-    /// bytes, without it.
+    /// bytes, without it. With `history` (a slot of the history writer, taken before), the
+    /// message is handed to the writer as it gets its id, so the writer has it in id order
+    /// before anyone is sent it.
     pub fn publish(
         &self,
         from: &UserId,
         from_conn: u64,
         text: MessageText,
         echo_ref: Option<&Bytes>,
+        history: Option<HistoryPermit>,
     ) {
         let head = ChatHead::new(from, text.as_str());
+        // Built before the lock; only the id and time are filled in under it.
+        let kept = history.map(|permit| (permit, unnumbered(from, &text, Recipient::Everyone)));
         let mut inner = self.lock();
         let (id, ts) = next_id(&mut inner.last_id);
         let obj = head.finish(Recipient::Everyone.as_str(), id, ts);
+        if let Some((permit, message)) = kept {
+            permit.push(ChatMessage { id, ts, ..message });
+        }
         match echo_ref {
             None => inner.broadcast(Out::Chat(obj), None),
             Some(_) => {
@@ -352,6 +360,11 @@ impl Hub {
     /// sender's copy carries it, and it is never stored. A recipient whose outbox is full
     /// is cut off as a slow consumer and the message is stored for its next login.
     ///
+    /// `history`, a slot of the history writer taken before: a message delivered online is
+    /// handed to the writer as it gets its id (in id order, before anyone is sent it); one
+    /// stored in the mailbox gets its history row from [`Store::enqueue`] instead, and the
+    /// slot is given back.
+    ///
     /// # Errors
     /// `404` when the recipient has no account, `503` when their mailbox is full or the
     /// store fails. Nothing is delivered or stored then.
@@ -362,6 +375,7 @@ impl Hub {
         to: &UserId,
         text: MessageText,
         echo_ref: Option<Bytes>,
+        history: Option<HistoryPermit>,
     ) -> Result<(), Failure> {
         let route = Route {
             from_key: from.key(),
@@ -369,7 +383,7 @@ impl Hub {
             key: to.key(),
             echo_ref,
         };
-        let draft = match self.try_online(&route, Draft::new(from, text)) {
+        let draft = match self.try_online(&route, Draft::new(from, text, history)) {
             Ok(attempt) => return self.settle(attempt, &route, to).await,
             Err(draft) => draft,
         };
@@ -480,14 +494,17 @@ struct Draft {
     head: ChatHead,
     from: UserId,
     text: MessageText,
+    /// The history writer's slot for it, used if it is delivered online.
+    history: Option<HistoryPermit>,
 }
 
 impl Draft {
-    fn new(from: &UserId, text: MessageText) -> Draft {
+    fn new(from: &UserId, text: MessageText, history: Option<HistoryPermit>) -> Draft {
         Draft {
             head: ChatHead::new(from, text.as_str()),
             from: from.clone(),
             text,
+            history,
         }
     }
 
@@ -550,11 +567,14 @@ impl Inner {
     }
 
     /// Delivers a private message to its recipient, if online, and echoes it to the sender.
-    fn deliver_online(&mut self, route: &Route, draft: Draft) -> Delivery {
+    fn deliver_online(&mut self, route: &Route, mut draft: Draft) -> Delivery {
         let Some(recipient) = self.members.get(&route.key) else {
             return Delivery::Offline(draft);
         };
         let to_conn = recipient.conn_id;
+        // Used below if delivered; dropped (the slot given back) if it goes to the mailbox,
+        // whose `enqueue` writes its history row.
+        let history = draft.history.take();
         let (id, ts) = next_id(&mut self.last_id);
         let private = Arc::new(draft.finish(&recipient.user_id, id, ts));
         // To oneself, the one copy is both the delivery and the echo (with the ref).
@@ -572,6 +592,11 @@ impl Inner {
             let private = Arc::try_unwrap(private)
                 .expect("a push to a full outbox keeps no copy of the item");
             return Delivery::CutOff(ForMailbox::new(private, to));
+        }
+        if let Some(permit) = history {
+            // Under the lock that gave the id: the writer gets messages in id order. One
+            // row for a message to oneself too.
+            permit.push(private.message(recipient.user_id.clone()));
         }
         if to_conn != route.from_conn {
             let echo = Echo::of(route.echo_ref.as_ref(), private.obj.clone());
@@ -662,6 +687,19 @@ fn next_id(last_id: &mut u64) -> (u64, u64) {
     let ts = crate::now_ms();
     *last_id = (*last_id + 1).max(ts.saturating_mul(1000));
     (*last_id, ts)
+}
+
+/// The message `from` sends to `to`, its id and time still 0: what the hub builds before
+/// its lock, to fill in under it.
+fn unnumbered(from: &UserId, text: &MessageText, to: Recipient) -> ChatMessage {
+    ChatMessage {
+        r#ref: None,
+        user_id: from.clone(),
+        message: text.as_str().to_owned(),
+        to,
+        id: 0,
+        ts: 0,
+    }
 }
 
 /// Queues `item` for a member; a full outbox marks it slow.
@@ -1006,6 +1044,7 @@ mod tests {
             2,
             MessageText::new("hi").expect("valid text"),
             None,
+            None,
         );
         // No ticker runs here: the chat alone wakes alice.
         tokio::time::timeout(Duration::from_secs(5), alice.changed())
@@ -1066,6 +1105,7 @@ mod tests {
             2,
             MessageText::new("hi").expect("valid text"),
             Some(&r),
+            None,
         );
         let (a, c) = (alice.take(), carol.take());
         let (Out::Chat(a), Out::Chat(c)) = (&a.items[0], &c.items[0]) else {
@@ -1093,6 +1133,7 @@ mod tests {
             &me,
             MessageText::new("note").expect("valid"),
             Some(r),
+            None,
         )
         .await
         .expect("sent");

@@ -131,6 +131,9 @@ struct Shared {
     closed: AtomicBool,
     /// Messages whose write ended (committed or failed), for [`HistoryWriter::flush`].
     done: watch::Sender<u64>,
+    /// Messages handed to the store (its write called, maybe not committed), for
+    /// [`HistoryWriter::barrier`].
+    submitted: watch::Sender<u64>,
     committed: AtomicU64,
     failed: AtomicU64,
     batches: AtomicU64,
@@ -181,6 +184,7 @@ impl HistoryWriter {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             done: watch::Sender::new(0),
+            submitted: watch::Sender::new(0),
             committed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -231,6 +235,20 @@ impl HistoryWriter {
         let mut done = self.shared.done.subscribe();
         // The sender lives in `shared`, which this handle keeps: no error.
         let _ = done.wait_for(|&d| d >= target).await;
+    }
+
+    /// Waits until every message pushed before this call was handed to the store, so that
+    /// by the store's ordering contract any store call made afterwards (a `history` page)
+    /// sees them; their commit may still be under way. Returns at once when nothing is
+    /// waiting to be handed over (an idle writer).
+    pub async fn barrier(&self) {
+        let target = self.shared.queue().pushed;
+        let mut submitted = self.shared.submitted.subscribe();
+        if *submitted.borrow() >= target {
+            return;
+        }
+        // The sender lives in `shared`, which this handle keeps: no error.
+        let _ = submitted.wait_for(|&s| s >= target).await;
     }
 
     /// Stops taking messages (reserving fails with [`ReserveError::Closed`]; permits held
@@ -311,7 +329,11 @@ async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
         }
         let n = batch.len();
         last_write = Some(tokio::time::Instant::now());
-        match store.append_history(batch).await {
+        // Called (queued on the store) first, then counted: a barrier that sees the count
+        // asks the store after this write.
+        let write = store.append_history(batch);
+        shared.submitted.send_modify(|s| *s += n as u64);
+        match write.await {
             Ok(()) => {
                 shared.committed.fetch_add(n as u64, Ordering::Relaxed);
                 shared.batches.fetch_add(1, Ordering::Relaxed);
