@@ -149,10 +149,10 @@ async fn every_reply_to_a_command_carries_its_ref() {
             &fail_json(Some(r), 409, "already logged in as alice"),
         )
         .await;
-        // history and ack: not served yet.
+        // history (nothing kept yet); ack: not served yet.
         w.expect(
             &format!(r#"{{"command":"history","with":"*","ref":{r}}}"#),
-            &fail_json(Some(r), 400, "history is not available on this server yet"),
+            &format!(r#"{{"command":"history","ref":{r},"with":"*","messages":[],"more":false}}"#),
         )
         .await;
         w.expect(
