@@ -432,10 +432,10 @@ mod suite {
     }
 
     pub async fn the_writer_group_commits_in_order(store: Arc<dyn Store>) -> TestResult {
-        assert_eq!(HISTORY_BATCH, 128);
+        assert_eq!(HISTORY_BATCH, 2048);
         let writer = HistoryWriter::spawn(Arc::clone(&store), 8192);
         // Pushed without yielding: the writer task (on this single-threaded runtime) finds
-        // all 5000 queued, and commits them HISTORY_BATCH (128) at a time: 40 writes.
+        // all 5000 queued, and commits them HISTORY_BATCH (2048) at a time: 3 writes.
         for id in 1..=5000 {
             writer
                 .try_reserve()?
@@ -449,7 +449,9 @@ mod suite {
                 queued: 0,
                 committed: 5000,
                 failed: 0,
-                batches: 5000usize.div_ceil(HISTORY_BATCH) as u64
+                batches: 5000usize.div_ceil(HISTORY_BATCH) as u64,
+                largest_batch: 2048,
+                waits: 0,
             }
         );
         let page = store
