@@ -614,7 +614,7 @@ async fn a_version_2_database_gets_history_and_keeps_its_data() -> TestResult {
 
     let conn = Connection::open(&db)?;
     let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    assert_eq!((version, SCHEMA_VERSION), (3, 3));
+    assert_eq!((version, SCHEMA_VERSION), (4, 4));
     drop(conn);
     let fresh = tempdir()?;
     drop(SqliteStore::open(fresh.path(), CAP)?);
