@@ -193,7 +193,7 @@ async fn what_accumulates_during_writes_is_committed_in_large_batches_in_order()
     store.open();
     writer.flush().await;
     // 1, then 999, then the 2000 that accumulated (at most HISTORY_BATCH a write).
-    assert_eq!(HISTORY_BATCH, 2048);
+    assert_eq!(HISTORY_BATCH, 8192);
     let s = writer.stats();
     assert_eq!(core(s), (0, 3000, 0, 3));
     assert_eq!((s.largest_batch, s.waits), (2000, 0));

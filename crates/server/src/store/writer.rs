@@ -32,14 +32,19 @@ use futures::stream::FuturesOrdered;
 use super::{Retention, Store, StoreError};
 
 /// Default capacity of a [`HistoryWriter`]: messages handed over and not yet committed.
-/// A few seconds of a very busy server's traffic; about 2 MB of 140-character messages.
-pub const HISTORY_QUEUE: usize = 8192;
+/// Room for two [`HISTORY_BATCH`]es: one being written while the next accumulates. A
+/// fraction of a second of a private-message flood; about 5 MB of 140-character messages.
+pub const HISTORY_QUEUE: usize = 16384;
 
 /// Most messages one history write holds: bounds how long one write keeps the store thread
 /// busy (a login's lookup or an offline message waits behind at most
 /// [`MAX_WRITES_IN_FLIGHT`] of them) while a backlog is worked off. Writes are as large as
-/// what accumulated, up to this: a busy store gets fewer, larger transactions.
-pub const HISTORY_BATCH: usize = 2048;
+/// what accumulated, up to this: a busy store gets fewer, larger transactions. Large, since
+/// the conversation index takes rows at random places: a write dirties (and copies into
+/// the WAL) most of its pages however few rows it holds, so rows per write is what makes
+/// a flood of private messages cheaper (2048 → 8192: about +25 % messages/s in the private
+/// flood, docs/BENCHMARKS.md).
+pub const HISTORY_BATCH: usize = 8192;
 
 /// Messages queued from which the writer writes at once instead of waiting out
 /// [`WRITE_INTERVAL`]: a backlog is worked off without pauses.
