@@ -347,6 +347,8 @@ pub async fn run_listeners(
         committed = stats.committed,
         failed = stats.failed,
         batches = stats.batches,
+        largest_batch = stats.largest_batch,
+        waits = stats.waits,
         "history writer closed"
     );
     Ok(())

@@ -9,6 +9,7 @@ use simpletextim_proto::{
 use tokio::time::Instant;
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,36 +92,23 @@ impl Session {
                     Failure::new(ErrorCode::Unauthorized, "login required"),
                 );
             }
-            // A slot of the history writer first: at once if one is free (the usual case),
-            // otherwise waited for, boxed (backpressure from a writer that is behind).
+            // Only a pointer waits in the session's future when the history writer is full.
             Command::Send {
                 to: Recipient::Everyone,
                 message,
-            } => match self.shared.history.try_reserve() {
-                Ok(permit) => self.publish(message, r#ref, Some(permit)),
-                Err(ReserveError::Closed) => self.publish(message, r#ref, None),
-                Err(ReserveError::Full) => Box::pin(self.publish_when_room(message, r#ref)).await,
-            },
-            // Boxed: only a pointer (not the message and its ref) waits in the session's
-            // future while a private message is stored.
-            Command::Send {
-                to: Recipient::User(to),
-                message,
-            } => Box::pin(self.send_private(to, message, r#ref)).await,
+            } => {
+                if let Some(waiting) = self.publish_or_wait(message, r#ref) {
+                    waiting.await;
+                }
+            }
+            // Boxed, both behind one await: only a pointer (not the command and its ref)
+            // waits in the session's future while the store works.
+            command @ (Command::Send { .. } | Command::History { .. }) => {
+                Box::pin(self.with_store(command, r#ref)).await;
+            }
             Command::List => {
                 let list = self.shared.hub.list();
                 self.reply(&Reply::List { r#ref, list });
-            }
-            // Boxed: only a pointer waits in the session's future while the store reads.
-            Command::History {
-                with,
-                anchor,
-                limit,
-            } => {
-                let limit = limit.map_or(PageLimit::DEFAULT, |l| {
-                    PageLimit::new(l.get() as u64).unwrap_or(PageLimit::MAX)
-                });
-                Box::pin(self.history(with, anchor, limit, r#ref)).await;
             }
             Command::Ack { .. } => {
                 let reason = "ack is not available on this server yet";
@@ -136,6 +124,28 @@ impl Session {
         match &self.bucket {
             Some(bucket) => self.shared.flood.charge(bucket, command),
             None => Ok(()),
+        }
+    }
+
+    /// The commands that wait for the store: a private message (its recipient may be
+    /// offline), `history`. (A public `send` is handled before.)
+    async fn with_store(&mut self, command: Command, r#ref: Option<Ref>) {
+        match command {
+            Command::Send {
+                to: Recipient::User(to),
+                message,
+            } => self.send_private(to, message, r#ref).await,
+            Command::History {
+                with,
+                anchor,
+                limit,
+            } => {
+                let limit = limit.map_or(PageLimit::DEFAULT, |l| {
+                    PageLimit::new(l.get() as u64).unwrap_or(PageLimit::MAX)
+                });
+                self.history(with, anchor, limit, r#ref).await;
+            }
+            _ => {}
         }
     }
 
@@ -158,6 +168,25 @@ impl Session {
             echo_ref.as_ref(),
             history,
         );
+    }
+
+    /// Sends a public message now if the history writer has a free slot (the usual case)
+    /// or is closed; otherwise returns the boxed future that waits for a slot, then sends it
+    /// (backpressure from a writer that is behind). Nothing of the slot's `Result` is kept
+    /// across that wait: it would sit in every idle session's future.
+    fn publish_or_wait(
+        &mut self,
+        message: MessageText,
+        r#ref: Option<Ref>,
+    ) -> Option<Pin<Box<impl Future<Output = ()> + '_>>> {
+        match self.shared.history.try_reserve() {
+            Ok(permit) => self.publish(message, r#ref, Some(permit)),
+            Err(ReserveError::Closed) => self.publish(message, r#ref, None),
+            Err(ReserveError::Full) => {
+                return Some(Box::pin(self.publish_when_room(message, r#ref)));
+            }
+        }
+        None
     }
 
     /// Sends a public message once the history writer has room for it.
