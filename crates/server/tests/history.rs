@@ -3,7 +3,7 @@
 //! seen from both users, nobody reading another pair's conversation, read-your-writes (a
 //! page asked right after a message was echoed or delivered holds it, on the SQLite store
 //! too), offline messages, retention, the flood control, and every refusal (401, 404,
-//! 400, 429) with its `ref`.
+//! 400, 429, 503) with its `ref`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,8 +15,12 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use common::*;
 use futures::StreamExt;
-use simpletextim_server::store::SqliteStore;
-use simpletextim_server::{Config, RateLimit, Retention};
+use futures::future::{BoxFuture, FutureExt};
+use simpletextim_proto::ChatMessage;
+use simpletextim_server::store::{
+    Account, Conversation, HistoryPage, HistoryQuery, PageLimit, SqliteStore, StoreError,
+};
+use simpletextim_server::{Config, MemoryStore, RateLimit, Retention};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
@@ -504,4 +508,57 @@ async fn history_is_charged_to_the_flood_control() {
         ),
     )
     .await;
+}
+
+/// A [`MemoryStore`] whose history pages fail (a broken disk).
+struct PagesFail(MemoryStore);
+
+impl simpletextim_server::Store for PagesFail {
+    fn account(&self, key: String) -> BoxFuture<'static, Result<Option<Account>, StoreError>> {
+        self.0.account(key)
+    }
+    fn create_account(&self, account: Account) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.0.create_account(account)
+    }
+    fn enqueue(&self, key: String, m: ChatMessage) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.0.enqueue(key, m)
+    }
+    fn pending(&self, key: String) -> BoxFuture<'static, Result<Vec<ChatMessage>, StoreError>> {
+        self.0.pending(key)
+    }
+    fn delete_delivered(
+        &self,
+        key: String,
+        ids: Vec<u64>,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.0.delete_delivered(key, ids)
+    }
+    fn max_message_id(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.0.max_message_id()
+    }
+    fn history(
+        &self,
+        _: Conversation,
+        _: HistoryQuery,
+        _: PageLimit,
+    ) -> BoxFuture<'static, Result<HistoryPage, StoreError>> {
+        futures::future::ready(Err(StoreError::Backend("disk on fire".into()))).boxed()
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_fails_a_page_is_503_and_the_session_goes_on() {
+    let s = start_with(Config {
+        store: Arc::new(PagesFail(MemoryStore::new(10))),
+        ..config()
+    })
+    .await;
+    let mut w = Wire::login(&s, "alice").await;
+    w.expect(
+        r#"{"command":"history","with":"*","ref":"h"}"#,
+        &fail_json(Some(r#""h""#), 503, "storage unavailable, try again later"),
+    )
+    .await;
+    let echo = w.say("*", "still here").await;
+    assert!(echo.contains(r#""message":"still here""#), "{echo}");
 }
