@@ -341,6 +341,8 @@ impl Hub {
         let mut inner = self.lock();
         let (id, ts) = next_id(&mut inner.last_id);
         let obj = head.finish(Recipient::Everyone.as_str(), id, ts);
+        // Before any outbox has it (sessions drain theirs without the hub's lock): a
+        // `history` asked as soon as it arrives finds it.
         if let Some((permit, message)) = kept {
             permit.push(ChatMessage { id, ts, ..message });
         }
@@ -360,10 +362,11 @@ impl Hub {
     /// sender's copy carries it, and it is never stored. A recipient whose outbox is full
     /// is cut off as a slow consumer and the message is stored for its next login.
     ///
-    /// `history`, a slot of the history writer taken before: a message delivered online is
-    /// handed to the writer as it gets its id (in id order, before anyone is sent it); one
-    /// stored in the mailbox gets its history row from [`Store::enqueue`] instead, and the
-    /// slot is given back.
+    /// `history`, a slot of the history writer taken before: a message to an online
+    /// recipient is handed to the writer as it gets its id (in id order, before anyone is
+    /// sent it); one for an offline recipient gets its history row from [`Store::enqueue`]
+    /// instead, and the slot is given back (a recipient cut off as a slow consumer gets
+    /// both, which keep one row).
     ///
     /// # Errors
     /// `404` when the recipient has no account, `503` when their mailbox is full or the
@@ -572,11 +575,17 @@ impl Inner {
             return Delivery::Offline(draft);
         };
         let to_conn = recipient.conn_id;
-        // Used below if delivered; dropped (the slot given back) if it goes to the mailbox,
-        // whose `enqueue` writes its history row.
         let history = draft.history.take();
         let (id, ts) = next_id(&mut self.last_id);
         let private = Arc::new(draft.finish(&recipient.user_id, id, ts));
+        if let Some(permit) = history {
+            // Under the lock that gave the id, so the writer gets messages in id order, and
+            // before the recipient's outbox has it (a session drains its outbox without
+            // the hub's lock): a `history` asked as soon as it arrives finds it. One row
+            // for a message to oneself too. If the recipient is cut off below, the
+            // mailbox's `enqueue` writes the same row again: kept once, by id.
+            permit.push(private.message(recipient.user_id.clone()));
+        }
         // To oneself, the one copy is both the delivery and the echo (with the ref).
         let item = if to_conn == route.from_conn {
             Echo::of_private(route.echo_ref.as_ref(), private.clone())
@@ -592,11 +601,6 @@ impl Inner {
             let private = Arc::try_unwrap(private)
                 .expect("a push to a full outbox keeps no copy of the item");
             return Delivery::CutOff(ForMailbox::new(private, to));
-        }
-        if let Some(permit) = history {
-            // Under the lock that gave the id: the writer gets messages in id order. One
-            // row for a message to oneself too.
-            permit.push(private.message(recipient.user_id.clone()));
         }
         if to_conn != route.from_conn {
             let echo = Echo::of(route.echo_ref.as_ref(), private.obj.clone());
