@@ -13,7 +13,15 @@
 //! pushes under the lock that assigns message ids queues them in id order. Rows reach the
 //! store a moment after the message was delivered, and an offline user's private message
 //! (written by [`Store::enqueue`] at once) can be kept before an earlier one still in the
-//! writer: a `history` request in that moment may miss a message it sees later.
+//! writer. A reader that must see everything pushed so far waits for
+//! [`HistoryWriter::barrier`] first (it returns once those were handed to the store, so
+//! a store call made afterwards runs after their writes); the server's `history` command
+//! does.
+//!
+//! **Throughput.** Writes are as large as what accumulated (up to [`HISTORY_BATCH`]), two
+//! may be unfinished at once, and a backlog is written without pause, so a busy store gets
+//! fewer, larger transactions; the [`HISTORY_QUEUE`] slots bound the memory and hold the
+//! senders back when the store cannot keep up ([`HistoryStats::waits`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -38,7 +46,7 @@ pub const HISTORY_QUEUE: usize = 16384;
 
 /// Most messages one history write holds: bounds how long one write keeps the store thread
 /// busy (a login's lookup or an offline message waits behind at most
-/// [`MAX_WRITES_IN_FLIGHT`] of them) while a backlog is worked off. Writes are as large as
+/// two of them) while a backlog is worked off. Writes are as large as
 /// what accumulated, up to this: a busy store gets fewer, larger transactions. Large, since
 /// the conversation index takes rows at random places: a write dirties (and copies into
 /// the WAL) most of its pages however few rows it holds, so rows per write is what makes
@@ -47,7 +55,7 @@ pub const HISTORY_QUEUE: usize = 16384;
 pub const HISTORY_BATCH: usize = 8192;
 
 /// Messages queued from which the writer writes at once instead of waiting out
-/// [`WRITE_INTERVAL`]: a backlog is worked off without pauses.
+/// the 5 ms write interval: a backlog is worked off without pauses.
 pub const HISTORY_BACKLOG: usize = 256;
 
 /// Writes handed to the store and not finished yet, at most: while one runs on the store
