@@ -274,8 +274,8 @@ enum UserCmd {
         /// The user id.
         name: String,
     },
-    /// Delete an account and its offline messages. A running server ends the user's session
-    /// within seconds.
+    /// Delete an account, its offline messages and its private history (both sides of its
+    /// private conversations). A running server ends the user's session within seconds.
     Del {
         /// The user id.
         name: String,
