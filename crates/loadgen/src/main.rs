@@ -14,7 +14,7 @@ use simpletextim_loadgen::net::{self, Bind};
 use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::stats;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
-use simpletextim_loadgen::workload::{Common, conns, offline, presence, soak};
+use simpletextim_loadgen::workload::{Common, conns, history, offline, presence, soak};
 
 /// Load generator for SimpleTextIM servers (loopback only).
 #[derive(Debug, Parser)]
@@ -91,6 +91,8 @@ enum Workload {
     Conns(conns::ConnsOpts),
     /// Private messages to offline users (the mailbox), then their delivery at login.
     Offline(offline::OfflineOpts),
+    /// Readers asking for pages of the public history while others chat: pages per second.
+    History(history::HistoryOpts),
     /// Normal users chatting at a fixed rate beside hostile connections (slowloris,
     /// garbage, password guessing, never-readers, flooders) from 127.0.0.2, …
     Soak(soak::SoakOpts),
@@ -176,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
             Workload::Presence(o) => presence::run(&common, &o).await.map(Some),
             Workload::Conns(o) => conns::run(&common, &o).await.map(Some),
             Workload::Offline(o) => offline::run(&common, &o).await.map(Some),
+            Workload::History(o) => history::run(&common, &o).await.map(Some),
             Workload::Soak(o) => soak::run(&common, &o).await.map(Some),
             Workload::ConnsChild(o) => conns::child(&common, &o).await.map(|()| None),
         }

@@ -133,6 +133,15 @@ pub struct Report {
     /// `offline`: the largest mailbox (messages to one recipient).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox_max: Option<usize>,
+    /// `history`: round trip of each page (request written to reply read), microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_latency_us: Option<Summary>,
+    /// `history`: pages received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<u64>,
+    /// `history`: `pages / elapsed_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_per_s: Option<f64>,
     /// `presence`: presence events that contradict what came before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence_errors: Option<u64>,
@@ -257,6 +266,14 @@ impl Report {
                 per.map_or("unknown (no --server-pid)".to_owned(), |b| format!(
                     "{b:.0} bytes"
                 )),
+            );
+        }
+        if let (Some(pages), Some(per_s), Some(l)) =
+            (self.pages, self.pages_per_s, &self.page_latency_us)
+        {
+            return format!(
+                "history: {} clients ({} chatting, {} public messages sent): {pages} pages in {:.3} s = {per_s:.0} pages/s\n  page round trip µs: p50 {} p99 {} p99.9 {} max {}",
+                self.clients, self.senders, self.sent, self.elapsed_s, l.p50, l.p99, l.p999, l.max,
             );
         }
         let mut s = format!(

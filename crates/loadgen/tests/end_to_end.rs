@@ -11,6 +11,7 @@ use simpletextim_loadgen::net::Bind;
 use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::workload::Common;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
+use simpletextim_loadgen::workload::history::{self, HistoryOpts};
 use simpletextim_loadgen::workload::offline::{self, OfflineOpts};
 use simpletextim_loadgen::workload::presence::{self, PresenceOpts};
 use simpletextim_loadgen::workload::soak::{self, SoakOpts};
@@ -136,6 +137,27 @@ async fn offline_mailboxes_are_delivered_at_login() {
     assert_eq!(r.mailbox_delivered, Some(60));
     assert_eq!(r.mailbox_lost, Some(0));
     assert_eq!(r.mailbox_max, Some(10));
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_readers_get_every_page_while_others_chat() {
+    let (addr, shutdown) = server().await;
+    let o = HistoryOpts {
+        readers: 4,
+        pages: 20,
+        limit: 50,
+        seed: 120,
+        chatters: 2,
+        rate: 200.0,
+    };
+    let r = history::run(&common(addr, "hi"), &o).await.unwrap();
+    assert!(!r.timed_out, "{}", r.to_json_line());
+    assert!(r.fails.is_empty(), "{:?}", r.fails);
+    assert_eq!(r.pages, Some(80));
+    assert_eq!(r.page_latency_us.map(|l| l.count), Some(80));
+    assert_eq!(r.clients, 6);
+    assert!(r.human().starts_with("history: 6 clients"), "{}", r.human());
     shutdown.cancel();
 }
 

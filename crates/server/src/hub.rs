@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{KickReason, Outbox};
-use crate::store::{Revocation, RevocationKind, Store, StoreError};
+use crate::store::{HistoryPermit, Revocation, RevocationKind, Store, StoreError};
 use crate::wire::{ChatHead, Echo, Out, Private, encode_reply};
 
 /// What the hub keeps of a logged-in session.
@@ -324,18 +324,28 @@ impl Hub {
     /// Accepts a public message and delivers it to everyone online, the sender included.
     /// With `echo_ref` (the `ref` of the sender's `send`, already JSON), the sender's own
     /// session (`from_conn`) gets the echo with the ref; every other copy is the same shared
-    /// bytes, without it.
+    /// bytes, without it. With `history` (a slot of the history writer, taken before), the
+    /// message is handed to the writer as it gets its id, so the writer has it in id order
+    /// before anyone is sent it.
     pub fn publish(
         &self,
         from: &UserId,
         from_conn: u64,
         text: MessageText,
         echo_ref: Option<&Bytes>,
+        history: Option<HistoryPermit>,
     ) {
         let head = ChatHead::new(from, text.as_str());
+        // Built before the lock; only the id and time are filled in under it.
+        let kept = history.map(|permit| (permit, unnumbered(from, &text, Recipient::Everyone)));
         let mut inner = self.lock();
         let (id, ts) = next_id(&mut inner.last_id);
         let obj = head.finish(Recipient::Everyone.as_str(), id, ts);
+        // Before any outbox has it (sessions drain theirs without the hub's lock): a
+        // `history` asked as soon as it arrives finds it.
+        if let Some((permit, message)) = kept {
+            permit.push(ChatMessage { id, ts, ..message });
+        }
         match echo_ref {
             None => inner.broadcast(Out::Chat(obj), None),
             Some(_) => {
@@ -352,6 +362,12 @@ impl Hub {
     /// sender's copy carries it, and it is never stored. A recipient whose outbox is full
     /// is cut off as a slow consumer and the message is stored for its next login.
     ///
+    /// `history`, a slot of the history writer taken before: a message to an online
+    /// recipient is handed to the writer as it gets its id (in id order, before anyone is
+    /// sent it); one for an offline recipient gets its history row from [`Store::enqueue`]
+    /// instead, and the slot is given back (a recipient cut off as a slow consumer gets
+    /// both, which keep one row).
+    ///
     /// # Errors
     /// `404` when the recipient has no account, `503` when their mailbox is full or the
     /// store fails. Nothing is delivered or stored then.
@@ -362,6 +378,7 @@ impl Hub {
         to: &UserId,
         text: MessageText,
         echo_ref: Option<Bytes>,
+        history: Option<HistoryPermit>,
     ) -> Result<(), Failure> {
         let route = Route {
             from_key: from.key(),
@@ -369,7 +386,7 @@ impl Hub {
             key: to.key(),
             echo_ref,
         };
-        let draft = match self.try_online(&route, Draft::new(from, text)) {
+        let draft = match self.try_online(&route, Draft::new(from, text, history)) {
             Ok(attempt) => return self.settle(attempt, &route, to).await,
             Err(draft) => draft,
         };
@@ -503,14 +520,17 @@ struct Draft {
     head: ChatHead,
     from: UserId,
     text: MessageText,
+    /// The history writer's slot for it, used if it is delivered online.
+    history: Option<HistoryPermit>,
 }
 
 impl Draft {
-    fn new(from: &UserId, text: MessageText) -> Draft {
+    fn new(from: &UserId, text: MessageText, history: Option<HistoryPermit>) -> Draft {
         Draft {
             head: ChatHead::new(from, text.as_str()),
             from: from.clone(),
             text,
+            history,
         }
     }
 
@@ -583,20 +603,32 @@ impl Inner {
     /// Delivers a private message to its recipient, if online, and echoes it to the sender.
     /// A recipient with acknowledged delivery gets it through its mailbox
     /// ([`Inner::deliver_acked`]).
-    fn deliver_online(&mut self, route: &Route, draft: Draft, store: &dyn Store) -> Delivery {
+    fn deliver_online(&mut self, route: &Route, mut draft: Draft, store: &dyn Store) -> Delivery {
         let Some(recipient) = self.members.get(&route.key) else {
             return Delivery::Offline(draft);
         };
         let to_conn = recipient.conn_id;
+        let history = draft.history.take();
         let (id, ts) = next_id(&mut self.last_id);
         let private = Arc::new(draft.finish(&recipient.user_id, id, ts));
+        let acks = recipient.outbox.has_acks();
+        if let Some(permit) = history.filter(|_| !acks) {
+            // Under the lock that gave the id, so the writer gets messages in id order, and
+            // before the recipient's outbox has it (a session drains its outbox without
+            // the hub's lock): a `history` asked as soon as it arrives finds it. One row
+            // for a message to oneself too. If the recipient is cut off below, the
+            // mailbox's `enqueue` writes the same row again: kept once, by id. With acks,
+            // `enqueue` writes it in the mailbox's transaction, before the message is
+            // handed out, so the permit is dropped unused.
+            permit.push(private.message(recipient.user_id.clone()));
+        }
         // To oneself, the one copy is both the delivery and the echo (with the ref).
         let item = if to_conn == route.from_conn {
             Echo::of_private(route.echo_ref.as_ref(), private.clone())
         } else {
             Out::Private(private.clone())
         };
-        if recipient.outbox.has_acks() {
+        if acks {
             let (to, outbox) = (recipient.user_id.clone(), recipient.outbox.clone());
             return self.deliver_acked(route, store, (to, to_conn, outbox), item, &private);
         }
@@ -734,6 +766,19 @@ fn next_id(last_id: &mut u64) -> (u64, u64) {
     let ts = crate::now_ms();
     *last_id = (*last_id + 1).max(ts.saturating_mul(1000));
     (*last_id, ts)
+}
+
+/// The message `from` sends to `to`, its id and time still 0: what the hub builds before
+/// its lock, to fill in under it.
+fn unnumbered(from: &UserId, text: &MessageText, to: Recipient) -> ChatMessage {
+    ChatMessage {
+        r#ref: None,
+        user_id: from.clone(),
+        message: text.as_str().to_owned(),
+        to,
+        id: 0,
+        ts: 0,
+    }
 }
 
 /// Queues `item` for a member; a full outbox marks it slow.
@@ -1078,6 +1123,7 @@ mod tests {
             2,
             MessageText::new("hi").expect("valid text"),
             None,
+            None,
         );
         // No ticker runs here: the chat alone wakes alice.
         tokio::time::timeout(Duration::from_secs(5), alice.changed())
@@ -1138,6 +1184,7 @@ mod tests {
             2,
             MessageText::new("hi").expect("valid text"),
             Some(&r),
+            None,
         );
         let (a, c) = (alice.take(), carol.take());
         let (Out::Chat(a), Out::Chat(c)) = (&a.items[0], &c.items[0]) else {
@@ -1185,7 +1232,7 @@ mod tests {
             UserId::new("bob").expect("id"),
         );
         let text = |t: &str| MessageText::new(t).expect("valid text");
-        hub.send_private(&from, 1, &to, text("one"), None)
+        hub.send_private(&from, 1, &to, text("one"), None, None)
             .await
             .expect("sent");
         // Stored before it could be handed out, then handed out, then echoed.
@@ -1202,10 +1249,10 @@ mod tests {
         assert_eq!(frames(&alice).len(), 1);
         // The outbox holds one item: the third message finds it full. Bob is cut off, and
         // the message is in the mailbox all the same, and echoed.
-        hub.send_private(&from, 1, &to, text("two"), None)
+        hub.send_private(&from, 1, &to, text("two"), None, None)
             .await
             .expect("sent");
-        hub.send_private(&from, 1, &to, text("three"), None)
+        hub.send_private(&from, 1, &to, text("three"), None, None)
             .await
             .expect("sent");
         assert_eq!(bob.kicked(), Some(KickReason::SlowConsumer));
@@ -1228,6 +1275,7 @@ mod tests {
             &me,
             MessageText::new("note").expect("valid"),
             Some(r),
+            None,
         )
         .await
         .expect("sent");

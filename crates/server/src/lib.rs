@@ -30,13 +30,14 @@ use tokio_util::task::TaskTracker;
 pub use auth::{HashCost, Registration};
 pub use limits::AddressLimits;
 pub use session::{LIST_COST, RateLimit};
-pub use store::{MemoryStore, Store};
+pub use store::{MemoryStore, Retention, Store};
 pub use throttle::{Backoff, ThrottlePolicy};
 pub use tls::{Tls, TlsError};
 pub use wire::Framing;
 
 use auth::Authenticator;
 use hub::Hub;
+use store::{HISTORY_QUEUE, HistoryWriter};
 
 /// Default listen address: loopback, the original server's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
@@ -69,6 +70,9 @@ pub const DEFAULT_LOGIN_QUEUE: usize = 128;
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
 /// Default time a connection may take to log in.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time between two rounds of history pruning ([`Config::history_retention`]); the
+/// first round runs at start.
+pub const DEFAULT_HISTORY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Everything the server can be configured with.
 #[derive(Clone)]
@@ -95,7 +99,8 @@ pub struct Config {
     /// Most connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Flood control per user (shared by the user's sessions, kept across reconnects):
-    /// tokens taken by `send` (1) and `list` ([`LIST_COST`]); `None` for no limit.
+    /// tokens taken by `send` (1), `history` (1) and `list` ([`LIST_COST`]); `None` for no
+    /// limit.
     pub rate_limit: Option<RateLimit>,
     /// How long a shutdown waits for sessions to say goodbye.
     pub shutdown_grace: Duration,
@@ -117,8 +122,13 @@ pub struct Config {
     /// Connections not logged in yet, at once: more get `fail 503` and are closed (those
     /// logged in are limited only by `max_connections`).
     pub max_unauthenticated: usize,
-    /// Accounts and mailboxes.
+    /// Accounts, mailboxes and the kept history.
     pub store: Arc<dyn Store>,
+    /// How much history is kept (by default 90 days and 1 000 000 messages): older
+    /// messages are pruned at start and then every [`Config::history_prune_interval`].
+    pub history_retention: Retention,
+    /// Time between two rounds of pruning the history.
+    pub history_prune_interval: Duration,
     /// Serve every listener over TLS with this certificate; `None`: plain TCP.
     pub tls: Option<Tls>,
 }
@@ -143,6 +153,8 @@ impl std::fmt::Debug for Config {
             .field("exempt", &self.exempt)
             .field("address_limits", &self.address_limits)
             .field("max_unauthenticated", &self.max_unauthenticated)
+            .field("history_retention", &self.history_retention)
+            .field("history_prune_interval", &self.history_prune_interval)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
@@ -169,6 +181,8 @@ impl Default for Config {
             address_limits: AddressLimits::default(),
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             store: Arc::new(MemoryStore::new(DEFAULT_MAILBOX_CAP)),
+            history_retention: Retention::default(),
+            history_prune_interval: DEFAULT_HISTORY_PRUNE_INTERVAL,
             tls: None,
         }
     }
@@ -178,6 +192,8 @@ impl Default for Config {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) hub: Hub,
+    /// Writes the history of the messages the hub delivers (not those `enqueue` keeps).
+    pub(crate) history: HistoryWriter,
     pub(crate) auth: Authenticator,
     pub(crate) throttle: throttle::LoginThrottle,
     pub(crate) flood: session::FloodControl,
@@ -238,8 +254,19 @@ pub async fn run_listeners(
             }
         }
     }
+    // Public messages and private messages to online users are kept through it; it is
+    // closed (what it holds written) once the sessions are gone, before the caller closes
+    // the store.
+    let history = HistoryWriter::spawn(store.clone(), HISTORY_QUEUE);
+    let retention = tokio::spawn(store::run_retention(
+        store.clone(),
+        config.history_retention,
+        config.history_prune_interval,
+        shutdown.clone(),
+    ));
     let shared = Arc::new(Shared {
         hub: Hub::new(store.clone(), min_id),
+        history: history.clone(),
         auth: Authenticator::new(
             store,
             config.registration,
@@ -313,6 +340,17 @@ pub async fn run_listeners(
             "sessions still closing at the end of the grace period"
         );
     }
+    let _ = retention.await;
+    history.close().await;
+    let stats = history.stats();
+    tracing::info!(
+        committed = stats.committed,
+        failed = stats.failed,
+        batches = stats.batches,
+        largest_batch = stats.largest_batch,
+        waits = stats.waits,
+        "history writer closed"
+    );
     Ok(())
 }
 

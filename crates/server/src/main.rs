@@ -38,7 +38,7 @@ use simpletextim_server::auth::{HashCost, hash_password};
 use simpletextim_server::store::{Account, SqliteStore, StoreError};
 use simpletextim_server::{
     AddressLimits, Backoff, Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit,
-    Registration, Store, ThrottlePolicy, Tls,
+    Registration, Retention, Store, ThrottlePolicy, Tls,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -104,8 +104,8 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_OUTBOX)]
     outbox: usize,
 
-    /// Flood control per user, kept across reconnects: tokens a second, each `send` taking
-    /// one and each `list` 10; past it `fail 429` (0: no limit).
+    /// Flood control per user, kept across reconnects: tokens a second, each `send` and
+    /// `history` taking one and each `list` 10; past it `fail 429` (0: no limit).
     #[arg(long, value_name = "PER_SEC", default_value_t = DEFAULT_RATE_LIMIT.per_sec)]
     rate_limit: f64,
 
@@ -185,6 +185,16 @@ struct Cli {
     #[arg(long)]
     exempt_loopback: bool,
 
+    /// Days of history kept (public and private messages); older ones are pruned at start
+    /// and then every minute (0: no age limit).
+    #[arg(long, value_name = "N", default_value_t = Retention::DEFAULT_DAYS)]
+    history_days: u64,
+
+    /// Most messages kept in the history, all conversations together; the oldest are
+    /// pruned first (0: no count limit).
+    #[arg(long, value_name = "N", default_value_t = Retention::DEFAULT_MAX_MESSAGES)]
+    history_max_messages: u64,
+
     /// Most connections served at once [default: the open-file limit less a reserve].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -212,6 +222,17 @@ impl Cli {
                 ..defaults.per_account
             },
             in_flight_per_address: self.logins_per_address.max(1),
+        }
+    }
+
+    /// How much history is kept: `--history-days` and `--history-max-messages`, 0 for no
+    /// such limit.
+    fn retention(&self) -> Retention {
+        Retention {
+            max_age: Retention::days(self.history_days)
+                .max_age
+                .filter(|_| self.history_days > 0),
+            max_messages: (self.history_max_messages > 0).then_some(self.history_max_messages),
         }
     }
 
@@ -253,8 +274,8 @@ enum UserCmd {
         /// The user id.
         name: String,
     },
-    /// Delete an account and its offline messages. A running server ends the user's session
-    /// within seconds.
+    /// Delete an account, its offline messages and its private history (both sides of its
+    /// private conversations). A running server ends the user's session within seconds.
     Del {
         /// The user id.
         name: String,
@@ -370,6 +391,7 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>, tls: Option<Tls>) -> anyh
             new_accounts_per_hour: cli.new_accounts_per_hour.max(1),
         },
         max_unauthenticated: cli.max_unauthenticated.max(1),
+        history_retention: cli.retention(),
         store,
         tls: tls.clone(),
         ..Config::default()

@@ -432,35 +432,37 @@ mod suite {
     }
 
     pub async fn the_writer_group_commits_in_order(store: Arc<dyn Store>) -> TestResult {
-        assert_eq!(HISTORY_BATCH, 128);
-        let writer = HistoryWriter::spawn(Arc::clone(&store), 8192);
+        assert_eq!(HISTORY_BATCH, 8192);
+        let writer = HistoryWriter::spawn(Arc::clone(&store), 20_000);
         // Pushed without yielding: the writer task (on this single-threaded runtime) finds
-        // all 5000 queued, and commits them HISTORY_BATCH (128) at a time: 40 writes.
-        for id in 1..=5000 {
+        // all 20 000 queued, and commits them HISTORY_BATCH (8192) at a time: 3 writes.
+        for id in 1..=20_000 {
             writer
                 .try_reserve()?
                 .push(msg(id, "a", if id % 2 == 0 { "*" } else { "b" }));
         }
-        assert_eq!(writer.stats().queued, 5000);
+        assert_eq!(writer.stats().queued, 20_000);
         writer.flush().await;
         assert_eq!(
             writer.stats(),
             HistoryStats {
                 queued: 0,
-                committed: 5000,
+                committed: 20_000,
                 failed: 0,
-                batches: 5000usize.div_ceil(HISTORY_BATCH) as u64
+                batches: 20_000usize.div_ceil(HISTORY_BATCH) as u64,
+                largest_batch: 8192,
+                waits: 0,
             }
         );
         let page = store
             .history(public(), HistoryQuery::Latest, limit(3))
             .await?;
-        assert_eq!(ids(&page), [4996, 4998, 5000]);
+        assert_eq!(ids(&page), [19_996, 19_998, 20_000]);
         let page = store
             .history(between("a", "b"), HistoryQuery::After(0), limit(3))
             .await?;
         assert_eq!(ids(&page), [1, 3, 5]);
-        assert_eq!(store.max_message_id().await?, 5000);
+        assert_eq!(store.max_message_id().await?, 20_000);
         writer.close().await;
         assert!(matches!(writer.try_reserve(), Err(ReserveError::Closed)));
         assert!(matches!(writer.reserve().await, Err(ReserveError::Closed)));
@@ -612,7 +614,7 @@ async fn a_version_2_database_gets_history_and_keeps_its_data() -> TestResult {
 
     let conn = Connection::open(&db)?;
     let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    assert_eq!((version, SCHEMA_VERSION), (3, 3));
+    assert_eq!((version, SCHEMA_VERSION), (4, 4));
     drop(conn);
     let fresh = tempdir()?;
     drop(SqliteStore::open(fresh.path(), CAP)?);

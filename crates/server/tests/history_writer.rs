@@ -166,35 +166,39 @@ impl Store for TestStore {
     }
 }
 
-/// Everything the writer does, as counters.
-fn stats(queued: u64, committed: u64, failed: u64, batches: u64) -> HistoryStats {
-    HistoryStats {
-        queued,
-        committed,
-        failed,
-        batches,
-    }
+/// The writer's main counters: queued, committed, failed, batches.
+fn core(s: HistoryStats) -> (u64, u64, u64, u64) {
+    (s.queued, s.committed, s.failed, s.batches)
 }
 
 #[tokio::test]
-async fn what_accumulates_during_a_write_is_committed_in_full_batches_in_order() -> TestResult {
+async fn what_accumulates_during_writes_is_committed_in_large_batches_in_order() -> TestResult {
     let store = TestStore::new(true);
     let writer = HistoryWriter::spawn(store.clone(), 8192);
     writer.reserve().await?.push(msg(1));
-    // The writer took message 1 and waits for its write; 999 more pile up meanwhile.
+    // The writer took message 1 and waits for its write; 999 more pile up meanwhile, a
+    // backlog it hands over at once as a second write, queued behind the first.
     store.appends_reach(1).await;
     for id in 2..=1000 {
         writer.reserve().await?.push(msg(id));
     }
+    store.appends_reach(2).await;
+    // Two writes unfinished: the next waits for the first to end, however much piles up.
+    for id in 1001..=3000 {
+        writer.reserve().await?.push(msg(id));
+    }
     tokio::time::sleep(QUIET).await;
-    assert_eq!(writer.stats(), stats(1000, 0, 0, 0));
+    assert_eq!(store.appends.load(Ordering::SeqCst), 2);
+    assert_eq!(core(writer.stats()), (3000, 0, 0, 0));
     store.open();
     writer.flush().await;
-    // One write for message 1, then 999 in batches of 128: 7 full ones and 103.
-    assert_eq!(HISTORY_BATCH, 128);
-    assert_eq!(writer.stats(), stats(0, 1000, 0, 9));
-    assert_eq!(store.appends.load(Ordering::SeqCst), 9);
-    assert_eq!(store.kept().await?, (1..=1000).collect::<Vec<u64>>());
+    // 1, then 999, then the 2000 that accumulated (at most HISTORY_BATCH a write).
+    assert_eq!(HISTORY_BATCH, 8192);
+    let s = writer.stats();
+    assert_eq!(core(s), (0, 3000, 0, 3));
+    assert_eq!((s.largest_batch, s.waits), (2000, 0));
+    assert_eq!(store.appends.load(Ordering::SeqCst), 3);
+    assert_eq!(store.kept().await?, (1..=3000).collect::<Vec<u64>>());
     Ok(())
 }
 
@@ -225,6 +229,7 @@ async fn the_writer_is_bounded_and_waits_instead_of_growing() -> TestResult {
     waiting.await??;
     writer.flush().await;
     assert_eq!(writer.stats().committed, 5);
+    assert_eq!(writer.stats().waits, 1, "the wait is counted");
     assert_eq!(store.kept().await?, [1, 2, 3, 4, 5]);
     // An unused permit gives its slot back.
     let one = HistoryWriter::spawn(store.clone(), 1);
@@ -233,7 +238,7 @@ async fn the_writer_is_bounded_and_waits_instead_of_growing() -> TestResult {
     drop(permit);
     one.try_reserve()?.push(msg(6));
     one.flush().await;
-    assert_eq!(one.stats(), stats(0, 1, 0, 1));
+    assert_eq!(core(one.stats()), (0, 1, 0, 1));
     Ok(())
 }
 
@@ -246,7 +251,7 @@ async fn a_failed_write_is_counted_and_frees_its_slots() -> TestResult {
         writer.try_reserve()?.push(msg(id));
     }
     writer.flush().await;
-    assert_eq!(writer.stats(), stats(0, 0, 3, 0));
+    assert_eq!(core(writer.stats()), (0, 0, 3, 0));
     assert_eq!(store.kept().await?, [0u64; 0]);
     // The writer carries on once the store does.
     store.fail.store(false, Ordering::SeqCst);
@@ -254,7 +259,7 @@ async fn a_failed_write_is_counted_and_frees_its_slots() -> TestResult {
         writer.try_reserve()?.push(msg(id));
     }
     writer.flush().await;
-    assert_eq!(writer.stats(), stats(0, 3, 3, 1));
+    assert_eq!(core(writer.stats()), (0, 3, 3, 1));
     assert_eq!(store.kept().await?, [4, 5, 6]);
     Ok(())
 }
@@ -273,7 +278,7 @@ async fn closing_refuses_new_messages_and_writes_the_pushed_ones() -> TestResult
     held.push(msg(2));
     writer.flush().await;
     assert_eq!(store.kept().await?, [1, 2]);
-    assert_eq!(writer.stats(), stats(0, 2, 0, 2));
+    assert_eq!(core(writer.stats()), (0, 2, 0, 2));
     Ok(())
 }
 
@@ -388,5 +393,25 @@ async fn senders_reserving_before_a_lock_and_pushing_under_it_keep_id_order() ->
     // A write holds at most the 64 slots.
     assert!(s.batches >= 16_000 / 64, "{} writes", s.batches);
     assert_eq!(store.kept().await?, (1..=16_000).collect::<Vec<u64>>());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_barrier_waits_for_the_hand_over_to_the_store_not_for_the_commit() -> TestResult {
+    let store = TestStore::new(true);
+    let writer = HistoryWriter::spawn(store.clone(), 8192);
+    // Nothing pushed: at once.
+    tokio::time::timeout(QUIET, writer.barrier()).await?;
+    writer.reserve().await?.push(msg(1));
+    store.appends_reach(1).await;
+    // Message 2 arrives within the write interval; the barrier has it handed over at once,
+    // though neither write can commit.
+    writer.reserve().await?.push(msg(2));
+    tokio::time::timeout(Duration::from_secs(10), writer.barrier()).await?;
+    assert_eq!(store.appends.load(Ordering::SeqCst), 2);
+    assert_eq!(core(writer.stats()), (2, 0, 0, 0));
+    store.open();
+    writer.flush().await;
+    assert_eq!(store.kept().await?, [1, 2]);
     Ok(())
 }

@@ -149,10 +149,10 @@ async fn every_reply_to_a_command_carries_its_ref() {
             &fail_json(Some(r), 409, "already logged in as alice"),
         )
         .await;
-        // history: not served yet; ack: only with acks.
+        // history (nothing kept yet); ack: only with acks.
         w.expect(
             &format!(r#"{{"command":"history","with":"*","ref":{r}}}"#),
-            &fail_json(Some(r), 400, "history is not available on this server yet"),
+            &format!(r#"{{"command":"history","ref":{r},"with":"*","messages":[],"more":false}}"#),
         )
         .await;
         w.expect(

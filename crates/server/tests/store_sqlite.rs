@@ -875,7 +875,7 @@ async fn a_version_1_database_is_migrated_to_the_current_version_and_keeps_its_d
 
     let conn = Connection::open(&db)?;
     let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    assert_eq!((version, SCHEMA_VERSION), (3, 3));
+    assert_eq!((version, SCHEMA_VERSION), (4, 4));
     drop(conn);
     // The same schema as a database created by this version.
     let fresh = tempdir()?;

@@ -464,7 +464,6 @@ async fn reconnects_after_the_server_restarts_keeping_the_screen() {
 /// with `history` after the last id it saw; private: the mailbox), each message once, and no
 /// "missing" marker.
 #[tokio::test]
-#[ignore = "needs the server's history command (issue 11 wiring)"]
 async fn what_was_said_while_away_is_shown_after_the_server_restarts() {
     let data = DataDir::new("away");
     let server = server_with_data("127.0.0.1:0", &data.0).await;
@@ -535,7 +534,6 @@ async fn what_was_said_while_away_is_shown_after_the_server_restarts() {
 /// PageUp at the top of a conversation loads what the server keeps before it, page by page,
 /// down to "beginning of history".
 #[tokio::test]
-#[ignore = "needs the server's history command (issue 11 wiring)"]
 async fn page_up_loads_older_messages_from_the_server() {
     // Sixty lines in a row: no flood control.
     let config = Config {

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod conns;
+pub mod history;
 pub mod offline;
 pub mod presence;
 pub mod soak;

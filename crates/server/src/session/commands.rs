@@ -1,13 +1,15 @@
-//! What each command does: `login`, `send`, `list`, `ack` and `exit`, and the checks before them
-//! (logged in, within the user's flood control).
+//! What each command does: `login`, `send`, `list`, `history`, `ack` and `exit`, and the
+//! checks before them (logged in, within the user's flood control).
 
 use simpletextim_proto::{
-    Command, ErrorCode, Failure, MessageText, Password, Recipient, Ref, Reply, Request, UserId,
+    Anchor, Command, ErrorCode, Failure, MessageText, Password, Recipient, Ref, Reply, Request,
+    UserId,
 };
 
 use tokio::time::Instant;
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ use crate::Shared;
 use crate::hub::Member;
 use crate::limits::ceil_secs;
 use crate::outbox::{Limits, Outbox};
+use crate::store::{
+    Conversation, HistoryPermit, HistoryQuery, PageLimit, ReserveError, StoreError,
+};
 use crate::wire::encode_ref;
 
 /// Failed logins after which the connection is closed.
@@ -86,23 +91,23 @@ impl Session {
                     Failure::new(ErrorCode::Unauthorized, "login required"),
                 );
             }
+            // Only a pointer waits in the session's future when the history writer is full.
             Command::Send {
                 to: Recipient::Everyone,
                 message,
-            } => self.publish(message, r#ref),
-            // Boxed: only a pointer (not the message and its ref) waits in the session's
-            // future while a private message is stored.
-            Command::Send {
-                to: Recipient::User(to),
-                message,
-            } => Box::pin(self.send_private(to, message, r#ref)).await,
+            } => {
+                if let Some(waiting) = self.publish_or_wait(message, r#ref) {
+                    waiting.await;
+                }
+            }
+            // Boxed, both behind one await: only a pointer (not the command and its ref)
+            // waits in the session's future while the store works.
+            command @ (Command::Send { .. } | Command::History { .. }) => {
+                Box::pin(self.with_store(command, r#ref)).await;
+            }
             Command::List => {
                 let list = self.shared.hub.list();
                 self.reply(&Reply::List { r#ref, list });
-            }
-            Command::History { .. } => {
-                let reason = "history is not available on this server yet";
-                self.fail_ref(r#ref, Failure::bad_request(reason));
             }
             // Boxed, as a private message: the store's delete waits off the idle future.
             Command::Ack { id } => Box::pin(self.ack(id, r#ref)).await,
@@ -119,13 +124,84 @@ impl Session {
         }
     }
 
-    /// Sends a public message; the echo carries `r#ref`.
-    fn publish(&mut self, message: MessageText, r#ref: Option<Ref>) {
+    /// The commands that wait for the store: a private message (its recipient may be
+    /// offline), `history`. (A public `send` is handled before.)
+    async fn with_store(&mut self, command: Command, r#ref: Option<Ref>) {
+        match command {
+            Command::Send {
+                to: Recipient::User(to),
+                message,
+            } => self.send_private(to, message, r#ref).await,
+            Command::History {
+                with,
+                anchor,
+                limit,
+            } => {
+                let limit = limit.map_or(PageLimit::DEFAULT, |l| {
+                    PageLimit::new(l.get() as u64).unwrap_or(PageLimit::MAX)
+                });
+                self.history(with, anchor, limit, r#ref).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a public message, kept through `history` (a slot of the history writer;
+    /// `None` once the writer is closed, at shutdown); the echo carries `r#ref`.
+    fn publish(
+        &mut self,
+        message: MessageText,
+        r#ref: Option<Ref>,
+        history: Option<HistoryPermit>,
+    ) {
         let Some(login) = &self.login else { return };
         // The echo carries the ref, encoded once here.
         let echo_ref = r#ref.as_ref().map(encode_ref);
         let hub = &self.shared.hub;
-        hub.publish(&login.user_id, self.conn_id, message, echo_ref.as_ref());
+        hub.publish(
+            &login.user_id,
+            self.conn_id,
+            message,
+            echo_ref.as_ref(),
+            history,
+        );
+    }
+
+    /// Sends a public message now if the history writer has a free slot (the usual case)
+    /// or is closed; otherwise returns the boxed future that waits for a slot, then sends it
+    /// (backpressure from a writer that is behind). Nothing of the slot's `Result` is kept
+    /// across that wait: it would sit in every idle session's future.
+    fn publish_or_wait(
+        &mut self,
+        message: MessageText,
+        r#ref: Option<Ref>,
+    ) -> Option<Pin<Box<impl Future<Output = ()> + '_>>> {
+        match self.shared.history.try_reserve() {
+            Ok(permit) => self.publish(message, r#ref, Some(permit)),
+            Err(ReserveError::Closed) => self.publish(message, r#ref, None),
+            Err(ReserveError::Full) => {
+                return Some(Box::pin(self.publish_when_room(message, r#ref)));
+            }
+        }
+        None
+    }
+
+    /// Sends a public message once the history writer has room for it.
+    async fn publish_when_room(&mut self, message: MessageText, r#ref: Option<Ref>) {
+        let permit = self.reserve_history().await;
+        self.publish(message, r#ref, permit);
+    }
+
+    /// A slot of the history writer, waiting while it is full; `None` once it is closed
+    /// (the server is shutting down: the message is delivered, not kept).
+    async fn reserve_history(&self) -> Option<HistoryPermit> {
+        match self.shared.history.reserve().await {
+            Ok(permit) => Some(permit),
+            Err(e) => {
+                tracing::debug!(error = %e, "message not kept in the history");
+                None
+            }
+        }
     }
 
     /// Sends a private message; the echo, or the `fail`, carries `r#ref`.
@@ -133,10 +209,13 @@ impl Session {
         let Some(login) = &self.login else { return };
         let echo_ref = r#ref.as_ref().map(encode_ref);
         let from = login.user_id.clone();
+        // Taken before the hub's lock (a wait here is backpressure); given back unused if
+        // the message goes to a mailbox, whose row `enqueue` writes.
+        let history = self.reserve_history().await;
         let sent = self
             .shared
             .hub
-            .send_private(&from, self.conn_id, &to, message, echo_ref)
+            .send_private(&from, self.conn_id, &to, message, echo_ref, history)
             .await;
         if let Err(failure) = sent {
             self.fail_ref(r#ref, failure);
@@ -166,6 +245,65 @@ impl Session {
             let reason = "storage unavailable, try again later";
             self.fail_ref(r#ref, Failure::new(ErrorCode::Unavailable, reason));
         }
+    }
+
+    /// Answers `history`: one page of the conversation with `with` (`*`: the public one; a
+    /// user: the private one between this user and that one, both directions), read from
+    /// the store after everything this session was already sent (read-your-writes: the
+    /// writer's barrier), never under the hub's lock. `with` is answered with the account's
+    /// registered spelling; a user id without an account is `fail 404`, a store failure
+    /// `fail 503`.
+    async fn history(
+        &mut self,
+        with: Recipient,
+        anchor: Option<Anchor>,
+        limit: PageLimit,
+        r#ref: Option<Ref>,
+    ) {
+        let Some(login) = &self.login else { return };
+        let asker = login.user_id.clone();
+        let store = self.shared.config.store.clone();
+        let with = match with {
+            Recipient::Everyone => Recipient::Everyone,
+            Recipient::User(user) => match store.account(user.key()).await {
+                Ok(Some(account)) => Recipient::User(account.user_id),
+                Ok(None) => {
+                    let reason = format!("no such user: {user}");
+                    self.fail_ref(r#ref, Failure::new(ErrorCode::NotFound, reason));
+                    return;
+                }
+                Err(e) => return self.history_unavailable(&asker, &e, r#ref),
+            },
+        };
+        let conversation = Conversation::with(&asker, &with);
+        let query = match anchor {
+            None => HistoryQuery::Latest,
+            Some(Anchor::Before(id)) => HistoryQuery::Before(id),
+            Some(Anchor::After(id)) => HistoryQuery::After(id),
+        };
+        // Every message this session was sent (echoed or delivered) was handed to the
+        // writer before; once the writer has handed those to the store, the store's
+        // ordering contract makes the page below see them.
+        self.shared.history.barrier().await;
+        match store.history(conversation, query, limit).await {
+            Ok(page) => self.reply(&Reply::History {
+                r#ref,
+                with,
+                messages: page.messages,
+                more: page.more,
+            }),
+            Err(e) => self.history_unavailable(&asker, &e, r#ref),
+        }
+    }
+
+    /// Answers a `history` the store failed: `fail 503`.
+    fn history_unavailable(&mut self, asker: &UserId, e: &StoreError, r#ref: Option<Ref>) {
+        tracing::error!(user = %asker, error = %e, "cannot read history");
+        let failure = Failure::new(
+            ErrorCode::Unavailable,
+            "storage unavailable, try again later",
+        );
+        self.fail_ref(r#ref, failure);
     }
 
     /// Refuses a login that is throttled or over its address's logins in progress, checks

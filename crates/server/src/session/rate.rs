@@ -1,5 +1,5 @@
-//! Flood control: a token bucket per user (not per connection), charged by `send` and
-//! `list`, so that reconnecting or logging in again elsewhere (a takeover) does not refill it.
+//! Flood control: a token bucket per user (not per connection), charged by `send`,
+//! `history` and `list`, so that reconnecting or logging in again elsewhere (a takeover) does not refill it.
 //!
 //! The buckets live in a map from account key to bucket, bounded by
 //! [`crate::throttle::MAX_KEYS`]. A session takes its user's bucket at login and keeps it;
@@ -39,7 +39,8 @@ impl RateLimit {
 /// Tokens a `list` costs: its reply is O(users), built under the hub's lock.
 pub const LIST_COST: u32 = 10;
 
-/// Tokens `command` costs (`login` and `exit` cost none).
+/// Tokens `command` costs (`login` and `exit` cost none). A `history` page costs
+/// what a message does: one indexed read of at most 200 rows, on the store thread.
 ///
 /// `ack` costs none either: it writes to the store only when it covers private messages
 /// the session was sent and not acked yet, and then deletes at least one of them, each of
@@ -49,7 +50,7 @@ pub const LIST_COST: u32 = 10;
 fn cost(command: &Command) -> f64 {
     match command {
         Command::List => f64::from(LIST_COST),
-        Command::Send { .. } => 1.0,
+        Command::Send { .. } | Command::History { .. } => 1.0,
         _ => 0.0,
     }
 }

@@ -32,8 +32,8 @@ pub use history::{Conversation, HistoryPage, HistoryQuery, PageLimit, Retention}
 pub use memory::MemoryStore;
 pub use sqlite::{AccountInfo, DB_FILE_NAME, OpenError, SCHEMA_VERSION, SqliteStore};
 pub use writer::{
-    HISTORY_BATCH, HISTORY_QUEUE, HistoryPermit, HistoryStats, HistoryWriter, PRUNE_BATCH,
-    ReserveError, run_retention,
+    HISTORY_BACKLOG, HISTORY_BATCH, HISTORY_QUEUE, HistoryPermit, HistoryStats, HistoryWriter,
+    PRUNE_BATCH, ReserveError, run_retention,
 };
 
 use std::time::Duration;

@@ -13,7 +13,15 @@
 //! pushes under the lock that assigns message ids queues them in id order. Rows reach the
 //! store a moment after the message was delivered, and an offline user's private message
 //! (written by [`Store::enqueue`] at once) can be kept before an earlier one still in the
-//! writer: a `history` request in that moment may miss a message it sees later.
+//! writer. A reader that must see everything pushed so far waits for
+//! [`HistoryWriter::barrier`] first (it returns once those were handed to the store, so
+//! a store call made afterwards runs after their writes); the server's `history` command
+//! does.
+//!
+//! **Throughput.** Writes are as large as what accumulated (up to [`HISTORY_BATCH`]), two
+//! may be unfinished at once, and a backlog is written without pause, so a busy store gets
+//! fewer, larger transactions; the [`HISTORY_QUEUE`] slots bound the memory and hold the
+//! senders back when the store cannot keep up ([`HistoryStats::waits`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -25,24 +33,40 @@ use simpletextim_proto::ChatMessage;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Retention, Store};
+use futures::StreamExt;
+use futures::future::FutureExt;
+use futures::stream::FuturesOrdered;
+
+use super::{Retention, Store, StoreError};
 
 /// Default capacity of a [`HistoryWriter`]: messages handed over and not yet committed.
-/// A few seconds of a very busy server's traffic; about 2 MB of 140-character messages.
-pub const HISTORY_QUEUE: usize = 8192;
+/// Room for two [`HISTORY_BATCH`]es: one being written while the next accumulates. A
+/// fraction of a second of a private-message flood; about 5 MB of 140-character messages.
+pub const HISTORY_QUEUE: usize = 16384;
 
-/// Most messages one history transaction holds: bounds how long one write keeps the store
-/// thread busy (a login's lookup or an offline message waits behind it) while a backlog is
-/// worked off. 128 rows take about 4 ms with the commit on a 2-core VM; at 1024 a saturated
-/// writer made account lookups wait 65 ms at the 99th percentile instead of 9–17 ms, for
-/// no more throughput (docs/ARCHITECTURE.md, *Store*).
-pub const HISTORY_BATCH: usize = 128;
+/// Most messages one history write holds: bounds how long one write keeps the store thread
+/// busy (a login's lookup or an offline message waits behind at most
+/// two of them) while a backlog is worked off. Writes are as large as
+/// what accumulated, up to this: a busy store gets fewer, larger transactions. Large, since
+/// the conversation index takes rows at random places: a write dirties (and copies into
+/// the WAL) most of its pages however few rows it holds, so rows per write is what makes
+/// a flood of private messages cheaper (2048 → 8192: about +25 % messages/s in the private
+/// flood, docs/BENCHMARKS.md).
+pub const HISTORY_BATCH: usize = 8192;
 
-/// Least time between the starts of two history writes: at most 200 history commits (and
-/// fsyncs) a second however the messages trickle in, for at most this much more history
-/// lost by a crash, and the store thread idle between writes for the other requests. With
-/// [`HISTORY_BATCH`] it caps the history written at 25 600 messages a second; above that,
-/// [`HistoryWriter::reserve`] waits (backpressure on the senders).
+/// Messages queued from which the writer writes at once instead of waiting out
+/// the 5 ms write interval: a backlog is worked off without pauses.
+pub const HISTORY_BACKLOG: usize = 256;
+
+/// Writes handed to the store and not finished yet, at most: while one runs on the store
+/// thread the next is queued behind it, so the store never waits for the writer's task to
+/// be scheduled; what arrives meanwhile makes the write after that larger.
+const MAX_WRITES_IN_FLIGHT: usize = 2;
+
+/// Least time between the starts of two history writes while fewer than
+/// [`HISTORY_BACKLOG`] messages wait: at most 200 history commits a second however the
+/// messages trickle in, for at most this much more history lost by a crash. A backlog, a
+/// [`HistoryWriter::barrier`] or closing does not wait for it.
 const WRITE_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Rows [`run_retention`] deletes per [`Store::prune_history`] call: a transaction of a
@@ -71,6 +95,11 @@ pub struct HistoryStats {
     pub failed: u64,
     /// Transactions committed (each holds one or more messages).
     pub batches: u64,
+    /// The most messages one write held.
+    pub largest_batch: u64,
+    /// [`HistoryWriter::reserve`] calls that found every slot taken and waited: how often
+    /// the writer held the senders back.
+    pub waits: u64,
 }
 
 /// A bounded group-commit writer of history in front of a [`Store`], for the messages
@@ -131,9 +160,17 @@ struct Shared {
     closed: AtomicBool,
     /// Messages whose write ended (committed or failed), for [`HistoryWriter::flush`].
     done: watch::Sender<u64>,
+    /// Messages handed to the store (its write called, maybe not committed), for
+    /// [`HistoryWriter::barrier`].
+    submitted: watch::Sender<u64>,
+    /// The highest `pushed` count a barrier waits to see submitted: the writer does not
+    /// wait out [`WRITE_INTERVAL`] while its count is below.
+    hurry: AtomicU64,
     committed: AtomicU64,
     failed: AtomicU64,
     batches: AtomicU64,
+    largest_batch: AtomicU64,
+    waits: AtomicU64,
 }
 
 struct Queue {
@@ -181,9 +218,13 @@ impl HistoryWriter {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             done: watch::Sender::new(0),
+            submitted: watch::Sender::new(0),
+            hurry: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            largest_batch: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
         });
         tokio::spawn(write_loop(store, Arc::clone(&shared)));
         HistoryWriter {
@@ -197,6 +238,11 @@ impl HistoryWriter {
     /// # Errors
     /// [`ReserveError::Closed`] when the writer is closed.
     pub async fn reserve(&self) -> Result<HistoryPermit, ReserveError> {
+        match self.try_reserve() {
+            Err(ReserveError::Full) => {}
+            taken => return taken,
+        }
+        self.shared.waits.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::clone(&self.shared.slots)
             .acquire_owned()
             .await
@@ -233,6 +279,23 @@ impl HistoryWriter {
         let _ = done.wait_for(|&d| d >= target).await;
     }
 
+    /// Waits until every message pushed before this call was handed to the store, so that
+    /// by the store's ordering contract any store call made afterwards (a `history` page)
+    /// sees them; their commit may still be under way. Returns at once when nothing is
+    /// waiting to be handed over (an idle writer).
+    pub async fn barrier(&self) {
+        let target = self.shared.queue().pushed;
+        let mut submitted = self.shared.submitted.subscribe();
+        if *submitted.borrow() >= target {
+            return;
+        }
+        // Not worth a pause: the writer hands these over as soon as it has room.
+        self.shared.hurry.fetch_max(target, Ordering::AcqRel);
+        self.shared.wake.notify_one();
+        // The sender lives in `shared`, which this handle keeps: no error.
+        let _ = submitted.wait_for(|&s| s >= target).await;
+    }
+
     /// Stops taking messages (reserving fails with [`ReserveError::Closed`]; permits held
     /// can still push) and waits until what was pushed was written.
     pub async fn close(&self) {
@@ -249,6 +312,8 @@ impl HistoryWriter {
             committed: self.shared.committed.load(Ordering::Relaxed),
             failed: self.shared.failed.load(Ordering::Relaxed),
             batches: self.shared.batches.load(Ordering::Relaxed),
+            largest_batch: self.shared.largest_batch.load(Ordering::Relaxed),
+            waits: self.shared.waits.load(Ordering::Relaxed),
         }
     }
 
@@ -263,16 +328,22 @@ impl HistoryPermit {
     /// blocks (a short lock, not held by anything slow): safe under the caller's lock.
     pub fn push(mut self, message: ChatMessage) {
         let slot = self.slot.take();
-        {
+        let queued = {
             let mut queue = self.shared.queue();
             queue.messages.push_back(message);
             queue.pushed += 1;
-        }
+            queue.messages.len()
+        };
         // The slot stays taken until the write of the message ends.
         if let Some(slot) = slot {
             slot.forget();
         }
-        self.shared.wake.notify_one();
+        // The writer only needs to hear of the first message (it may be idle) and of a
+        // backlog (it may be waiting out the interval); otherwise it looks at the queue
+        // when its interval or a write ends. Not one wake-up per message.
+        if queued == 1 || queued == HISTORY_BACKLOG {
+            self.shared.wake.notify_one();
+        }
     }
 }
 
@@ -285,21 +356,48 @@ impl Drop for HistoryPermit {
     }
 }
 
-/// The writing task: commits what accumulated, at most [`HISTORY_BATCH`] messages at a time and
-/// one write per [`WRITE_INTERVAL`], until the writer is closed, nothing is queued, and no
-/// permit is out.
+/// The writing task: hands what accumulated to the store, in order, in writes of at most
+/// [`HISTORY_BATCH`] messages with at most [`MAX_WRITES_IN_FLIGHT`] unfinished, and
+/// without waiting out [`WRITE_INTERVAL`] when a backlog, a barrier or closing asks for it;
+/// until the writer is closed, nothing is queued or being written, and no permit is out.
 async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
+    let mut in_flight = FuturesOrdered::new();
     let mut last_write: Option<tokio::time::Instant> = None;
+    let mut submitted = 0u64;
     loop {
-        if let Some(last) = last_write {
-            tokio::time::sleep_until(last + WRITE_INTERVAL).await;
+        let queued = shared.queue().messages.len();
+        if queued > 0 && in_flight.len() < MAX_WRITES_IN_FLIGHT {
+            let now = tokio::time::Instant::now();
+            let next = last_write.map_or(now, |last| last + WRITE_INTERVAL);
+            let due = queued >= HISTORY_BACKLOG
+                || next <= now
+                || shared.hurry.load(Ordering::Acquire) > submitted
+                || shared.closed.load(Ordering::Acquire);
+            if due {
+                let batch: Vec<ChatMessage> = {
+                    let mut queue = shared.queue();
+                    let n = queue.messages.len().min(HISTORY_BATCH);
+                    queue.messages.drain(..n).collect()
+                };
+                let n = batch.len();
+                last_write = Some(now);
+                // Called (queued on the store) first, then counted: a barrier that sees
+                // the count asks the store after this write.
+                let write = store.append_history(batch);
+                submitted += n as u64;
+                shared.submitted.send_replace(submitted);
+                in_flight.push_back(write.map(move |result| (n, result)));
+                continue;
+            }
+            // Wait out the interval unless a backlog or a barrier comes first.
+            tokio::select! {
+                Some((n, result)) = in_flight.next() => finished(&shared, n, result),
+                () = tokio::time::sleep_until(next) => {}
+                () = shared.wake.notified() => {}
+            }
+            continue;
         }
-        let batch: Vec<ChatMessage> = {
-            let mut queue = shared.queue();
-            let n = queue.messages.len().min(HISTORY_BATCH);
-            queue.messages.drain(..n).collect()
-        };
-        if batch.is_empty() {
+        if in_flight.is_empty() {
             if shared.closed.load(Ordering::Acquire)
                 && shared.slots.available_permits() == shared.capacity
                 && shared.queue().messages.is_empty()
@@ -309,22 +407,36 @@ async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
             shared.wake.notified().await;
             continue;
         }
-        let n = batch.len();
-        last_write = Some(tokio::time::Instant::now());
-        match store.append_history(batch).await {
-            Ok(()) => {
-                shared.committed.fetch_add(n as u64, Ordering::Relaxed);
-                shared.batches.fetch_add(1, Ordering::Relaxed);
+        if queued > 0 {
+            // No room for another write: the next one waits for the oldest to end.
+            if let Some((n, result)) = in_flight.next().await {
+                finished(&shared, n, result);
             }
-            Err(e) => {
-                shared.failed.fetch_add(n as u64, Ordering::Relaxed);
-                // The error, never the messages' text.
-                tracing::error!(error = %e, messages = n, "writing history failed; those messages are not kept");
-            }
+            continue;
         }
-        shared.slots.add_permits(n);
-        shared.done.send_modify(|d| *d += n as u64);
+        tokio::select! {
+            Some((n, result)) = in_flight.next() => finished(&shared, n, result),
+            () = shared.wake.notified() => {}
+        }
     }
+}
+
+/// Accounts for a write of `n` messages that ended, and frees their slots.
+fn finished(shared: &Shared, n: usize, result: Result<(), StoreError>) {
+    match result {
+        Ok(()) => {
+            shared.committed.fetch_add(n as u64, Ordering::Relaxed);
+            shared.batches.fetch_add(1, Ordering::Relaxed);
+            shared.largest_batch.fetch_max(n as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            shared.failed.fetch_add(n as u64, Ordering::Relaxed);
+            // The error, never the messages' text.
+            tracing::error!(error = %e, messages = n, "writing history failed; those messages are not kept");
+        }
+    }
+    shared.slots.add_permits(n);
+    shared.done.send_modify(|d| *d += n as u64);
 }
 
 /// Prunes the history of `store` by `retention` until `shutdown` fires: deletes
