@@ -18,8 +18,8 @@ pub const END: &str = "<!-- bench:end -->";
 /// The generated Markdown.
 pub fn markdown(doc: &Results) -> String {
     let mut s = String::new();
-    let sections: [fn(&mut String, &Results) -> fmt::Result; 10] = [
-        header, targets, flood, open_loop, presence, conns, offline, soak, cpu, commands,
+    let sections: [fn(&mut String, &Results) -> fmt::Result; 11] = [
+        header, targets, flood, open_loop, presence, conns, offline, history, soak, cpu, commands,
     ];
     for section in sections {
         section(&mut s, doc).expect("formatting into a String does not fail");
@@ -409,6 +409,40 @@ fn offline(s: &mut String, doc: &Results) -> fmt::Result {
         "| recipients' logins with full mailboxes | {} s, {} messages/s |\n",
         opt(r.mailbox_login_s.map(|x| format!("{x:.2}"))),
         si(r.mailbox_deliveries_per_s.unwrap_or(f64::NAN))
+    )
+}
+
+/// The history scenario, if it ran: pages per second and their round trip while a public
+/// chat runs.
+fn history(s: &mut String, doc: &Results) -> fmt::Result {
+    let Some(r) = doc.median("history") else {
+        return Ok(());
+    };
+    writeln!(s, "### History pages while chatting\n")?;
+    writeln!(s, "| figure | value |\n|---|---|")?;
+    let rate = |r: &Report| si(r.pages_per_s.unwrap_or(f64::NAN));
+    writeln!(
+        s,
+        "| pages of the newest public messages, {} readers | {} pages/s (runs: {}), {} pages |",
+        r.clients,
+        rate(r),
+        spread(doc, "history", rate),
+        opt(r.pages)
+    )?;
+    let page = |f: fn(&Summary) -> u64| ms(pick(r.page_latency_us, f));
+    writeln!(
+        s,
+        "| page round trip p50 / p99 / max ms | {} / {} / {} |",
+        page(|l| l.p50),
+        page(|l| l.p99),
+        page(|l| l.max)
+    )?;
+    writeln!(
+        s,
+        "| meanwhile: {} chatting clients | {} public messages sent, fails {} |\n",
+        r.senders,
+        r.sent,
+        fail_counts(&r.fails)
     )
 }
 

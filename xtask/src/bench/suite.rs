@@ -12,6 +12,8 @@ pub enum Metric {
     MessagesPerS,
     P99,
     BytesPerConn,
+    /// `history`: pages answered per second.
+    PagesPerS,
     /// The soak: the normal users' round-trip p99 under attack over that of the quiet run.
     SoakRatio,
 }
@@ -24,6 +26,7 @@ impl Metric {
             Metric::MessagesPerS => Some(run.messages_per_s),
             Metric::P99 => Some(run.latency_us.p99 as f64),
             Metric::BytesPerConn => run.bytes_per_conn,
+            Metric::PagesPerS => run.pages_per_s,
             Metric::SoakRatio => soak_ratio(run),
         }
     }
@@ -192,6 +195,14 @@ fn quick_suite(r: usize) -> Vec<Scenario> {
         MessagesPerS,
         60,
     ));
+    s.push(scenario(
+        "history",
+        "history, 10 readers × 50 pages of 50 while 5 clients chat at 100 messages/s",
+        "history -r 10 -p 50 -l 50 --seed 500 -c 5 --rate 100",
+        r,
+        PagesPerS,
+        60,
+    ));
     s.push(
         scenario(
             "soak",
@@ -294,6 +305,16 @@ fn full_suite(r: usize) -> Vec<Scenario> {
         1,
         BytesPerConn,
         900,
+    ));
+    // Newest pages of the public conversation, asked one at a time by each reader, while
+    // a public chat runs (every message of it written to the history as it goes).
+    s.push(scenario(
+        "history",
+        "history, 50 readers × 200 pages of 50 while 10 clients chat at 200 messages/s",
+        "history -r 50 -p 200 -l 50 --seed 2000 -c 10 --rate 200",
+        r,
+        PagesPerS,
+        120,
     ));
     // A quiet run and a hostile run on fresh servers, one minute of chat each.
     s.push(
