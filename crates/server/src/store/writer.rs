@@ -384,7 +384,13 @@ async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
                 let batch: Vec<ChatMessage> = {
                     let mut queue = shared.queue();
                     let n = queue.messages.len().min(HISTORY_BATCH);
-                    queue.messages.drain(..n).collect()
+                    let batch = queue.messages.drain(..n).collect();
+                    // A burst grew the queue's buffer (about 100 bytes a slot, 13 MB for
+                    // [`HISTORY_QUEUE`]): give it back once it is worked off.
+                    if queue.messages.is_empty() && queue.messages.capacity() > 2 * HISTORY_BATCH {
+                        queue.messages.shrink_to(HISTORY_BATCH);
+                    }
+                    batch
                 };
                 let n = batch.len();
                 last_write = Some(now);
