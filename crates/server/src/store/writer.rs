@@ -40,9 +40,16 @@ use futures::stream::FuturesOrdered;
 use super::{Retention, Store, StoreError};
 
 /// Default capacity of a [`HistoryWriter`]: messages handed over and not yet committed.
-/// Room for two [`HISTORY_BATCH`]es: one being written while the next accumulates. A
-/// fraction of a second of a private-message flood; about 5 MB of 140-character messages.
-pub const HISTORY_QUEUE: usize = 16384;
+/// Sixteen [`HISTORY_BATCH`]es: a burst of private messages the store cannot keep up with
+/// (every message a row at a random place of the conversation index) is absorbed and
+/// written after it, instead of holding the senders back while it lasts; only a flood
+/// longer than this waits for the store. The bound on memory: a queued message is its
+/// `ChatMessage` (about 100 bytes) with its text and user ids, about 300 bytes for a
+/// 140-character ASCII message, so about 40 MB when full; at most about 100 MB (140
+/// four-byte characters, 32-byte ids). 16384 → 131072: the private flood of
+/// docs/BENCHMARKS.md (100 000 messages) from 0.41–0.46 of the server without history
+/// to about 0.7.
+pub const HISTORY_QUEUE: usize = 131_072;
 
 /// Most messages one history write holds: bounds how long one write keeps the store thread
 /// busy (a login's lookup or an offline message waits behind at most
@@ -377,7 +384,13 @@ async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
                 let batch: Vec<ChatMessage> = {
                     let mut queue = shared.queue();
                     let n = queue.messages.len().min(HISTORY_BATCH);
-                    queue.messages.drain(..n).collect()
+                    let batch = queue.messages.drain(..n).collect();
+                    // A burst grew the queue's buffer (about 100 bytes a slot, 13 MB for
+                    // [`HISTORY_QUEUE`]): give it back once it is worked off.
+                    if queue.messages.is_empty() && queue.messages.capacity() > 2 * HISTORY_BATCH {
+                        queue.messages.shrink_to(HISTORY_BATCH);
+                    }
+                    batch
                 };
                 let n = batch.len();
                 last_write = Some(now);
