@@ -424,7 +424,7 @@ fn history(s: &mut String, doc: &Results) -> fmt::Result {
     writeln!(
         s,
         "| pages of the newest public messages, {} readers | {} pages/s (runs: {}), {} pages |",
-        r.clients,
+        r.clients.saturating_sub(r.senders),
         rate(r),
         spread(doc, "history", rate),
         opt(r.pages)

@@ -310,8 +310,8 @@ fn full_suite(r: usize) -> Vec<Scenario> {
     // a public chat runs (every message of it written to the history as it goes).
     s.push(scenario(
         "history",
-        "history, 50 readers × 200 pages of 50 while 10 clients chat at 200 messages/s",
-        "history -r 50 -p 200 -l 50 --seed 2000 -c 10 --rate 200",
+        "history, 50 readers × 1000 pages of 50 while 10 clients chat at 200 messages/s",
+        "history -r 50 -p 1000 -l 50 --seed 2000 -c 10 --rate 200",
         r,
         PagesPerS,
         120,
