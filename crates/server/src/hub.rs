@@ -93,12 +93,20 @@ struct Inner {
     /// Bumped by every change of membership (a user added or removed; not a takeover).
     version: u64,
     /// The membership changes since [`Hub::list`] last took them, by user: whether the
-    /// user is online after them. At most one entry per user, so it is bounded by the
-    /// accounts, however much they come and go.
+    /// user is online after them. At most one entry per user, and at most
+    /// [`MAX_LIST_DELTA_SLACK`] more than twice the users online: past that it is dropped
+    /// and `list_reset` set instead.
     list_delta: HashMap<UserId, bool>,
+    /// The changes were too many to keep: the next [`Hub::list`] rebuilds the roster from
+    /// the members (O(users) under the lock, once per at least as many changes).
+    list_reset: bool,
     /// The last `list` built, and the membership version it shows.
     list: ListSnapshot,
 }
+
+/// How many more membership changes than twice the users online the hub keeps for the
+/// next `list` before it drops them and has that `list` rebuild from the members.
+const MAX_LIST_DELTA_SLACK: usize = 1024;
 
 /// The users online at one membership version, sorted, encoded once as the JSON array every
 /// `list` reply shares until membership changes.
@@ -138,6 +146,7 @@ impl Hub {
                 revoked: HashMap::new(),
                 version: 0,
                 list_delta: HashMap::new(),
+                list_reset: false,
                 list: ListSnapshot {
                     version: 0,
                     json: Bytes::from_static(b"[]"),
@@ -361,6 +370,10 @@ impl Hub {
             // Rebuilt by another call while this one waited for the roster.
             if let Some(json) = inner.current_list() {
                 return json;
+            }
+            if std::mem::take(&mut inner.list_reset) {
+                roster.clear();
+                roster.extend(inner.members.values().map(|m| m.user_id.clone()));
             }
             (inner.version, std::mem::take(&mut inner.list_delta))
         };
@@ -634,6 +647,12 @@ impl Inner {
         // Removed first, so that the key keeps the latest spelling.
         self.list_delta.remove(user_id);
         self.list_delta.insert(user_id.clone(), online);
+        if self.list_delta.len() > 2 * self.members.len() + MAX_LIST_DELTA_SLACK {
+            // Nobody asked for `list` through many comings and goings: rather than keep
+            // one entry for every user ever seen, rebuild from the members when asked.
+            self.list_delta = HashMap::new();
+            self.list_reset = true;
+        }
     }
 
     /// The last `list` snapshot, if membership has not changed since.
@@ -1397,6 +1416,33 @@ mod tests {
     /// Whether two `list` answers are the same shared snapshot, not just equal bytes.
     fn same(a: &Bytes, b: &Bytes) -> bool {
         a.as_ptr() == b.as_ptr() && a.len() == b.len()
+    }
+
+    #[test]
+    fn many_changes_without_a_list_are_dropped_and_the_next_list_is_still_exact() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let _alice = member(&hub, 1, "alice");
+        assert_eq!(&hub.list()[..], br#"["alice"]"#);
+        hub.leave(&"alice".parse().expect("a valid id"), 1);
+        // Users come and go, nobody asks for the list: the changes kept stay bounded.
+        // (Nobody stays online through it: a member's small test outbox would fill with
+        // the notices and cut it off.)
+        let n = MAX_LIST_DELTA_SLACK + 10;
+        for i in 0..n {
+            let name = format!("u{i}");
+            let _m = member(&hub, 10 + i as u64, &name);
+            let user: UserId = name.parse().expect("a valid id");
+            hub.leave(&user, 10 + i as u64);
+            assert!(hub.lock().list_delta.len() <= 2 + MAX_LIST_DELTA_SLACK);
+        }
+        assert!(hub.lock().list_reset);
+        let _zed = member(&hub, 5000, "zed");
+        let _bob = member(&hub, 5001, "Bob");
+        assert_eq!(&hub.list()[..], br#"["Bob","zed"]"#);
+        assert!(!hub.lock().list_reset);
+        // And the roster goes on from there.
+        hub.leave(&"zed".parse().expect("a valid id"), 5000);
+        assert_eq!(&hub.list()[..], br#"["Bob"]"#);
     }
 
     #[test]
