@@ -22,8 +22,8 @@
 //! with the new password is left alone. The hub remembers recent revocations, so a login
 //! that read the old account but joins only after the revocation was seen is refused too.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -90,11 +90,39 @@ struct Inner {
     /// the account up before it but joins after it was seen is refused. Forgotten once no
     /// login that old can still be in progress ([`Hub::watch_revocations`]'s `keep`).
     revoked: HashMap<String, Revoked>,
+    /// Bumped by every change of membership (a user added or removed; not a takeover).
+    version: u64,
+    /// The membership changes since [`Hub::list`] last took them, by user: whether the
+    /// user is online after them. At most one entry per user, and at most
+    /// [`MAX_LIST_DELTA_SLACK`] more than twice the users online: past that it is dropped
+    /// and `list_reset` set instead.
+    list_delta: HashMap<UserId, bool>,
+    /// The changes were too many to keep: the next [`Hub::list`] rebuilds the roster from
+    /// the members (O(users) under the lock, once per at least as many changes).
+    list_reset: bool,
+    /// The last `list` built, and the membership version it shows.
+    list: ListSnapshot,
+}
+
+/// How many more membership changes than twice the users online the hub keeps for the
+/// next `list` before it drops them and has that `list` rebuild from the members.
+const MAX_LIST_DELTA_SLACK: usize = 1024;
+
+/// The users online at one membership version, sorted, encoded once as the JSON array every
+/// `list` reply shares until membership changes.
+#[derive(Debug, Clone)]
+struct ListSnapshot {
+    version: u64,
+    json: Bytes,
 }
 
 /// Membership and fan-out. Cheap to share behind an `Arc`.
 pub struct Hub {
     inner: Mutex<Inner>,
+    /// The sorted users online as of [`Inner::list`]'s version plus the changes taken from
+    /// [`Inner::list_delta`]; held by the one `list` rebuilding the snapshot (the others
+    /// wait, and share it). Taken before the hub's lock, never while holding it.
+    roster: Mutex<BTreeSet<UserId>>,
     store: Arc<dyn Store>,
 }
 
@@ -116,7 +144,15 @@ impl Hub {
                 shutting_down: false,
                 slow: Vec::new(),
                 revoked: HashMap::new(),
+                version: 0,
+                list_delta: HashMap::new(),
+                list_reset: false,
+                list: ListSnapshot {
+                    version: 0,
+                    json: Bytes::from_static(b"[]"),
+                },
             }),
+            roster: Mutex::new(BTreeSet::new()),
             store,
         }
     }
@@ -154,6 +190,7 @@ impl Hub {
                 old.outbox.kick(KickReason::TakenOver);
             }
             None => {
+                inner.membership_changed(&user_id, true);
                 let frame = encode_reply(&Reply::Joined {
                     user_id: user_id.clone(),
                 });
@@ -192,6 +229,7 @@ impl Hub {
         };
         tracing::info!(user = %m.user_id, conn = m.conn_id, kind = ?revocation.kind, "session revoked");
         m.outbox.kick(KickReason::Revoked(revocation.kind));
+        inner.membership_changed(&m.user_id, false);
         inner.announce_left(m.user_id);
         true
     }
@@ -308,17 +346,53 @@ impl Hub {
             .is_some_and(|m| m.conn_id == conn_id)
         {
             inner.members.remove(&key);
+            inner.membership_changed(user_id, false);
             inner.announce_left(user_id.clone());
         }
     }
 
-    /// The users online now, sorted case-insensitively.
-    pub fn list(&self) -> Vec<UserId> {
-        let inner = self.lock();
-        let mut list: Vec<UserId> = inner.members.values().map(|m| m.user_id.clone()).collect();
-        drop(inner);
-        list.sort_unstable();
-        list
+    /// The users online now, sorted case-insensitively, as a JSON array of their ids
+    /// (`["alice","Bob"]`), as of a membership at least as recent as the last change made
+    /// before the call.
+    ///
+    /// The hub's lock is only taken for O(1) work: while membership does not change, every
+    /// call shares one snapshot. The first call after a change takes the changes made since
+    /// the last snapshot (the map is swapped out) and applies them to the sorted roster
+    /// outside the hub's lock, under the roster's own lock, where the calls made meanwhile
+    /// wait for it and then share the result.
+    pub fn list(&self) -> Bytes {
+        if let Some(json) = self.lock().current_list() {
+            return json;
+        }
+        let mut roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
+        let (version, delta) = {
+            let mut inner = self.lock();
+            // Rebuilt by another call while this one waited for the roster.
+            if let Some(json) = inner.current_list() {
+                return json;
+            }
+            if std::mem::take(&mut inner.list_reset) {
+                roster.clear();
+                roster.extend(inner.members.values().map(|m| m.user_id.clone()));
+            }
+            (inner.version, std::mem::take(&mut inner.list_delta))
+        };
+        for (user_id, online) in delta {
+            if online {
+                roster.replace(user_id);
+            } else {
+                roster.remove(&user_id);
+            }
+        }
+        let json = encode_list(&roster);
+        let mut inner = self.lock();
+        // Only the roster's holder stores a snapshot, and versions only grow.
+        debug_assert!(inner.list.version <= version);
+        inner.list = ListSnapshot {
+            version,
+            json: json.clone(),
+        };
+        json
     }
 
     /// Accepts a public message and delivers it to everyone online, the sender included.
@@ -566,6 +640,26 @@ enum Delivery {
 }
 
 impl Inner {
+    /// Records that `user_id` came online (`online`) or went offline: a new membership
+    /// version, and one change for the next `list` to apply.
+    fn membership_changed(&mut self, user_id: &UserId, online: bool) {
+        self.version += 1;
+        // Removed first, so that the key keeps the latest spelling.
+        self.list_delta.remove(user_id);
+        self.list_delta.insert(user_id.clone(), online);
+        if self.list_delta.len() > 2 * self.members.len() + MAX_LIST_DELTA_SLACK {
+            // Nobody asked for `list` through many comings and goings: rather than keep
+            // one entry for every user ever seen, rebuild from the members when asked.
+            self.list_delta = HashMap::new();
+            self.list_reset = true;
+        }
+    }
+
+    /// The last `list` snapshot, if membership has not changed since.
+    fn current_list(&self) -> Option<Bytes> {
+        (self.list.version == self.version).then(|| self.list.json.clone())
+    }
+
     /// Remembers `r` as its account's latest revocation, for logins still being checked.
     fn remember(&mut self, r: &Revocation) {
         let revoked = Revoked {
@@ -750,6 +844,7 @@ impl Inner {
             };
             tracing::warn!(user = %m.user_id, conn = conn_id, "slow consumer: outbox full, disconnecting");
             m.outbox.kick(KickReason::SlowConsumer);
+            self.membership_changed(&m.user_id, false);
             let frame = encode_reply(&Reply::Left {
                 user_id: m.user_id.clone(),
             });
@@ -779,6 +874,23 @@ fn unnumbered(from: &UserId, text: &MessageText, to: Recipient) -> ChatMessage {
         id: 0,
         ts: 0,
     }
+}
+
+/// The JSON array of `users`' ids, in order: what serde_json writes for them.
+fn encode_list(users: &BTreeSet<UserId>) -> Bytes {
+    // A user id is at most 32 characters, none of which JSON escapes.
+    let mut buf = Vec::with_capacity(2 + users.len() * 16);
+    buf.push(b'[');
+    for (i, u) in users.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.push(b'"');
+        buf.extend_from_slice(u.as_str().as_bytes());
+        buf.push(b'"');
+    }
+    buf.push(b']');
+    Bytes::from(buf)
 }
 
 /// Queues `item` for a member; a full outbox marks it slow.
@@ -860,7 +972,7 @@ mod tests {
                 r#"{"command":"left","user_id":"Bob"}"#,
             ]
         );
-        assert_eq!(hub.list(), vec![UserId::new("alice").expect("valid id")]);
+        assert_eq!(&hub.list()[..], br#"["alice"]"#);
         // Gone already: nothing more to end, and nobody else is told anything.
         assert!(!hub.revoke(&revocation(3, "bob", 200, RevocationKind::AccountDeleted)));
         assert!(frames(&alice).is_empty());
@@ -879,7 +991,7 @@ mod tests {
         );
         // Not registered: no `joined`, not listed.
         assert!(frames(&alice).is_empty());
-        assert_eq!(hub.list(), vec![UserId::new("alice").expect("valid id")]);
+        assert_eq!(&hub.list()[..], br#"["alice"]"#);
         // A login that looked the account up after it joins.
         let _bob = member_since(&hub, 3, "bob", 501).expect("not revoked");
         assert_eq!(
@@ -1300,5 +1412,191 @@ mod tests {
             String::from_utf8_lossy(w.pending())
                 .contains(r#"[{"ref":7,"user_id":"alice","message":"note","to":"alice","#)
         );
+    }
+    /// Whether two `list` answers are the same shared snapshot, not just equal bytes.
+    fn same(a: &Bytes, b: &Bytes) -> bool {
+        a.as_ptr() == b.as_ptr() && a.len() == b.len()
+    }
+
+    #[test]
+    fn many_changes_without_a_list_are_dropped_and_the_next_list_is_still_exact() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let _alice = member(&hub, 1, "alice");
+        assert_eq!(&hub.list()[..], br#"["alice"]"#);
+        hub.leave(&"alice".parse().expect("a valid id"), 1);
+        // Users come and go, nobody asks for the list: the changes kept stay bounded.
+        // (Nobody stays online through it: a member's small test outbox would fill with
+        // the notices and cut it off.)
+        let n = MAX_LIST_DELTA_SLACK + 10;
+        for i in 0..n {
+            let name = format!("u{i}");
+            let _m = member(&hub, 10 + i as u64, &name);
+            let user: UserId = name.parse().expect("a valid id");
+            hub.leave(&user, 10 + i as u64);
+            assert!(hub.lock().list_delta.len() <= 2 + MAX_LIST_DELTA_SLACK);
+        }
+        assert!(hub.lock().list_reset);
+        let _zed = member(&hub, 5000, "zed");
+        let _bob = member(&hub, 5001, "Bob");
+        assert_eq!(&hub.list()[..], br#"["Bob","zed"]"#);
+        assert!(!hub.lock().list_reset);
+        // And the roster goes on from there.
+        hub.leave(&"zed".parse().expect("a valid id"), 5000);
+        assert_eq!(&hub.list()[..], br#"["Bob"]"#);
+    }
+
+    #[test]
+    fn the_list_snapshot_is_shared_until_membership_changes() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        assert_eq!(&hub.list()[..], b"[]");
+        let _alice = member(&hub, 1, "alice");
+        let _bob = member(&hub, 2, "Bob");
+        let first = hub.list();
+        assert_eq!(&first[..], br#"["alice","Bob"]"#);
+        // Nothing changed: the same bytes, not a copy.
+        assert!(same(&first, &hub.list()));
+        // A takeover does not change membership.
+        let _bob2 = member(&hub, 3, "Bob");
+        assert!(same(&first, &hub.list()));
+        // A join.
+        let _carol = member(&hub, 4, "carol");
+        let joined = hub.list();
+        assert!(!same(&first, &joined));
+        assert_eq!(&joined[..], br#"["alice","Bob","carol"]"#);
+        assert!(same(&joined, &hub.list()));
+        // A leave (of the session that was taken over: nothing; of the current one: a change).
+        hub.leave(&UserId::new("Bob").expect("valid id"), 2);
+        assert!(same(&joined, &hub.list()));
+        hub.leave(&UserId::new("Bob").expect("valid id"), 3);
+        let left = hub.list();
+        assert_eq!(&left[..], br#"["alice","carol"]"#);
+        // A revocation.
+        assert!(hub.revoke(&revocation(1, "carol", 10, RevocationKind::AccountDeleted)));
+        let revoked = hub.list();
+        assert_eq!(&revoked[..], br#"["alice"]"#);
+        assert!(same(&revoked, &hub.list()));
+        // Back again after leaving: the change since the last list is a join.
+        hub.leave(&UserId::new("alice").expect("valid id"), 1);
+        let _alice = member(&hub, 5, "alice");
+        assert_eq!(&hub.list()[..], br#"["alice"]"#);
+    }
+
+    #[test]
+    fn a_slow_consumer_cut_off_leaves_the_list() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let _alice = member(&hub, 1, "alice");
+        let bob = Outbox::new(crate::outbox::Limits {
+            items: 1,
+            bytes: 64 * 1024,
+        });
+        hub.join(Member {
+            conn_id: 2,
+            user_id: UserId::new("bob").expect("valid id"),
+            outbox: bob.clone(),
+            login_ms: 1,
+        })
+        .expect("joined");
+        let before = hub.list();
+        assert_eq!(&before[..], br#"["alice","bob"]"#);
+        let text = |t: &str| MessageText::new(t).expect("valid text");
+        let alice = UserId::new("alice").expect("valid id");
+        hub.publish(&alice, 1, text("one"), None, None);
+        hub.publish(&alice, 1, text("two"), None, None);
+        assert_eq!(bob.kicked(), Some(KickReason::SlowConsumer));
+        assert_eq!(&hub.list()[..], br#"["alice"]"#);
+    }
+
+    #[test]
+    fn the_list_is_sorted_case_insensitively_and_encoded_as_serde_would() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let names = ["zed", "Alice", "bob", "_x", "B.o-b", "carol9", "ALICE2"];
+        for (i, name) in names.iter().enumerate() {
+            member(&hub, i as u64 + 1, name);
+        }
+        let mut ids: Vec<UserId> = names.iter().map(|n| UserId::new(n).expect("id")).collect();
+        ids.sort_unstable();
+        assert_eq!(
+            &hub.list()[..],
+            &serde_json::to_vec(&ids).expect("serializes")[..]
+        );
+    }
+
+    /// `list` at 20 000 members: the old way (every id cloned under the hub's lock, then
+    /// sorted) against the snapshot, shared and rebuilt after one change.
+    /// `cargo test -p simpletextim-server --release list_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn list_cost_at_20_000_members() {
+        const N: usize = 20_000;
+        const ROUNDS: u32 = 200;
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        // Registered directly: 20 000 joins would queue 200 million notices.
+        {
+            let mut inner = hub.lock();
+            for i in 0..N {
+                let user_id = UserId::new(&format!("user{i:05}")).expect("valid id");
+                inner.membership_changed(&user_id, true);
+                let member = Member {
+                    conn_id: i as u64 + 1,
+                    user_id,
+                    outbox: Outbox::new(crate::outbox::Limits {
+                        items: 64,
+                        bytes: 64 * 1024,
+                    }),
+                    login_ms: 1,
+                };
+                inner.members.insert(member.user_id.key(), member);
+            }
+        }
+        let old = || {
+            let inner = hub.lock();
+            let mut list: Vec<UserId> = inner.members.values().map(|m| m.user_id.clone()).collect();
+            drop(inner);
+            list.sort_unstable();
+            encode_reply(&Reply::List { r#ref: None, list })
+        };
+        let started = Instant::now();
+        let mut locked = Duration::ZERO;
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            let inner = hub.lock();
+            let list: Vec<UserId> = inner.members.values().map(|m| m.user_id.clone()).collect();
+            drop(inner);
+            locked += t.elapsed();
+            drop(list);
+            std::hint::black_box(old());
+        }
+        let old_total = started.elapsed() / ROUNDS;
+        println!(
+            "old: {old_total:?} per list, of which {:?} under the hub's lock (the copy)",
+            locked / ROUNDS
+        );
+        let started = Instant::now();
+        assert_eq!(hub.list().iter().filter(|&&b| b == b',').count(), N - 1);
+        println!("snapshot, first build: {:?}", started.elapsed());
+        let started = Instant::now();
+        for _ in 0..ROUNDS {
+            std::hint::black_box(hub.list());
+        }
+        println!(
+            "snapshot, shared: {:?} per list",
+            started.elapsed() / ROUNDS
+        );
+        // The leave (which queues `left` for everyone) is not counted. Fewer leaves than
+        // an outbox holds: nobody is cut off.
+        const LEAVES: u32 = 50;
+        let mut rebuilding = Duration::ZERO;
+        for i in 0..LEAVES {
+            let name = UserId::new(&format!("user{:05}", i)).expect("id");
+            hub.leave(&name, u64::from(i) + 1);
+            let started = Instant::now();
+            std::hint::black_box(hub.list());
+            rebuilding += started.elapsed();
+        }
+        println!(
+            "snapshot, rebuilt after each leave: {:?} per list",
+            rebuilding / LEAVES
+        );
+        assert_eq!(hub.lock().members.len(), N - LEAVES as usize);
     }
 }

@@ -249,6 +249,10 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
     Bytes::from(reply.to_json())
 }
 
+const LIST_HEAD: &[u8] = br#"{"command":"list""#;
+const LIST_REF: &[u8] = br#","ref":"#;
+const LIST_FIELD: &[u8] = br#","list":"#;
+
 const MESSAGE_FRAME_HEAD: &[u8] = br#"{"command":"message","messages":["#;
 const MESSAGE_FRAME_TAIL: &[u8] = b"]}";
 
@@ -354,6 +358,36 @@ impl FrameWriter {
                 self.buf.put_slice(payload);
                 self.buf.put_u8(b'\n');
             }
+        }
+    }
+
+    /// Appends a `list` reply from its parts, without serializing: the ref (JSON) when
+    /// given, and the ids as a JSON array shared by every reply until membership changes
+    /// (`{"command":"list","ref":7,"list":["alice"]}`, byte for byte what serde_json writes
+    /// for [`Reply::List`]).
+    pub fn push_list(&mut self, r#ref: Option<&[u8]>, list: &[u8]) {
+        let mut parts: [&[u8]; 5] = [LIST_HEAD, b"", b"", LIST_FIELD, list];
+        if let Some(r) = r#ref {
+            parts[1] = LIST_REF;
+            parts[2] = r;
+        }
+        self.push_frame_parts(&parts, b"}");
+    }
+
+    /// Appends a whole reply frame made of `parts` then `tail`.
+    fn push_frame_parts(&mut self, parts: &[&[u8]], tail: &[u8]) {
+        self.close_batch();
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() + tail.len();
+        self.buf.reserve(4 + len);
+        if self.framing == Framing::LengthDelimited {
+            self.buf.put_u32(len as u32);
+        }
+        for p in parts {
+            self.buf.put_slice(p);
+        }
+        self.buf.put_slice(tail);
+        if self.framing == Framing::Lines {
+            self.buf.put_u8(b'\n');
         }
     }
 
@@ -604,6 +638,40 @@ mod tests {
             .map(|m| m.id)
             .collect();
         assert_eq!(ids, (0..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_list_from_its_parts_is_what_serde_writes_in_both_framings() {
+        use simpletextim_proto::Ref;
+        let list: Vec<UserId> = ["alice", "Bob"]
+            .iter()
+            .map(|n| UserId::new(n).unwrap())
+            .collect();
+        let array = serde_json::to_vec(&list).unwrap();
+        for r in [None, Some(Ref::Number(7)), Some(Ref::text("r\"1").unwrap())] {
+            for ids in [&list[..], &[]] {
+                let array = if ids.is_empty() {
+                    b"[]".to_vec()
+                } else {
+                    array.clone()
+                };
+                let want = Reply::List {
+                    r#ref: r.clone(),
+                    list: ids.to_vec(),
+                }
+                .to_json();
+                let r = r.as_ref().map(encode_ref);
+                for framing in [Framing::LengthDelimited, Framing::Lines] {
+                    let mut w = FrameWriter::with_framing(framing);
+                    w.push_chat(&encode_chat(&msg(1, "hi")));
+                    w.push_list(r.as_deref(), &array);
+                    let mut expected = FrameWriter::with_framing(framing);
+                    expected.push_chat(&encode_chat(&msg(1, "hi")));
+                    expected.push_frame(&want);
+                    assert_eq!(w.take(), expected.take());
+                }
+            }
+        }
     }
 
     #[test]

@@ -107,7 +107,8 @@ impl Session {
             }
             Command::List => {
                 let list = self.shared.hub.list();
-                self.reply(&Reply::List { r#ref, list });
+                let r#ref = r#ref.as_ref().map(encode_ref);
+                self.reply_list(r#ref.as_deref(), &list);
             }
             // Boxed, as a private message: the store's delete waits off the idle future.
             Command::Ack { id } => Box::pin(self.ack(id, r#ref)).await,

@@ -251,6 +251,11 @@ impl Connection {
         self.out.push_reply(reply);
     }
 
+    /// Appends a `list` reply: the ref (JSON) when given, and the shared JSON array of ids.
+    pub(crate) fn queue_list(&mut self, r#ref: Option<&[u8]>, list: &[u8]) {
+        self.out.push_list(r#ref, list);
+    }
+
     /// Bytes in the write buffer (written or not).
     pub(crate) fn buffered(&self) -> usize {
         self.out.len()

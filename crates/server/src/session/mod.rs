@@ -254,6 +254,13 @@ impl Session {
         self.conn.queue_reply(reply);
     }
 
+    /// Queues the reply to `list` (with the request's `ref`, JSON) after everything the hub
+    /// already queued for this client: `list` is the hub's shared JSON array of ids.
+    fn reply_list(&mut self, r#ref: Option<&[u8]>, list: &[u8]) {
+        let _ = self.drain_outbox();
+        self.conn.queue_list(r#ref, list);
+    }
+
     /// Moves what the hub queued into the write buffer.
     ///
     /// # Errors
