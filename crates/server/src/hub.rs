@@ -94,8 +94,9 @@ struct Inner {
     version: u64,
     /// The membership changes since [`Hub::list`] last took them, by user: whether the
     /// user is online after them. At most one entry per user, and at most
-    /// [`MAX_LIST_DELTA_SLACK`] more than twice the users online: past that it is dropped
-    /// and `list_reset` set instead.
+    /// [`MAX_LIST_DELTA_SLACK`] more than a quarter of the users online (so that a login
+    /// storm nobody lists adds little to each connection's memory): past that it is
+    /// dropped and `list_reset` set instead.
     list_delta: HashMap<UserId, bool>,
     /// The changes were too many to keep: the next [`Hub::list`] rebuilds the roster from
     /// the members (O(users) under the lock, once per at least as many changes).
@@ -104,8 +105,8 @@ struct Inner {
     list: ListSnapshot,
 }
 
-/// How many more membership changes than twice the users online the hub keeps for the
-/// next `list` before it drops them and has that `list` rebuild from the members.
+/// How many more membership changes than a quarter of the users online the hub keeps for
+/// the next `list` before it drops them and has that `list` rebuild from the members.
 const MAX_LIST_DELTA_SLACK: usize = 1024;
 
 /// The users online at one membership version, sorted, encoded once as the JSON array every
@@ -647,7 +648,7 @@ impl Inner {
         // Removed first, so that the key keeps the latest spelling.
         self.list_delta.remove(user_id);
         self.list_delta.insert(user_id.clone(), online);
-        if self.list_delta.len() > 2 * self.members.len() + MAX_LIST_DELTA_SLACK {
+        if self.list_delta.len() > self.members.len() / 4 + MAX_LIST_DELTA_SLACK {
             // Nobody asked for `list` through many comings and goings: rather than keep
             // one entry for every user ever seen, rebuild from the members when asked.
             self.list_delta = HashMap::new();
@@ -1433,7 +1434,7 @@ mod tests {
             let _m = member(&hub, 10 + i as u64, &name);
             let user: UserId = name.parse().expect("a valid id");
             hub.leave(&user, 10 + i as u64);
-            assert!(hub.lock().list_delta.len() <= 2 + MAX_LIST_DELTA_SLACK);
+            assert!(hub.lock().list_delta.len() <= 1 + MAX_LIST_DELTA_SLACK);
         }
         assert!(hub.lock().list_reset);
         let _zed = member(&hub, 5000, "zed");
