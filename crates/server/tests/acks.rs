@@ -9,47 +9,10 @@ mod common;
 
 use std::net::SocketAddr;
 
-use bytes::{BufMut, BytesMut};
 use common::*;
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
-
-/// A socket that sends JSON text and reads each reply frame as the exact text it holds.
-struct Wire {
-    write: tokio::net::tcp::OwnedWriteHalf,
-    read: FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
-}
 
 impl Wire {
-    async fn connect(s: &TestServer) -> Wire {
-        Wire::connect_to(s.addr).await
-    }
-
-    async fn connect_to(addr: SocketAddr) -> Wire {
-        Wire::from_stream(TcpStream::connect(addr).await.unwrap())
-    }
-
-    /// Connects from `from`, a loopback address such as 127.0.0.2 (each address has its
-    /// own few logins in progress).
-    async fn connect_from(addr: SocketAddr, from: &str) -> Wire {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
-            .unwrap();
-        Wire::from_stream(sock.connect(addr).await.unwrap())
-    }
-
-    /// Resets the connection (RST, not FIN): `SO_LINGER` 0, then close.
-    fn reset(self) {
-        let stream = self.write.reunite(self.read.into_inner()).unwrap();
-        // Linger 0 never blocks the close: it discards what is unsent and resets.
-        socket2::SockRef::from(&stream)
-            .set_linger(Some(std::time::Duration::ZERO))
-            .unwrap();
-        drop(stream);
-    }
-
     /// Receives `want` (private messages to this client, in this order), asserting each
     /// frame exactly (several messages may share one frame).
     async fn expect_messages(&mut self, want: &[Msg]) {
@@ -64,50 +27,6 @@ impl Wire {
         }
     }
 
-    fn from_stream(stream: TcpStream) -> Wire {
-        let (r, w) = stream.into_split();
-        let codec = LengthDelimitedCodec::builder()
-            .max_frame_length(16 << 20)
-            .new_codec();
-        Wire {
-            write: w,
-            read: FramedRead::new(r, codec),
-        }
-    }
-
-    async fn send(&mut self, json: &str) {
-        let mut b = BytesMut::new();
-        b.put_u32(json.len() as u32);
-        b.put_slice(json.as_bytes());
-        self.write.write_all(&b).await.unwrap();
-    }
-
-    /// The next frame, as text.
-    async fn recv(&mut self) -> String {
-        let frame = tokio::time::timeout(WAIT, self.read.next())
-            .await
-            .expect("no reply in time")
-            .expect("connection closed")
-            .unwrap();
-        String::from_utf8(frame.to_vec()).unwrap()
-    }
-
-    /// The next frame that is not a presence notice (`joined`/`left`), as text.
-    async fn recv_chat(&mut self) -> String {
-        loop {
-            let f = self.recv().await;
-            if !f.starts_with(r#"{"command":"joined""#) && !f.starts_with(r#"{"command":"left""#) {
-                return f;
-            }
-        }
-    }
-
-    /// Sends `json` and asserts the exact reply.
-    async fn expect(&mut self, json: &str, want: &str) {
-        self.send(json).await;
-        assert_eq!(self.recv().await, want, "in answer to {json}");
-    }
-
     /// Asserts that nothing was queued for this client before the answer to a `list`:
     /// a command answered with nothing (`ack`) was handled, and answered nothing.
     async fn expect_nothing_then_list(&mut self, users: &str) {
@@ -116,17 +35,6 @@ impl Wire {
             &format!(r#"{{"command":"list","ref":"sync","list":[{users}]}}"#),
         )
         .await;
-    }
-
-    /// Asserts the server closes the connection, with no frame before.
-    async fn expect_closed(&mut self) {
-        let next = tokio::time::timeout(WAIT, self.read.next())
-            .await
-            .expect("not closed in time");
-        assert!(
-            matches!(next, None | Some(Err(_))),
-            "expected the connection to close, got {next:?}"
-        );
     }
 
     /// Sends a private message and returns the sender's echo, as the message's JSON object.
@@ -181,17 +89,6 @@ fn message_frame(r: Option<&str>, msgs: &[Msg]) -> String {
         r#"{{"command":"message",{r}"messages":[{}]}}"#,
         list.join(",")
     )
-}
-
-/// A `fail` reply's exact JSON, with `r` (JSON) as its ref when given.
-fn fail_json(r: Option<&str>, code: u16, reason: &str) -> String {
-    let reason = serde_json::to_string(reason).unwrap();
-    match r {
-        Some(r) => format!(
-            r#"{{"command":"fail","ref":{r},"fail":{{"error_code":{code},"reason":{reason}}}}}"#
-        ),
-        None => format!(r#"{{"command":"fail","fail":{{"error_code":{code},"reason":{reason}}}}}"#),
-    }
 }
 
 /// Logs `user` in with acknowledged delivery (seed form) and asserts the exact login ack.

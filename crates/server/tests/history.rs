@@ -12,93 +12,15 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
 use common::*;
-use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt};
 use simpletextim_proto::ChatMessage;
 use simpletextim_server::store::{
     Account, Conversation, HistoryPage, HistoryQuery, PageLimit, SqliteStore, StoreError,
 };
 use simpletextim_server::{Config, MemoryStore, RateLimit, Retention};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
-
-/// A socket that sends JSON text and reads each reply frame as the exact text it holds.
-struct Wire {
-    write: tokio::net::tcp::OwnedWriteHalf,
-    read: FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
-}
 
 impl Wire {
-    async fn connect(s: &TestServer) -> Wire {
-        let (r, w) = TcpStream::connect(s.addr).await.unwrap().into_split();
-        let codec = LengthDelimitedCodec::builder()
-            .max_frame_length(16 << 20)
-            .new_codec();
-        Wire {
-            write: w,
-            read: FramedRead::new(r, codec),
-        }
-    }
-
-    async fn send(&mut self, json: &str) {
-        self.send_all(&[json]).await;
-    }
-
-    /// Sends several frames in one write.
-    async fn send_all(&mut self, jsons: &[&str]) {
-        let mut b = BytesMut::new();
-        for json in jsons {
-            b.put_u32(json.len() as u32);
-            b.put_slice(json.as_bytes());
-        }
-        self.write.write_all(&b).await.unwrap();
-    }
-
-    /// The next frame, as text.
-    async fn recv(&mut self) -> String {
-        let frame = tokio::time::timeout(WAIT, self.read.next())
-            .await
-            .expect("no reply in time")
-            .expect("connection closed")
-            .unwrap();
-        String::from_utf8(frame.to_vec()).unwrap()
-    }
-
-    /// The next frame that is not a presence notice (`joined`/`left`), as text.
-    async fn recv_chat(&mut self) -> String {
-        loop {
-            let f = self.recv().await;
-            if !f.starts_with(r#"{"command":"joined""#) && !f.starts_with(r#"{"command":"left""#) {
-                return f;
-            }
-        }
-    }
-
-    /// Sends `json` and asserts the exact reply (presence notices skipped).
-    async fn expect(&mut self, json: &str, want: &str) {
-        self.send(json).await;
-        assert_eq!(self.recv_chat().await, want, "in answer to {json}");
-    }
-
-    /// Logs `user` in (password `pw-of-USER`) and returns the login ack.
-    async fn login_ack(s: &TestServer, user: &str) -> (Wire, String) {
-        let mut w = Wire::connect(s).await;
-        w.send(&format!(r#"{{"command":"login {user}/pw-of-{user}"}}"#))
-            .await;
-        let ack = w.recv().await;
-        (w, ack)
-    }
-
-    /// Logs `user` in and checks the empty login ack.
-    async fn login(s: &TestServer, user: &str) -> Wire {
-        let (w, ack) = Wire::login_ack(s, user).await;
-        assert_eq!(ack, r#"{"command":"message","messages":[]}"#);
-        w
-    }
-
     /// Sends a message (`to`: `*` or a user) and returns its chat object as echoed, which
     /// is exactly how history shows it (no ref is given, so the echo carries none).
     async fn say(&mut self, to: &str, text: &str) -> String {
@@ -151,17 +73,6 @@ fn page(r: Option<&str>, with: &str, objects: &[&String], more: bool) -> String 
     )
 }
 
-/// A `fail` reply's exact JSON, with `r` (JSON) as its ref when given.
-fn fail_json(r: Option<&str>, code: u16, reason: &str) -> String {
-    let reason = serde_json::to_string(reason).unwrap();
-    match r {
-        Some(r) => format!(
-            r#"{{"command":"fail","ref":{r},"fail":{{"error_code":{code},"reason":{reason}}}}}"#
-        ),
-        None => format!(r#"{{"command":"fail","fail":{{"error_code":{code},"reason":{reason}}}}}"#),
-    }
-}
-
 /// A temporary directory of mode 0700, as the SQLite store requires.
 fn tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -187,56 +98,56 @@ async fn latest_before_and_after_pages_have_exact_more_at_their_boundaries() {
     };
     let h = |extra: &str| format!(r#"{{"command":"history","with":"*"{extra}}}"#);
     // Newest: all five without a limit (the default is 50); the newest two with 2.
-    a.expect(
+    a.expect_chat(
         &h(""),
         &page(None, "*", &m.iter().collect::<Vec<_>>(), false),
     )
     .await;
-    a.expect(
+    a.expect_chat(
         &h(r#","limit":5"#),
         &page(None, "*", &[&m[0], &m[1], &m[2], &m[3], &m[4]], false),
     )
     .await;
-    a.expect(
+    a.expect_chat(
         &h(r#","limit":4"#),
         &page(None, "*", &[&m[1], &m[2], &m[3], &m[4]], true),
     )
     .await;
-    a.expect(&h(r#","limit":2"#), &page(None, "*", &[&m[3], &m[4]], true))
+    a.expect_chat(&h(r#","limit":2"#), &page(None, "*", &[&m[3], &m[4]], true))
         .await;
     // Back from m4, two at a time: m2 m3 (more: m1), then m1 alone.
     let before = |o: &String, limit: u8| format!(r#","before":{},"limit":{limit}"#, id(o));
-    a.expect(
+    a.expect_chat(
         &h(&before(&m[3], 2)),
         &page(None, "*", &[&m[1], &m[2]], true),
     )
     .await;
-    a.expect(&h(&before(&m[1], 2)), &page(None, "*", &[&m[0]], false))
+    a.expect_chat(&h(&before(&m[1], 2)), &page(None, "*", &[&m[0]], false))
         .await;
     // Exactly as many older ones as the limit: no more.
-    a.expect(
+    a.expect_chat(
         &h(&before(&m[2], 2)),
         &page(None, "*", &[&m[0], &m[1]], false),
     )
     .await;
-    a.expect(&h(&before(&m[0], 2)), &page(None, "*", &[], false))
+    a.expect_chat(&h(&before(&m[0], 2)), &page(None, "*", &[], false))
         .await;
     // Forward from m1: m2 m3 (more: m4 m5), then exactly m4 m5 (no more), then nothing.
     let after = |o: &String, limit: u8| format!(r#","after":{},"limit":{limit}"#, id(o));
-    a.expect(
+    a.expect_chat(
         &h(&after(&m[0], 2)),
         &page(None, "*", &[&m[1], &m[2]], true),
     )
     .await;
-    a.expect(
+    a.expect_chat(
         &h(&after(&m[2], 2)),
         &page(None, "*", &[&m[3], &m[4]], false),
     )
     .await;
-    a.expect(&h(&after(&m[4], 2)), &page(None, "*", &[], false))
+    a.expect_chat(&h(&after(&m[4], 2)), &page(None, "*", &[], false))
         .await;
     // Catching up from 0 (a client that saw nothing): the oldest first.
-    a.expect(
+    a.expect_chat(
         &h(r#","after":0,"limit":1"#),
         &page(None, "*", &[&m[0]], true),
     )
@@ -263,38 +174,38 @@ async fn a_private_conversation_is_the_same_for_both_users_and_nobody_elses() {
     // Both directions, oldest first, and the same page from either side; `with` as
     // registered ("Bob"), however it was spelled in the request.
     alice
-        .expect(
+        .expect_chat(
             r#"{"command":"history","with":"bob"}"#,
             &page(None, "Bob", &[&a1, &b1, &a2], false),
         )
         .await;
-    bob.expect(
+    bob.expect_chat(
         r#"{"command":"history","with":"ALICE"}"#,
         &page(None, "alice", &[&a1, &b1, &a2], false),
     )
     .await;
     // carol asking about alice sees her own conversation with alice, nothing of bob's.
     carol
-        .expect(
+        .expect_chat(
             r#"{"command":"history","with":"alice"}"#,
             &page(None, "alice", &[&c1], false),
         )
         .await;
     alice
-        .expect(
+        .expect_chat(
             r#"{"command":"history","with":"carol"}"#,
             &page(None, "carol", &[&c1], false),
         )
         .await;
     // Nobody wrote carol and bob: empty. The public conversation has the public message only.
     carol
-        .expect(
+        .expect_chat(
             r#"{"command":"history","with":"bob"}"#,
             &page(None, "Bob", &[], false),
         )
         .await;
     carol
-        .expect(
+        .expect_chat(
             r#"{"command":"history","with":"*"}"#,
             &page(None, "*", &[&public], false),
         )
@@ -302,7 +213,7 @@ async fn a_private_conversation_is_the_same_for_both_users_and_nobody_elses() {
     // A note to oneself is one message of the conversation with oneself.
     let note = carol.say("carol", "note").await;
     carol
-        .expect(
+        .expect_chat(
             r#"{"command":"history","with":"carol"}"#,
             &page(None, "carol", &[&note], false),
         )
@@ -313,23 +224,23 @@ async fn a_private_conversation_is_the_same_for_both_users_and_nobody_elses() {
 async fn refusals_are_exact_and_carry_the_ref() {
     let s = start().await;
     let mut w = Wire::connect(&s).await;
-    w.expect(
+    w.expect_chat(
         r#"{"command":"history","with":"*","ref":"h0"}"#,
         &fail_json(Some(r#""h0""#), 401, "login required"),
     )
     .await;
-    w.expect(
+    w.expect_chat(
         r#"{"command":"login alice/pw-of-alice"}"#,
         r#"{"command":"message","messages":[]}"#,
     )
     .await;
     // The same 404 as a private message to a user without an account.
-    w.expect(
+    w.expect_chat(
         r#"{"command":"history","with":"carol","ref":7}"#,
         &fail_json(Some("7"), 404, "no such user: carol"),
     )
     .await;
-    w.expect(
+    w.expect_chat(
         r#"{"command":"send","message":"hi","to":"carol"}"#,
         &fail_json(None, 404, "no such user: carol"),
     )
@@ -352,15 +263,15 @@ async fn refusals_are_exact_and_carry_the_ref() {
             "history: missing field with",
         ),
     ] {
-        w.expect(cmd, &fail_json(Some("1"), 400, reason)).await;
+        w.expect_chat(cmd, &fail_json(Some("1"), 400, reason)).await;
     }
     // The connection stays open and the refs are kept on a page.
-    w.expect(
+    w.expect_chat(
         r#"{"command":"history","with":"*","ref":"page-1"}"#,
         &page(Some(r#""page-1""#), "*", &[], false),
     )
     .await;
-    w.expect(
+    w.expect_chat(
         r#"{"command":"history","with":"alice","ref":9007199254740991}"#,
         &page(Some("9007199254740991"), "alice", &[], false),
     )
@@ -404,7 +315,7 @@ async fn read_your_writes(s: &TestServer) {
                 .filter(|o| o.contains(r#""to":"bob""#)),
         );
     }
-    bob.expect(
+    bob.expect_chat(
         r#"{"command":"history","with":"alice","limit":20}"#,
         &page(None, "alice", &got.iter().collect::<Vec<_>>(), false),
     )
@@ -435,7 +346,7 @@ async fn offline_private_messages_are_in_the_history() {
     let o1 = alice.say("bob", "while you were out").await;
     let o2 = alice.say("bob", "again").await;
     alice
-        .expect(
+        .expect_chat(
             r#"{"command":"history","with":"bob"}"#,
             &page(None, "bob", &[&o1, &o2], false),
         )
@@ -445,7 +356,7 @@ async fn offline_private_messages_are_in_the_history() {
         ack,
         format!(r#"{{"command":"message","messages":[{o1},{o2}]}}"#)
     );
-    bob.expect(
+    bob.expect_chat(
         r#"{"command":"history","with":"alice","limit":1}"#,
         &page(None, "alice", &[&o2], true),
     )
@@ -493,13 +404,13 @@ async fn history_is_charged_to_the_flood_control() {
     .await;
     let mut w = Wire::login(&s, "alice").await;
     for _ in 0..2 {
-        w.expect(
+        w.expect_chat(
             r#"{"command":"history","with":"*"}"#,
             &page(None, "*", &[], false),
         )
         .await;
     }
-    w.expect(
+    w.expect_chat(
         r#"{"command":"history","with":"*","ref":"h"}"#,
         &fail_json(
             Some(r#""h""#),
@@ -554,7 +465,7 @@ async fn a_store_that_fails_a_page_is_503_and_the_session_goes_on() {
     })
     .await;
     let mut w = Wire::login(&s, "alice").await;
-    w.expect(
+    w.expect_chat(
         r#"{"command":"history","with":"*","ref":"h"}"#,
         &fail_json(Some(r#""h""#), 503, "storage unavailable, try again later"),
     )

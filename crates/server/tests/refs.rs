@@ -9,88 +9,11 @@ mod common;
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
 use common::*;
-use futures::StreamExt;
 use simpletextim_proto::Command;
 use simpletextim_server::{Config, MemoryStore, RateLimit};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
-
-/// A socket that sends JSON text and reads each reply frame as the exact text it holds.
-struct Wire {
-    write: tokio::net::tcp::OwnedWriteHalf,
-    read: FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
-}
-
-impl Wire {
-    async fn connect(s: &TestServer) -> Wire {
-        let (r, w) = TcpStream::connect(s.addr).await.unwrap().into_split();
-        let codec = LengthDelimitedCodec::builder()
-            .max_frame_length(16 << 20)
-            .new_codec();
-        Wire {
-            write: w,
-            read: FramedRead::new(r, codec),
-        }
-    }
-
-    async fn send(&mut self, json: &str) {
-        let mut b = BytesMut::new();
-        b.put_u32(json.len() as u32);
-        b.put_slice(json.as_bytes());
-        self.write.write_all(&b).await.unwrap();
-    }
-
-    /// The next frame, as text.
-    async fn recv(&mut self) -> String {
-        let frame = tokio::time::timeout(WAIT, self.read.next())
-            .await
-            .expect("no reply in time")
-            .expect("connection closed")
-            .unwrap();
-        String::from_utf8(frame.to_vec()).unwrap()
-    }
-
-    /// The next frame that is not a presence notice (`joined`/`left`), as text.
-    async fn recv_chat(&mut self) -> String {
-        loop {
-            let f = self.recv().await;
-            if !f.starts_with(r#"{"command":"joined""#) && !f.starts_with(r#"{"command":"left""#) {
-                return f;
-            }
-        }
-    }
-
-    /// Sends `json` and asserts the exact reply.
-    async fn expect(&mut self, json: &str, want: &str) {
-        self.send(json).await;
-        assert_eq!(self.recv().await, want, "in answer to {json}");
-    }
-
-    /// Logs `user` in (password `pw-of-USER`) without a ref, and checks the empty ack.
-    async fn login(s: &TestServer, user: &str) -> Wire {
-        let mut w = Wire::connect(s).await;
-        w.expect(
-            &format!(r#"{{"command":"login {user}/pw-of-{user}"}}"#),
-            r#"{"command":"message","messages":[]}"#,
-        )
-        .await;
-        w
-    }
-}
-
-/// A `fail` reply's exact JSON, with `r` (JSON) as its ref when given.
-fn fail_json(r: Option<&str>, code: u16, reason: &str) -> String {
-    let reason = serde_json::to_string(reason).unwrap();
-    match r {
-        Some(r) => format!(
-            r#"{{"command":"fail","ref":{r},"fail":{{"error_code":{code},"reason":{reason}}}}}"#
-        ),
-        None => format!(r#"{{"command":"fail","fail":{{"error_code":{code},"reason":{reason}}}}}"#),
-    }
-}
 
 /// The `id` and `ts` of the only message of a `message` frame.
 fn id_ts(frame: &str) -> (u64, u64) {

@@ -221,3 +221,136 @@ impl Raw {
         }
     }
 }
+
+/// A socket that sends JSON text and reads each reply frame as the exact text it holds.
+pub struct Wire {
+    pub write: tokio::net::tcp::OwnedWriteHalf,
+    pub read: tokio_util::codec::FramedRead<
+        tokio::net::tcp::OwnedReadHalf,
+        tokio_util::codec::LengthDelimitedCodec,
+    >,
+}
+
+impl Wire {
+    pub async fn connect(s: &TestServer) -> Wire {
+        Wire::connect_to(s.addr).await
+    }
+
+    pub async fn connect_to(addr: SocketAddr) -> Wire {
+        Wire::from_stream(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// Connects from `from`, a loopback address such as 127.0.0.2 (each address has its
+    /// own few logins in progress).
+    pub async fn connect_from(addr: SocketAddr, from: &str) -> Wire {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
+            .unwrap();
+        Wire::from_stream(sock.connect(addr).await.unwrap())
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Wire {
+        let (r, w) = stream.into_split();
+        let codec = tokio_util::codec::LengthDelimitedCodec::builder()
+            .max_frame_length(16 << 20)
+            .new_codec();
+        Wire {
+            write: w,
+            read: tokio_util::codec::FramedRead::new(r, codec),
+        }
+    }
+
+    /// Resets the connection (RST, not FIN): `SO_LINGER` 0, then close.
+    pub fn reset(self) {
+        let stream = self.write.reunite(self.read.into_inner()).unwrap();
+        // Linger 0 never blocks the close: it discards what is unsent and resets.
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(stream);
+    }
+
+    pub async fn send(&mut self, json: &str) {
+        self.send_all(&[json]).await;
+    }
+
+    /// Sends several frames in one write.
+    pub async fn send_all(&mut self, jsons: &[&str]) {
+        let mut b = BytesMut::new();
+        for json in jsons {
+            b.put_u32(json.len() as u32);
+            b.put_slice(json.as_bytes());
+        }
+        self.write.write_all(&b).await.unwrap();
+    }
+
+    /// The next frame, as text.
+    pub async fn recv(&mut self) -> String {
+        let frame = tokio::time::timeout(WAIT, self.read.next())
+            .await
+            .expect("no reply in time")
+            .expect("connection closed")
+            .unwrap();
+        String::from_utf8(frame.to_vec()).unwrap()
+    }
+
+    /// The next frame that is not a presence notice (`joined`/`left`), as text.
+    pub async fn recv_chat(&mut self) -> String {
+        loop {
+            let f = self.recv().await;
+            if !f.starts_with(r#"{"command":"joined""#) && !f.starts_with(r#"{"command":"left""#) {
+                return f;
+            }
+        }
+    }
+
+    /// Sends `json` and asserts the exact next frame.
+    pub async fn expect(&mut self, json: &str, want: &str) {
+        self.send(json).await;
+        assert_eq!(self.recv().await, want, "in answer to {json}");
+    }
+
+    /// Sends `json` and asserts the exact reply, presence notices skipped.
+    pub async fn expect_chat(&mut self, json: &str, want: &str) {
+        self.send(json).await;
+        assert_eq!(self.recv_chat().await, want, "in answer to {json}");
+    }
+
+    /// Logs `user` in (password `pw-of-USER`) without a ref and returns the login ack.
+    pub async fn login_ack(s: &TestServer, user: &str) -> (Wire, String) {
+        let mut w = Wire::connect(s).await;
+        w.send(&format!(r#"{{"command":"login {user}/pw-of-{user}"}}"#))
+            .await;
+        let ack = w.recv().await;
+        (w, ack)
+    }
+
+    /// Logs `user` in and checks the empty login ack.
+    pub async fn login(s: &TestServer, user: &str) -> Wire {
+        let (w, ack) = Wire::login_ack(s, user).await;
+        assert_eq!(ack, r#"{"command":"message","messages":[]}"#);
+        w
+    }
+
+    /// Asserts the server closes the connection, with no frame before.
+    pub async fn expect_closed(&mut self) {
+        let next = tokio::time::timeout(WAIT, self.read.next())
+            .await
+            .expect("not closed in time");
+        assert!(
+            matches!(next, None | Some(Err(_))),
+            "expected the connection to close, got {next:?}"
+        );
+    }
+}
+
+/// A `fail` reply's exact JSON, with `r` (JSON) as its ref when given.
+pub fn fail_json(r: Option<&str>, code: u16, reason: &str) -> String {
+    let reason = serde_json::to_string(reason).unwrap();
+    match r {
+        Some(r) => format!(
+            r#"{{"command":"fail","ref":{r},"fail":{{"error_code":{code},"reason":{reason}}}}}"#
+        ),
+        None => format!(r#"{{"command":"fail","fail":{{"error_code":{code},"reason":{reason}}}}}"#),
+    }
+}
