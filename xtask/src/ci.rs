@@ -62,7 +62,11 @@ pub fn run() -> anyhow::Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    // The README's test command.
-    cargo(&["test", "--workspace"], &[])?;
-    Ok(())
+    test()
+}
+
+/// The README's test command: what the tests need from the system, then every test.
+pub fn test() -> anyhow::Result<()> {
+    crate::setup::ensure_test_components()?;
+    cargo(&["test", "--workspace"], &[])
 }

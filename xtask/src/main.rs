@@ -1,6 +1,8 @@
 //! Development tasks, run with `cargo xtask <task>` (an alias in `.cargo/config.toml`).
 //!
 //! - `ci`: exactly what CI runs: format check, clippy with warnings denied, docs, the tests.
+//! - `test`: the README's test command: installs what the tests need from the system when
+//!   missing (setup.rs), then `cargo test --workspace`.
 //! - `bench`: the benchmark suite against a release server; writes `docs/BENCHMARKS.md`.
 //! - `fuzz`: long runs of the proptest fuzz targets (`--cases N`) on a release build.
 //! - `cert`: a self-signed certificate and key for a TLS test server.
@@ -9,6 +11,7 @@ mod bench;
 mod cert;
 mod ci;
 mod fuzz;
+mod setup;
 
 use clap::{Parser, Subcommand};
 
@@ -21,8 +24,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Format check, clippy (-D warnings), rustdoc (-D warnings), then `cargo test --workspace`.
+    /// Format check, cargo deny, clippy (-D warnings), rustdoc (-D warnings), then `cargo xtask test`.
     Ci,
+    /// Installs what the tests need from the system when missing (Chromium and chromedriver
+    /// from the distribution's packages), then `cargo test --workspace`.
+    Test,
     /// Release build, the benchmark suite on loopback, then docs/BENCHMARKS.md with charts.
     Bench(bench::BenchArgs),
     /// Long runs of the fuzz targets (proptest properties over hostile input: the frame
@@ -37,6 +43,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Ci => ci::run(),
+        Task::Test => ci::test(),
         Task::Bench(args) => bench::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Cert(args) => cert::run(&args),
