@@ -1,5 +1,6 @@
 //! What the tests need from the system beyond Cargo: Debian's Chromium and chromedriver (the
-//! browser tests). Installed from the distribution's packages when missing, so the README's
+//! browser tests), PostgreSQL (the store tests start private instances of it) and
+//! redis-server (the load generator's Redis reference). Installed from the distribution's packages when missing, so the README's
 //! test command works on a fresh machine; a test never skips for want of one.
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use anyhow::{Context, bail};
 struct Component {
     /// The package that provides it.
     package: &'static str,
-    /// Present when any of these paths exists.
+    /// Present when any of these paths exists; a `*` stands for one version directory.
     paths: &'static [&'static str],
 }
 
@@ -24,14 +25,34 @@ const COMPONENTS: &[Component] = &[
         package: "chromium-driver",
         paths: &["/usr/bin/chromedriver"],
     },
+    Component {
+        package: "postgresql",
+        paths: &["/usr/lib/postgresql/*/bin/initdb"],
+    },
+    Component {
+        package: "redis-server",
+        paths: &["/usr/bin/redis-server"],
+    },
 ];
+
+/// Whether `pattern` names an existing file, a `*` standing for any one directory name.
+fn exists(pattern: &str) -> bool {
+    match pattern.split_once("/*/") {
+        None => Path::new(pattern).exists(),
+        Some((dir, rest)) => std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| exists(&format!("{}/{rest}", e.path().display())))
+        }),
+    }
+}
 
 /// Installs the missing components with apt-get (as root, or through sudo), or fails with
 /// the command that would.
 pub fn ensure_test_components() -> anyhow::Result<()> {
     let missing: Vec<&str> = COMPONENTS
         .iter()
-        .filter(|c| !c.paths.iter().any(|p| Path::new(p).exists()))
+        .filter(|c| !c.paths.iter().any(|p| exists(p)))
         .map(|c| c.package)
         .collect();
     if missing.is_empty() {
