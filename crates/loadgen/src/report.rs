@@ -13,7 +13,8 @@ use crate::stats::Summary;
 /// out of the others' lines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Report {
-    /// `fanout`, `private`, `presence`, `conns` or `offline`.
+    /// `fanout`, `redis-fanout` (the Redis pub/sub reference), `private`, `presence`,
+    /// `conns`, `offline`, `history` or `soak`.
     pub workload: String,
     /// The server address.
     pub server: String,
@@ -88,7 +89,8 @@ pub struct Report {
     /// microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo_latency_us: Option<Summary>,
-    /// `fanout`, `private`: echoes the senders received.
+    /// `fanout`, `private`: echoes the senders received; `redis-fanout`: replies to
+    /// `PUBLISH` the publishers received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echoes: Option<u64>,
     /// `soak`: chat messages from the flooders that reached the normal users (every
