@@ -206,6 +206,21 @@ impl Results {
         pts.sort_by_key(|(rate, _)| *rate);
         pts
     }
+
+    /// `(rate, reference median run)` of the open-loop scenarios that ran with a reference
+    /// (Redis pub/sub), by rate.
+    pub fn open_loop_reference_points(&self) -> Vec<(u64, &Report)> {
+        let mut pts: Vec<(u64, &Report)> = self
+            .scenarios
+            .iter()
+            .filter_map(|sc| {
+                let rate = sc.id.strip_prefix("fanout-rate-")?.parse().ok()?;
+                Some((rate, sc.reference.as_ref()?.median.as_ref()?))
+            })
+            .collect();
+        pts.sort_by_key(|(rate, _)| *rate);
+        pts
+    }
 }
 
 /// The index of the median run by `metric`, among the runs that have it (a failed run

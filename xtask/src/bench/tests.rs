@@ -197,8 +197,9 @@ fn report_has_targets_tables_and_commands() {
     );
     has("| fanout-flood | `simpletextim-loadgen fanout-flood` | 1 |");
     assert!(latency_chart(&doc).contains("<polyline"));
-    // No reference ran: no section for it.
+    // No reference ran: no section or line for it.
     assert!(!md.contains("### Against"), "{md}");
+    assert!(!latency_chart(&doc).contains("Redis"));
 }
 
 /// Every open-loop fan-out scenario, and only those, runs `redis-fanout` with the same
@@ -269,6 +270,10 @@ fn reference_shows_beside_ours_and_joins_the_target() {
         md.contains("| open | 1.00 / 7.00 / 12.00 | 1.00 / 8.00 / 12.00 | yes |"),
         "{md}"
     );
+    // The latency chart has Redis's p99 as a fourth line, at 200 × 1000 offered.
+    let svg = latency_chart(&doc);
+    assert!(svg.contains("p99, Redis pub/sub"), "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
     // The results file keeps the reference, failed runs included.
     let text = doc.to_json();
     assert!(text.contains(r#""reference": {"#), "{text}");
