@@ -30,7 +30,7 @@ pub struct Report {
     pub window: Option<usize>,
     /// Open-loop rate in messages per second (all senders together), if paced.
     pub rate: Option<f64>,
-    /// Seconds the logins took.
+    /// Seconds the logins took (`redis-fanout`: the subscriptions).
     pub login_s: f64,
     /// Logins per second.
     pub logins_per_s: f64,
@@ -298,8 +298,14 @@ impl Report {
             ));
         }
         if self.login_s > 0.0 {
+            // The Redis reference subscribes where our clients log in.
+            let what = if self.workload == "redis-fanout" {
+                "subscriptions"
+            } else {
+                "logins"
+            };
             s.push_str(&format!(
-                "\n  logins: {:.3} s, {:.0}/s",
+                "\n  {what}: {:.3} s, {:.0}/s",
                 self.login_s, self.logins_per_s
             ));
         }

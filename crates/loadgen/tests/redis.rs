@@ -153,6 +153,7 @@ async fn redis_fanout_flood_and_open_loop_deliver_everything() {
     assert_eq!(r.echoes, Some(40));
     assert_eq!(r.window, Some(4));
     assert!(r.send_lag_us.is_none());
+    assert!(r.human().contains("\n  subscriptions: "), "{}", r.human());
 
     let open = RedisFanoutOpts {
         rate: Some(200.0),
