@@ -2,8 +2,11 @@
 //! browser tests), PostgreSQL (the store tests start private instances of it) and
 //! redis-server (the load generator's Redis reference). Installed from the distribution's packages when missing, so the README's
 //! test command works on a fresh machine; a test never skips for want of one.
+//!
+//! Also what the benchmark needs: `redis-server`, the reference `cargo xtask bench` runs
+//! beside ours ([`ensure_redis_server`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -59,6 +62,38 @@ pub fn ensure_test_components() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("installing what the tests need: {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+/// Where `redis-server` is: on the `PATH`, or where Debian's package puts it.
+pub fn find_redis_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("redis-server"))
+        .find(|p| p.is_file())
+}
+
+/// The `redis-server` binary the benchmark runs as its reference (a private instance, never
+/// the system's service): the one installed, or, when there is none, the distribution's
+/// `redis-server` package installed with apt-get (as root, or through sudo) first.
+///
+/// # Errors
+/// When it is missing and cannot be installed: one line saying what to install.
+pub fn ensure_redis_server() -> anyhow::Result<PathBuf> {
+    if let Some(path) = find_redis_server() {
+        return Ok(path);
+    }
+    eprintln!("installing what the benchmark needs: redis-server");
+    apt_install(&["redis-server"])?;
+    find_redis_server().context(
+        "apt-get installed redis-server but there is no redis-server binary; install it and run again",
+    )
+}
+
+/// Installs Debian packages with apt-get (as root, or through sudo), or fails with the
+/// packages to install.
+fn apt_install(missing: &[&str]) -> anyhow::Result<()> {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -71,11 +106,18 @@ pub fn ensure_test_components() -> anyhow::Result<()> {
             c.arg("apt-get");
             c
         };
-        let status = cmd
+        // One line, whatever failed: what to install by hand.
+        let status = match cmd
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
-            .context("cannot run apt-get")?;
+        {
+            Ok(status) => status,
+            Err(e) => bail!(
+                "cannot run apt-get ({e}); install these packages and run again: {}",
+                missing.join(" ")
+            ),
+        };
         if !status.success() {
             bail!(
                 "apt-get {} failed ({status}); install these packages and run again: {}",
@@ -87,6 +129,6 @@ pub fn ensure_test_components() -> anyhow::Result<()> {
     };
     apt(&["update", "-qq"])?;
     let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    install.extend(&missing);
+    install.extend(missing);
     apt(&install)
 }
