@@ -1,7 +1,8 @@
 //! What the tests need from the system beyond Cargo: Debian's Chromium and chromedriver (the
 //! browser tests), PostgreSQL (the store tests start private instances of it) and
-//! redis-server (the load generator's Redis reference). Installed from the distribution's packages when missing, so the README's
-//! test command works on a fresh machine; a test never skips for want of one.
+//! redis-server (the load generator's Redis reference). Installed from the distribution's
+//! packages when missing, so the README's test command works on a fresh machine; a test never
+//! skips for want of one.
 //!
 //! Also what the benchmark needs: `redis-server`, the reference `cargo xtask bench` runs
 //! beside ours ([`ensure_redis_server`]).
