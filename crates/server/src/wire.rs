@@ -686,7 +686,7 @@ mod tests {
                 }
                 .to_json();
                 let r = r.as_ref().map(encode_ref);
-                for framing in [Framing::LengthDelimited, Framing::Lines] {
+                for framing in [Framing::LengthDelimited, Framing::Lines, Framing::WebSocket] {
                     let mut w = FrameWriter::with_framing(framing);
                     w.push_chat(&encode_chat(&msg(1, "hi")));
                     w.push_list(r.as_deref(), &array);
@@ -756,7 +756,7 @@ mod tests {
 
     #[test]
     fn unwritten_private_are_those_whose_frames_were_not_wholly_written() {
-        for framing in [Framing::LengthDelimited, Framing::Lines] {
+        for framing in [Framing::LengthDelimited, Framing::Lines, Framing::WebSocket] {
             let mut w = FrameWriter::with_framing(framing);
             w.push(&private(1, "a"));
             w.push_reply(&Reply::Joined {
@@ -802,6 +802,55 @@ mod tests {
                 .lines()
                 .map(|l| Reply::from_json(l.as_bytes()).unwrap())
                 .collect(),
+            Framing::WebSocket => {
+                use tungstenite::protocol::frame::FrameHeader;
+                use tungstenite::protocol::frame::coding::{Data, OpCode};
+                let mut out = Vec::new();
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let mut cursor = std::io::Cursor::new(rest);
+                    let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+                    assert!(header.is_final && header.mask.is_none());
+                    assert_eq!(header.opcode, OpCode::Data(Data::Text));
+                    let start = cursor.position() as usize;
+                    // The shortest length form.
+                    assert_eq!(start, header.len(len));
+                    let end = start + len as usize;
+                    out.push(Reply::from_json(&rest[start..end]).unwrap());
+                    rest = &rest[end..];
+                }
+                out
+            }
+        }
+    }
+
+    #[test]
+    fn websocket_batches_of_every_length_form_decode_in_order() {
+        // One short chat (7-bit length), a few (16-bit), many (64-bit is never needed: a
+        // batch stops growing at 64 KiB, but its last object may carry it just over).
+        for n in [1u64, 5, 3000] {
+            let mut w = FrameWriter::with_framing(Framing::WebSocket);
+            let text = if n == 1 {
+                "a".to_owned()
+            } else {
+                "x".repeat(140)
+            };
+            for i in 0..n {
+                w.push(&Out::Chat(encode_chat(&msg(i, &text))));
+            }
+            w.push_reply(&Reply::Joined {
+                user_id: UserId::new("carol").unwrap(),
+            });
+            let replies = decode_all_framed(w.take(), Framing::WebSocket);
+            let ids: Vec<u64> = replies
+                .iter()
+                .flat_map(|r| match r {
+                    Reply::Message { messages, .. } => messages.iter().map(|m| m.id).collect(),
+                    _ => vec![],
+                })
+                .collect();
+            assert_eq!(ids, (0..n).collect::<Vec<_>>());
+            assert!(matches!(replies.last(), Some(Reply::Joined { .. })));
         }
     }
 

@@ -552,13 +552,17 @@ mod tests {
                 }
                 for (i, part) in parts.iter().enumerate() {
                     let opcode = if i == 0 { 0x1 } else { 0x0 };
-                    stream.extend(frame(opcode, i + 1 == parts.len(), *mask, part));
+                    let last = i + 1 == parts.len();
+                    stream.extend(frame(opcode, last, *mask, part));
+                    if last {
+                        want.push(WsItem::Request(Request::from_json(payload)));
+                    }
+                    // A ping after the first frame: inside the message, or after it.
                     if *ping && i == 0 {
                         stream.extend(frame(0x9, true, *mask, b"p"));
                         want.push(WsItem::Ping(b"p".to_vec()));
                     }
                 }
-                want.push(WsItem::Request(Request::from_json(payload)));
             }
             let mut d = WsDecoder::new(4096);
             let mut src = BytesMut::new();
