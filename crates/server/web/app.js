@@ -97,7 +97,7 @@ class Conversation {
     this.label = el("span", "conv-name", this.title());
     this.badge = el("span", "badge");
     this.badge.hidden = true;
-    this.button.append(this.label, this.badge);
+    this.button.append(this.label, " ", this.badge);
     this.button.addEventListener("click", () => select(this));
     this.item.append(this.button);
   }
