@@ -710,6 +710,89 @@ async fn the_page_reconnects_and_fills_the_gap() {
     alice.close().await;
 }
 
+/// Older history when scrolling to the top; a session revoked by `user passwd` asks for the
+/// password again; a takeover stops the page, which does not reconnect by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_revocation_and_takeover() {
+    let driver = Chromedriver::start();
+    let data = TempDir::new().unwrap();
+    let server = Server::start(data.path(), "127.0.0.1:0");
+
+    // 60 public messages before alice comes: more than a page (50).
+    let all: Vec<String> = (1..=60).map(|i| format!("message {i:02}")).collect();
+    let mut carol = tcp_login(&server, "carol", "carol-pw").await;
+    for text in &all {
+        carol.send_public(text).await.unwrap();
+    }
+    tcp_expect(&mut carol, "message 60").await;
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+
+    let alice = Browser::open(&driver, "alice", &server.url(), (1280, 800)).await;
+    alice.login("alice", "alice-pw").await;
+    alice.wait_texts(SHOWN_BODIES, &all[10..]).await;
+    // Scrolling to the top asks for the page before.
+    alice
+        .run(
+            "document.querySelector('.scroller:not([hidden])').scrollTop = 0",
+            vec![],
+        )
+        .await;
+    alice.wait_texts(SHOWN_BODIES, &all).await;
+    alice
+        .wait_for(
+            "the older-messages button hidden (no more history)",
+            "return document.querySelector('.scroller:not([hidden]) .older').hidden",
+        )
+        .await;
+
+    // An administrator changes alice's password: the page asks for it, with the reason.
+    let passwd = Command::new(SERVER)
+        .args(["user", "passwd", "alice", "--insecure-fast-hash", "--data"])
+        .arg(data.path().join("data"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run user passwd");
+    let mut stdin = passwd.stdin.as_ref().expect("piped stdin");
+    std::io::Write::write_all(&mut stdin, b"new-pw\n").unwrap();
+    let out = passwd.wait_with_output().unwrap();
+    assert!(out.status.success(), "user passwd: {out:?}");
+    alice
+        .wait_text("#login-error", "your password was changed; log in again")
+        .await;
+    alice.login("alice", "new-pw").await;
+    alice.wait_texts(SHOWN_BODIES, &all).await;
+
+    // alice logs in elsewhere: the page stops, and stays stopped.
+    let mut elsewhere = tcp_login(&server, "alice", "new-pw").await;
+    alice
+        .wait_text(
+            "#conn",
+            "Stopped: logged in elsewhere. Reconnect to continue here.",
+        )
+        .await;
+    alice.wait_text("#retry", "Reconnect").await;
+    alice
+        .wait_for(
+            "the send button disabled",
+            "return document.querySelector('#send').disabled",
+        )
+        .await;
+    // Longer than the first reconnection delays (0.5 s, 1 s): had the page logged in again,
+    // this session would have been taken over and closed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    elsewhere.send_public("still here").await.unwrap();
+    tcp_expect(&mut elsewhere, "still here").await;
+    alice
+        .wait_text(
+            "#conn",
+            "Stopped: logged in elsewhere. Reconnect to continue here.",
+        )
+        .await;
+    alice.close().await;
+}
+
 /// Regenerates docs/screenshots/desktop.png (1280×800) and phone.png (390×844): a
 /// conversation between two browser users and a bot on the terminal protocol.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -445,7 +445,8 @@ function onFail(fail, what, ref) {
     what.conv.loadingOlder = false;
     what.conv.notice(`History not available: ${reason}`, "notice error");
   } else if (ref === undefined && code === 409) {
-    stop(`Logged in elsewhere: ${reason}. This page stopped.`);
+    // Taken over by a newer login: reconnecting by itself would take it back, and so on.
+    stop(`Stopped: ${reason}. Reconnect to continue here.`);
   } else if (ref === undefined && code === 401) {
     // The session was revoked (password changed, account deleted): ask for the password.
     state.password = "";
