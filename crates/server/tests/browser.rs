@@ -644,6 +644,16 @@ async fn two_browsers_and_a_tcp_client_chat() {
     alice.wait_texts(USERS, &["alice (you)", "carol"]).await;
     alice.wait_texts(NOTICES, &["bob joined", "bob left"]).await;
     alice.close().await;
+    drop(carol);
+
+    // The page acked the private messages it showed: none waits for alice's next login.
+    let mut again = Client::connect(server.tcp).await.expect("TCP connect");
+    let pending = again.login("alice", "alice-pw").await.expect("TCP login");
+    assert_eq!(
+        pending,
+        Vec::<ChatMessage>::new(),
+        "private messages not acked"
+    );
 }
 
 /// After a restart of the server (same data, same web address) the page reconnects by itself
