@@ -1075,6 +1075,127 @@ async fn wss_with_a_self_signed_certificate() {
     );
 }
 
+/// A TLS client trusting exactly `root`.
+fn connector(root: rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(Arc::new(client))
+}
+
+#[tokio::test]
+async fn wss_presents_the_certificate_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, old) = self_signed(dir.path());
+    let s = start_with(Config {
+        tls: Some(tls.clone()),
+        ..config()
+    })
+    .await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let wss = |root| {
+        let name = name.clone();
+        async move {
+            let tcp = TcpStream::connect(s.http).await.unwrap();
+            let stream = connector(root).connect(name, tcp).await?;
+            let req = format!("wss://localhost:{}/ws", s.http.port());
+            let (ws, _) = client_async(req, stream).await.unwrap();
+            Ok::<_, std::io::Error>(ws)
+        }
+    };
+    let mut before = wss(old.clone()).await.unwrap();
+    // New files, then the reload (what SIGHUP does in the binary).
+    let (_, new) = self_signed(dir.path());
+    tls.reload().unwrap();
+    assert!(
+        wss(old).await.is_err(),
+        "the old certificate is still presented"
+    );
+    let mut after = wss(new).await.unwrap();
+    // The session from before goes on with its own.
+    for ws in [&mut before, &mut after] {
+        ws.send(Message::text(r#"{"command":"list"}"#))
+            .await
+            .unwrap();
+        assert_eq!(
+            recv_any(ws).await,
+            Message::text(
+                r#"{"command":"fail","fail":{"error_code":401,"reason":"login required"}}"#
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn http_connections_are_bounded_per_address_and_in_time() {
+    let s = start_with(Config {
+        http_connections_per_address: 1,
+        http_header_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let from = |host: &'static str| async move {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(host.parse().unwrap(), 0))
+            .unwrap();
+        sock.connect(s.http).await.unwrap()
+    };
+    let closed = |mut stream: TcpStream| async move {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .expect("not closed in time");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "expected the close, got {read:?}"
+        );
+    };
+    // A keep-alive connection is served...
+    let mut first = from("127.0.0.2").await;
+    let (status, _, body) = http_on(
+        &mut first,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (status.as_str(), &body[..]),
+        ("HTTP/1.1 200 OK", &b"ok\n"[..])
+    );
+    // ...a second one from its address is closed at once, one from another address is not.
+    closed(from("127.0.0.2").await).await;
+    let (status, _, _) = http_on(&mut from("127.0.0.3").await, &get("/healthz")).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // The idle keep-alive connection is closed after the header timeout, and so is one
+    // that sends half a request.
+    closed(first).await;
+    let mut slow = from("127.0.0.4").await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    closed(slow).await;
+    // The address has its place back once its connection is gone.
+    let mut served = false;
+    for _ in 0..20 {
+        let mut again = from("127.0.0.2").await;
+        again.write_all(get("/healthz").as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(WAIT, again.read_to_end(&mut response)).await;
+        if response.starts_with(b"HTTP/1.1 200 OK") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the address was not served again");
+}
+
 // ---- the binary ----
 
 /// The binary with its log lines read by a thread.
