@@ -285,7 +285,10 @@ function sendRaw(obj) {
 
 function askLatest(c) {
   c.asked = true;
-  command({ command: "history", with: c.name, limit: PAGE }, { kind: "history", conv: c, dir: "latest" });
+  command(
+    { command: "history", with: c.name, limit: PAGE },
+    { kind: "history", conv: c, dir: "latest" },
+  );
 }
 
 function askAfter(c) {
@@ -320,7 +323,10 @@ function sendText(event) {
   );
   c.log.append(node);
   scrollToBottom(c);
-  command({ command: "send", message: text, to: c.key === "*" ? "*" : c.name }, { kind: "send", conv: c, node });
+  command(
+    { command: "send", message: text, to: c.key === "*" ? "*" : c.name },
+    { kind: "send", conv: c, node },
+  );
   input.value = "";
   updateComposer();
 }
