@@ -717,6 +717,29 @@ async fn the_page_reconnects_and_fills_the_gap() {
             ],
         )
         .await;
+
+    // Logging out ends the session (carol sees alice leave) and shows the login form.
+    alice.click("#logout").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reply = tokio::time::timeout(left, carol.next_reply())
+            .await
+            .expect("carol: waited for alice to leave")
+            .expect("carol: connection lost");
+        if let Reply::Left { user_id } = reply {
+            assert_eq!(user_id.as_str(), "alice");
+            break;
+        }
+    }
+    alice
+        .wait_for(
+            "the login form after logging out",
+            "return !document.querySelector('#login-view').hidden &&
+                    document.querySelector('#chat-view').hidden",
+        )
+        .await;
+    alice.wait_text("#conn", "Not connected").await;
     alice.close().await;
 }
 
