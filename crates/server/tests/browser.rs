@@ -812,9 +812,9 @@ async fn history_pages_revocation_and_takeover() {
             "return document.querySelector('#send').disabled",
         )
         .await;
-    // Longer than the first reconnection delays (0.5 s, 1 s): had the page logged in again,
-    // this session would have been taken over and closed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Longer than the first two reconnection delays would take (0.5 s and 1 s, each at most
+    // 25 % longer): had the page logged in again, this session would have been taken over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     elsewhere.send_public("still here").await.unwrap();
     tcp_expect(&mut elsewhere, "still here").await;
     alice

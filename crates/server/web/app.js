@@ -13,8 +13,8 @@
 
 const MAX_CHARS = 140; // the server's limit, in Unicode scalar values
 const PAGE = 50; // messages per history page
-const BACKOFF_FIRST_MS = 500;
-const BACKOFF_MAX_MS = 30_000;
+const BACKOFF_FIRST_MS = 500; // the first reconnection's delay, doubled at each failure
+const BACKOFF_MAX_MS = 30_000; // up to this
 const USER_ID = /^[A-Za-z0-9_.-]{1,32}$/;
 const CONTROL = /\p{Cc}/u;
 
@@ -525,7 +525,9 @@ function connectionLost(why) {
     return;
   }
   if (state.phase === "stopped" || state.phase === "out") return;
-  const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** state.attempt);
+  // Jittered (±25 %), so that the pages of a restarted server do not all come back at once.
+  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** state.attempt);
+  const delay = base * (0.75 + Math.random() * 0.5);
   state.attempt += 1;
   state.phase = "waiting";
   const seconds = Math.max(1, Math.round(delay / 1000));
@@ -614,6 +616,7 @@ function renderMenu() {
   let unread = 0;
   for (const c of state.convs.values()) unread += c.unread;
   $("menu").textContent = unread ? `Chats (${unread} unread)` : "Chats";
+  document.title = unread ? `(${unread}) SimpleTextIM` : "SimpleTextIM";
 }
 
 function closeSidebar() {
