@@ -823,6 +823,22 @@ async fn history_pages_revocation_and_takeover() {
             "Stopped: logged in elsewhere. Reconnect to continue here.",
         )
         .await;
+    // The user asks for it: the page takes the session back.
+    alice.click("#retry").await;
+    alice.wait_text("#conn", "Online as alice").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reply = tokio::time::timeout(left, elsewhere.next_reply())
+            .await
+            .expect("the TCP session: waited for its takeover")
+            .expect("the TCP session: closed before its fail 409");
+        if let Reply::Fail { fail, .. } = reply {
+            assert_eq!(fail.error_code, simpletextim_proto::ErrorCode::Conflict);
+            assert_eq!(fail.reason, "logged in elsewhere");
+            break;
+        }
+    }
     alice.close().await;
 }
 
