@@ -675,10 +675,12 @@ async fn the_page_reconnects_and_fills_the_gap() {
     // The server goes away; meanwhile, on a server the page cannot reach (same data, another
     // web address), carol talks.
     server.stop();
+    // Why, then (once a first attempt failed) that it keeps trying.
     alice
         .wait_for(
             "the page to say it is offline",
-            "return document.querySelector('#conn').dataset.state !== 'online'",
+            "return /^Offline \\((server shutting down|connection closed)\\): reconnecting in [0-9]+ s$/
+                      .test(document.querySelector('#conn').textContent)",
         )
         .await;
     let away = Server::start(data.path(), "127.0.0.1:0");

@@ -54,6 +54,7 @@ const state = {
   current: null, // the Conversation shown
   online: new Map(), // folded user id -> spelling
   ackedId: 0, // highest private message id acked in this session
+  offlineReason: "", // why the server said it would close the connection, if it did
 };
 
 // ---------------------------------------------------------------------------------------
@@ -459,6 +460,8 @@ function onFail(fail, what, ref) {
     stop(reason);
     showLogin(reason);
   } else if (ref === undefined && code === 503) {
+    // The server is going away (shutting down): the connection closes next.
+    state.offlineReason = reason;
     setStatus(`Disconnected: ${reason}`, "waiting");
   } else {
     (state.current ?? conversation("*", "*")).notice(`Error ${code}: ${reason}`, "notice error");
@@ -531,7 +534,9 @@ function connectionLost(why) {
   state.attempt += 1;
   state.phase = "waiting";
   const seconds = Math.max(1, Math.round(delay / 1000));
-  setStatus(`Offline: reconnecting in ${seconds} s`, "waiting");
+  const reason = state.offlineReason || why;
+  state.offlineReason = "";
+  setStatus(`Offline (${reason}): reconnecting in ${seconds} s`, "waiting");
   state.timer = setTimeout(connect, delay);
   updateComposer();
 }
@@ -565,9 +570,8 @@ function loginRefused(code, reason) {
     return;
   }
   // Busy or throttled while logging in again: keep trying, later.
-  setStatus(`Cannot log in again: ${reason}`, "waiting");
   state.phase = "connecting";
-  connectionLost(reason);
+  connectionLost(`cannot log in again: ${reason}`);
 }
 
 /** No more automatic reconnection: a takeover, a revoked session. */
