@@ -1295,4 +1295,17 @@ async fn the_binary_serves_http_on_listen_http_and_not_with_off() {
     let off = Proc::start(&dir.path().join("off"), &["--listen-http", "off"]);
     let lines = off.lines_until("listening on ");
     assert!(!lines.iter().any(|l| l.contains("HTTP on")), "{lines:?}");
+
+    // On an address that is not loopback, without TLS: the framed listener's warning.
+    let public = Proc::start(&dir.path().join("public"), &["--listen-http", "0.0.0.0:0"]);
+    let lines = public.lines_until("without TLS");
+    let warning = lines.last().unwrap();
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("listening on 0.0.0.0:")
+            && warning.ends_with(
+                "without TLS: passwords would cross the network in clear; use --tls-cert/--tls-key"
+            ),
+        "{warning}"
+    );
 }

@@ -519,7 +519,49 @@ mod tests {
         assert_eq!(close_payload(1000, &"é".repeat(100)).len(), 2 + 122);
     }
 
+    /// `PROPTEST_CASES` when set, 256 cases otherwise, and no regression files written
+    /// into the tree (as in `wire/fuzz.rs`).
+    fn config() -> ProptestConfig {
+        let mut c = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            c.cases = 256;
+        }
+        c.failure_persistence = None;
+        c
+    }
+
     proptest! {
+        #![proptest_config(config())]
+
+        /// Arbitrary bytes, in arbitrary reads: no panic, and a decoder waiting for more
+        /// never holds more than one frame of at most the limit (and its 14-byte header).
+        #[test]
+        fn arbitrary_bytes_never_panic_and_stay_bounded(
+            stream in proptest::collection::vec(any::<u8>(), 0..2000),
+            cuts in proptest::collection::vec(1usize..64, 0..40),
+            max in 1usize..300,
+        ) {
+            let mut d = WsDecoder::new(max);
+            let mut src = BytesMut::new();
+            let mut rest = &stream[..];
+            let mut cuts = cuts.into_iter();
+            'feed: while !rest.is_empty() {
+                let n = cuts.next().unwrap_or(rest.len()).min(rest.len());
+                src.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                loop {
+                    match d.decode(&mut src) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            prop_assert!(src.len() <= max + 14, "{} bytes waiting", src.len());
+                            break;
+                        }
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+        }
+
         /// Any messages, any masks, any fragmentation, any split of the byte stream into
         /// reads: the same requests, in order, with pings between them.
         #[test]
