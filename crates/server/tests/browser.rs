@@ -492,7 +492,8 @@ async fn two_browsers_and_a_tcp_client_chat() {
     alice.wait_texts(CONVS, &["Everyone"]).await;
 
     // A wrong password: the server's reason, on the login form.
-    let bob = Browser::open(&driver, "bob", &server.url(), (1280, 800)).await;
+    // bob is on a phone.
+    let bob = Browser::open(&driver, "bob", &server.url(), (390, 844)).await;
     bob.submit_login("carol", "not-carols").await;
     bob.wait_text("#login-error", "invalid user id or password")
         .await;
@@ -522,10 +523,25 @@ async fn two_browsers_and_a_tcp_client_chat() {
     // The input was emptied, its counter back to zero.
     alice.wait_text("#counter", "0/140").await;
 
-    // Private, browser to browser: bob clicks alice in the user list.
+    // Private, browser to browser: bob clicks alice in the user list, which a phone shows
+    // behind the Chats button.
+    const SIDEBAR_SHOWN: &str =
+        "return getComputedStyle(document.querySelector('#sidebar')).display !== 'none'";
+    assert_eq!(
+        bob.run(SIDEBAR_SHOWN, vec![]).await,
+        json!(false),
+        "bob: sidebar shown"
+    );
+    bob.click("#menu").await;
+    bob.wait_for("the sidebar shown", SIDEBAR_SHOWN).await;
     bob.click("#users button[aria-label='Talk privately with alice']")
         .await;
     bob.wait_text("#conv-title", "Private: alice").await;
+    assert_eq!(
+        bob.run(SIDEBAR_SHOWN, vec![]).await,
+        json!(false),
+        "bob: sidebar still shown"
+    );
     bob.wait_text("#text-label", "Message to alice").await;
     bob.say("psst alice").await;
     bob.wait_texts(SHOWN_BODIES, &["psst alice"]).await;
