@@ -19,6 +19,7 @@ use crate::Shared;
 use crate::hub::Member;
 use crate::limits::ceil_secs;
 use crate::outbox::{Limits, Outbox};
+use crate::presence::{Bell, Reader};
 use crate::store::{
     Conversation, HistoryPermit, HistoryQuery, PageLimit, ReserveError, StoreError,
 };
@@ -386,14 +387,18 @@ impl Session {
             true => Outbox::new_acks(limits),
             false => Outbox::new(limits),
         };
+        // Registered with the presence bell before joining: a ring after the join is heard.
+        let bell = Bell::new(self.shared.hub.presence());
         // Refused when the account was changed while its password was checked: the
-        // session ends (`fail 401`) before anything of the user's is read.
-        self.shared.hub.join(Member {
+        // session ends (`fail 401`) before anything of the user's is read. Its notices
+        // start after its own `joined`.
+        let cursor = self.shared.hub.join(Member {
             conn_id: self.conn_id,
             user_id: user_id.clone(),
             outbox: outbox.clone(),
             login_ms,
         })?;
+        self.bell = Some(bell);
         self.login_deadline = None;
         self.admission.logged_in();
         // The user's bucket, shared with the user's other and earlier sessions.
@@ -401,6 +406,7 @@ impl Session {
         self.login = Some(LoggedIn {
             user_id: user_id.clone(),
             outbox,
+            presence: Reader::new(cursor),
         });
         let peer = self.conn.peer();
         tracing::info!(%peer, user = %user_id, conn = self.conn_id, "logged in");
