@@ -426,8 +426,12 @@ async fn a_client_that_never_reads_is_cut_off_once_the_presence_log_passes_it() 
         let (mut c, _) = login(&s, &name).await;
         c.exit().await.unwrap();
         assert_closed(&mut c).await;
-        churn.push(Reply::Joined { user_id: uid(&name) });
-        churn.push(Reply::Left { user_id: uid(&name) });
+        churn.push(Reply::Joined {
+            user_id: uid(&name),
+        });
+        churn.push(Reply::Left {
+            user_id: uid(&name),
+        });
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // The watcher hears all of them, and slow's `left` once, within a tick or so.
