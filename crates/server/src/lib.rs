@@ -6,11 +6,12 @@
 //! per connection: the protocol in `mod.rs`, `commands.rs` and `goodbye.rs` over the
 //! socket and buffers of `conn.rs`), `hub.rs` (who is online, fan-out), `outbox.rs` (what
 //! the hub queues for a session), `wire.rs` (how queued messages become frames), `auth.rs`
-//! (passwords), `store/` (persistence).
+//! (passwords), `store/` (persistence), `metrics.rs` (Prometheus metrics).
 
 pub mod auth;
 mod hub;
 mod limits;
+pub mod metrics;
 mod outbox;
 mod session;
 pub mod store;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{HashCost, Registration};
 pub use limits::AddressLimits;
+pub use metrics::Metrics;
 pub use session::{LIST_COST, RateLimit};
 pub use store::{MemoryStore, Retention, Store};
 pub use throttle::{Backoff, ThrottlePolicy};
@@ -131,6 +133,9 @@ pub struct Config {
     pub history_prune_interval: Duration,
     /// Serve every listener over TLS with this certificate; `None`: plain TCP.
     pub tls: Option<Tls>,
+    /// The server's metrics: keep a clone to serve them ([`metrics::serve`]). One per
+    /// server; a fresh one by default.
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for Config {
@@ -156,6 +161,7 @@ impl std::fmt::Debug for Config {
             .field("history_retention", &self.history_retention)
             .field("history_prune_interval", &self.history_prune_interval)
             .field("tls", &self.tls)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +190,7 @@ impl Default for Config {
             history_retention: Retention::default(),
             history_prune_interval: DEFAULT_HISTORY_PRUNE_INTERVAL,
             tls: None,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -199,6 +206,9 @@ pub(crate) struct Shared {
     pub(crate) flood: session::FloodControl,
     pub(crate) limits: limits::Limits,
     pub(crate) shutdown: CancellationToken,
+    /// The server's metrics (a clone of [`Config::metrics`]): [`Metrics::render`] for a
+    /// `/metrics` endpoint.
+    pub(crate) metrics: Metrics,
 }
 
 /// Unix time in milliseconds.
@@ -257,7 +267,11 @@ pub async fn run_listeners(
     // Public messages and private messages to online users are kept through it; it is
     // closed (what it holds written) once the sessions are gone, before the caller closes
     // the store.
-    let history = HistoryWriter::spawn(store.clone(), HISTORY_QUEUE);
+    let history = HistoryWriter::spawn_observed(
+        store.clone(),
+        HISTORY_QUEUE,
+        Some(config.metrics.history_commit()),
+    );
     let retention = tokio::spawn(store::run_retention(
         store.clone(),
         config.history_retention,
@@ -283,8 +297,10 @@ pub async fn run_listeners(
             config.exempt.clone(),
         ),
         shutdown: shutdown.clone(),
+        metrics: config.metrics.clone(),
         config,
     });
+    shared.metrics.attach(&shared);
     // Presence notices do not wake idle sessions; this wakes those still holding some. On
     // shutdown it tells the logged-in sessions through their outboxes.
     let ticker = {

@@ -175,6 +175,11 @@ impl Connection {
         }
     }
 
+    /// How its frames are delimited (which transport it is, for the metrics).
+    pub(crate) fn framing(&self) -> Framing {
+        self.out.framing()
+    }
+
     /// The peer's address, for the log.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer

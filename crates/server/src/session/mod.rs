@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::Shared;
 use crate::limits::Admission;
+use crate::metrics::EndReason;
 use crate::outbox::{KickReason, Outbox};
 use crate::store::RevocationKind;
 use crate::wire::Framing;
@@ -74,6 +75,25 @@ impl From<KickReason> for End {
     }
 }
 
+impl From<End> for EndReason {
+    fn from(end: End) -> EndReason {
+        match end {
+            End::Exit => EndReason::Exit,
+            End::Eof => EndReason::Eof,
+            End::TooManyFailedLogins => EndReason::TooManyFailedLogins,
+            End::FrameTooLarge => EndReason::FrameTooLarge,
+            End::Error => EndReason::Error,
+            End::TakenOver => EndReason::TakenOver,
+            End::SlowConsumer => EndReason::SlowConsumer,
+            End::Shutdown => EndReason::Shutdown,
+            End::LoginTimeout => EndReason::LoginTimeout,
+            End::WriteStalled => EndReason::WriteStalled,
+            End::Refused => EndReason::Refused,
+            End::Revoked(_) => EndReason::Revoked,
+        }
+    }
+}
+
 /// A logged-in session's identity and its outbox.
 struct LoggedIn {
     user_id: UserId,
@@ -98,6 +118,16 @@ pub(crate) struct Session {
     admission: Admission,
 }
 
+impl Drop for Session {
+    /// The connection is closed (however its task ended: a panic too): it leaves the
+    /// connections gauge it is in.
+    fn drop(&mut self) {
+        let transport = self.conn.framing().into();
+        let metrics = &self.shared.metrics;
+        metrics.connection_closed(transport, self.login.is_some());
+    }
+}
+
 /// What woke a waiting session.
 enum Event {
     Shutdown,
@@ -120,6 +150,7 @@ impl Session {
     ) -> Session {
         let conn = Connection::new(stream, peer, framing, shared.config.max_command_frame, tls);
         let login_deadline = Some(Box::pin(tokio::time::sleep(shared.config.login_timeout)));
+        shared.metrics.connection_opened(framing.into());
         Session {
             shared,
             conn,
@@ -148,6 +179,7 @@ impl Session {
                 }
                 None => self.serve().await,
             };
+            self.shared.metrics.session_ended(end.into());
             // Boxed: the goodbye's state is only needed once, at the end.
             Box::pin(self.finish(end)).await;
         }
