@@ -444,3 +444,86 @@ async fn a_slow_consumer_is_counted_and_its_outbox_bytes_rise_then_fall() {
     .await
     .expect("slow was not closed");
 }
+
+/// The binary with `--metrics-listen 127.0.0.1:0`: the log names the metrics address, a
+/// scrape counts a login, and the SQLite store's history commits move the histogram.
+#[tokio::test]
+async fn the_binary_serves_metrics_on_its_own_listener() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simpletextim-server"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--insecure-fast-hash", "--data"])
+        // A directory the server creates (an existing one must be private already).
+        .arg(data.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot spawn the server");
+    /// Kills the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the log to its end (so the pipe never fills), reporting both addresses.
+    std::thread::spawn(move || {
+        let mut metrics = None;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("metrics on http://").nth(1) {
+                metrics = rest.split('/').next().map(str::to_owned);
+            }
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let _ = tx.send((metrics.take(), addr.trim().to_owned()));
+            }
+        }
+    });
+    let (metrics_addr, addr) = rx.recv_timeout(WAIT).expect("no `listening on` in time");
+    let metrics_addr: SocketAddr = metrics_addr
+        .expect("no `metrics on` before `listening on`")
+        .parse()
+        .unwrap();
+    let addr: SocketAddr = addr.parse().unwrap();
+
+    let before = scrape(metrics_addr).await;
+    assert_eq!(before.values(&LOGINS), [0.0; 4]);
+    assert_eq!(before.get(COMMITS), 0.0);
+    let mut w = Wire::connect_to(addr).await;
+    w.send(r#"{"command":"login erin/pw-of-erin"}"#).await;
+    assert_eq!(w.recv().await, r#"{"command":"message","messages":[]}"#);
+    say(&mut w, r#"{"command":"send","message":"kept"}"#).await;
+    let now = scrape_until(metrics_addr, COMMITTED, 1.0).await;
+    assert_eq!(now.get(COMMITS), 1.0);
+    assert_eq!(now.values(&LOGINS), [1.0, 0.0, 0.0, 0.0]);
+    assert_eq!(now.values(&CONNS), [0.0, 1.0, 0.0, 0.0]);
+    assert_eq!(now.values(&MESSAGES), [1.0, 0.0, 1.0]);
+    assert_eq!(now.values(&[ONLINE, CREATED]), [1.0, 1.0]);
+
+    // SIGTERM: the server and its metrics listener stop, and it exits 0.
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(TcpStream::connect(metrics_addr).await.is_err());
+}
