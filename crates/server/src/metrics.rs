@@ -23,7 +23,10 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -37,7 +40,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
@@ -522,9 +528,18 @@ pub fn routes(metrics: Metrics) -> Router {
         .with_state(metrics)
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled. Logs a warning when
-/// the listener is not on a loopback address: the metrics tell anyone who can reach them
-/// how busy the server is.
+/// Connections [`serve`] holds at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// How long [`serve`] keeps one connection open, keep-alive included: a client that sends
+/// nothing, or reads nothing, cannot hold one of the [`MAX_CONNECTIONS`] places longer.
+/// A scraper reconnects for its next scrape.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled, at most
+/// [`MAX_CONNECTIONS`] connections at once, each for at most [`CONNECTION_LIFETIME`]. Logs
+/// a warning when the listener is not on a loopback address: the metrics tell anyone who
+/// can reach them how busy the server is.
 ///
 /// # Errors
 /// Only if the listener fails for good; a failing connection ends only itself.
@@ -541,9 +556,114 @@ pub async fn serve(
             "metrics served on {addr}, not a loopback address: anyone who can reach it sees how busy the server is"
         );
     }
+    serve_bounded(
+        listener,
+        metrics,
+        shutdown,
+        MAX_CONNECTIONS,
+        CONNECTION_LIFETIME,
+    )
+    .await
+}
+
+/// [`serve`] with `max` connections at once, each for at most `lifetime`.
+async fn serve_bounded(
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    max: usize,
+    lifetime: Duration,
+) -> std::io::Result<()> {
+    let listener = Bounded {
+        listener,
+        places: Arc::new(Semaphore::new(max)),
+        lifetime,
+    };
     axum::serve(listener, routes(metrics))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// A TCP listener whose connections take a place each (waiting for one before accepting)
+/// and expire after `lifetime`.
+struct Bounded {
+    listener: TcpListener,
+    places: Arc<Semaphore>,
+    lifetime: Duration,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Expiring;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Expiring, SocketAddr) {
+        // Never closed, so always a place (`None` would only lift the cap).
+        let place = self.places.clone().acquire_owned().await.ok();
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        let expiring = Expiring {
+            stream,
+            expires: Box::pin(tokio::time::sleep(self.lifetime)),
+            _place: place,
+        };
+        (expiring, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection of [`Bounded`]: its reads and writes fail once it has expired, which makes
+/// hyper close it; its place is given back when it is dropped.
+struct Expiring {
+    stream: TcpStream,
+    expires: Pin<Box<Sleep>>,
+    _place: Option<OwnedSemaphorePermit>,
+}
+
+impl Expiring {
+    /// An error once the connection's lifetime is over (and a wake-up registered for then).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        self.expires.as_mut().poll(cx).is_ready().then(|| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "metrics connection expired")
+        })
+    }
+}
+
+impl AsyncRead for Expiring {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Expiring {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -621,6 +741,52 @@ mod tests {
                 "missing {line:?} in:\n{text}"
             );
         }
+    }
+
+    /// A GET of `/metrics` on a fresh connection to `addr`: the status line.
+    async fn status_of_scrape(addr: SocketAddr) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut response = String::new();
+        s.read_to_string(&mut response).await.expect("read");
+        response.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn the_listener_holds_few_connections_and_each_for_a_bounded_time() {
+        use tokio::io::AsyncReadExt;
+        const WAIT: Duration = Duration::from_secs(10);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stop = CancellationToken::new();
+        let lifetime = Duration::from_secs(2);
+        let served = serve_bounded(listener, Metrics::new(), stop.clone(), 1, lifetime);
+        let served = tokio::spawn(served);
+        // One idle connection takes the only place.
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        let started = tokio::time::Instant::now();
+        let scrape = tokio::spawn(status_of_scrape(addr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !scrape.is_finished(),
+            "a second connection was served at once"
+        );
+        // The idle one is closed once its lifetime is over; then the scrape goes through.
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(WAIT, idle.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+        assert!(started.elapsed() >= lifetime - Duration::from_millis(100));
+        let status = tokio::time::timeout(WAIT, scrape).await;
+        assert_eq!(
+            status.expect("scrape in time").expect("no panic"),
+            "HTTP/1.1 200 OK"
+        );
+        stop.cancel();
+        let ended = tokio::time::timeout(WAIT, served).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
     }
 
     #[test]
