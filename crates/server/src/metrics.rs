@@ -1,7 +1,7 @@
 //! Prometheus metrics of one server: [`Metrics`], an explicit registry per server (never a
 //! process-wide recorder: a test binary runs many servers in one process), rendered as
 //! OpenMetrics text ([`Metrics::render`], [`CONTENT_TYPE`]) and served on `GET /metrics`
-//! ([`serve`], [`routes`], [`metrics_handler`]).
+//! ([`serve`], [`routes`], [`metrics_handler`], [`exposition`]).
 //!
 //! **Hot-path rule.** Counting must not slow the fan-out or the private path. So:
 //! - what the hub counts (messages accepted, deliveries) are plain integers it adds to under
@@ -510,8 +510,10 @@ fn counter(
     counter.encode(metric)
 }
 
-/// `GET /metrics`: the exposition of `metrics`, as OpenMetrics text.
-pub async fn metrics_handler(State(metrics): State<Metrics>) -> Response {
+/// The HTTP response to a scrape: `200`, [`CONTENT_TYPE`], [`Metrics::render`]'s text. For
+/// a handler of another router (whatever its state), e.g. the main HTTP listener's:
+/// `get(move || async move { metrics::exposition(&metrics) })`.
+pub fn exposition(metrics: &Metrics) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
@@ -520,8 +522,13 @@ pub async fn metrics_handler(State(metrics): State<Metrics>) -> Response {
         .into_response()
 }
 
-/// A router serving `GET /metrics` from `metrics`, to merge into another router
-/// (`Router::merge`) or to serve alone ([`serve`]).
+/// `GET /metrics` on a router whose state is the [`Metrics`]: [`exposition`].
+pub async fn metrics_handler(State(metrics): State<Metrics>) -> Response {
+    exposition(&metrics)
+}
+
+/// A stateless router serving `GET /metrics` from `metrics`: served alone by [`serve`], or
+/// merged into another stateless router (`Router::merge`).
 pub fn routes(metrics: Metrics) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))

@@ -4,6 +4,8 @@
 //! is exact, except where the kernel decides (how much a client that does not read takes
 //! before the server cuts it off); there the bounds are stated.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
