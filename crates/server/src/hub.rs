@@ -1436,6 +1436,47 @@ mod tests {
         let echoes = frames(&alice);
         assert_eq!(echoes.len(), 3, "{echoes:?}");
         assert!(echoes[2].contains(r#""message":"three""#));
+        // Three accepted; two let go into bob's outbox (the third found it full).
+        let stats = HubStats {
+            online: 1,
+            public: 0,
+            private: 3,
+            delivered: 2,
+            outbox_bytes: 0,
+        };
+        assert_eq!(hub.stats(), stats);
+    }
+
+    #[test]
+    fn stats_count_each_copy_queued_and_the_bytes_not_taken_yet() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = member(&hub, 2, "bob");
+        // bob's `joined` waits in alice's outbox (lazily).
+        let joined = br#"{"command":"joined","user_id":"bob"}"#.len() as u64;
+        let stats = HubStats {
+            online: 2,
+            outbox_bytes: joined,
+            ..HubStats::default()
+        };
+        assert_eq!(hub.stats(), stats);
+        let from = UserId::new("alice").expect("valid id");
+        let text = MessageText::new("hello").expect("valid text");
+        hub.publish(&from, 1, text, None, None);
+        let queued = bob.take().items;
+        assert_eq!(queued.len(), 1);
+        let chat = queued[0].encoded_len() as u64;
+        // Both copies counted; alice's (and the notice) still queued, bob's taken.
+        let stats = HubStats {
+            online: 2,
+            public: 1,
+            delivered: 2,
+            outbox_bytes: joined + chat,
+            ..HubStats::default()
+        };
+        assert_eq!(hub.stats(), stats);
+        assert_eq!(frames(&alice).len(), 2);
+        assert_eq!(hub.stats().outbox_bytes, 0);
     }
 
     #[tokio::test]

@@ -220,9 +220,10 @@ impl HistoryWriter {
         HistoryWriter::spawn_observed(store, capacity, None)
     }
 
-    /// [`HistoryWriter::spawn`], observing the duration of each write (from the request to
-    /// the store's commit, waiting behind the store's other requests included) into
-    /// `commit_seconds`: once per write, on the writer's task, off the live path.
+    /// [`HistoryWriter::spawn`], observing the duration of each committed write (from the
+    /// request to the store's commit, waiting behind the store's other requests included)
+    /// into `commit_seconds`: once per write, on the writer's task, off the live path. A
+    /// failed write is counted in [`HistoryStats::failed`], not timed.
     pub(crate) fn spawn_observed(
         store: Arc<dyn Store>,
         capacity: usize,
