@@ -544,19 +544,19 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled, at most
-/// [`MAX_CONNECTIONS`] connections at once, each for at most [`CONNECTION_LIFETIME`]. Logs
-/// a warning when the listener is not on a loopback address: the metrics tell anyone who
-/// can reach them how busy the server is.
+/// [`MAX_CONNECTIONS`] connections at once, each for at most [`CONNECTION_LIFETIME`].
+/// Logs a warning at once (when called, not when first polled) if the listener is not on a
+/// loopback address: the metrics tell anyone who can reach them how busy the server is.
 ///
 /// # Errors
-/// Only if the listener fails for good; a failing connection ends only itself.
-pub async fn serve(
+/// The future fails only if the listener fails for good; a failing connection ends only
+/// itself.
+pub fn serve(
     listener: TcpListener,
     metrics: Metrics,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    if let Some(addr) = addr
+) -> impl Future<Output = std::io::Result<()>> + Send {
+    if let Ok(addr) = listener.local_addr()
         && !addr.ip().is_loopback()
     {
         tracing::warn!(
@@ -570,7 +570,6 @@ pub async fn serve(
         MAX_CONNECTIONS,
         CONNECTION_LIFETIME,
     )
-    .await
 }
 
 /// [`serve`] with `max` connections at once, each for at most `lifetime`.

@@ -447,55 +447,77 @@ async fn a_slow_consumer_is_counted_and_its_outbox_bytes_rise_then_fall() {
     .expect("slow was not closed");
 }
 
-/// The binary with `--metrics-listen 127.0.0.1:0`: the log names the metrics address, a
-/// scrape counts a login, and the SQLite store's history commits move the histogram.
-#[tokio::test]
-async fn the_binary_serves_metrics_on_its_own_listener() {
+/// A running binary, killed however the test ends.
+struct Binary(std::process::Child);
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary on `127.0.0.1:0` with `extra` options and a fresh data directory (in
+/// `data`); returns it, its address, and the log up to `listening on`.
+fn start_binary(data: &std::path::Path, extra: &[&str]) -> (Binary, SocketAddr, Vec<String>) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_simpletextim-server"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--insecure-fast-hash", "--data"])
+        .args(["--listen", "127.0.0.1:0", "--insecure-fast-hash"])
+        .args(extra)
         // A directory the server creates (an existing one must be private already).
-        .arg(data.path().join("data"))
+        .arg("--data")
+        .arg(data.join("data"))
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot spawn the server");
-    /// Kills the server however the test ends.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stderr = child.stderr.take().unwrap();
-    let mut child = Kill(child);
+    let child = Binary(child);
     let (tx, rx) = std::sync::mpsc::channel();
-    // Reads the log to its end (so the pipe never fills), reporting both addresses.
+    // Reads the log to its end (so the pipe never fills), reporting what came up to
+    // `listening on` and the address.
     std::thread::spawn(move || {
-        let mut metrics = None;
+        let mut head = Vec::new();
+        let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.split("metrics on http://").nth(1) {
-                metrics = rest.split('/').next().map(str::to_owned);
-            }
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let _ = tx.send((metrics.take(), addr.trim().to_owned()));
+            if let Some(addr) = line.split("listening on ").nth(1)
+                && let Some(tx) = tx.take()
+            {
+                let addr = addr.trim().to_owned();
+                let _ = tx.send((addr, std::mem::take(&mut head)));
+            } else if tx.is_some() {
+                head.push(line);
             }
         }
     });
-    let (metrics_addr, addr) = rx.recv_timeout(WAIT).expect("no `listening on` in time");
-    let metrics_addr: SocketAddr = metrics_addr
-        .expect("no `metrics on` before `listening on`")
-        .parse()
-        .unwrap();
-    let addr: SocketAddr = addr.parse().unwrap();
+    let (addr, head) = rx.recv_timeout(WAIT).expect("no `listening on` in time");
+    (child, addr.parse().unwrap(), head)
+}
+
+/// The address in the `metrics on http://ADDR/metrics` line of `log`.
+fn metrics_address(log: &[String]) -> Option<SocketAddr> {
+    log.iter().find_map(|line| {
+        let rest = line.split("metrics on http://").nth(1)?;
+        rest.split('/').next()?.parse().ok()
+    })
+}
+
+/// The binary with `--metrics-listen 127.0.0.1:0`: the log names the metrics address, a
+/// scrape counts a login, and the SQLite store's history commits move the histogram.
+#[tokio::test]
+async fn the_binary_serves_metrics_on_its_own_listener() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, addr, log) = start_binary(data.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics_addr = metrics_address(&log).expect("no `metrics on` line");
+    assert!(
+        !log.iter().any(|l| l.contains("not a loopback address")),
+        "{log:?}"
+    );
 
     let before = scrape(metrics_addr).await;
     assert_eq!(before.values(&LOGINS), [0.0; 4]);
@@ -513,7 +535,10 @@ async fn the_binary_serves_metrics_on_its_own_listener() {
 
     // SIGTERM: the server and its metrics listener stop, and it exits 0.
     let pid = child.0.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let deadline = std::time::Instant::now() + WAIT;
     let status = loop {
@@ -528,4 +553,29 @@ async fn the_binary_serves_metrics_on_its_own_listener() {
     };
     assert!(status.success(), "{status}");
     assert!(TcpStream::connect(metrics_addr).await.is_err());
+}
+
+/// Without `--metrics-listen` nothing serves metrics; on an address that is not loopback,
+/// the server warns before it says it listens.
+#[tokio::test]
+async fn metrics_are_off_by_default_and_a_public_address_is_warned_about() {
+    let data = tempfile::tempdir().unwrap();
+    let (_quiet, _, log) = start_binary(data.path(), &[]);
+    assert_eq!(metrics_address(&log), None, "{log:?}");
+    assert!(!log.iter().any(|l| l.contains("metrics")), "{log:?}");
+
+    let data = tempfile::tempdir().unwrap();
+    let (_public, _, log) = start_binary(data.path(), &["--metrics-listen", "0.0.0.0:0"]);
+    let bound = metrics_address(&log).expect("no `metrics on` line");
+    let warning = format!(
+        "metrics served on {bound}, not a loopback address: anyone who can reach it sees how busy the server is"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains(" WARN ") && l.ends_with(&warning)),
+        "no warning {warning:?} in {log:?}"
+    );
+    // It serves all the same (here, from loopback).
+    let local = SocketAddr::from(([127, 0, 0, 1], bound.port()));
+    assert_eq!(scrape(local).await.get(ONLINE), 0.0);
 }
