@@ -237,7 +237,7 @@ type Label2 = [(&'static str, &'static str); 2];
 /// Give it to the server through [`crate::Config::metrics`] and keep a clone to serve
 /// ([`serve`]) or [`Metrics::render`]. The values the server's state holds (users online,
 /// messages, deliveries, outbox bytes, queue depths) are read from the server that runs
-/// with it, at scrape time; before it starts and after it ends they are absent.
+/// with it, at scrape time; before it starts and after it ends they are zero.
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
@@ -410,12 +410,17 @@ impl ServerCollector {
 
 impl Collector for ServerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let Some(shared) = self.lock().upgrade() else {
-            return Ok(());
+        // Before the server has started (a scrape can come first) and after it ended:
+        // nothing online, nothing queued, nothing counted, so every series is always there.
+        let shared = self.lock().upgrade();
+        let (hub, history, (login_queue, created)) = match &shared {
+            Some(shared) => (
+                shared.hub.stats(),
+                shared.history.stats(),
+                (shared.auth.queued() as u64, shared.auth.accounts_created()),
+            ),
+            None => Default::default(),
         };
-        let hub = shared.hub.stats();
-        let history = shared.history.stats();
-        let auth = &shared.auth;
         gauge(
             &mut encoder,
             "users_online",
@@ -473,13 +478,13 @@ impl Collector for ServerCollector {
             "login_queue_depth",
             "Logins waiting for their password check (Argon2 hashing) or being checked.",
             None,
-            auth.queued() as u64,
+            login_queue,
         )?;
         counter(
             &mut encoder,
             "accounts_created",
             "Accounts created by a first login (open registration).",
-            auth.accounts_created(),
+            created,
         )?;
         Ok(())
     }
@@ -700,8 +705,18 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
-        // Detached from any server: nothing read from one.
-        assert!(!text.contains("users_online"), "{text}");
+        // Detached from any server: what would be read from one is zero.
+        for line in [
+            "simpletextim_users_online 0",
+            r#"simpletextim_messages_total{kind="private"} 0"#,
+            "simpletextim_outbox_bytes 0",
+            "simpletextim_login_queue_depth 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
     }
 
     #[test]
