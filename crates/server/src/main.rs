@@ -86,6 +86,25 @@ struct Cli {
     /// 127.0.0.1:9100; a warning is logged if it is not a loopback address [default: off].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve HTTP on this address: the web client at /, WebSocket sessions at /ws, and
+    /// /healthz; over HTTPS/wss with --tls-cert. `off` disables it.
+    #[arg(long, value_name = "ADDR|off", default_value = simpletextim_server::DEFAULT_LISTEN_HTTP, value_parser = parse_listen_http)]
+    listen_http: ListenHttp,
+
+    /// A web origin (scheme://host[:port]) whose pages may open WebSocket sessions, besides
+    /// the server's own; repeatable. Clients sending no Origin (not browsers) are always
+    /// allowed.
+    #[arg(long, value_name = "ORIGIN", value_parser = simpletextim_server::normalize_origin)]
+    allowed_origin: Vec<String>,
+
+    /// HTTP connections (not WebSocket sessions) open at once on --listen-http.
+    #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_HTTP_MAX_CONNECTIONS)]
+    http_max_connections: usize,
+
+    /// HTTP connections (not WebSocket sessions) open at once from one address; more are
+    /// closed at once (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS)]
+    http_connections_per_address: u32,
 
     /// Serve every listener over TLS 1.2/1.3 with this certificate chain (PEM, the
     /// server's certificate first); needs --tls-key. SIGHUP reads both files again.
@@ -211,6 +230,22 @@ struct Cli {
     /// Hash passwords with minimal Argon2id cost. INSECURE: for benchmarks and tests only.
     #[arg(long, global = true)]
     insecure_fast_hash: bool,
+}
+
+/// `--listen-http`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum ListenHttp {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_listen_http(s: &str) -> Result<ListenHttp, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ListenHttp::Off);
+    }
+    s.parse()
+        .map(ListenHttp::On)
+        .map_err(|e| format!("{e}: an address such as 127.0.0.1:5080, or off"))
 }
 
 impl Cli {
@@ -403,6 +438,9 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>, tls: Option<Tls>) -> anyh
         history_retention: cli.retention(),
         store,
         tls: tls.clone(),
+        allowed_origins: cli.allowed_origin.clone(),
+        http_max_connections: cli.http_max_connections.max(1),
+        http_connections_per_address: cli.http_connections_per_address,
         ..Config::default()
     };
     let listener = TcpListener::bind(cli.listen)
@@ -417,6 +455,15 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>, tls: Option<Tls>) -> anyh
         let bound = lines.local_addr().context("listener has no address")?;
         tracing::info!("line protocol (one JSON object per line, for debugging) on {bound}");
         listeners.push((lines, Framing::Lines));
+    }
+    if let ListenHttp::On(http_addr) = cli.listen_http {
+        let http = TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {http_addr} (--listen-http)"))?;
+        let bound = http.local_addr().context("listener has no address")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("HTTP on {bound}: the web client at {scheme}://{bound}/, WebSocket at /ws");
+        listeners.push((http, Framing::WebSocket));
     }
     let shutdown = CancellationToken::new();
     let metrics = match cli.metrics_listen {

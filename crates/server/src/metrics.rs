@@ -94,6 +94,7 @@ impl From<Framing> for Transport {
         match framing {
             Framing::LengthDelimited => Transport::Tcp,
             Framing::Lines => Transport::Lines,
+            Framing::WebSocket => Transport::WebSocket,
         }
     }
 }
@@ -190,10 +191,14 @@ pub(crate) enum EndReason {
     Refused,
     /// The password was changed or the account deleted.
     Revoked,
+    /// A WebSocket client broke the WebSocket protocol (close 1002).
+    ProtocolError,
+    /// A WebSocket client answered no ping.
+    Unresponsive,
 }
 
 impl EndReason {
-    const ALL: [EndReason; 12] = [
+    const ALL: [EndReason; 14] = [
         EndReason::Exit,
         EndReason::Eof,
         EndReason::TooManyFailedLogins,
@@ -206,6 +211,8 @@ impl EndReason {
         EndReason::WriteStalled,
         EndReason::Refused,
         EndReason::Revoked,
+        EndReason::ProtocolError,
+        EndReason::Unresponsive,
     ];
 
     fn label(self) -> &'static str {
@@ -222,6 +229,8 @@ impl EndReason {
             EndReason::WriteStalled => "write_stalled",
             EndReason::Refused => "refused",
             EndReason::Revoked => "revoked",
+            EndReason::ProtocolError => "protocol_error",
+            EndReason::Unresponsive => "unresponsive",
         }
     }
 }
@@ -250,7 +259,7 @@ struct Inner {
     /// By [`LoginResult`].
     logins: [Counter; 4],
     /// By [`EndReason`].
-    sessions_ended: [Counter; 12],
+    sessions_ended: [Counter; 14],
     history_commit: Histogram,
     server: Arc<ServerCollector>,
 }

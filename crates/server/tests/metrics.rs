@@ -464,7 +464,8 @@ fn start_binary(data: &std::path::Path, extra: &[&str]) -> (Binary, SocketAddr, 
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_simpletextim-server"))
-        .args(["--listen", "127.0.0.1:0", "--insecure-fast-hash"])
+        .args(["--listen", "127.0.0.1:0", "--listen-http", "off"])
+        .arg("--insecure-fast-hash")
         .args(extra)
         // A directory the server creates (an existing one must be private already).
         .arg("--data")
@@ -578,4 +579,73 @@ async fn metrics_are_off_by_default_and_a_public_address_is_warned_about() {
     // It serves all the same (here, from loopback).
     let local = SocketAddr::from(([127, 0, 0, 1], bound.port()));
     assert_eq!(scrape(local).await.get(ONLINE), 0.0);
+}
+
+/// A WebSocket session (after the HTTP listener's upgrade) counts under
+/// `transport="websocket"`; the HTTP request before the upgrade is no session.
+#[tokio::test]
+async fn a_websocket_session_counts_as_its_own_transport() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let config = config();
+    let metrics = config.metrics.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(metrics::serve(listener, metrics, stop.clone()));
+    let _stop = stop.drop_guard();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(simpletextim_server::run_listeners(
+        vec![(http, simpletextim_server::Framing::WebSocket)],
+        config,
+        shutdown.clone(),
+    ));
+
+    let request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream))
+        .await
+        .expect("no upgrade in time")
+        .unwrap();
+    ws.send(Message::text(r#"{"command":"list"}"#))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("no reply");
+    let reply = reply.expect("closed").unwrap();
+    assert_eq!(reply, Message::text(fail_json(None, 401, "login required")));
+    let websocket = [
+        r#"simpletextim_connections{transport="websocket",state="unauthenticated"}"#,
+        r#"simpletextim_connections{transport="websocket",state="logged_in"}"#,
+    ];
+    let now = scrape(metrics_addr).await;
+    assert_eq!(now.values(&CONNS), [0.0; 4]);
+    assert_eq!(now.values(&websocket), [1.0, 0.0]);
+
+    ws.send(Message::text(r#"{"command":"login wendy/pw-of-wendy"}"#))
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(WAIT, ws.next()).await.expect("no ack");
+    let ack = ack.expect("closed").unwrap();
+    assert_eq!(ack, Message::text(r#"{"command":"message","messages":[]}"#));
+    let now = scrape(metrics_addr).await;
+    assert_eq!(now.values(&websocket), [0.0, 1.0]);
+    assert_eq!(now.values(&LOGINS), [1.0, 0.0, 0.0, 0.0]);
+
+    ws.send(Message::text(r#"{"command":"exit"}"#))
+        .await
+        .unwrap();
+    let now = scrape_until_all(metrics_addr, &[(EXITS, 1.0), (websocket[1], 0.0)]).await;
+    assert_eq!(now.values(&websocket), [0.0, 0.0]);
+    assert_eq!(now.get(ONLINE), 0.0);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("server did not stop")
+        .unwrap()
+        .unwrap();
 }
