@@ -8,12 +8,13 @@
 //! the hub queues for a session), `presence.rs` (the shared log of `joined`/`left` every
 //! session reads), `wire.rs` (how queued messages become frames), `auth.rs`
 //! (passwords), `store/` (persistence), `http.rs` (the HTTP listener: web client, health
-//! check, WebSocket upgrade).
+//! check, WebSocket upgrade), `metrics.rs` (Prometheus metrics).
 
 pub mod auth;
 mod http;
 mod hub;
 mod limits;
+pub mod metrics;
 mod outbox;
 mod presence;
 mod session;
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 pub use auth::{HashCost, Registration};
 pub use http::{CONTENT_SECURITY_POLICY, normalize_origin};
 pub use limits::AddressLimits;
+pub use metrics::Metrics;
 pub use session::{LIST_COST, RateLimit};
 pub use store::{MemoryStore, Retention, Store};
 pub use throttle::{Backoff, ThrottlePolicy};
@@ -170,6 +172,9 @@ pub struct Config {
     /// How long a client has to send a request's headers, and an idle keep-alive HTTP
     /// connection stays open.
     pub http_header_timeout: Duration,
+    /// The server's metrics: keep a clone to serve them ([`metrics::serve`]). One per
+    /// server; a fresh one by default.
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for Config {
@@ -204,6 +209,7 @@ impl std::fmt::Debug for Config {
                 &self.http_connections_per_address,
             )
             .field("http_header_timeout", &self.http_header_timeout)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -238,6 +244,7 @@ impl Default for Config {
             http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             http_connections_per_address: DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS,
             http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -253,6 +260,9 @@ pub(crate) struct Shared {
     pub(crate) flood: session::FloodControl,
     pub(crate) limits: limits::Limits,
     pub(crate) shutdown: CancellationToken,
+    /// The server's metrics (a clone of [`Config::metrics`]): [`Metrics::render`] for a
+    /// `/metrics` endpoint.
+    pub(crate) metrics: Metrics,
     /// The id of the next connection (for the log).
     conn_ids: AtomicU64,
 }
@@ -323,7 +333,11 @@ pub async fn run_listeners(
     // Public messages and private messages to online users are kept through it; it is
     // closed (what it holds written) once the sessions are gone, before the caller closes
     // the store.
-    let history = HistoryWriter::spawn(store.clone(), HISTORY_QUEUE);
+    let history = HistoryWriter::spawn_observed(
+        store.clone(),
+        HISTORY_QUEUE,
+        Some(config.metrics.history_commit()),
+    );
     let retention = tokio::spawn(store::run_retention(
         store.clone(),
         config.history_retention,
@@ -350,8 +364,10 @@ pub async fn run_listeners(
         ),
         shutdown: shutdown.clone(),
         conn_ids: AtomicU64::new(1),
+        metrics: config.metrics.clone(),
         config,
     });
+    shared.metrics.attach(&shared);
     // Wakes the idle sessions, once per tick at most, to read the presence notices announced
     // since they last read. On shutdown it tells the logged-in sessions through their
     // outboxes.

@@ -35,6 +35,7 @@ use futures::executor::block_on;
 use ipnet::IpNet;
 use simpletextim_proto::{Password, UserId};
 use simpletextim_server::auth::{HashCost, hash_password};
+use simpletextim_server::metrics;
 use simpletextim_server::store::{Account, SqliteStore, StoreError};
 use simpletextim_server::{
     AddressLimits, Backoff, Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit,
@@ -46,6 +47,9 @@ use tokio_util::sync::CancellationToken;
 /// File descriptors kept for things other than client connections (listener, database,
 /// logs, the hashing threads).
 const RESERVED_FDS: u64 = 64;
+
+/// How long the end of the server waits for a scrape of `--metrics-listen` under way.
+const METRICS_GRACE: Duration = Duration::from_secs(1);
 
 /// SimpleTextIM chat server: public and private messages, presence and an offline mailbox,
 /// over length-delimited JSON on TCP.
@@ -78,6 +82,10 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     listen_lines: Option<SocketAddr>,
 
+    /// Serve Prometheus metrics (`GET /metrics`, OpenMetrics text) on this address, e.g.
+    /// 127.0.0.1:9100; a warning is logged if it is not a loopback address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Serve HTTP on this address: the web client at /, WebSocket sessions at /ws, and
     /// /healthz; over HTTPS/wss with --tls-cert. `off` disables it.
     #[arg(long, value_name = "ADDR|off", default_value = simpletextim_server::DEFAULT_LISTEN_HTTP, value_parser = parse_listen_http)]
@@ -458,6 +466,18 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>, tls: Option<Tls>) -> anyh
         listeners.push((http, Framing::WebSocket));
     }
     let shutdown = CancellationToken::new();
+    let metrics = match cli.metrics_listen {
+        Some(metrics_addr) => {
+            let listener = TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_addr}"))?;
+            let bound = listener.local_addr().context("listener has no address")?;
+            tracing::info!("metrics on http://{bound}/metrics");
+            let serving = metrics::serve(listener, config.metrics.clone(), shutdown.clone());
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     cancel_on_signal(shutdown.clone());
     if let Some(tls) = tls {
         tracing::info!(cert = %tls.cert_path().display(), "TLS on every listener");
@@ -466,6 +486,14 @@ async fn serve_with(cli: Cli, store: Arc<SqliteStore>, tls: Option<Tls>) -> anyh
     tracing::info!("listening on {addr}");
 
     simpletextim_server::run_listeners(listeners, config, shutdown).await?;
+    if let Some(serving) = metrics {
+        // Stopped by the same shutdown; a scrape under way gets a moment to end.
+        match tokio::time::timeout(METRICS_GRACE, serving).await {
+            Ok(Ok(Ok(()))) | Err(_) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "metrics listener failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics listener panicked"),
+        }
+    }
     tracing::info!("bye");
     Ok(())
 }

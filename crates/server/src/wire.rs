@@ -295,6 +295,11 @@ impl FrameWriter {
         }
     }
 
+    /// How it delimits frames.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
     /// Appends one outbox item.
     pub fn push(&mut self, item: &Out) {
         match item {

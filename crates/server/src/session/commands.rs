@@ -18,6 +18,7 @@ use super::{End, LoggedIn, Session, deadline_passed};
 use crate::Shared;
 use crate::hub::Member;
 use crate::limits::ceil_secs;
+use crate::metrics::LoginResult;
 use crate::outbox::{Limits, Outbox};
 use crate::presence::{Bell, Reader};
 use crate::store::{
@@ -332,6 +333,7 @@ impl Session {
         if let Err(wait) = throttle.check(addr, &key, Instant::now()) {
             // Not hashed, and not counted against the connection: it stays open.
             tracing::info!(peer = %self.conn.peer(), user = %user_id, "login throttled");
+            self.shared.metrics.login(LoginResult::Throttled);
             let secs = ceil_secs(wait);
             let reason = format!("too many failed logins, try again in {secs} s");
             self.fail_ref(r#ref, Failure::new(ErrorCode::RateLimited, reason));
@@ -343,6 +345,7 @@ impl Session {
             Some(slot)
         } else {
             let reason = "too many logins in progress from this address, try again";
+            self.shared.metrics.login(LoginResult::Refused);
             self.fail_ref(r#ref, Failure::new(ErrorCode::Unavailable, reason));
             return Ok(());
         };
@@ -356,6 +359,8 @@ impl Session {
                 registered
             }
             Err(failure) => {
+                let result = LoginResult::of_failure(failure.error_code);
+                self.shared.metrics.login(result);
                 if failure.error_code == ErrorCode::Unauthorized {
                     self.shared.throttle.failed(addr, &key, Instant::now());
                 }
@@ -392,12 +397,16 @@ impl Session {
         // Refused when the account was changed while its password was checked: the
         // session ends (`fail 401`) before anything of the user's is read. Its notices
         // start after its own `joined`.
-        let cursor = self.shared.hub.join(Member {
+        let joined = self.shared.hub.join(Member {
             conn_id: self.conn_id,
             user_id: user_id.clone(),
             outbox: outbox.clone(),
             login_ms,
-        })?;
+        });
+        if joined.is_err() {
+            self.shared.metrics.login(LoginResult::Refused);
+        }
+        let cursor = joined?;
         self.bell = Some(bell);
         self.login_deadline = None;
         self.admission.logged_in();
@@ -408,6 +417,10 @@ impl Session {
             outbox,
             presence: Reader::new(cursor),
         });
+        // In step with `self.login`, which the session's drop reads to leave the gauge.
+        let metrics = &self.shared.metrics;
+        metrics.connection_logged_in(self.conn.framing().into());
+        metrics.login(LoginResult::Ok);
         let peer = self.conn.peer();
         tracing::info!(%peer, user = %user_id, conn = self.conn_id, "logged in");
         // Registered first, mailbox read second: a private message accepted in between is

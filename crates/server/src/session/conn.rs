@@ -244,6 +244,11 @@ impl Connection {
         }
     }
 
+    /// How its frames are delimited (which transport it is, for the metrics).
+    pub(crate) fn framing(&self) -> Framing {
+        self.out.framing()
+    }
+
     /// A WebSocket connection on a socket the HTTP listener upgraded: `read` is what was
     /// read past the upgrade request (hyper's buffer), and over TLS, `tls` may hold more,
     /// decrypted or not; both are read before the socket.

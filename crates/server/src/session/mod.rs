@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::Shared;
 use crate::limits::Admission;
+use crate::metrics::EndReason;
 use crate::outbox::{KickReason, Outbox};
 use crate::presence::{Bell, Reader};
 use crate::store::RevocationKind;
@@ -82,6 +83,27 @@ impl From<KickReason> for End {
     }
 }
 
+impl From<End> for EndReason {
+    fn from(end: End) -> EndReason {
+        match end {
+            End::Exit => EndReason::Exit,
+            End::Eof => EndReason::Eof,
+            End::TooManyFailedLogins => EndReason::TooManyFailedLogins,
+            End::FrameTooLarge => EndReason::FrameTooLarge,
+            End::Error => EndReason::Error,
+            End::TakenOver => EndReason::TakenOver,
+            End::SlowConsumer => EndReason::SlowConsumer,
+            End::Shutdown => EndReason::Shutdown,
+            End::LoginTimeout => EndReason::LoginTimeout,
+            End::WriteStalled => EndReason::WriteStalled,
+            End::Refused => EndReason::Refused,
+            End::Revoked(_) => EndReason::Revoked,
+            End::Protocol(_) => EndReason::ProtocolError,
+            End::Unresponsive => EndReason::Unresponsive,
+        }
+    }
+}
+
 /// A logged-in session's identity, its outbox, and its place in the presence log.
 struct LoggedIn {
     user_id: UserId,
@@ -111,6 +133,16 @@ pub(crate) struct Session {
     admission: Admission,
     /// A WebSocket's keepalive timer ([`Connection::keepalive`]); `None` on other framings.
     keepalive: Option<Pin<Box<Sleep>>>,
+}
+
+impl Drop for Session {
+    /// The connection is closed (however its task ended: a panic too): it leaves the
+    /// connections gauge it is in.
+    fn drop(&mut self) {
+        let transport = self.conn.framing().into();
+        let metrics = &self.shared.metrics;
+        metrics.connection_closed(transport, self.login.is_some());
+    }
 }
 
 /// What woke a waiting session.
@@ -162,6 +194,7 @@ impl Session {
         admission: Admission,
     ) -> Session {
         let login_deadline = Some(Box::pin(tokio::time::sleep(shared.config.login_timeout)));
+        shared.metrics.connection_opened(conn.framing().into());
         let keepalive = conn
             .is_websocket()
             .then(|| Box::pin(tokio::time::sleep(shared.config.websocket_ping_interval)));
@@ -195,6 +228,7 @@ impl Session {
                 }
                 None => self.serve().await,
             };
+            self.shared.metrics.session_ended(end.into());
             // Boxed: the goodbye's state is only needed once, at the end.
             Box::pin(self.finish(end)).await;
         }
