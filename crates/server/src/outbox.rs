@@ -569,6 +569,26 @@ mod tests {
     }
 
     #[test]
+    fn with_acks_take_stops_at_the_presence_limit_or_an_uncommitted_message() {
+        let o = Outbox::new_acks(items(8));
+        o.push(1, private(1)).unwrap();
+        o.push(5, private(2)).unwrap();
+        let t = o.take(4);
+        assert_eq!((ids(&t.items), t.more), (vec![Some(1)], true));
+        // Handed out are remembered (for the ack) only once taken.
+        assert_eq!(o.ack_up_to(u64::MAX), Some(vec![1]));
+        o.push_uncommitted(6, private(3)).unwrap();
+        o.push(7, private(4)).unwrap();
+        let t = o.take(ALL);
+        // Held behind the uncommitted one: nothing more to take until it is released.
+        assert_eq!((ids(&t.items), t.more), (vec![Some(2)], false));
+        o.release(3, true);
+        let t = o.take(ALL);
+        assert_eq!((ids(&t.items), t.more), (vec![Some(3), Some(4)], false));
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[test]
     fn with_acks_handed_out_messages_are_remembered_until_acked_and_sent_once() {
         let o = Outbox::new_acks(items(8));
         // The login ack's messages.

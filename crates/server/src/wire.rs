@@ -683,6 +683,37 @@ mod tests {
     }
 
     #[test]
+    fn a_notice_from_its_parts_is_what_serde_writes_in_every_framing_and_closes_a_batch() {
+        let carol = UserId::new("carol").unwrap();
+        for framing in [Framing::LengthDelimited, Framing::Lines, Framing::WebSocket] {
+            for (notice, reply) in [
+                (
+                    Notice::joined(&carol),
+                    Reply::Joined {
+                        user_id: carol.clone(),
+                    },
+                ),
+                (
+                    Notice::left(&carol),
+                    Reply::Left {
+                        user_id: carol.clone(),
+                    },
+                ),
+            ] {
+                let mut w = FrameWriter::with_framing(framing);
+                w.push_chat(&encode_chat(&msg(1, "hi")));
+                w.push_notice(&notice);
+                w.push_chat(&encode_chat(&msg(2, "again")));
+                let mut expected = FrameWriter::with_framing(framing);
+                expected.push_chat(&encode_chat(&msg(1, "hi")));
+                expected.push_frame(&reply.to_json());
+                expected.push_chat(&encode_chat(&msg(2, "again")));
+                assert_eq!(w.take(), expected.take(), "{framing:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_list_from_its_parts_is_what_serde_writes_in_both_framings() {
         use simpletextim_proto::Ref;
         let list: Vec<UserId> = ["alice", "Bob"]
