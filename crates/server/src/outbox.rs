@@ -3,7 +3,8 @@
 //!
 //! It is a `VecDeque` behind a `std::sync::Mutex` and a `tokio::sync::Notify`, not a tokio
 //! channel: an idle outbox allocates nothing (a channel allocates its first block of slots
-//! up front), and the session takes everything queued in one swap.
+//! up front), and the session takes what is queued in one swap (everything, unless it is
+//! far behind the presence log: then the items up to where its next drain's notices stop).
 //!
 //! Presence notices are not queued here: they are in the hub's shared presence log
 //! (`presence.rs`). Each item carries the log's head at the moment it was queued

@@ -317,7 +317,8 @@ impl Reader {
     /// removed the session (nothing announced after it leaves is its business).
     ///
     /// # Errors
-    /// [`Passed`] when notices this session was due are no longer in the log.
+    /// [`Passed`] when notices this session was due are no longer in the log (the items it
+    /// took by then are written all the same).
     pub fn drain(
         &mut self,
         log: &PresenceLog,
@@ -325,15 +326,26 @@ impl Reader {
         sink: &mut impl Sink,
     ) -> Result<Drained, Passed> {
         let head = log.head();
+        if log.passed(self.cursor) {
+            // Nothing taken: what the outbox holds is there for the goodbye.
+            return Err(Passed);
+        }
         let limit = self.cursor.saturating_add(MAX_NOTICES_PER_DRAIN);
         let taken = outbox.take(limit);
         let end = taken.presence_end.unwrap_or(u64::MAX);
         if taken.items.len() > 1 {
             sink.reserve(&taken.items);
         }
+        let mut passed = false;
         for q in &taken.items {
-            self.write_notices(log, q.seq.min(end), sink)?;
+            // Passed meanwhile: the items taken are written all the same (the frame writer
+            // accounts for the private ones: kept for the next login if not delivered), the
+            // notices no more, and the session is cut off.
+            passed = passed || self.write_notices(log, q.seq.min(end), sink).is_err();
             sink.item(&q.item);
+        }
+        if passed {
+            return Err(Passed);
         }
         let upto = head.min(end).min(limit);
         self.write_notices(log, upto, sink)?;
