@@ -395,7 +395,7 @@ impl Hub {
             // Cleared before the ring: a notice appended from now on makes the next tick
             // due, and a session that read the head before it is woken by that tick.
             self.lock().tick_due = false;
-            self.presence.bell().notify_waiters();
+            self.presence.ring();
         }
     }
 
@@ -1331,14 +1331,14 @@ mod tests {
         {
             use futures::FutureExt;
             assert!(alice.changed().now_or_never().is_none());
-            assert!(bell.rung().now_or_never().is_none());
+            assert!(bell.rung(hub.presence()).now_or_never().is_none());
         }
         assert!(alice.take(ALL).items.is_empty());
-        tokio::time::timeout(Duration::from_secs(5), bell.rung())
+        tokio::time::timeout(Duration::from_secs(5), bell.rung(hub.presence()))
             .await
             .expect("woken by the presence ticker");
         assert!(started.elapsed() >= PRESENCE_TICK);
-        bell.rearm();
+        bell.rearm(hub.presence());
         assert_eq!(
             frames(&hub, &alice),
             vec![
@@ -1351,10 +1351,10 @@ mod tests {
         {
             use futures::FutureExt;
             tokio::time::sleep(PRESENCE_TICK * 3).await;
-            assert!(bell.rung().now_or_never().is_none());
+            assert!(bell.rung(hub.presence()).now_or_never().is_none());
         }
         let _dave = member(&hub, 4, "dave");
-        tokio::time::timeout(Duration::from_secs(5), bell.rung())
+        tokio::time::timeout(Duration::from_secs(5), bell.rung(hub.presence()))
             .await
             .expect("rung again for the new notice");
         assert_eq!(

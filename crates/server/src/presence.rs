@@ -39,6 +39,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll, Waker};
 
 use simpletextim_proto::UserId;
 use simpletextim_proto::types::MAX_USER_ID_LEN;
@@ -144,8 +145,11 @@ pub struct PresenceLog {
     head: AtomicU64,
     /// The number of the oldest notice kept, published when the ring drops one.
     first: AtomicU64,
-    /// Rung by the hub's presence ticker when notices were appended.
+    /// Rung by the hub's presence ticker when notices were appended ([`PresenceLog::ring`]).
     bell: Arc<Notify>,
+    /// How many times the bell rang: a [`Bell`] that sees it changed since it was armed
+    /// knows it rang without locking the bell's waiter list.
+    rings: AtomicU64,
     /// The least number of notices kept.
     min_entries: usize,
 }
@@ -158,6 +162,7 @@ impl PresenceLog {
             head: AtomicU64::new(0),
             first: AtomicU64::new(0),
             bell: Arc::new(Notify::new()),
+            rings: AtomicU64::new(0),
             min_entries: min_entries.max(1),
         }
     }
@@ -222,9 +227,12 @@ impl PresenceLog {
         Ok(to.max(from))
     }
 
-    /// The bell the presence ticker rings.
-    pub fn bell(&self) -> &Arc<Notify> {
-        &self.bell
+    /// Rings the bell: every armed [`Bell`] resolves (the sessions waiting on one are woken
+    /// once). The presence ticker's call, outside the hub's lock.
+    pub fn ring(&self) {
+        // Counted first: a session woken by the ring sees the new count.
+        self.rings.fetch_add(1, Ordering::AcqRel);
+        self.bell.notify_waiters();
     }
 
     /// Notices kept now (for tests).
@@ -241,35 +249,68 @@ impl PresenceLog {
 /// A session's registration with the log's bell, kept across its wake-ups (boxed: an
 /// owned waiter is pinned). It is armed (registered) before the session reads the head, so
 /// a ring after that read is never missed.
+///
+/// Polling a registered tokio `Notified` locks the `Notify`'s waiter list, which every
+/// session shares. A session polls its bell at each wake-up (each chat message), so the bell
+/// only polls its waiter when needed: once after it is armed, and when the task's waker
+/// changed. Otherwise the ring count tells whether it rang: one atomic read.
 pub struct Bell {
     waiter: Pin<Box<OwnedNotified>>,
-    bell: Arc<Notify>,
+    /// The log's ring count when armed: a different count means it rang since.
+    armed_at: u64,
+    /// The waker the waiter holds, once polled.
+    waker: Option<Waker>,
 }
 
 impl std::fmt::Debug for Bell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bell").finish_non_exhaustive()
+        f.debug_struct("Bell")
+            .field("armed_at", &self.armed_at)
+            .finish_non_exhaustive()
     }
 }
 
 impl Bell {
     /// A registration with `log`'s bell, armed.
     pub fn new(log: &PresenceLog) -> Bell {
-        let bell = log.bell.clone();
-        let mut waiter = Box::pin(bell.clone().notified_owned());
+        let mut waiter = Box::pin(log.bell.clone().notified_owned());
+        let armed_at = log.rings.load(Ordering::Acquire);
         waiter.as_mut().enable();
-        Bell { waiter, bell }
+        Bell {
+            waiter,
+            armed_at,
+            waker: None,
+        }
     }
 
-    /// Waits until the bell rings (at once if it rang since the last [`Bell::rearm`]).
-    pub async fn rung(&mut self) {
-        self.waiter.as_mut().await;
+    /// Resolves once `log`'s bell rang since the bell was (re)armed.
+    pub async fn rung(&mut self, log: &PresenceLog) {
+        std::future::poll_fn(|cx| self.poll_rung(log, cx)).await;
+    }
+
+    fn poll_rung(&mut self, log: &PresenceLog, cx: &mut Context<'_>) -> Poll<()> {
+        if log.rings.load(Ordering::Acquire) != self.armed_at {
+            return Poll::Ready(());
+        }
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Registered with this very waker: a ring wakes it, and bumps the count first.
+            return Poll::Pending;
+        }
+        match self.waiter.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                self.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 
     /// Registers again, after a ring, in the same allocation.
-    pub fn rearm(&mut self) {
-        self.waiter.set(self.bell.clone().notified_owned());
+    pub fn rearm(&mut self, log: &PresenceLog) {
+        self.waiter.set(log.bell.clone().notified_owned());
+        self.armed_at = log.rings.load(Ordering::Acquire);
         self.waiter.as_mut().enable();
+        self.waker = None;
     }
 }
 
@@ -393,6 +434,44 @@ mod tests {
             assert_eq!(text(&Notice::left(&uid(name))).as_bytes(), &left[..]);
         }
         assert_eq!(std::mem::size_of::<Notice>(), 34);
+    }
+
+    #[tokio::test]
+    async fn a_bell_resolves_after_each_ring_and_misses_none() {
+        use futures::FutureExt;
+        use std::time::Duration;
+        let log = Arc::new(PresenceLog::new(4));
+        let mut bell = Bell::new(&log);
+        // Polled twice with the same waker: still waiting.
+        assert!(bell.rung(&log).now_or_never().is_none());
+        assert!(bell.rung(&log).now_or_never().is_none());
+        log.ring();
+        assert!(bell.rung(&log).now_or_never().is_some());
+        bell.rearm(&log);
+        assert!(bell.rung(&log).now_or_never().is_none());
+        // Rung before the first poll after arming: not missed.
+        log.ring();
+        bell.rearm(&log);
+        log.ring();
+        assert!(bell.rung(&log).now_or_never().is_some());
+        // A task waiting on it (its waker registered) is woken by the ring.
+        bell.rearm(&log);
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            async move {
+                bell.rung(&log).await;
+                bell
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        log.ring();
+        let mut bell = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the ring")
+            .expect("the task ran");
+        bell.rearm(&log);
+        assert!(bell.rung(&log).now_or_never().is_none());
     }
 
     #[test]

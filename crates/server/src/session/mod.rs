@@ -32,7 +32,7 @@ use crate::Shared;
 use crate::limits::Admission;
 use crate::metrics::EndReason;
 use crate::outbox::{KickReason, Outbox};
-use crate::presence::{Bell, Reader};
+use crate::presence::{Bell, PresenceLog, Reader};
 use crate::store::RevocationKind;
 use crate::wire::Framing;
 use conn::{Connection, Filled, Keepalive, ReadError};
@@ -257,7 +257,7 @@ impl Session {
                 biased;
                 () = shutdown_before_login(&self.login, &self.shared.shutdown) => Event::Shutdown,
                 () = outbox_changed(&self.login) => Event::Outbox,
-                () = bell_rung(&mut self.bell) => Event::Presence,
+                () = bell_rung(&mut self.bell, self.shared.hub.presence()) => Event::Presence,
                 r = std::future::poll_fn(|cx| self.conn.poll_read_ready(cx)) => Event::Readable(r),
                 () = deadline_passed(&mut self.login_deadline) => Event::LoginTimeout,
                 () = deadline_passed(&mut self.keepalive) => Event::Keepalive,
@@ -267,7 +267,7 @@ impl Session {
                 Event::Outbox => self.drain_outbox(),
                 Event::Presence => {
                     if let Some(bell) = &mut self.bell {
-                        bell.rearm();
+                        bell.rearm(self.shared.hub.presence());
                     }
                     self.drain_outbox()
                 }
@@ -461,11 +461,11 @@ impl Session {
                 () = self.shared.shutdown.cancelled(), if watch => {
                     final_write = Some(Instant::now() + FINAL_WRITE);
                 }
-                () = bell_rung(&mut self.bell), if watch => {
+                () = bell_rung(&mut self.bell, self.shared.hub.presence()), if watch => {
                     // Notices keep coming while the socket takes nothing: once the log has
                     // dropped one this session has not written, it is a slow consumer.
                     if let Some(bell) = &mut self.bell {
-                        bell.rearm();
+                        bell.rearm(self.shared.hub.presence());
                     }
                     self.wake_pending = true;
                     if self.behind_presence() {
@@ -514,9 +514,9 @@ async fn outbox_changed(login: &Option<LoggedIn>) {
 }
 
 /// Waits for the presence log's bell; never before login.
-async fn bell_rung(bell: &mut Option<Bell>) {
+async fn bell_rung(bell: &mut Option<Bell>, log: &PresenceLog) {
     match bell {
-        Some(b) => b.rung().await,
+        Some(b) => b.rung(log).await,
         None => std::future::pending().await,
     }
 }
