@@ -133,6 +133,9 @@ pub struct Taken {
     pub presence_end: Option<u64>,
     /// Items beyond the limit asked were left queued.
     pub more: bool,
+    /// The `seq` of the first item left queued (beyond the limit, or held behind an
+    /// uncommitted message): the notices from it on wait for that item.
+    pub left: Option<u64>,
 }
 
 impl Outbox {
@@ -331,6 +334,7 @@ impl Outbox {
                 Taken {
                     items,
                     more: !s.items.is_empty(),
+                    left: s.items.front().map(|q| q.seq),
                     ..Taken::default()
                 }
             }
@@ -385,7 +389,8 @@ impl Outbox {
         }
         Taken {
             items: taken,
-            more: !items.is_empty() && items.front().is_some_and(|q| q.seq > limit),
+            more: items.front().is_some_and(|q| q.seq > limit),
+            left: items.front().map(|q| q.seq),
             ..Taken::default()
         }
     }

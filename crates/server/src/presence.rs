@@ -354,7 +354,9 @@ impl Reader {
     /// Writes into `sink` what the session is due, in the hub's order: the head is read,
     /// then the outbox taken (up to [`MAX_NOTICES_PER_DRAIN`] notices ahead); before each
     /// item the notices numbered below its `seq`, then the item; at the end the notices up
-    /// to the head read first. Notices stop at the outbox's presence end, set when the hub
+    /// to the head read first, or up to the first item left in the outbox (an acknowledged
+    /// delivery's message not committed yet holds back what was announced after it, as it
+    /// holds back later chat). Notices stop at the outbox's presence end, set when the hub
     /// removed the session (nothing announced after it leaves is its business).
     ///
     /// # Errors
@@ -388,11 +390,13 @@ impl Reader {
         if passed {
             return Err(Passed);
         }
-        let upto = head.min(end).min(limit);
-        self.write_notices(log, upto, sink)?;
+        // Not past an item left queued (held behind an uncommitted private message, or
+        // beyond the limit): the notices announced after it wait for it.
+        let due = head.min(end).min(taken.left.unwrap_or(u64::MAX));
+        self.write_notices(log, due.min(limit), sink)?;
         Ok(Drained {
             kicked: taken.kicked,
-            more: taken.more || self.cursor < head.min(end),
+            more: taken.more || self.cursor < due,
         })
     }
 
@@ -472,6 +476,95 @@ mod tests {
             .expect("the task ran");
         bell.rearm(&log);
         assert!(bell.rung(&log).now_or_never().is_none());
+    }
+
+    /// What a drain wrote, as text.
+    #[derive(Default)]
+    struct Texts(Vec<String>);
+
+    impl Sink for Texts {
+        fn notice(&mut self, n: &Notice) {
+            self.0.push(text(n));
+        }
+        fn item(&mut self, item: &Out) {
+            self.0
+                .push(String::from_utf8_lossy(item.bytes()).into_owned());
+        }
+    }
+
+    fn private(id: u64) -> Out {
+        Out::Private(Arc::new(crate::wire::Private {
+            obj: bytes::Bytes::from(format!("p{id}")),
+            from: uid("alice"),
+            text: format!("p{id}"),
+            id,
+            ts: 1,
+        }))
+    }
+
+    #[test]
+    fn notices_after_an_uncommitted_message_wait_for_it_as_chat_does() {
+        let log = PresenceLog::new(16);
+        let outbox = Outbox::new_acks(crate::outbox::Limits {
+            items: 8,
+            bytes: 1 << 20,
+        });
+        let mut reader = Reader::new(0);
+        log.append(Notice::joined(&uid("a")), 1);
+        outbox.push_uncommitted(1, private(1)).expect("room");
+        log.append(Notice::joined(&uid("b")), 1);
+        outbox
+            .push(2, Out::Chat(bytes::Bytes::from_static(b"chat")))
+            .expect("room");
+        log.append(Notice::left(&uid("a")), 1);
+        let mut sink = Texts::default();
+        let drained = reader.drain(&log, &outbox, &mut sink).expect("not passed");
+        // Only what came before the held message; nothing more to do until it commits.
+        assert_eq!(sink.0, [text(&Notice::joined(&uid("a")))]);
+        assert_eq!(drained, Drained::default());
+        outbox.release(1, true);
+        let mut sink = Texts::default();
+        let drained = reader.drain(&log, &outbox, &mut sink).expect("not passed");
+        assert_eq!(
+            sink.0,
+            [
+                "p1".to_owned(),
+                text(&Notice::joined(&uid("b"))),
+                "chat".to_owned(),
+                text(&Notice::left(&uid("a"))),
+            ]
+        );
+        assert_eq!(drained, Drained::default());
+    }
+
+    #[test]
+    fn a_drain_writes_at_most_its_share_of_notices_and_asks_for_more() {
+        let log = PresenceLog::new(4096);
+        let outbox = Outbox::new(crate::outbox::Limits {
+            items: 8,
+            bytes: 1 << 20,
+        });
+        for i in 0..2000 {
+            log.append(Notice::joined(&uid(&format!("u{i}"))), 1);
+        }
+        outbox
+            .push(1500, Out::Chat(bytes::Bytes::from_static(b"chat")))
+            .expect("room");
+        let mut reader = Reader::new(0);
+        let mut sink = Texts::default();
+        let first = reader.drain(&log, &outbox, &mut sink).expect("not passed");
+        assert!(first.more);
+        assert_eq!(sink.0.len(), MAX_NOTICES_PER_DRAIN as usize);
+        // The chat, numbered past this drain's share, waits in the outbox.
+        assert_eq!(outbox.take(0).left, Some(1500));
+        while reader
+            .drain(&log, &outbox, &mut sink)
+            .expect("not passed")
+            .more
+        {}
+        assert_eq!(sink.0.len(), 2001);
+        assert_eq!(sink.0[1500], "chat");
+        assert_eq!(sink.0[2000], text(&Notice::joined(&uid("u1999"))));
     }
 
     #[test]
