@@ -2095,4 +2095,39 @@ mod tests {
         );
         assert_eq!(hub.lock().members.len(), N - LEAVES as usize);
     }
+
+    /// A login and a logout at 20 000 members: the time under the hub's lock (one append to
+    /// the presence log each, whatever the number of members; before the log, each pushed a
+    /// notice into 20 000 outboxes).
+    /// `cargo test -p simpletextim-server --release --lib join_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn join_cost_at_20_000_members() {
+        const N: usize = 20_000;
+        const ROUNDS: u64 = 10_000;
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let members: Vec<Client> = (0..N)
+            .map(|i| member(&hub, i as u64 + 1, &format!("user{i:05}")))
+            .collect();
+        let outbox = Outbox::new(crate::outbox::Limits {
+            items: 64,
+            bytes: 64 * 1024,
+        });
+        let user = UserId::new("storm").expect("valid id");
+        let started = Instant::now();
+        for i in 0..ROUNDS {
+            let conn = 1_000_000 + i;
+            hub.join(Member {
+                conn_id: conn,
+                user_id: user.clone(),
+                outbox: outbox.clone(),
+                login_ms: 1,
+            })
+            .expect("joined");
+            hub.leave(&user, conn);
+        }
+        let per_pair = started.elapsed() / ROUNDS as u32;
+        println!("{N} members: a login and a logout take {per_pair:?} (both under the hub's lock)");
+        assert!(members.iter().all(|m| m.take(ALL).items.is_empty()));
+    }
 }
