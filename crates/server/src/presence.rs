@@ -373,6 +373,10 @@ impl Reader {
             // Nothing taken: what the outbox holds is there for the goodbye.
             return Err(Passed);
         }
+        // In the unit tests, a wider window between reading the head and taking the outbox,
+        // where other threads announce notices and queue items (the randomized order test).
+        #[cfg(test)]
+        std::thread::yield_now();
         let limit = self.cursor.saturating_add(MAX_NOTICES_PER_DRAIN);
         let taken = outbox.take(limit);
         let end = taken.presence_end.unwrap_or(u64::MAX);
