@@ -452,9 +452,7 @@ impl PostgresStore {
     /// [`PG_SCHEMA_VERSION`]; [`PgError::Database`] when the database cannot be reached.
     pub async fn connect(url: &DatabaseUrl, options: PgOptions) -> Result<PostgresStore, PgError> {
         let client = connect_one(url, &options).await?;
-        let found = schema_version(&client)
-            .await
-            .map_err(|e| db_err(url, &e))?;
+        let found = schema_version(&client).await.map_err(|e| db_err(url, &e))?;
         drop(client);
         if found < PG_SCHEMA_VERSION {
             return Err(PgError::NotMigrated {
@@ -535,7 +533,11 @@ impl PostgresStore {
     /// twice is harmless.
     pub async fn close(&self) {
         {
-            let mut state = self.submitter.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = self
+                .submitter
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             state.tx = None;
         }
         self.submitter.turn.notify_waiters();
@@ -610,7 +612,11 @@ impl PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         // The dispatcher finishes what is queued and stops once the channel closes.
-        let mut state = self.submitter.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self
+            .submitter
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         state.tx = None;
     }
 }
@@ -1233,7 +1239,10 @@ async fn pending(c: &tokio_postgres::Client, key: &str) -> Result<Vec<ChatMessag
 
 async fn delete_delivered(tx: &Tx<'_>, key: &str, ids: &[u64]) -> Result<(), StoreError> {
     // Ids above i64::MAX cannot have been stored.
-    let ids: Vec<i64> = ids.iter().filter_map(|&id| i64::try_from(id).ok()).collect();
+    let ids: Vec<i64> = ids
+        .iter()
+        .filter_map(|&id| i64::try_from(id).ok())
+        .collect();
     if ids.is_empty() {
         return Ok(());
     }
@@ -1459,7 +1468,10 @@ async fn prune_history(
             .execute(
                 "DELETE FROM history WHERE id IN
                  (SELECT id FROM history WHERE ts < $1 ORDER BY ts LIMIT $2)",
-                &[&i64::try_from(cutoff).unwrap_or(i64::MAX), &(budget - deleted)],
+                &[
+                    &i64::try_from(cutoff).unwrap_or(i64::MAX),
+                    &(budget - deleted),
+                ],
             )
             .await?;
         deleted += i64::try_from(n).unwrap_or(i64::MAX);
