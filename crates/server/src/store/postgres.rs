@@ -48,12 +48,16 @@
 //! another node) PostgreSQL's transactions give what they give; the rules that matter there
 //! are below.
 //!
-//! **Backpressure.** The channel holds at most [`PgOptions::queue`] requests. When it is
-//! full, a call keeps its request inside its returned future, with a ticket taken at call
-//! time; those futures send in ticket order once there is room, and every later call takes
-//! a ticket too until they have. So a full channel delays callers (backpressure) and neither
-//! drops a request nor reorders them. A caller must then await its store futures in the
-//! order it called the methods (the hub and the sessions do: each awaits one at a time).
+//! **Backpressure.** The channel holds at most [`PgOptions::queue`] requests. A call that
+//! finds it full (or finds requests already waiting) puts its request at the end of an
+//! ordered overflow list, which the dispatcher moves into the channel as it takes requests
+//! out, before anything called later. So a full channel delays the callers, who wait for
+//! their answers, and neither drops nor reorders a request, nor depends on its future being
+//! polled. What waits there is bounded by the callers: a session awaits each store request
+//! before it reads its next command (one per session), the history writer has at most two
+//! writes unfinished, the retention and revocation tasks one each. As a last guard the list
+//! holds at most [`OVERFLOW_CAP`] requests; a call past it fails at once with
+//! [`StoreError::Backend`] (the sender gets a `fail`, nothing is dropped silently).
 //!
 //! **Message ids across nodes.** `meta.max_message_id` is raised with
 //! `UPDATE … SET value = $1 WHERE value < $1` by every write that stores a message, in that
@@ -77,7 +81,7 @@
 //! ([`PgOptions::statement_timeout`]); connecting is bounded by
 //! [`PgOptions::connect_timeout`]; a write transaction takes at most [`MAX_BATCH`] requests.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -86,7 +90,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::future::{BoxFuture, FutureExt};
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
@@ -102,6 +106,10 @@ pub const PG_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// The key of the transaction-scoped advisory lock [`PostgresStore::migrate`] takes, so
 /// that migrations from several nodes run one at a time (`"STIM"` in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x5354_494d;
+
+/// Most requests that wait for room in the dispatcher's channel; past it a call fails with
+/// [`StoreError::Backend`] (module documentation, *Backpressure*).
+pub const OVERFLOW_CAP: usize = 1 << 20;
 
 /// Most requests run in one write transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -487,7 +495,14 @@ impl PostgresStore {
                 message: e.to_string(),
             })?;
         let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let submitter = Arc::new(Submitter {
+            state: Mutex::new(SubmitState {
+                tx: Some(tx),
+                overflow: VecDeque::new(),
+            }),
+        });
         let dispatcher = Dispatcher {
+            submitter: Arc::clone(&submitter),
             pool,
             reads: Arc::new(Semaphore::new(pool_size)),
             pool_size: u32::try_from(pool_size).unwrap_or(u32::MAX),
@@ -496,15 +511,7 @@ impl PostgresStore {
         let handle = tokio::spawn(dispatcher.run(rx));
         Ok(PostgresStore {
             url: url.clone(),
-            submitter: Arc::new(Submitter {
-                state: Mutex::new(SubmitState {
-                    tx: Some(tx),
-                    next_ticket: 0,
-                    next_to_send: 0,
-                    abandoned: BTreeSet::new(),
-                }),
-                turn: Notify::new(),
-            }),
+            submitter,
             dispatcher: Mutex::new(Some(handle)),
             mailbox_cap: options.mailbox_cap,
         })
@@ -532,15 +539,7 @@ impl PostgresStore {
     /// connections. Requests made afterwards fail with [`StoreError::Backend`]; calling it
     /// twice is harmless.
     pub async fn close(&self) {
-        {
-            let mut state = self
-                .submitter
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            state.tx = None;
-        }
-        self.submitter.turn.notify_waiters();
+        self.submitter.close();
         let handle = self
             .dispatcher
             .lock()
@@ -592,17 +591,8 @@ impl PostgresStore {
         rx: oneshot::Receiver<Result<T, StoreError>>,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let queued = self.submitter.queue(job);
-        let submitter = Arc::clone(&self.submitter);
         async move {
-            match queued {
-                Queued::Sent => {}
-                Queued::Closed => return Err(closed()),
-                Queued::Wait(ticket, job) => {
-                    if !submitter.send_in_turn(ticket, job).await {
-                        return Err(closed());
-                    }
-                }
-            }
+            queued?;
             rx.await.unwrap_or_else(|_| Err(closed()))
         }
         .boxed()
@@ -612,12 +602,7 @@ impl PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         // The dispatcher finishes what is queued and stops once the channel closes.
-        let mut state = self
-            .submitter
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        state.tx = None;
+        self.submitter.close();
     }
 }
 
@@ -625,131 +610,76 @@ fn closed() -> StoreError {
     StoreError::Backend("the store is closed".into())
 }
 
-/// The ordered entrance of the dispatcher's channel.
+/// The ordered entrance of the dispatcher's channel (module documentation,
+/// *Backpressure*).
 struct Submitter {
     state: Mutex<SubmitState>,
-    /// Wakes the waiting calls when the head of the line has sent (or given up).
-    turn: Notify,
 }
 
 struct SubmitState {
     /// `None` once closed.
     tx: Option<mpsc::Sender<Job>>,
-    /// The ticket the next call waiting for room gets.
-    next_ticket: u64,
-    /// The ticket whose turn it is; equal to `next_ticket` when none waits.
-    next_to_send: u64,
-    /// Tickets whose futures were dropped before sending: skipped.
-    abandoned: BTreeSet<u64>,
-}
-
-impl SubmitState {
-    /// Moves the turn past `ticket` and past the abandoned tickets after it.
-    fn advance(&mut self) {
-        self.next_to_send += 1;
-        while self.abandoned.remove(&self.next_to_send) {
-            self.next_to_send += 1;
-        }
-    }
-}
-
-enum Queued {
-    Sent,
-    Closed,
-    /// No room: send it in turn.
-    Wait(u64, Job),
+    /// Requests that found the channel full, in call order. Never empty unless the channel
+    /// has room, or is about to after the dispatcher's [`Submitter::refill`].
+    overflow: VecDeque<Job>,
 }
 
 impl Submitter {
-    /// At call time: sends `job` at once when nobody waits and the channel has room, or
-    /// takes a ticket.
-    fn queue(&self, job: Job) -> Queued {
+    /// At call time: the request goes into the channel, or behind the requests waiting for
+    /// room; either way in call order.
+    fn queue(&self, job: Job) -> Result<(), StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = state.tx.as_ref() else {
-            return Queued::Closed;
+            return Err(closed());
         };
-        if state.next_ticket == state.next_to_send {
+        if state.overflow.is_empty() {
             match tx.try_send(job) {
-                Ok(()) => return Queued::Sent,
-                Err(mpsc::error::TrySendError::Closed(_)) => return Queued::Closed,
-                Err(mpsc::error::TrySendError::Full(job)) => {
-                    let ticket = state.next_ticket;
-                    state.next_ticket += 1;
-                    return Queued::Wait(ticket, job);
-                }
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+                Err(mpsc::error::TrySendError::Full(job)) => state.overflow.push_back(job),
             }
+        } else if state.overflow.len() >= OVERFLOW_CAP {
+            return Err(StoreError::Backend(format!(
+                "the store is overloaded: {OVERFLOW_CAP} requests wait for the database"
+            )));
+        } else {
+            state.overflow.push_back(job);
         }
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        Queued::Wait(ticket, job)
+        Ok(())
     }
 
-    /// Waits for `ticket`'s turn and for room, then sends; false if the store closed.
-    async fn send_in_turn(&self, ticket: u64, job: Job) -> bool {
-        let mut guard = TicketGuard {
-            submitter: self,
-            ticket,
-            done: false,
-        };
-        let tx = loop {
-            let notified = self.turn.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                match &state.tx {
-                    None => return false,
-                    Some(tx) if state.next_to_send == ticket => break tx.clone(),
-                    Some(_) => {}
-                }
-            }
-            notified.await;
-        };
-        // Only the head of the line waits for room, so no one can overtake it.
-        let sent = match tx.reserve().await {
-            Ok(permit) => {
-                permit.send(job);
-                true
-            }
-            Err(_) => false,
-        };
-        guard.finish();
-        sent
-    }
-}
-
-/// Passes the turn on when a waiting call sends, or is dropped before sending.
-struct TicketGuard<'a> {
-    submitter: &'a Submitter,
-    ticket: u64,
-    done: bool,
-}
-
-impl TicketGuard<'_> {
-    fn finish(&mut self) {
-        if self.done {
+    /// Moves waiting requests into the channel while it has room (the dispatcher calls it
+    /// after each request it takes).
+    fn refill(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let SubmitState { tx, overflow } = &mut *state;
+        let Some(tx) = tx.as_ref() else {
             return;
-        }
-        self.done = true;
-        {
-            let mut state = self
-                .submitter
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if state.next_to_send == self.ticket {
-                state.advance();
-            } else {
-                state.abandoned.insert(self.ticket);
+        };
+        while let Some(job) = overflow.pop_front() {
+            match tx.try_send(job) {
+                Ok(()) => {}
+                Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) => {
+                    overflow.push_front(job);
+                    return;
+                }
             }
         }
-        self.submitter.turn.notify_waiters();
     }
-}
 
-impl Drop for TicketGuard<'_> {
-    fn drop(&mut self) {
-        self.finish();
+    /// After close, once the channel is empty: the next waiting request.
+    fn take_overflow(&self) -> Option<Job> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .overflow
+            .pop_front()
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).tx = None;
     }
 }
 
@@ -846,6 +776,7 @@ where
 
 /// The task that runs the requests in call order (module documentation, *Ordering*).
 struct Dispatcher {
+    submitter: Arc<Submitter>,
     pool: Pool,
     /// One permit per read that may run at once; a write takes them all.
     reads: Arc<Semaphore>,
@@ -859,7 +790,7 @@ impl Dispatcher {
         loop {
             let job = match next.take() {
                 Some(job) => job,
-                None => match rx.recv().await {
+                None => match self.recv(&mut rx).await {
                     Some(job) => job,
                     None => break,
                 },
@@ -889,13 +820,13 @@ impl Dispatcher {
                     };
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(Job::Write(w)) => batch.push(w),
-                            Ok(read) => {
+                        match self.try_recv(&mut rx) {
+                            Some(Job::Write(w)) => batch.push(w),
+                            Some(read) => {
                                 next = Some(read);
                                 break;
                             }
-                            Err(_) => break,
+                            None => break,
                         }
                     }
                     self.run_batch(batch).await;
@@ -906,6 +837,30 @@ impl Dispatcher {
         // Closed: wait for the reads still running before the pool goes.
         let _ = self.reads.acquire_many(self.pool_size).await;
         self.pool.close();
+    }
+
+    /// The next request in call order: from the channel, then (once it is closed and
+    /// empty) what still waited for room.
+    async fn recv(&self, rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+        match rx.recv().await {
+            Some(job) => {
+                self.submitter.refill();
+                Some(job)
+            }
+            None => self.submitter.take_overflow(),
+        }
+    }
+
+    /// [`Dispatcher::recv`] without waiting.
+    fn try_recv(&self, rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+        match rx.try_recv() {
+            Ok(job) => {
+                self.submitter.refill();
+                Some(job)
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => self.submitter.take_overflow(),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+        }
     }
 
     /// Runs `batch` in one transaction, each write in a savepoint, and answers after the

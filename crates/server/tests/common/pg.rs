@@ -17,6 +17,8 @@
 //! PostgreSQL missing is a failure naming `cargo xtask test` (which installs it), never a
 //! skip.
 
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -169,10 +171,7 @@ fn start() -> Result<PgServer, String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "simpletextim-pg-{}-{nanos}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("simpletextim-pg-{}-{nanos}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let password = format!("pw{nanos:x}{}", std::process::id());
     let pwfile = dir.join("pwfile");
