@@ -266,3 +266,50 @@ async fn two_users_chat_and_an_offline_message_survives_a_restart() {
     assert!(stderr.contains("pg_dump"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+/// `user passwd` in another process ends the session on the PostgreSQL store too (the
+/// revocation watcher reads the `revocations` table); a login with the new password stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_passwd_ends_the_session_and_the_new_password_logs_in() {
+    let db = pg::migrated_database().await;
+    let server = Server::start(&db);
+    let (mut bob, _) = server.login("bob").await;
+
+    let (ok, stdout, stderr) = admin(&db, &["user", "passwd", "bob"], "new-pw\n");
+    assert!(ok, "user passwd: {stderr}");
+    assert_eq!(stdout, "password of bob changed\n");
+    // Bounded by WAIT: the watcher polls every second.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let failure = loop {
+        match tokio::time::timeout_at(deadline, bob.next_reply())
+            .await
+            .expect("session not ended in time")
+            .expect("connection failed before the fail")
+        {
+            Reply::Fail { fail, .. } => break fail,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        (failure.error_code, failure.reason.as_str()),
+        (
+            simpletextim_proto::ErrorCode::Unauthorized,
+            "your password was changed; log in again"
+        )
+    );
+
+    let mut c = Client::connect(server.addr).await.unwrap();
+    let old = tokio::time::timeout(WAIT, c.login("bob", "pw-bob"))
+        .await
+        .expect("login timed out");
+    assert!(old.is_err(), "the old password still logs in");
+    let mut c = Client::connect(server.addr).await.unwrap();
+    tokio::time::timeout(WAIT, c.login("bob", "new-pw"))
+        .await
+        .expect("login timed out")
+        .expect("the new password is refused");
+    // Still served after the watcher's next polls: a message comes back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.send_public("still here").await.unwrap();
+    assert_eq!(next_chat(&mut c).await.message, "still here");
+}

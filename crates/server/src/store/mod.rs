@@ -72,7 +72,8 @@ pub struct Revocation {
     /// Unix milliseconds such that every account lookup of this store that *started*
     /// later sees the change, and every lookup that saw the account as it was before
     /// started earlier (the SQLite store takes it inside the write transaction, which no
-    /// lookup of the server overlaps). So a session whose login looked the account up at
+    /// lookup of the server overlaps; the PostgreSQL store once the change has locked the
+    /// account row, which its lookups read `FOR SHARE`). So a session whose login looked the account up at
     /// or before `at_ms` may hold the old credentials; one after it cannot.
     pub at_ms: u64,
     /// What happened.
