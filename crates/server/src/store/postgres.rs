@@ -334,15 +334,26 @@ async fn connect_one(
     Ok(client)
 }
 
-/// `url`'s configuration with the options' timeouts and the application name.
+/// `url`'s configuration with the options' timeouts and an application name (the URL's
+/// own `connect_timeout`, `application_name` and `options` win; the statement timeout is
+/// added after its `options`, so a `statement_timeout` there is overridden).
 fn session_config(url: &DatabaseUrl, options: &PgOptions) -> tokio_postgres::Config {
     let mut config = url.config.clone();
-    config.connect_timeout(options.connect_timeout);
-    config.application_name("simpletextim-server");
-    config.options(format!(
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(options.connect_timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("simpletextim-server");
+    }
+    let timeout = format!(
         "-c statement_timeout={}",
         options.statement_timeout.as_millis().max(1)
-    ));
+    );
+    let all = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {timeout}"),
+        _ => timeout,
+    };
+    config.options(all);
     config
 }
 
@@ -555,9 +566,7 @@ impl PostgresStore {
     fn read<T, F>(&self, f: F) -> BoxFuture<'static, Result<T, StoreError>>
     where
         T: Send + 'static,
-        F: for<'a> FnOnce(&'a tokio_postgres::Client) -> BoxFuture<'a, Result<T, StoreError>>
-            + Send
-            + 'static,
+        F: for<'a> FnOnce(&'a Conn) -> BoxFuture<'a, Result<T, StoreError>> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job = Job::Read(Box::new(ReadCall { f, tx }));
@@ -690,7 +699,7 @@ enum Job {
 }
 
 trait ReadJob: Send {
-    fn run(self: Box<Self>, client: Option<&tokio_postgres::Client>) -> BoxFuture<'_, ()>;
+    fn run(self: Box<Self>, client: Option<&Conn>) -> BoxFuture<'_, ()>;
 }
 
 struct ReadCall<T, F> {
@@ -701,12 +710,10 @@ struct ReadCall<T, F> {
 impl<T, F> ReadJob for ReadCall<T, F>
 where
     T: Send + 'static,
-    F: for<'a> FnOnce(&'a tokio_postgres::Client) -> BoxFuture<'a, Result<T, StoreError>>
-        + Send
-        + 'static,
+    F: for<'a> FnOnce(&'a Conn) -> BoxFuture<'a, Result<T, StoreError>> + Send + 'static,
 {
     /// Runs the read on `client` (`None`: no connection could be had) and answers.
-    fn run(self: Box<Self>, client: Option<&tokio_postgres::Client>) -> BoxFuture<'_, ()> {
+    fn run(self: Box<Self>, client: Option<&Conn>) -> BoxFuture<'_, ()> {
         let ReadCall { f, tx } = *self;
         async move {
             let result = match client {
@@ -992,7 +999,11 @@ impl Store for PostgresStore {
         self.read(|c| {
             async move {
                 let v: i64 = c
-                    .query_one("SELECT coalesce(max(id), 0) FROM revocations", &[])
+                    .query_one(
+                        &c.prepare_cached("SELECT coalesce(max(id), 0) FROM revocations")
+                            .await?,
+                        &[],
+                    )
                     .await?
                     .get(0);
                 to_u64(v)
@@ -1031,12 +1042,19 @@ impl Store for PostgresStore {
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
-async fn account(c: &tokio_postgres::Client, key: &str) -> Result<Option<Account>, StoreError> {
+/// A pooled connection, with its cache of prepared statements (each statement is parsed
+/// once per connection, not on every call).
+type Conn = deadpool_postgres::ClientWrapper;
+
+async fn account(c: &Conn, key: &str) -> Result<Option<Account>, StoreError> {
     // FOR SHARE: waits for a password change or deletion in progress and then reads the
     // committed row (module documentation, *Revocations*).
     let row = c
         .query_opt(
-            "SELECT user_id, password_hash, created_ms FROM accounts WHERE key = $1 FOR SHARE",
+            &c.prepare_cached(
+                "SELECT user_id, password_hash, created_ms FROM accounts WHERE key = $1 FOR SHARE",
+            )
+            .await?,
             &[&key],
         )
         .await?;
@@ -1053,8 +1071,11 @@ async fn account(c: &tokio_postgres::Client, key: &str) -> Result<Option<Account
 async fn create_account(tx: &Tx<'_>, account: &Account) -> Result<(), StoreError> {
     let inserted = tx
         .execute(
-            "INSERT INTO accounts (key, user_id, password_hash, created_ms)
+            &tx.prepare_cached(
+                "INSERT INTO accounts (key, user_id, password_hash, created_ms)
              VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+            )
+            .await?,
             &[
                 &account.user_id.key(),
                 &account.user_id.as_str(),
@@ -1082,14 +1103,21 @@ async fn enqueue(
     // enqueues (other nodes too) for one recipient wait for each other here.
     let counted = tx
         .execute(
-            "UPDATE accounts SET mailbox_len = mailbox_len + 1
+            &tx.prepare_cached(
+                "UPDATE accounts SET mailbox_len = mailbox_len + 1
              WHERE key = $1 AND mailbox_len < $2",
+            )
+            .await?,
             &[&recipient_key, &cap],
         )
         .await?;
     if counted == 0 {
         let exists = tx
-            .query_opt("SELECT 1 FROM accounts WHERE key = $1", &[&recipient_key])
+            .query_opt(
+                &tx.prepare_cached("SELECT 1 FROM accounts WHERE key = $1")
+                    .await?,
+                &[&recipient_key],
+            )
             .await?
             .is_some();
         return Err(if exists {
@@ -1099,8 +1127,11 @@ async fn enqueue(
         });
     }
     tx.execute(
-        "INSERT INTO mailbox (id, recipient, sender, message, to_user, ts)
+        &tx.prepare_cached(
+            "INSERT INTO mailbox (id, recipient, sender, message, to_user, ts)
          VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .await?,
         &[
             &id,
             &recipient_key,
@@ -1139,16 +1170,22 @@ async fn insert_history(tx: &Tx<'_>, messages: &[ChatMessage]) -> Result<(), Sto
     }
     let inserted = tx
         .execute(
-            "INSERT INTO history (id, conversation, sender, recipient, message, ts)
+            &tx.prepare_cached(
+                "INSERT INTO history (id, conversation, sender, recipient, message, ts)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
                                   $5::text[], $6::bigint[])
              ON CONFLICT (id) DO NOTHING",
+            )
+            .await?,
             &[&ids, &conversations, &senders, &recipients, &texts, &tss],
         )
         .await?;
     count_history(tx, i64::try_from(inserted).unwrap_or(i64::MAX)).await?;
     tx.execute(
-        "UPDATE meta SET value = $1 WHERE name = 'max_message_id' AND value < $1",
+        &tx.prepare_cached(
+            "UPDATE meta SET value = $1 WHERE name = 'max_message_id' AND value < $1",
+        )
+        .await?,
         &[&to_i64(max)?],
     )
     .await?;
@@ -1159,7 +1196,8 @@ async fn insert_history(tx: &Tx<'_>, messages: &[ChatMessage]) -> Result<(), Sto
 async fn count_history(tx: &Tx<'_>, delta: i64) -> Result<(), StoreError> {
     if delta != 0 {
         tx.execute(
-            "UPDATE meta SET value = value + $1 WHERE name = 'history_len'",
+            &tx.prepare_cached("UPDATE meta SET value = value + $1 WHERE name = 'history_len'")
+                .await?,
             &[&delta],
         )
         .await?;
@@ -1167,11 +1205,14 @@ async fn count_history(tx: &Tx<'_>, delta: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn pending(c: &tokio_postgres::Client, key: &str) -> Result<Vec<ChatMessage>, StoreError> {
+async fn pending(c: &Conn, key: &str) -> Result<Vec<ChatMessage>, StoreError> {
     let rows = c
         .query(
-            "SELECT sender, message, to_user, id, ts FROM mailbox
+            &c.prepare_cached(
+                "SELECT sender, message, to_user, id, ts FROM mailbox
              WHERE recipient = $1 ORDER BY id",
+            )
+            .await?,
             &[&key],
         )
         .await?;
@@ -1203,13 +1244,15 @@ async fn delete_delivered(tx: &Tx<'_>, key: &str, ids: &[u64]) -> Result<(), Sto
     }
     let deleted = tx
         .execute(
-            "DELETE FROM mailbox WHERE recipient = $1 AND id = ANY($2)",
+            &tx.prepare_cached("DELETE FROM mailbox WHERE recipient = $1 AND id = ANY($2)")
+                .await?,
             &[&key, &ids],
         )
         .await?;
     if deleted > 0 {
         tx.execute(
-            "UPDATE accounts SET mailbox_len = mailbox_len - $2 WHERE key = $1",
+            &tx.prepare_cached("UPDATE accounts SET mailbox_len = mailbox_len - $2 WHERE key = $1")
+                .await?,
             &[&key, &i64::try_from(deleted).unwrap_or(i64::MAX)],
         )
         .await?;
@@ -1217,9 +1260,13 @@ async fn delete_delivered(tx: &Tx<'_>, key: &str, ids: &[u64]) -> Result<(), Sto
     Ok(())
 }
 
-async fn meta(c: &tokio_postgres::Client, name: &str) -> Result<u64, StoreError> {
+async fn meta(c: &Conn, name: &str) -> Result<u64, StoreError> {
     let v: Option<i64> = c
-        .query_opt("SELECT value FROM meta WHERE name = $1", &[&name])
+        .query_opt(
+            &c.prepare_cached("SELECT value FROM meta WHERE name = $1")
+                .await?,
+            &[&name],
+        )
         .await?
         .map(|r| r.get(0));
     to_u64(v.unwrap_or(0))
@@ -1228,7 +1275,8 @@ async fn meta(c: &tokio_postgres::Client, name: &str) -> Result<u64, StoreError>
 async fn set_password_hash(tx: &Tx<'_>, key: &str, password_hash: &str) -> Result<(), StoreError> {
     let changed = tx
         .execute(
-            "UPDATE accounts SET password_hash = $2 WHERE key = $1",
+            &tx.prepare_cached("UPDATE accounts SET password_hash = $2 WHERE key = $1")
+                .await?,
             &[&key, &password_hash],
         )
         .await?;
@@ -1242,28 +1290,42 @@ async fn delete_account(tx: &Tx<'_>, key: &str) -> Result<u64, StoreError> {
     // The account row first: it locks it (lookups wait, see *Revocations*), and the
     // savepoint undoes everything if there is none.
     let removed = tx
-        .execute("DELETE FROM accounts WHERE key = $1", &[&key])
+        .execute(
+            &tx.prepare_cached("DELETE FROM accounts WHERE key = $1")
+                .await?,
+            &[&key],
+        )
         .await?;
     if removed == 0 {
         return Err(StoreError::NoSuchUser(key.to_owned()));
     }
     let messages = tx
-        .execute("DELETE FROM mailbox WHERE recipient = $1", &[&key])
+        .execute(
+            &tx.prepare_cached("DELETE FROM mailbox WHERE recipient = $1")
+                .await?,
+            &[&key],
+        )
         .await?;
     // Its private conversations: where it is the first user, a range of the conversation
     // index ('0' follows '/'); where it is the second, a scan of the private rows (a rare
     // administrator's command pays for the index the live path does without).
     let first = tx
         .execute(
-            "DELETE FROM history
+            &tx.prepare_cached(
+                "DELETE FROM history
              WHERE conversation >= $1 || '/' AND conversation < $1 || '0'",
+            )
+            .await?,
             &[&key],
         )
         .await?;
     let second = tx
         .execute(
-            "DELETE FROM history WHERE recipient IS NOT NULL
+            &tx.prepare_cached(
+                "DELETE FROM history WHERE recipient IS NOT NULL
              AND split_part(conversation, '/', 2) = $1",
+            )
+            .await?,
             &[&key],
         )
         .await?;
@@ -1289,13 +1351,15 @@ async fn record_revocation(tx: &Tx<'_>, key: &str, kind: RevocationKind) -> Resu
         RevocationKind::AccountDeleted => "deleted",
     };
     tx.execute(
-        "INSERT INTO revocations (key, at_ms, kind) VALUES ($1, $2, $3)",
+        &tx.prepare_cached("INSERT INTO revocations (key, at_ms, kind) VALUES ($1, $2, $3)")
+            .await?,
         &[&key, &at_ms, &kind],
     )
     .await?;
     let keep = i64::try_from(REVOCATION_KEEP.as_millis()).unwrap_or(i64::MAX);
     tx.execute(
-        "DELETE FROM revocations WHERE at_ms < $1",
+        &tx.prepare_cached("DELETE FROM revocations WHERE at_ms < $1")
+            .await?,
         &[&at_ms.saturating_sub(keep)],
     )
     .await?;
@@ -1303,7 +1367,7 @@ async fn record_revocation(tx: &Tx<'_>, key: &str, kind: RevocationKind) -> Resu
 }
 
 async fn revocations_after(
-    c: &tokio_postgres::Client,
+    c: &Conn,
     after_id: u64,
     limit: usize,
 ) -> Result<Vec<Revocation>, StoreError> {
@@ -1313,7 +1377,10 @@ async fn revocations_after(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = c
         .query(
-            "SELECT id, key, at_ms, kind FROM revocations WHERE id > $1 ORDER BY id LIMIT $2",
+            &c.prepare_cached(
+                "SELECT id, key, at_ms, kind FROM revocations WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .await?,
             &[&after_id, &limit],
         )
         .await?;
@@ -1339,7 +1406,7 @@ async fn append_history(tx: &Tx<'_>, messages: &[ChatMessage]) -> Result<(), Sto
 }
 
 async fn history(
-    c: &tokio_postgres::Client,
+    c: &Conn,
     conversation: &Conversation,
     query: HistoryQuery,
     limit: PageLimit,
@@ -1366,7 +1433,9 @@ async fn history(
             Err(_) => return Ok(HistoryPage::default()),
         },
     };
-    let rows = c.query(&sql, &[&key, &anchor, &fetch]).await?;
+    let rows = c
+        .query(&c.prepare_cached(&sql).await?, &[&key, &anchor, &fetch])
+        .await?;
     let mut messages = Vec::with_capacity(rows.len());
     for r in &rows {
         let to = match r.get::<_, Option<&str>>(1) {
@@ -1399,7 +1468,11 @@ async fn prune_history(
     let mut deleted: i64 = 0;
     if let Some(max) = retention.max_messages {
         let kept: i64 = tx
-            .query_opt("SELECT value FROM meta WHERE name = 'history_len'", &[])
+            .query_opt(
+                &tx.prepare_cached("SELECT value FROM meta WHERE name = 'history_len'")
+                    .await?,
+                &[],
+            )
             .await?
             .map_or(0, |r| r.get(0));
         let over = kept
@@ -1408,8 +1481,11 @@ async fn prune_history(
         if over > 0 {
             let n = tx
                 .execute(
-                    "DELETE FROM history WHERE id IN
+                    &tx.prepare_cached(
+                        "DELETE FROM history WHERE id IN
                      (SELECT id FROM history ORDER BY id LIMIT $1)",
+                    )
+                    .await?,
                     &[&over],
                 )
                 .await?;
@@ -1421,8 +1497,11 @@ async fn prune_history(
     {
         let n = tx
             .execute(
-                "DELETE FROM history WHERE id IN
+                &tx.prepare_cached(
+                    "DELETE FROM history WHERE id IN
                  (SELECT id FROM history WHERE ts < $1 ORDER BY ts LIMIT $2)",
+                )
+                .await?,
                 &[
                     &i64::try_from(cutoff).unwrap_or(i64::MAX),
                     &(budget - deleted),
@@ -1435,10 +1514,11 @@ async fn prune_history(
     to_u64(deleted)
 }
 
-async fn list_accounts(c: &tokio_postgres::Client) -> Result<Vec<AccountInfo>, StoreError> {
+async fn list_accounts(c: &Conn) -> Result<Vec<AccountInfo>, StoreError> {
     let rows = c
         .query(
-            "SELECT user_id, created_ms, mailbox_len FROM accounts ORDER BY key",
+            &c.prepare_cached("SELECT user_id, created_ms, mailbox_len FROM accounts ORDER BY key")
+                .await?,
             &[],
         )
         .await?;
