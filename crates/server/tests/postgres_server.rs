@@ -313,3 +313,58 @@ async fn user_passwd_ends_the_session_and_the_new_password_logs_in() {
     c.send_public("still here").await.unwrap();
     assert_eq!(next_chat(&mut c).await.message, "still here");
 }
+
+/// Runs the binary with `args` and no database; (success, stderr).
+fn run_plain(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("SIMPLETEXTIM_DATABASE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_database_url_is_one_line_without_the_password() {
+    let (ok, err) = run_plain(&[
+        "--database",
+        "postgres://alice:s3cret-pw@db:notaport/chat",
+        "user",
+        "list",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("simpletextim-server: --database: not a PostgreSQL URL"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!err.contains("s3cret-pw"), "{err}");
+}
+
+#[test]
+fn migrate_needs_a_database() {
+    let (ok, err) = run_plain(&["migrate"]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("simpletextim-server: migrate needs --database URL"),
+        "{err}"
+    );
+    let (ok, help) = {
+        let out = Command::new(BIN)
+            .arg("--help")
+            .env("SIMPLETEXTIM_DATABASE", "postgres://u:hidden-pw@h/db")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(ok);
+    assert!(help.contains("SIMPLETEXTIM_DATABASE"), "{help}");
+    assert!(!help.contains("hidden-pw"), "{help}");
+}
