@@ -171,7 +171,13 @@ fn start() -> Result<PgServer, String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("simpletextim-pg-{}-{nanos}", std::process::id()));
+    // As root, under /tmp whatever TMPDIR says: the postgres user must reach the directory.
+    let base = if root {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("simpletextim-pg-{}-{nanos}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let password = format!("pw{nanos:x}{}", std::process::id());
     let pwfile = dir.join("pwfile");
