@@ -33,8 +33,8 @@
 //! stays an operator's decision.
 //!
 //! **Ordering.** One dispatcher task takes the requests in the order the [`Store`] methods
-//! were called (each method puts its request into the dispatcher's bounded channel before
-//! it returns) and runs them over a pool of [`PgOptions::pool_size`] connections, as a
+//! were called (each method puts its request into the dispatcher's queue, under one lock,
+//! before it returns: the channel, or the overflow list of *Backpressure*) and runs them over a pool of [`PgOptions::pool_size`] connections, as a
 //! readers–writer queue in call order:
 //! - consecutive reads run concurrently, each on a pooled connection;
 //! - a write waits until every read before it has finished, then it and every write queued
@@ -44,7 +44,8 @@
 //! - nothing after a write starts before that write has committed.
 //!
 //! So every operation sees exactly the operations called before it (the [`Store`] ordering
-//! contract) within one `PostgresStore`. Between processes (an administration command,
+//! contract) within one `PostgresStore` (two stores, even in one process, are two
+//! clients of the database). Between processes (an administration command,
 //! another node) PostgreSQL's transactions give what they give; the rules that matter there
 //! are below.
 //!
@@ -395,14 +396,14 @@ async fn schema_version(client: &tokio_postgres::Client) -> Result<u32, tokio_po
     let exists: bool = client
         .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
         .await?
-        .get(0);
+        .try_get(0)?;
     if !exists {
         return Ok(0);
     }
     let v: i32 = client
         .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
         .await?
-        .get(0);
+        .try_get(0)?;
     Ok(u32::try_from(v).unwrap_or(0))
 }
 
@@ -435,7 +436,8 @@ impl PostgresStore {
             .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
             .await
             .map_err(err)?
-            .get(0);
+            .try_get(0)
+            .map_err(err)?;
         let found = u32::try_from(found).unwrap_or(0);
         if found > PG_SCHEMA_VERSION {
             return Err(PgError::TooNew {
@@ -1005,7 +1007,7 @@ impl Store for PostgresStore {
                         &[],
                     )
                     .await?
-                    .get(0);
+                    .try_get(0)?;
                 to_u64(v)
             }
             .boxed()
@@ -1060,9 +1062,9 @@ async fn account(c: &Conn, key: &str) -> Result<Option<Account>, StoreError> {
         .await?;
     row.map(|r| {
         Ok(Account {
-            user_id: parse_user_id(r.get(0))?,
-            password_hash: r.get(1),
-            created_ms: to_u64(r.get(2))?,
+            user_id: parse_user_id(r.try_get(0)?)?,
+            password_hash: r.try_get(1)?,
+            created_ms: to_u64(r.try_get(2)?)?,
         })
     })
     .transpose()
@@ -1218,16 +1220,16 @@ async fn pending(c: &Conn, key: &str) -> Result<Vec<ChatMessage>, StoreError> {
         .await?;
     rows.iter()
         .map(|r| {
-            let to: &str = r.get(2);
+            let to: &str = r.try_get(2)?;
             let to = to
                 .parse::<Recipient>()
                 .map_err(|e| corrupt(format!("recipient {to:?}: {}", e.reason)))?;
             Ok(chat(
-                parse_user_id(r.get(0))?,
-                r.get(1),
+                parse_user_id(r.try_get(0)?)?,
+                r.try_get(1)?,
                 to,
-                to_u64(r.get(3))?,
-                to_u64(r.get(4))?,
+                to_u64(r.try_get(3)?)?,
+                to_u64(r.try_get(4)?)?,
             ))
         })
         .collect()
@@ -1268,7 +1270,8 @@ async fn meta(c: &Conn, name: &str) -> Result<u64, StoreError> {
             &[&name],
         )
         .await?
-        .map(|r| r.get(0));
+        .map(|r| r.try_get(0))
+        .transpose()?;
     to_u64(v.unwrap_or(0))
 }
 
@@ -1386,15 +1389,15 @@ async fn revocations_after(
         .await?;
     rows.iter()
         .map(|r| {
-            let kind = match r.get::<_, &str>(3) {
+            let kind = match r.try_get::<_, &str>(3)? {
                 "password" => RevocationKind::PasswordChanged,
                 "deleted" => RevocationKind::AccountDeleted,
                 other => return Err(corrupt(format!("revocation kind {other:?}"))),
             };
             Ok(Revocation {
-                id: to_u64(r.get(0))?,
-                key: r.get(1),
-                at_ms: to_u64(r.get(2))?,
+                id: to_u64(r.try_get(0)?)?,
+                key: r.try_get(1)?,
+                at_ms: to_u64(r.try_get(2)?)?,
                 kind,
             })
         })
@@ -1438,16 +1441,16 @@ async fn history(
         .await?;
     let mut messages = Vec::with_capacity(rows.len());
     for r in &rows {
-        let to = match r.get::<_, Option<&str>>(1) {
+        let to = match r.try_get::<_, Option<&str>>(1)? {
             None => Recipient::Everyone,
             Some(u) => Recipient::User(parse_user_id(u)?),
         };
         messages.push(chat(
-            parse_user_id(r.get(0))?,
-            r.get(2),
+            parse_user_id(r.try_get(0)?)?,
+            r.try_get(2)?,
             to,
-            to_u64(r.get(3))?,
-            to_u64(r.get(4))?,
+            to_u64(r.try_get(3)?)?,
+            to_u64(r.try_get(4)?)?,
         ));
     }
     let more = messages.len() > limit.get();
@@ -1474,7 +1477,9 @@ async fn prune_history(
                 &[],
             )
             .await?
-            .map_or(0, |r| r.get(0));
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
         let over = kept
             .saturating_sub(i64::try_from(max).unwrap_or(i64::MAX))
             .clamp(0, budget);
@@ -1525,9 +1530,9 @@ async fn list_accounts(c: &Conn) -> Result<Vec<AccountInfo>, StoreError> {
     rows.iter()
         .map(|r| {
             Ok(AccountInfo {
-                user_id: parse_user_id(r.get(0))?,
-                created_ms: to_u64(r.get(1))?,
-                pending: to_u64(r.get(2))?,
+                user_id: parse_user_id(r.try_get(0)?)?,
+                created_ms: to_u64(r.try_get(1)?)?,
+                pending: to_u64(r.try_get(2)?)?,
             })
         })
         .collect()
