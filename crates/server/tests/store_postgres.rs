@@ -341,3 +341,86 @@ async fn a_failed_write_in_a_batch_is_rolled_back_alone() -> TestResult {
     assert_eq!(infos[0].pending, 2);
     Ok(())
 }
+
+/// Set in the child process of [`the_private_server_stops_when_the_test_process_dies`].
+const WATCHDOG_CHILD_VAR: &str = "SIMPLETEXTIM_PG_WATCHDOG_CHILD";
+
+/// The child half of [`the_private_server_stops_when_the_test_process_dies`]: a no-op in a
+/// normal run. With the variable set, it starts the private server, says where it is on
+/// stdout, then blocks on stdin until the parent kills it.
+#[test]
+fn watchdog_child() {
+    if std::env::var_os(WATCHDOG_CHILD_VAR).is_none() {
+        return;
+    }
+    let server = pg::server();
+    println!("PG-SERVER {} {}", server.pid, server.dir.display());
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+/// Whether process `pid` is running (a zombie counts as gone).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// A test binary killed with SIGKILL (no destructor runs) leaves no PostgreSQL behind: the
+/// watchdog stops the server and deletes its directory.
+#[test]
+fn the_private_server_stops_when_the_test_process_dies() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "watchdog_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WATCHDOG_CHILD_VAR, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the child test");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // libtest may print the test's name on the same line first.
+            if let Some(rest) = line.split("PG-SERVER ").nth(1) {
+                let _ = tx.send(rest.to_owned());
+            }
+        }
+    });
+    let Ok(found) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        panic!("the child did not start its server");
+    };
+    let (pid, dir) = found.split_once(' ').expect("pid and directory");
+    let pid: u32 = pid.parse().expect("pid");
+    let dir = std::path::PathBuf::from(dir);
+    assert!(running(pid), "postgres {pid} is not running");
+    assert!(dir.exists());
+
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(pid) || dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "postgres {pid} or {} still there 30 s after the test process died",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
