@@ -424,3 +424,25 @@ fn the_private_server_stops_when_the_test_process_dies() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error() -> TestResult {
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("postgres://postgres:secret-pw@127.0.0.1:{port}/nothing");
+    let e = PostgresStore::connect(&url.parse()?, PgOptions::new(10))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with(&format!(
+            "database postgres://postgres@127.0.0.1:{port}/nothing: error connecting to server"
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("secret-pw"), "{e}");
+    Ok(())
+}
