@@ -446,3 +446,36 @@ async fn an_unreachable_database_is_a_clear_error() -> TestResult {
     assert!(!e.contains("secret-pw"), "{e}");
     Ok(())
 }
+
+/// The `at_ms` rule under MVCC: a lookup made while another process's password change is
+/// in progress waits for it and reads the new hash (a plain read would see the old one at
+/// once, after the change's `at_ms`).
+#[tokio::test]
+async fn a_lookup_during_a_password_change_waits_and_sees_the_new_hash() -> TestResult {
+    let db = pg::migrated_database().await;
+    let store = PostgresStore::connect(&db.database_url(), PgOptions::new(10)).await?;
+    store.create_account(account("alice", 1)).await?;
+    let mut admin = raw(&db).await;
+    let change = admin.transaction().await?;
+    let changed = change
+        .execute(
+            "UPDATE accounts SET password_hash = 'new-hash' WHERE key = 'alice'",
+            &[],
+        )
+        .await?;
+    assert_eq!(changed, 1);
+    // Issued while the change holds the row; let it reach the database and wait there.
+    let lookup = tokio::spawn(store.account("alice".into()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !lookup.is_finished(),
+        "the lookup did not wait for the change"
+    );
+    change.commit().await?;
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), lookup)
+        .await
+        .expect("lookup still blocked after the commit")??
+        .expect("alice exists");
+    assert_eq!(seen.password_hash, "new-hash");
+    Ok(())
+}
