@@ -82,7 +82,7 @@ struct Cli {
         env = "SIMPLETEXTIM_DATABASE",
         hide_env_values = true
     )]
-    database: Option<String>,
+    database: Option<DatabaseArg>,
 
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -362,12 +362,31 @@ fn open_existing_store(data: &Path, mailbox_cap: usize) -> anyhow::Result<Sqlite
     Ok(SqliteStore::open_existing(data, mailbox_cap)?)
 }
 
+/// The text of `--database` as given. Its `Debug` does not show it: it may hold a password
+/// (`Cli` derives `Debug`). Parsed by [`database_url`], whose error never repeats it.
+#[derive(Clone)]
+struct DatabaseArg(String);
+
+impl std::str::FromStr for DatabaseArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<DatabaseArg, Self::Err> {
+        Ok(DatabaseArg(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseArg(..)")
+    }
+}
+
 /// `--database`, parsed; `None` for the SQLite store of `--data`.
 fn database_url(cli: &Cli) -> anyhow::Result<Option<DatabaseUrl>> {
     // The parse error never repeats the value, which may hold a password.
     cli.database
-        .as_deref()
-        .map(|s| s.parse::<DatabaseUrl>().context("--database"))
+        .as_ref()
+        .map(|s| s.0.parse::<DatabaseUrl>().context("--database"))
         .transpose()
 }
 
