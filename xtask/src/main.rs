@@ -26,8 +26,8 @@ struct Cli {
 enum Task {
     /// Format check, cargo deny, clippy (-D warnings), rustdoc (-D warnings), then `cargo xtask test`.
     Ci,
-    /// Installs what the tests need from the system when missing (Chromium and chromedriver
-    /// from the distribution's packages), then `cargo test --workspace`.
+    /// Installs what the tests need from the system when missing (Chromium, chromedriver,
+    /// PostgreSQL, redis-server: the distribution's packages), then `cargo test --workspace`.
     Test,
     /// Release build, the benchmark suite on loopback, then docs/BENCHMARKS.md with charts.
     Bench(bench::BenchArgs),

@@ -4,7 +4,8 @@
 //! Where to start reading: [`workload::chat`] (`fanout`, `private`): log clients in with
 //! [`workload::login_all`], send with [`send::send`], receive with [`recv::receive`], whose
 //! hot path is [`scan`] (no JSON deserialization per message), and sum up in a
-//! [`report::Report`].
+//! [`report::Report`]. [`workload::redis`] runs the same fan-out through a Redis server's
+//! pub/sub ([`resp`]), the reference the benchmark sets beside ours.
 //!
 //! **Architecture invariant:** the receive path never deserializes a `message` frame; it
 //! classifies frames by prefix and reads each message's marker (sender, sequence number,
@@ -14,6 +15,7 @@
 pub mod net;
 pub mod recv;
 pub mod report;
+pub mod resp;
 pub mod scan;
 pub mod send;
 pub mod stats;

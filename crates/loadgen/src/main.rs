@@ -14,7 +14,7 @@ use simpletextim_loadgen::net::{self, Bind};
 use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::stats;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
-use simpletextim_loadgen::workload::{Common, conns, history, offline, presence, soak};
+use simpletextim_loadgen::workload::{Common, conns, history, offline, presence, redis, soak};
 
 /// Load generator for SimpleTextIM servers (loopback only).
 #[derive(Debug, Parser)]
@@ -72,6 +72,10 @@ enum Workload {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// The reference for `fanout`, against a Redis server's pub/sub (`--server` is the
+    /// Redis server): C subscribers to one channel, S separate publishers sending M
+    /// messages each (flood with a window, or open loop with --rate).
+    RedisFanout(redis::RedisFanoutOpts),
     /// C clients send M private messages each to random others (flood with a window).
     Private {
         /// Clients, all sending.
@@ -175,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
                 };
                 chat::private(&common, &o).await.map(Some)
             }
+            Workload::RedisFanout(o) => redis::fanout(&common, &o).await.map(Some),
             Workload::Presence(o) => presence::run(&common, &o).await.map(Some),
             Workload::Conns(o) => conns::run(&common, &o).await.map(Some),
             Workload::Offline(o) => offline::run(&common, &o).await.map(Some),

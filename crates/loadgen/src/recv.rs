@@ -10,12 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use bytes::{Buf, BytesMut};
 use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::Reader;
-use crate::scan::{self, Kind, MessageScanner};
+use crate::resp::{self, Item};
+use crate::scan::{self, Kind, Marker, MessageScanner};
 use crate::stats::{Recorder, SharedHistogram};
 
 /// State shared by every task of one run.
@@ -235,6 +239,7 @@ impl View {
 
 /// Reads frames until the run stops or the server closes the connection.
 pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) -> Seen {
+    let scanner = MessageScanner::new();
     let mut r = Receiver::new(expect, &shared);
     let stop = shared.stop.clone();
     let mut stopped = pin!(stop.cancelled());
@@ -255,16 +260,96 @@ pub async fn receive(mut reader: Reader, expect: Expect, shared: Arc<Shared>) ->
             r.closed();
             break;
         };
-        r.frame(&frame);
+        r.frame(&scanner, &frame);
     }
     r.finish()
+}
+
+/// Free room below which [`receive_resp`] makes its read buffer larger before a read.
+const MIN_READ_ROOM: usize = 4096;
+
+/// The receiver of a Redis subscriber (the `redis-fanout` reference workload,
+/// [`crate::workload::redis`]): reads the connection until the run stops, the server closes
+/// it, or it sends something that is not RESP. Each published payload is a text with the
+/// marker, counted and timed by the same code as [`receive`]'s chat messages, with one
+/// clock read per socket read (ours take one per frame, and a frame batches messages).
+///
+/// `buf` holds what was read after the subscription confirmation, if anything. It grows to
+/// `read_buffer` bytes of free room per read, plus at most one incomplete value, which
+/// [`resp::next`] bounds.
+pub async fn receive_resp(
+    mut reader: OwnedReadHalf,
+    mut buf: BytesMut,
+    read_buffer: usize,
+    expect: Expect,
+    shared: Arc<Shared>,
+) -> Seen {
+    let mut r = Receiver::new(expect, &shared);
+    let stop = shared.stop.clone();
+    let mut stopped = pin!(stop.cancelled());
+    r.check_done();
+    'read: loop {
+        if !buf.is_empty() {
+            let batch = r.batch();
+            let mut used = 0;
+            let mut echoes = 0;
+            loop {
+                match resp::next(&buf[used..]) {
+                    Ok(Some((item, n))) => {
+                        used += n;
+                        r.seen.frames += 1;
+                        match item {
+                            Item::Message { payload, .. } => {
+                                echoes += u64::from(r.marked(batch, scan::parse_marker(payload)));
+                            }
+                            // Counted under 0: a Redis error has no numeric code.
+                            Item::Error(_) => *r.seen.fails.entry(0).or_default() += 1,
+                            Item::Subscribed { .. } | Item::Integer(_) | Item::Other => {}
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        r.closed();
+                        break 'read;
+                    }
+                }
+            }
+            buf.advance(used);
+            r.echoes(echoes);
+            r.check_done();
+        }
+        if buf.capacity() - buf.len() < MIN_READ_ROOM {
+            buf.reserve(read_buffer.max(MIN_READ_ROOM));
+        }
+        let read = tokio::select! {
+            biased;
+            n = reader.read_buf(&mut buf) => n,
+            () = &mut stopped => break,
+        };
+        if shared.stopped() {
+            break;
+        }
+        if !matches!(read, Ok(n) if n > 0) {
+            r.closed();
+            break;
+        }
+    }
+    r.finish()
+}
+
+/// The clock and the latency window of one frame (or one read), the same for every
+/// message in it.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    now: u64,
+    win_from: u64,
+    win_to: u64,
 }
 
 /// The state of one receiver.
 struct Receiver<'a> {
     expect: Expect,
     shared: &'a Shared,
-    scanner: MessageScanner,
     latency: Recorder,
     echo_latency: Recorder,
     latency_in_window: Recorder,
@@ -280,7 +365,6 @@ struct Receiver<'a> {
 impl<'a> Receiver<'a> {
     fn new(expect: Expect, shared: &'a Shared) -> Receiver<'a> {
         Receiver {
-            scanner: MessageScanner::new(),
             latency: shared.latency.recorder(),
             echo_latency: shared.echo_latency.recorder(),
             latency_in_window: shared.latency_in_window.recorder(),
@@ -295,10 +379,10 @@ impl<'a> Receiver<'a> {
     }
 
     /// Counts one frame.
-    fn frame(&mut self, frame: &[u8]) {
+    fn frame(&mut self, scanner: &MessageScanner, frame: &[u8]) {
         self.seen.frames += 1;
         match scan::kind(frame) {
-            Kind::Message => self.messages(frame),
+            Kind::Message => self.messages(scanner, frame),
             kind @ (Kind::Joined | Kind::Left) => self.presence(frame, kind == Kind::Joined),
             Kind::Fail => {
                 // Counted under 0 when the `fail` has no readable error code.
@@ -320,49 +404,60 @@ impl<'a> Receiver<'a> {
     }
 
     /// A `message` frame (one or more messages): counts, latencies, order, own echoes.
-    fn messages(&mut self, frame: &[u8]) {
-        let shared = self.shared;
-        let now = shared.now_us();
-        let win_from = shared.window_from_us.load(Ordering::Relaxed);
-        let win_to = shared.window_to_us.load(Ordering::Relaxed);
-        let me = self.expect.me;
+    fn messages(&mut self, scanner: &MessageScanner, frame: &[u8]) {
+        let batch = self.batch();
         let mut echoes = 0;
-        let Receiver {
-            scanner,
-            latency,
-            echo_latency,
-            latency_in_window,
-            latency_from_write,
-            last_seq,
-            seen,
-            ..
-        } = self;
         scanner.for_each(frame, |marker| {
-            let Some(m) = marker else {
-                seen.unmarked += 1;
-                return;
-            };
-            seen.messages += 1;
-            let us = now.saturating_sub(m.sent_us);
-            latency.record(us);
-            if m.sent_us >= win_from && m.sent_us < win_to {
-                latency_in_window.record(us);
-            }
-            if m.written_us != 0 {
-                latency_from_write.record(now.saturating_sub(m.written_us));
-            }
-            if Some(m.sender) == me {
-                echoes += 1;
-                echo_latency.record(us);
-            }
-            if let Some(last) = last_seq.get_mut(m.sender as usize) {
-                if *last != u32::MAX && m.seq <= *last {
-                    seen.out_of_order += 1;
-                }
-                *last = m.seq;
-            }
+            echoes += u64::from(self.marked(batch, marker));
         });
-        seen.echoes += echoes;
+        self.echoes(echoes);
+    }
+
+    /// The clock and latency window for the messages of a frame just read.
+    #[inline]
+    fn batch(&self) -> Batch {
+        let shared = self.shared;
+        Batch {
+            now: shared.now_us(),
+            win_from: shared.window_from_us.load(Ordering::Relaxed),
+            win_to: shared.window_to_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One chat message (its marker, if it has one): counted, its latencies recorded, its
+    /// order checked. Returns whether it is this client's own echo.
+    #[inline]
+    fn marked(&mut self, b: Batch, marker: Option<Marker>) -> bool {
+        let Some(m) = marker else {
+            self.seen.unmarked += 1;
+            return false;
+        };
+        self.seen.messages += 1;
+        let us = b.now.saturating_sub(m.sent_us);
+        self.latency.record(us);
+        if m.sent_us >= b.win_from && m.sent_us < b.win_to {
+            self.latency_in_window.record(us);
+        }
+        if m.written_us != 0 {
+            self.latency_from_write
+                .record(b.now.saturating_sub(m.written_us));
+        }
+        let echo = Some(m.sender) == self.expect.me;
+        if echo {
+            self.echo_latency.record(us);
+        }
+        if let Some(last) = self.last_seq.get_mut(m.sender as usize) {
+            if *last != u32::MAX && m.seq <= *last {
+                self.seen.out_of_order += 1;
+            }
+            *last = m.seq;
+        }
+        echo
+    }
+
+    /// Counts this client's own echoes of a frame and gives their window slots back.
+    fn echoes(&mut self, echoes: u64) {
+        self.seen.echoes += echoes;
         if echoes > 0 {
             if let Some(w) = &self.expect.window {
                 w.add_permits(echoes as usize);

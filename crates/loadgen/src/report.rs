@@ -13,7 +13,8 @@ use crate::stats::Summary;
 /// out of the others' lines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Report {
-    /// `fanout`, `private`, `presence`, `conns` or `offline`.
+    /// `fanout`, `redis-fanout` (the Redis pub/sub reference), `private`, `presence`,
+    /// `conns`, `offline`, `history` or `soak`.
     pub workload: String,
     /// The server address.
     pub server: String,
@@ -29,7 +30,7 @@ pub struct Report {
     pub window: Option<usize>,
     /// Open-loop rate in messages per second (all senders together), if paced.
     pub rate: Option<f64>,
-    /// Seconds the logins took.
+    /// Seconds the logins took (`redis-fanout`: the subscriptions).
     pub login_s: f64,
     /// Logins per second.
     pub logins_per_s: f64,
@@ -88,7 +89,8 @@ pub struct Report {
     /// microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo_latency_us: Option<Summary>,
-    /// `fanout`, `private`: echoes the senders received.
+    /// `fanout`, `private`: echoes the senders received; `redis-fanout`: replies to
+    /// `PUBLISH` the publishers received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echoes: Option<u64>,
     /// `soak`: chat messages from the flooders that reached the normal users (every
@@ -296,8 +298,14 @@ impl Report {
             ));
         }
         if self.login_s > 0.0 {
+            // The Redis reference subscribes where our clients log in.
+            let what = if self.workload == "redis-fanout" {
+                "subscriptions"
+            } else {
+                "logins"
+            };
             s.push_str(&format!(
-                "\n  logins: {:.3} s, {:.0}/s",
+                "\n  {what}: {:.3} s, {:.0}/s",
                 self.login_s, self.logins_per_s
             ));
         }

@@ -1,4 +1,5 @@
-//! The sending side: a sender writes `send` commands either as fast as its window allows
+//! The sending side: a sender writes `send` commands (or, for the Redis reference, `PUBLISH`
+//! commands) either as fast as its window allows
 //! (flood: at most W messages not yet echoed back) or on a fixed schedule (open loop, where
 //! each message carries its *scheduled* time, so a server that falls behind is charged for
 //! the wait and latency is not under-reported).
@@ -13,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::net::{Error, send_frame};
 use crate::recv::Shared;
+use crate::resp;
 use crate::scan::{Marker, write_text};
 
 /// Most frames written with one `write` call in flood mode.
@@ -46,6 +48,9 @@ pub enum Targets {
         /// Recipient indices, one per message (cycled if shorter).
         ids: Vec<u32>,
     },
+    /// Not our protocol: `PUBLISH` to this channel of a Redis server (the `redis-fanout`
+    /// reference workload), the same text in the payload.
+    RedisChannel(Vec<u8>),
 }
 
 /// One sender's work.
@@ -131,6 +136,10 @@ pub async fn send(writer: &mut OwnedWriteHalf, plan: &Plan, shared: &Shared) -> 
                         .unwrap_or(0);
                     to.extend_from_slice(prefix.as_bytes());
                     to.extend_from_slice(idx.to_string().as_bytes());
+                }
+                Targets::RedisChannel(channel) => {
+                    resp::publish(channel, &text, &mut buf);
+                    continue;
                 }
             }
             send_frame(&text, &to, &mut buf);

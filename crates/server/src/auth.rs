@@ -9,7 +9,7 @@
 //! blocks of that size in its per-thread arenas, so allocating them per hash on the many
 //! blocking threads would leave the memory of a login storm held long after it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::rand_core::OsRng;
@@ -158,6 +158,8 @@ pub struct Authenticator {
     /// Logins waiting for the pool or being checked, and how many may be.
     queued: Arc<AtomicUsize>,
     queue: usize,
+    /// Accounts created by a first login, for the metrics.
+    created: Arc<AtomicU64>,
     /// Verified against when the user id is unknown, so both failures take as long.
     dummy_hash: Arc<str>,
 }
@@ -197,8 +199,19 @@ impl Authenticator {
             pool: Arc::new(Semaphore::new(pool.max(1))),
             queued: Arc::new(AtomicUsize::new(0)),
             queue: queue.max(1),
+            created: Arc::new(AtomicU64::new(0)),
             dummy_hash: dummy_hash.into(),
         }
+    }
+
+    /// Logins in the queue now: waiting for their password check or being checked.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Accounts created by a first login since the start.
+    pub fn accounts_created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
     }
 
     /// A place in the login queue, given back when dropped.
@@ -260,6 +273,7 @@ impl Authenticator {
             };
             match self.store.create_account(created).await {
                 Ok(()) => {
+                    self.created.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(user = %user_id, "account created");
                     return Ok(user_id.clone());
                 }

@@ -103,6 +103,33 @@ struct Inner {
     list_reset: bool,
     /// The last `list` built, and the membership version it shows.
     list: ListSnapshot,
+    /// What the hub counted for the metrics: plain integers, changed only under this lock,
+    /// once per message.
+    counts: Counts,
+}
+
+/// Messages and deliveries counted by the hub (see [`HubStats`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    public: u64,
+    private: u64,
+    delivered: u64,
+}
+
+/// What the metrics read of the hub at scrape time.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HubStats {
+    /// Users logged in now.
+    pub online: u64,
+    /// Public messages accepted.
+    pub public: u64,
+    /// Private messages accepted (delivered, or kept in the mailbox, and echoed).
+    pub private: u64,
+    /// Chat messages queued in their recipients' outboxes: a public message counts once per
+    /// user online (the sender's copy included), a private one once (not its echo).
+    pub delivered: u64,
+    /// Bytes queued in the members' outboxes.
+    pub outbox_bytes: u64,
 }
 
 /// How many more membership changes than a quarter of the users online the hub keeps for
@@ -152,6 +179,7 @@ impl Hub {
                     version: 0,
                     json: Bytes::from_static(b"[]"),
                 },
+                counts: Counts::default(),
             }),
             roster: Mutex::new(BTreeSet::new()),
             store,
@@ -396,6 +424,25 @@ impl Hub {
         json
     }
 
+    /// The counts and levels the metrics show. Holds the hub's lock for one relaxed load
+    /// per member (each outbox's published size: no outbox lock, no allocation), about as
+    /// long as one public message's fan-out.
+    pub fn stats(&self) -> HubStats {
+        let inner = self.lock();
+        let outbox_bytes = inner
+            .members
+            .values()
+            .map(|m| u64::from(m.outbox.queued_bytes()))
+            .sum();
+        HubStats {
+            online: inner.members.len() as u64,
+            public: inner.counts.public,
+            private: inner.counts.private,
+            delivered: inner.counts.delivered,
+            outbox_bytes,
+        }
+    }
+
     /// Accepts a public message and delivers it to everyone online, the sender included.
     /// With `echo_ref` (the `ref` of the sender's `send`, already JSON), the sender's own
     /// session (`from_conn`) gets the echo with the ref; every other copy is the same shared
@@ -421,14 +468,16 @@ impl Hub {
         if let Some((permit, message)) = kept {
             permit.push(ChatMessage { id, ts, ..message });
         }
-        match echo_ref {
+        let delivered = match echo_ref {
             None => inner.broadcast(Out::Chat(obj), None),
             Some(_) => {
                 let echo = Echo::of(echo_ref, obj.clone());
-                inner.broadcast(Out::Chat(obj), Some(from_conn));
-                inner.echo(from_conn, &from.key(), echo);
+                let others = inner.broadcast(Out::Chat(obj), Some(from_conn));
+                others + inner.echo(from_conn, &from.key(), echo)
             }
-        }
+        };
+        inner.counts.public += 1;
+        inner.counts.delivered += delivered;
     }
 
     /// Accepts a private message: delivered to the recipient when online, otherwise stored
@@ -524,11 +573,16 @@ impl Hub {
             held.outbox.release(held.id, stored.is_ok());
         }
         match stored {
-            // To oneself, the item let go is the echo too.
-            Ok(()) if held.as_ref().is_some_and(|h| h.to_self) => Ok(()),
             Ok(()) => {
-                let echo = Echo::of(route.echo_ref.as_ref(), kept.echo);
-                self.lock().echo(route.from_conn, &route.from_key, echo);
+                let mut inner = self.lock();
+                inner.counts.private += 1;
+                // Held in an online recipient's outbox, and now let go.
+                inner.counts.delivered += u64::from(held.is_some());
+                // To oneself, the item let go is the echo too.
+                if !held.as_ref().is_some_and(|h| h.to_self) {
+                    let echo = Echo::of(route.echo_ref.as_ref(), kept.echo);
+                    inner.echo(route.from_conn, &route.from_key, echo);
+                }
                 Ok(())
             }
             Err(StoreError::NoSuchUser(_)) => Err(no_such_user(to)),
@@ -741,6 +795,8 @@ impl Inner {
             let echo = Echo::of(route.echo_ref.as_ref(), private.obj.clone());
             self.echo(route.from_conn, &route.from_key, echo);
         }
+        self.counts.private += 1;
+        self.counts.delivered += 1;
         Delivery::Delivered
     }
 
@@ -780,24 +836,29 @@ impl Inner {
     }
 
     /// Sends to the sender's own session (`from_key`, case-folded), if it is still the
-    /// logged-in one.
-    fn echo(&mut self, from_conn: u64, from_key: &str, item: Out) {
+    /// logged-in one. Returns 1 if it was queued, else 0.
+    fn echo(&mut self, from_conn: u64, from_key: &str, item: Out) -> u64 {
+        let mut queued = false;
         if let Some(m) = self.members.get(from_key) {
             if m.conn_id == from_conn {
-                offer(m, item, &mut self.slow);
+                queued = offer(m, item, &mut self.slow);
             }
         }
         self.cut_off();
+        u64::from(queued)
     }
 
-    /// Offers `item` to every member except `except`, then cuts off the slow ones.
-    fn broadcast(&mut self, item: Out, except: Option<u64>) {
+    /// Offers `item` to every member except `except`, then cuts off the slow ones. Returns
+    /// how many outboxes took it.
+    fn broadcast(&mut self, item: Out, except: Option<u64>) -> u64 {
+        let mut queued = 0;
         for m in self.members.values() {
             if Some(m.conn_id) != except {
-                offer(m, item.clone(), &mut self.slow);
+                queued += u64::from(offer(m, item.clone(), &mut self.slow));
             }
         }
         self.cut_off();
+        queued
     }
 
     /// Offers a presence notice to every member except `except`, lazily (it does not wake
@@ -894,11 +955,13 @@ fn encode_list(users: &BTreeSet<UserId>) -> Bytes {
     Bytes::from(buf)
 }
 
-/// Queues `item` for a member; a full outbox marks it slow.
-fn offer(m: &Member, item: Out, slow: &mut Vec<(String, u64)>) {
-    if m.outbox.push(item).is_err() {
+/// Queues `item` for a member; a full outbox marks it slow. Returns whether it was queued.
+fn offer(m: &Member, item: Out, slow: &mut Vec<(String, u64)>) -> bool {
+    let queued = m.outbox.push(item).is_ok();
+    if !queued {
         slow.push((m.user_id.key(), m.conn_id));
     }
+    queued
 }
 
 fn no_such_user(to: &UserId) -> Failure {
@@ -1373,6 +1436,47 @@ mod tests {
         let echoes = frames(&alice);
         assert_eq!(echoes.len(), 3, "{echoes:?}");
         assert!(echoes[2].contains(r#""message":"three""#));
+        // Three accepted; two let go into bob's outbox (the third found it full).
+        let stats = HubStats {
+            online: 1,
+            public: 0,
+            private: 3,
+            delivered: 2,
+            outbox_bytes: 0,
+        };
+        assert_eq!(hub.stats(), stats);
+    }
+
+    #[test]
+    fn stats_count_each_copy_queued_and_the_bytes_not_taken_yet() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = member(&hub, 2, "bob");
+        // bob's `joined` waits in alice's outbox (lazily).
+        let joined = br#"{"command":"joined","user_id":"bob"}"#.len() as u64;
+        let stats = HubStats {
+            online: 2,
+            outbox_bytes: joined,
+            ..HubStats::default()
+        };
+        assert_eq!(hub.stats(), stats);
+        let from = UserId::new("alice").expect("valid id");
+        let text = MessageText::new("hello").expect("valid text");
+        hub.publish(&from, 1, text, None, None);
+        let queued = bob.take().items;
+        assert_eq!(queued.len(), 1);
+        let chat = queued[0].encoded_len() as u64;
+        // Both copies counted; alice's (and the notice) still queued, bob's taken.
+        let stats = HubStats {
+            online: 2,
+            public: 1,
+            delivered: 2,
+            outbox_bytes: joined + chat,
+            ..HubStats::default()
+        };
+        assert_eq!(hub.stats(), stats);
+        assert_eq!(frames(&alice).len(), 2);
+        assert_eq!(hub.stats().outbox_bytes, 0);
     }
 
     #[tokio::test]

@@ -6,11 +6,14 @@
 //! per connection: the protocol in `mod.rs`, `commands.rs` and `goodbye.rs` over the
 //! socket and buffers of `conn.rs`), `hub.rs` (who is online, fan-out), `outbox.rs` (what
 //! the hub queues for a session), `wire.rs` (how queued messages become frames), `auth.rs`
-//! (passwords), `store/` (persistence).
+//! (passwords), `store/` (persistence), `http.rs` (the HTTP listener: web client, health
+//! check, WebSocket upgrade), `metrics.rs` (Prometheus metrics).
 
 pub mod auth;
+mod http;
 mod hub;
 mod limits;
+pub mod metrics;
 mod outbox;
 mod session;
 pub mod store;
@@ -28,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{HashCost, Registration};
+pub use http::{CONTENT_SECURITY_POLICY, normalize_origin};
 pub use limits::AddressLimits;
+pub use metrics::Metrics;
 pub use session::{LIST_COST, RateLimit};
 pub use store::{MemoryStore, Retention, Store};
 pub use throttle::{Backoff, ThrottlePolicy};
@@ -41,6 +46,20 @@ use store::{HISTORY_QUEUE, HistoryWriter};
 
 /// Default listen address: loopback, the original server's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+/// Default HTTP listen address (web client, `/healthz`, WebSocket at `/ws`): loopback,
+/// next to the framed port.
+pub const DEFAULT_LISTEN_HTTP: &str = "127.0.0.1:5080";
+/// Default time between WebSocket pings to a client that sends nothing (and how long it has
+/// to answer one).
+pub const DEFAULT_WEBSOCKET_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Default cap on HTTP connections (not upgraded) at once.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
+/// Default cap on HTTP connections (not upgraded) at once from one address: a browser opens
+/// up to 6 per site, a few tabs or people behind one NAT address a few more.
+pub const DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS: u32 = 32;
+/// Default time a client has to send a request's headers, and an idle keep-alive HTTP
+/// connection stays open.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default per-recipient offline mailbox cap.
 pub const DEFAULT_MAILBOX_CAP: usize = 1000;
 /// Default outbox capacity: items queued for one session before it is a slow consumer.
@@ -131,6 +150,25 @@ pub struct Config {
     pub history_prune_interval: Duration,
     /// Serve every listener over TLS with this certificate; `None`: plain TCP.
     pub tls: Option<Tls>,
+    /// Origins (`scheme://host[:port]`, as [`normalize_origin`] writes them) whose pages may
+    /// open a WebSocket besides the server's own (an `Origin` whose host and port are the
+    /// request's `Host`); a request without `Origin` (not a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// A WebSocket client that sends nothing for this long is pinged, and its session ended
+    /// if nothing comes within as long again.
+    pub websocket_ping_interval: Duration,
+    /// HTTP connections (not upgraded) at once on the HTTP listener; more wait in the
+    /// listen backlog.
+    pub http_max_connections: usize,
+    /// HTTP connections (not upgraded) at once from one address; more are closed at once
+    /// (0: no limit; exempt addresses are not counted).
+    pub http_connections_per_address: u32,
+    /// How long a client has to send a request's headers, and an idle keep-alive HTTP
+    /// connection stays open.
+    pub http_header_timeout: Duration,
+    /// The server's metrics: keep a clone to serve them ([`metrics::serve`]). One per
+    /// server; a fresh one by default.
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for Config {
@@ -156,6 +194,15 @@ impl std::fmt::Debug for Config {
             .field("history_retention", &self.history_retention)
             .field("history_prune_interval", &self.history_prune_interval)
             .field("tls", &self.tls)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("websocket_ping_interval", &self.websocket_ping_interval)
+            .field("http_max_connections", &self.http_max_connections)
+            .field(
+                "http_connections_per_address",
+                &self.http_connections_per_address,
+            )
+            .field("http_header_timeout", &self.http_header_timeout)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +231,12 @@ impl Default for Config {
             history_retention: Retention::default(),
             history_prune_interval: DEFAULT_HISTORY_PRUNE_INTERVAL,
             tls: None,
+            allowed_origins: Vec::new(),
+            websocket_ping_interval: DEFAULT_WEBSOCKET_PING_INTERVAL,
+            http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            http_connections_per_address: DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS,
+            http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -199,6 +252,18 @@ pub(crate) struct Shared {
     pub(crate) flood: session::FloodControl,
     pub(crate) limits: limits::Limits,
     pub(crate) shutdown: CancellationToken,
+    /// The server's metrics (a clone of [`Config::metrics`]): [`Metrics::render`] for a
+    /// `/metrics` endpoint.
+    pub(crate) metrics: Metrics,
+    /// The id of the next connection (for the log).
+    conn_ids: AtomicU64,
+}
+
+impl Shared {
+    /// A new connection's id.
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// Unix time in milliseconds.
@@ -223,8 +288,11 @@ pub async fn run(
 }
 
 /// Like [`run`], on several listeners at once, each with its framing: the protocol's
-/// length-delimited frames, or one JSON object per line (the `--listen-lines` debugging
-/// listener). Every session shares the one hub, whatever its listener.
+/// length-delimited frames, one JSON object per line (the `--listen-lines` debugging
+/// listener), or [`Framing::WebSocket`]: HTTP (`--listen-http`: the web client,
+/// `/healthz`, and WebSocket sessions at `/ws`). Every session shares the one hub, whatever
+/// its listener. An HTTP listener answers until the sessions have closed (`/healthz` says
+/// 503 from the shutdown on).
 ///
 /// # Errors
 /// As [`run`].
@@ -257,7 +325,11 @@ pub async fn run_listeners(
     // Public messages and private messages to online users are kept through it; it is
     // closed (what it holds written) once the sessions are gone, before the caller closes
     // the store.
-    let history = HistoryWriter::spawn(store.clone(), HISTORY_QUEUE);
+    let history = HistoryWriter::spawn_observed(
+        store.clone(),
+        HISTORY_QUEUE,
+        Some(config.metrics.history_commit()),
+    );
     let retention = tokio::spawn(store::run_retention(
         store.clone(),
         config.history_retention,
@@ -283,8 +355,11 @@ pub async fn run_listeners(
             config.exempt.clone(),
         ),
         shutdown: shutdown.clone(),
+        conn_ids: AtomicU64::new(1),
+        metrics: config.metrics.clone(),
         config,
     });
+    shared.metrics.attach(&shared);
     // Presence notices do not wake idle sessions; this wakes those still holding some. On
     // shutdown it tells the logged-in sessions through their outboxes.
     let ticker = {
@@ -320,10 +395,24 @@ pub async fn run_listeners(
     };
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
-    let conn_ids = AtomicU64::new(1);
-    futures::future::join_all(listeners.into_iter().map(|(listener, framing)| {
-        accept_loop(listener, framing, &shared, &limit, &tracker, &conn_ids)
-    }))
+    // The HTTP listeners run on their own until the sessions are gone.
+    let http_stop = CancellationToken::new();
+    let http_state = http::HttpState::new(shared.clone(), tracker.clone(), limit.clone());
+    let http = TaskTracker::new();
+    let mut framed = Vec::new();
+    for (listener, framing) in listeners {
+        if framing == Framing::WebSocket {
+            http.spawn(http::serve(listener, http_state.clone(), http_stop.clone()));
+        } else {
+            framed.push((listener, framing));
+        }
+    }
+    http.close();
+    futures::future::join_all(
+        framed
+            .into_iter()
+            .map(|(listener, framing)| accept_loop(listener, framing, &shared, &limit, &tracker)),
+    )
     .await;
     tracker.close();
     // It ends on the shutdown too, once every logged-in session has been told.
@@ -340,6 +429,8 @@ pub async fn run_listeners(
             "sessions still closing at the end of the grace period"
         );
     }
+    http_stop.cancel();
+    http.wait().await;
     let _ = retention.await;
     history.close().await;
     let stats = history.stats();
@@ -361,7 +452,6 @@ async fn accept_loop(
     shared: &Arc<Shared>,
     limit: &Arc<Semaphore>,
     tracker: &TaskTracker,
-    conn_ids: &AtomicU64,
 ) {
     let shutdown = &shared.shutdown;
     let mut backoff = Duration::from_millis(10);
@@ -382,7 +472,7 @@ async fn accept_loop(
                 backoff = Duration::from_millis(10);
                 // Admitted or refused now, before any work; a refused session only says why.
                 let permit = shared.limits.admit(permit, peer.ip());
-                let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
+                let conn_id = shared.next_conn_id();
                 let shared = shared.clone();
                 // On a TLS listener the session starts with the TLS state that will drive
                 // the handshake (it cannot fail with a configuration that built).

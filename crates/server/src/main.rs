@@ -36,6 +36,7 @@ use futures::future::BoxFuture;
 use ipnet::IpNet;
 use simpletextim_proto::{Password, UserId};
 use simpletextim_server::auth::{HashCost, hash_password};
+use simpletextim_server::metrics;
 use simpletextim_server::store::{
     Account, AccountInfo, DatabaseUrl, PgOptions, PostgresStore, SqliteStore, StoreError,
 };
@@ -49,6 +50,9 @@ use tokio_util::sync::CancellationToken;
 /// File descriptors kept for things other than client connections (listener, database,
 /// logs, the hashing threads).
 const RESERVED_FDS: u64 = 64;
+
+/// How long the end of the server waits for a scrape of `--metrics-listen` under way.
+const METRICS_GRACE: Duration = Duration::from_secs(1);
 
 /// SimpleTextIM chat server: public and private messages, presence and an offline mailbox,
 /// over length-delimited JSON on TCP.
@@ -95,6 +99,30 @@ struct Cli {
     /// telnet debugging [default: off].
     #[arg(long, value_name = "ADDR")]
     listen_lines: Option<SocketAddr>,
+
+    /// Serve Prometheus metrics (`GET /metrics`, OpenMetrics text) on this address, e.g.
+    /// 127.0.0.1:9100; a warning is logged if it is not a loopback address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve HTTP on this address: the web client at /, WebSocket sessions at /ws, and
+    /// /healthz; over HTTPS/wss with --tls-cert. `off` disables it.
+    #[arg(long, value_name = "ADDR|off", default_value = simpletextim_server::DEFAULT_LISTEN_HTTP, value_parser = parse_listen_http)]
+    listen_http: ListenHttp,
+
+    /// A web origin (scheme://host[:port]) whose pages may open WebSocket sessions, besides
+    /// the server's own; repeatable. Clients sending no Origin (not browsers) are always
+    /// allowed.
+    #[arg(long, value_name = "ORIGIN", value_parser = simpletextim_server::normalize_origin)]
+    allowed_origin: Vec<String>,
+
+    /// HTTP connections (not WebSocket sessions) open at once on --listen-http.
+    #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_HTTP_MAX_CONNECTIONS)]
+    http_max_connections: usize,
+
+    /// HTTP connections (not WebSocket sessions) open at once from one address; more are
+    /// closed at once (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS)]
+    http_connections_per_address: u32,
 
     /// Serve every listener over TLS 1.2/1.3 with this certificate chain (PEM, the
     /// server's certificate first); needs --tls-key. SIGHUP reads both files again.
@@ -220,6 +248,22 @@ struct Cli {
     /// Hash passwords with minimal Argon2id cost. INSECURE: for benchmarks and tests only.
     #[arg(long, global = true)]
     insecure_fast_hash: bool,
+}
+
+/// `--listen-http`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+enum ListenHttp {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_listen_http(s: &str) -> Result<ListenHttp, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ListenHttp::Off);
+    }
+    s.parse()
+        .map(ListenHttp::On)
+        .map_err(|e| format!("{e}: an address such as 127.0.0.1:5080, or off"))
 }
 
 impl Cli {
@@ -493,6 +537,9 @@ async fn serve_on(cli: Cli, store: Arc<dyn Store>, tls: Option<Tls>) -> anyhow::
         history_retention: cli.retention(),
         store,
         tls: tls.clone(),
+        allowed_origins: cli.allowed_origin.clone(),
+        http_max_connections: cli.http_max_connections.max(1),
+        http_connections_per_address: cli.http_connections_per_address,
         ..Config::default()
     };
     let listener = TcpListener::bind(cli.listen)
@@ -508,7 +555,28 @@ async fn serve_on(cli: Cli, store: Arc<dyn Store>, tls: Option<Tls>) -> anyhow::
         tracing::info!("line protocol (one JSON object per line, for debugging) on {bound}");
         listeners.push((lines, Framing::Lines));
     }
+    if let ListenHttp::On(http_addr) = cli.listen_http {
+        let http = TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {http_addr} (--listen-http)"))?;
+        let bound = http.local_addr().context("listener has no address")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("HTTP on {bound}: the web client at {scheme}://{bound}/, WebSocket at /ws");
+        listeners.push((http, Framing::WebSocket));
+    }
     let shutdown = CancellationToken::new();
+    let metrics = match cli.metrics_listen {
+        Some(metrics_addr) => {
+            let listener = TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_addr}"))?;
+            let bound = listener.local_addr().context("listener has no address")?;
+            tracing::info!("metrics on http://{bound}/metrics");
+            let serving = metrics::serve(listener, config.metrics.clone(), shutdown.clone());
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     cancel_on_signal(shutdown.clone());
     if let Some(tls) = tls {
         tracing::info!(cert = %tls.cert_path().display(), "TLS on every listener");
@@ -517,6 +585,14 @@ async fn serve_on(cli: Cli, store: Arc<dyn Store>, tls: Option<Tls>) -> anyhow::
     tracing::info!("listening on {addr}");
 
     simpletextim_server::run_listeners(listeners, config, shutdown).await?;
+    if let Some(serving) = metrics {
+        // Stopped by the same shutdown; a scrape under way gets a moment to end.
+        match tokio::time::timeout(METRICS_GRACE, serving).await {
+            Ok(Ok(Ok(()))) | Err(_) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "metrics listener failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics listener panicked"),
+        }
+    }
     tracing::info!("bye");
     Ok(())
 }

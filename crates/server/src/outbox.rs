@@ -26,6 +26,7 @@
 //!   (queued while the login read the mailbox, so also in the login ack) goes out once.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -93,6 +94,10 @@ pub struct Outbox {
     limits: Limits,
     /// The session asked for acknowledged delivery (its state is [`State::acks`]).
     acks: bool,
+    /// [`State::bytes`] as of the last change, for the metrics' scrape, which reads it
+    /// without the lock. Stored only under the lock, right after `bytes` changes: a plain
+    /// store, no read-modify-write, so the push path pays nothing for it.
+    published_bytes: AtomicU32,
 }
 
 /// How much an outbox holds before its session counts as a slow consumer.
@@ -128,6 +133,7 @@ impl Outbox {
                 ..State::default()
             }),
             notify: Notify::new(),
+            published_bytes: AtomicU32::new(0),
             limits: Limits {
                 items: limits.items.max(1),
                 bytes: limits.bytes,
@@ -182,6 +188,7 @@ impl Outbox {
         {
             let len = u32::try_from(item.encoded_len()).unwrap_or(u32::MAX);
             s.bytes = s.bytes.saturating_sub(len);
+            self.publish_bytes(&s);
         }
         let wake = !s.items.is_empty() && !std::mem::replace(&mut s.woken, true);
         drop(s);
@@ -284,6 +291,7 @@ impl Outbox {
         }
         s.items.push_back(item);
         s.bytes = bytes;
+        self.publish_bytes(&s);
         Ok(Some(s))
     }
 
@@ -319,9 +327,12 @@ impl Outbox {
         let mut s = self.lock();
         s.woken = false;
         if s.acks.is_some() {
-            return Self::take_acked(&mut s);
+            let taken = Self::take_acked(&mut s);
+            self.publish_bytes(&s);
+            return taken;
         }
         s.bytes = 0;
+        self.publish_bytes(&s);
         Taken {
             items: std::mem::take(&mut s.items),
             kicked: s.kicked,
@@ -387,6 +398,18 @@ impl Outbox {
         }
     }
 
+    /// Publishes the size queued for [`Outbox::queued_bytes`]; called under the lock
+    /// whenever [`State::bytes`] changed.
+    fn publish_bytes(&self, s: &State) {
+        self.published_bytes.store(s.bytes, Ordering::Relaxed);
+    }
+
+    /// The encoded size of the items queued, as of the last push or take (read without the
+    /// outbox's lock, for the metrics).
+    pub fn queued_bytes(&self) -> u32 {
+        self.published_bytes.load(Ordering::Relaxed)
+    }
+
     /// Waits until something was queued or the session was kicked since the last wake-up.
     pub async fn changed(&self) {
         self.notify.notified().await;
@@ -417,7 +440,9 @@ mod tests {
         // 11 bytes would be over the limit, eagerly or lazily.
         assert_eq!(o.push(frame("x")), Err(Full));
         assert_eq!(o.push_lazy(frame("x")), Err(Full));
+        assert_eq!(o.queued_bytes(), 10);
         assert_eq!(texts(&o.take().items), vec![&b"12345"[..], b"67890"]);
+        assert_eq!(o.queued_bytes(), 0);
         // Taken: the count starts again, and one item larger than the limit still goes in.
         assert_eq!(o.push(frame("a much longer item")), Ok(()));
         assert_eq!(o.push(frame("y")), Err(Full));
@@ -545,6 +570,7 @@ mod tests {
         o.push_uncommitted(private(10)).unwrap();
         assert!(o.take().items.is_empty());
         assert_eq!(o.lock().bytes, 3);
+        assert_eq!(o.queued_bytes(), 3);
     }
 
     #[test]

@@ -135,6 +135,11 @@ impl Tls {
         &self.key_path
     }
 
+    /// The rustls configuration (the HTTP listener's TLS acceptor uses it as it is).
+    pub(crate) fn server_config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
     /// The TLS state of a just-accepted connection, its buffers bounded by
     /// [`TLS_BUFFER_LIMIT`].
     ///

@@ -6,9 +6,10 @@
 //! gets a cheap clone of the same [`Bytes`]. A session's writer then joins the chat messages
 //! queued for it into one `message` frame ([`FrameWriter`]): a copy, not a serialization.
 //!
-//! Two framings carry the same JSON objects: the protocol's length-delimited frames, and
+//! Three framings carry the same JSON objects: the protocol's length-delimited frames,
 //! (for `nc`/telnet debugging, on a listener of its own) one object per line, read by
-//! [`LineCodec`].
+//! [`LineCodec`], and WebSocket text messages (`websocket.rs`: the frame headers, and the
+//! decoder of client frames).
 
 use std::sync::Arc;
 
@@ -24,6 +25,9 @@ pub enum Framing {
     LengthDelimited,
     /// One object per line (`\n`-terminated, `\r\n` tolerated): the debugging listener.
     Lines,
+    /// One object per WebSocket text message. A listener given this framing serves HTTP:
+    /// the web client, `/healthz`, and `GET /ws`, whose upgraded connections use it.
+    WebSocket,
 }
 
 /// Reads requests one per line, with the same limit and answers as the framed protocol:
@@ -289,6 +293,11 @@ impl FrameWriter {
         }
     }
 
+    /// How it delimits frames.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
     /// Appends one outbox item.
     pub fn push(&mut self, item: &Out) {
         match item {
@@ -323,8 +332,10 @@ impl FrameWriter {
             _ => {
                 self.close_batch();
                 self.open_batch = Some(self.buf.len());
-                if self.framing == Framing::LengthDelimited {
-                    self.buf.put_u32(0); // patched in close_batch
+                match self.framing {
+                    LengthDelimited => self.buf.put_u32(0), // patched in close_batch
+                    WebSocket => self.buf.put_bytes(0, websocket::BATCH_HEADER), // likewise
+                    Lines => {}
                 }
                 self.buf.put_slice(MESSAGE_FRAME_HEAD);
             }
@@ -345,7 +356,7 @@ impl FrameWriter {
     /// Appends a whole reply frame.
     pub fn push_frame(&mut self, payload: &[u8]) {
         self.close_batch();
-        self.buf.reserve(4 + payload.len());
+        self.buf.reserve(websocket::MAX_HEADER + payload.len());
         match self.framing {
             LengthDelimited => {
                 // Replies the server builds are far below the 16 MiB limit except a `list`
@@ -358,6 +369,22 @@ impl FrameWriter {
                 self.buf.put_slice(payload);
                 self.buf.put_u8(b'\n');
             }
+            WebSocket => {
+                websocket::put_text_header(&mut self.buf, payload.len());
+                self.buf.put_slice(payload);
+            }
+        }
+    }
+
+    /// Appends a WebSocket control frame (close, ping, pong); on another framing, nothing.
+    pub fn push_control(
+        &mut self,
+        control: tungstenite::protocol::frame::coding::Control,
+        payload: &[u8],
+    ) {
+        if self.framing == WebSocket {
+            self.close_batch();
+            websocket::put_control(&mut self.buf, control, payload);
         }
     }
 
@@ -378,9 +405,11 @@ impl FrameWriter {
     fn push_frame_parts(&mut self, parts: &[&[u8]], tail: &[u8]) {
         self.close_batch();
         let len = parts.iter().map(|p| p.len()).sum::<usize>() + tail.len();
-        self.buf.reserve(4 + len);
-        if self.framing == Framing::LengthDelimited {
-            self.buf.put_u32(len as u32);
+        self.buf.reserve(websocket::MAX_HEADER + len);
+        match self.framing {
+            LengthDelimited => self.buf.put_u32(len as u32),
+            WebSocket => websocket::put_text_header(&mut self.buf, len),
+            Lines => {}
         }
         for p in parts {
             self.buf.put_slice(p);
@@ -405,6 +434,7 @@ impl FrameWriter {
                     self.buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
                 }
                 Lines => self.buf.put_u8(b'\n'),
+                WebSocket => websocket::patch_text_header(&mut self.buf, start),
             }
             let end = self.buf.len();
             for (at, _) in self.private.iter_mut().rev() {
@@ -435,7 +465,7 @@ impl FrameWriter {
     /// instead of a buffer that grows (and is copied) several times.
     pub fn reserve_for<'a>(&mut self, items: impl IntoIterator<Item = &'a Out>) {
         // Each item: its bytes, a separator or a line end, and at worst a frame of its own.
-        let frame = 4 + MESSAGE_FRAME_HEAD.len() + MESSAGE_FRAME_TAIL.len();
+        let frame = websocket::MAX_HEADER + MESSAGE_FRAME_HEAD.len() + MESSAGE_FRAME_TAIL.len();
         let n: usize = items
             .into_iter()
             .map(|item| match item {
@@ -474,7 +504,7 @@ impl FrameWriter {
     }
 }
 
-use Framing::{LengthDelimited, Lines};
+use Framing::{LengthDelimited, Lines, WebSocket};
 
 #[cfg(test)]
 mod tests {
@@ -661,7 +691,7 @@ mod tests {
                 }
                 .to_json();
                 let r = r.as_ref().map(encode_ref);
-                for framing in [Framing::LengthDelimited, Framing::Lines] {
+                for framing in [Framing::LengthDelimited, Framing::Lines, Framing::WebSocket] {
                     let mut w = FrameWriter::with_framing(framing);
                     w.push_chat(&encode_chat(&msg(1, "hi")));
                     w.push_list(r.as_deref(), &array);
@@ -731,7 +761,7 @@ mod tests {
 
     #[test]
     fn unwritten_private_are_those_whose_frames_were_not_wholly_written() {
-        for framing in [Framing::LengthDelimited, Framing::Lines] {
+        for framing in [Framing::LengthDelimited, Framing::Lines, Framing::WebSocket] {
             let mut w = FrameWriter::with_framing(framing);
             w.push(&private(1, "a"));
             w.push_reply(&Reply::Joined {
@@ -777,6 +807,55 @@ mod tests {
                 .lines()
                 .map(|l| Reply::from_json(l.as_bytes()).unwrap())
                 .collect(),
+            Framing::WebSocket => {
+                use tungstenite::protocol::frame::FrameHeader;
+                use tungstenite::protocol::frame::coding::{Data, OpCode};
+                let mut out = Vec::new();
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let mut cursor = std::io::Cursor::new(rest);
+                    let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+                    assert!(header.is_final && header.mask.is_none());
+                    assert_eq!(header.opcode, OpCode::Data(Data::Text));
+                    let start = cursor.position() as usize;
+                    // The shortest length form.
+                    assert_eq!(start, header.len(len));
+                    let end = start + len as usize;
+                    out.push(Reply::from_json(&rest[start..end]).unwrap());
+                    rest = &rest[end..];
+                }
+                out
+            }
+        }
+    }
+
+    #[test]
+    fn websocket_batches_of_every_length_form_decode_in_order() {
+        // One short chat (7-bit length), a few (16-bit), many (64-bit is never needed: a
+        // batch stops growing at 64 KiB, but its last object may carry it just over).
+        for n in [1u64, 5, 3000] {
+            let mut w = FrameWriter::with_framing(Framing::WebSocket);
+            let text = if n == 1 {
+                "a".to_owned()
+            } else {
+                "x".repeat(140)
+            };
+            for i in 0..n {
+                w.push(&Out::Chat(encode_chat(&msg(i, &text))));
+            }
+            w.push_reply(&Reply::Joined {
+                user_id: UserId::new("carol").unwrap(),
+            });
+            let replies = decode_all_framed(w.take(), Framing::WebSocket);
+            let ids: Vec<u64> = replies
+                .iter()
+                .flat_map(|r| match r {
+                    Reply::Message { messages, .. } => messages.iter().map(|m| m.id).collect(),
+                    _ => vec![],
+                })
+                .collect();
+            assert_eq!(ids, (0..n).collect::<Vec<_>>());
+            assert!(matches!(replies.last(), Some(Reply::Joined { .. })));
         }
     }
 
@@ -866,3 +945,4 @@ mod tests {
 }
 #[cfg(test)]
 mod fuzz;
+pub(crate) mod websocket;

@@ -384,7 +384,8 @@ impl Binary {
     fn start(data: &std::path::Path) -> Binary {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simpletextim-server"))
-            .args(["--listen", "127.0.0.1:0", "--insecure-fast-hash", "--data"])
+            .args(["--listen", "127.0.0.1:0", "--listen-http", "off"])
+            .args(["--insecure-fast-hash", "--data"])
             .arg(data)
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())

@@ -35,7 +35,8 @@ impl Server {
     /// [`Server::start`] with `cmd` running the binary (e.g. [`with_umask_000`]).
     fn start_with(mut cmd: Command, data: &Path, extra: &[&str]) -> Server {
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--insecure-fast-hash", "--data"])
+            .args(["--listen", "127.0.0.1:0", "--listen-http", "off"])
+            .args(["--insecure-fast-hash", "--data"])
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -544,7 +545,7 @@ fn a_data_directory_that_cannot_be_created_is_a_one_line_error() {
     std::fs::write(&file, "not a directory").unwrap();
     let bad = file.join("data");
     let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--data"])
+        .args(["--listen", "127.0.0.1:0", "--listen-http", "off", "--data"])
         .arg(&bad)
         .stdin(Stdio::null())
         .output()
@@ -637,7 +638,7 @@ async fn backup_copies_a_running_servers_database() {
 /// Serving on `data`, which must end (a refusal) within [`WAIT`]: exit code, stdout, stderr.
 fn serve_refused(data: &Path) -> (Option<i32>, String, String) {
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--data"])
+        .args(["--listen", "127.0.0.1:0", "--listen-http", "off", "--data"])
         .arg(data)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -31,7 +31,13 @@ impl Server {
     /// `listening on`.
     fn start(db: &pg::TestDb) -> Server {
         let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--insecure-fast-hash"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--listen-http",
+                "off",
+                "--insecure-fast-hash",
+            ])
             .env("SIMPLETEXTIM_DATABASE", &db.url)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -162,7 +168,14 @@ async fn two_users_chat_and_an_offline_message_survives_a_restart() {
 
     // Not migrated: the server refuses to start, in one line naming `migrate`.
     let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--database", &db.url])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-http",
+            "off",
+            "--database",
+            &db.url,
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -34,7 +34,8 @@ impl Server {
     /// from the per-address limits: every test client comes from 127.0.0.1.
     fn start(data: &Path) -> Server {
         let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--insecure-fast-hash"])
+            .args(["--listen", "127.0.0.1:0", "--listen-http", "off"])
+            .arg("--insecure-fast-hash")
             .arg("--exempt-loopback")
             .arg("--data")
             .arg(data)

@@ -630,7 +630,7 @@ struct Proc {
 impl Proc {
     fn start(data: &Path, args: &[&str]) -> Proc {
         let mut child = Process::new(BIN)
-            .args(["--insecure-fast-hash", "--data"])
+            .args(["--insecure-fast-hash", "--listen-http", "off", "--data"])
             .arg(data)
             .args(args)
             .env("RUST_LOG", "info")
@@ -753,7 +753,13 @@ fn the_binary_refuses_a_bad_key_file_with_one_line() {
     std::fs::write(&key, "this is not a key\n").unwrap();
     let data = dir.path().join("data");
     let out = Process::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-http",
+            "off",
+            "--tls-cert",
+        ])
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
@@ -775,7 +781,13 @@ fn the_binary_refuses_a_bad_key_file_with_one_line() {
 
     // Half a pair is a usage error.
     let out = Process::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-http",
+            "off",
+            "--tls-cert",
+        ])
         .arg(&cert)
         .arg("--data")
         .arg(&data)

@@ -8,17 +8,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use simpletextim_loadgen::report::Report;
 
-use super::server::Server;
 use super::suite::Scenario;
 
 /// How long past its own `--timeout` the load generator may run before it is killed.
 const GRACE: Duration = Duration::from_secs(60);
 
-/// Runs the load generator once against `server` with `args` (the scenario's, or its
-/// quiet run's); returns its report.
+/// Runs the load generator once against the server at `addr` (whose pid is `server_pid`,
+/// for the workloads that read its memory) with `args` (the scenario's, its quiet run's or
+/// its reference's); returns its report.
 pub fn run(
     bin: &Path,
-    server: &Server,
+    addr: &str,
+    server_pid: Option<u32>,
     s: &Scenario,
     args: &[String],
     prefix: &str,
@@ -26,15 +27,15 @@ pub fn run(
     let mut cmd = Command::new(bin);
     cmd.args([
         "--server",
-        &server.addr,
+        addr,
         "--timeout",
         &s.timeout.to_string(),
         "--prefix",
         prefix,
     ]);
     cmd.args(args);
-    if s.needs_server_pid() {
-        cmd.args(["--server-pid", &server.pid().to_string()]);
+    if let Some(pid) = server_pid.filter(|_| s.needs_server_pid()) {
+        cmd.args(["--server-pid", &pid.to_string()]);
     }
     let mut child = cmd
         .stdin(Stdio::null())

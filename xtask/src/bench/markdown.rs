@@ -6,7 +6,7 @@ use std::fmt::{self, Display, Write as _};
 use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::stats::Summary;
 
-use super::results::Results;
+use super::results::{Reference, Results, Run};
 use super::suite::TARGETS;
 
 /// Start of the generated part of `BENCHMARKS.md`.
@@ -18,8 +18,9 @@ pub const END: &str = "<!-- bench:end -->";
 /// The generated Markdown.
 pub fn markdown(doc: &Results) -> String {
     let mut s = String::new();
-    let sections: [fn(&mut String, &Results) -> fmt::Result; 11] = [
-        header, targets, flood, open_loop, presence, conns, offline, history, soak, cpu, commands,
+    let sections: [fn(&mut String, &Results) -> fmt::Result; 12] = [
+        header, targets, flood, open_loop, reference, presence, conns, offline, history, soak, cpu,
+        commands,
     ];
     for section in sections {
         section(&mut s, doc).expect("formatting into a String does not fail");
@@ -120,7 +121,8 @@ fn header(s: &mut String, doc: &Results) -> fmt::Result {
     )
 }
 
-/// The targets table ([`TARGETS`]).
+/// The targets table ([`TARGETS`]). A scenario run with a reference beside it (Redis
+/// pub/sub) must also have a p99 not above the reference's median p99.
 fn targets(s: &mut String, doc: &Results) -> fmt::Result {
     writeln!(s, "### Targets\n")?;
     writeln!(
@@ -128,15 +130,29 @@ fn targets(s: &mut String, doc: &Results) -> fmt::Result {
         "| scenario | target | measured (median) | met |\n|---|---|---|---|"
     )?;
     for t in TARGETS {
-        let (shown, met) = doc
+        let (mut shown, mut met) = doc
             .median(t.id)
             .map_or_else(|| ("–".to_owned(), None), t.judge);
+        let mut goal = t.goal.to_owned();
+        if let Some(rf) = doc.scenario(t.id).and_then(|sc| sc.reference.as_ref()) {
+            let theirs = rf.median.as_ref().map(|r| r.latency_us.p99);
+            goal.push_str(&format!(
+                ", and not above {}'s p99 in the same run",
+                rf.name
+            ));
+            shown.push_str(&format!("; {} p99 {} ms", rf.name, ms(theirs)));
+            let ours = doc.median(t.id).map(|r| r.latency_us.p99);
+            met = match (met, ours, theirs) {
+                (Some(m), Some(ours), Some(theirs)) => Some(m && ours <= theirs),
+                _ => None,
+            };
+        }
         let met = match met {
             Some(true) => "yes",
             Some(false) => "**no**",
             None => "–",
         };
-        writeln!(s, "| {} | {} | {shown} | {met} |", doc.title(t.id), t.goal)?;
+        writeln!(s, "| {} | {goal} | {shown} | {met} |", doc.title(t.id))?;
     }
     s.push('\n');
     Ok(())
@@ -220,6 +236,78 @@ fn open_loop(s: &mut String, doc: &Results) -> fmt::Result {
         s,
         "\n![latency percentiles against offered load](bench/latency.svg)\n"
     )
+}
+
+/// The scenarios run with a reference beside them (Redis pub/sub beside the open-loop
+/// fan-out): their medians and the reference's side by side. Nothing when none was.
+fn reference(s: &mut String, doc: &Results) -> fmt::Result {
+    let rows: Vec<(&str, &str, Option<&Report>, &Reference)> = (doc.scenarios.iter())
+        .filter_map(|sc| {
+            let rf = sc.reference.as_ref()?;
+            Some((sc.id.as_str(), sc.title.as_str(), sc.median.as_ref(), rf))
+        })
+        .collect();
+    let Some((_, _, _, first)) = rows.first() else {
+        return Ok(());
+    };
+    writeln!(
+        s,
+        "### Against {} (open loop, the same suite)\n",
+        first.name
+    )?;
+    writeln!(
+        s,
+        "The same load through the pub/sub of a private `redis-server` (`{}`), started fresh for each run as ours is: `simpletextim-loadgen redis-fanout` with the scenario's arguments. C subscriber connections to one channel stand for our C clients, and S publisher connections (separate from the subscribers, where our S senders are among the C clients) publish the same marked texts on the same schedule; both sides count C × S × M deliveries, timed from the scheduled send by the same receive code, which reads the marker without parsing a message. The rounds alternate which server goes first; each side's figure is the median of its own runs. Redis serves its clients on one thread; ours on one per core.\n",
+        first.server_command
+    )?;
+    writeln!(
+        s,
+        "| scenario | p50 / p99 / max ms, ours | p50 / p99 / max ms, Redis | p99 not above Redis's | deliveries/s, ours / Redis | lost, ours / Redis | runs (p99 ms), ours; Redis | server CPU s, ours / Redis |\n|---|---|---|---|---|---|---|---|"
+    )?;
+    let lat = |r: Option<&Report>| {
+        let l = r.map(|r| r.latency_us);
+        format!(
+            "{} / {} / {}",
+            ms(pick(l, |l| l.p50)),
+            ms(pick(l, |l| l.p99)),
+            ms(pick(l, |l| l.max))
+        )
+    };
+    let p99s = |runs: &[Run]| {
+        let each: Vec<String> = (runs.iter())
+            .filter_map(Run::report)
+            .map(|r| ms(r.latency_us.p99))
+            .collect();
+        each.join(" / ")
+    };
+    let both = |ours: Option<&Report>, theirs: Option<&Report>, f: fn(&Report) -> String| {
+        let f = |r: Option<&Report>| r.map_or_else(|| "–".to_owned(), f);
+        format!("{} / {}", f(ours), f(theirs))
+    };
+    for (id, title, ours, rf) in rows {
+        let theirs = rf.median.as_ref();
+        let verdict = match (ours, theirs) {
+            (Some(o), Some(t)) if o.latency_us.p99 <= t.latency_us.p99 => "yes",
+            (Some(_), Some(_)) => "**no**",
+            _ => "–",
+        };
+        let runs = doc.scenario(id).map_or(&[][..], |sc| &sc.runs[..]);
+        writeln!(
+            s,
+            "| {title} | {} | {} | {verdict} | {} | {} | {}; {} | {} |",
+            lat(ours),
+            lat(theirs),
+            both(ours, theirs, |r| si(r.deliveries_per_s)),
+            both(ours, theirs, |r| r.lost.to_string()),
+            p99s(runs),
+            p99s(&rf.runs),
+            both(ours, theirs, |r| opt(r
+                .server_cpu_s
+                .map(|x| format!("{x:.1}")))),
+        )?;
+    }
+    s.push('\n');
+    Ok(())
 }
 
 /// `p50 / p99 / p99.9 / max` of a latency summary, in milliseconds.
@@ -644,9 +732,18 @@ fn commands(s: &mut String, doc: &Results) -> fmt::Result {
             .measured
             .as_ref()
             .map_or_else(String::new, |m| format!(" (measured {m})"));
+        let reference = sc.reference.as_ref().map_or_else(String::new, |rf| {
+            format!(
+                ", beside `{}` against `{}` ({}, {} runs)",
+                rf.command,
+                rf.server_command,
+                rf.name,
+                rf.runs.len()
+            )
+        });
         writeln!(
             s,
-            "| {} | `{}`{quiet}{server} | {}{measured} |",
+            "| {} | `{}`{quiet}{server}{reference} | {}{measured} |",
             sc.id,
             sc.command,
             sc.runs.len()

@@ -10,12 +10,16 @@
 //!
 //! - [`suite`]: the scenarios and the targets the report checks;
 //! - [`server`]: starting and stopping a server, its CPU time;
+//! - [`redis`]: the private `redis-server` of the Redis pub/sub reference, which the
+//!   open-loop fan-out scenarios run beside ours (installed from the distribution's
+//!   packages when missing, [`crate::setup::ensure_redis_server`]);
 //! - [`loadgen`]: running the load generator, reading its report;
 //! - [`results`]: `results.json`, medians, merging partial runs;
 //! - [`markdown`] and [`svg`]: the report.
 
 mod loadgen;
 mod markdown;
+mod redis;
 mod results;
 mod server;
 mod suite;
@@ -27,8 +31,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use simpletextim_loadgen::report::Report;
 
-use results::{Results, Run, ScenarioResult};
+use redis::{RedisBin, RedisServer};
+use results::{Reference, Results, Run, ScenarioResult};
 use server::{Limits, Server, ServerBin};
 use suite::Scenario;
 
@@ -59,6 +65,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.report_only {
         return report_only(&root, args.quick);
     }
+    let selected: Vec<Scenario> = suite::suite(args.quick, args.runs)
+        .into_iter()
+        .filter(|s| args.only.as_ref().is_none_or(|o| s.id.contains(o.as_str())))
+        .collect();
+    // Before the build, so that a machine without it (and without apt-get) fails at once.
+    let redis = if selected.iter().any(|s| s.reference.is_some()) {
+        Some(RedisBin::probe(crate::setup::ensure_redis_server()?)?)
+    } else {
+        None
+    };
     if !args.no_build {
         build(&root)?;
     }
@@ -84,15 +100,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut scenarios = Vec::new();
     let mut n = 0;
-    for s in suite::suite(args.quick, args.runs) {
-        if args
-            .only
-            .as_ref()
-            .is_some_and(|o| !s.id.contains(o.as_str()))
-        {
-            continue;
-        }
-        scenarios.push(run_scenario(&s, &server_bin, &loadgen_bin, &work, &mut n)?);
+    for s in &selected {
+        let bins = Bins {
+            server: &server_bin,
+            redis: redis.as_ref(),
+            loadgen: &loadgen_bin,
+        };
+        scenarios.push(run_scenario(s, &bins, &work, &mut n)?);
     }
     // A partial run updates its scenarios in the last results and keeps the others, and
     // the header of those (machine, date, server): its own scenarios say when they ran.
@@ -162,18 +176,37 @@ fn build(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every run of one scenario (`n` counts the runs of the suite) and its median. A failed
-/// run is recorded as such; only a server that does not start stops the suite.
+/// The binaries a suite runs.
+#[derive(Debug, Clone, Copy)]
+struct Bins<'a> {
+    /// Our server.
+    server: &'a ServerBin,
+    /// The reference server, when a scenario has the Redis reference.
+    redis: Option<&'a RedisBin>,
+    /// The load generator.
+    loadgen: &'a Path,
+}
+
+/// Every run of one scenario (`n` counts the runs of the suite) and its median, and those
+/// of its reference beside it, if it has one: round 1 runs ours first, round 2 the
+/// reference first, and so on, so that neither always runs on a machine the other has just
+/// warmed (or left busy). A failed run is recorded as such; only a server that does not
+/// start stops the suite.
 fn run_scenario(
     s: &Scenario,
-    server_bin: &ServerBin,
-    loadgen_bin: &Path,
+    bins: &Bins,
     work: &Path,
     n: &mut usize,
 ) -> anyhow::Result<ScenarioResult> {
+    let (server_bin, loadgen_bin) = (bins.server, bins.loadgen);
     let mut runs = Vec::new();
+    let mut reference_runs = Vec::new();
     for k in 0..s.runs {
         *n += 1;
+        let reference_first = k % 2 == 1;
+        if reference_first {
+            reference_runs.extend(run_reference(s, bins, work, k, *n)?);
+        }
         let quiet = match &s.quiet {
             Some(args) => {
                 eprintln!("== {} (run {} of {}, quiet)", s.id, k + 1, s.runs);
@@ -194,11 +227,26 @@ fn run_scenario(
             },
             (run, _) => run,
         });
+        if !reference_first {
+            reference_runs.extend(run_reference(s, bins, work, k, *n)?);
+        }
     }
     let median = results::median_index(&runs, s.metric)
         .and_then(|i| runs[i].report())
         .cloned();
     let server_command = (s.limits != Limits::Bench).then(|| server_bin.command(s.limits));
+    let reference = match (s.reference_command(), bins.redis) {
+        (Some(command), Some(redis)) => Some(Reference {
+            name: redis.name(),
+            server_command: redis.command(),
+            command,
+            median: results::median_index(&reference_runs, s.metric)
+                .and_then(|i| reference_runs[i].report())
+                .cloned(),
+            runs: reference_runs,
+        }),
+        _ => None,
+    };
     Ok(ScenarioResult {
         id: s.id.clone(),
         title: s.title.clone(),
@@ -208,7 +256,40 @@ fn run_scenario(
         measured: None,
         runs,
         median,
+        reference,
     })
+}
+
+/// Round `k` of the scenario's reference, if it has one: the load generator with its
+/// reference arguments against a private `redis-server` of its own (named after run `n`),
+/// stopped afterwards whatever happened.
+fn run_reference(
+    s: &Scenario,
+    bins: &Bins,
+    work: &Path,
+    k: usize,
+    n: usize,
+) -> anyhow::Result<Option<Run>> {
+    let Some(args) = &s.reference else {
+        return Ok(None);
+    };
+    let redis = bins
+        .redis
+        .context("a scenario with the Redis reference needs redis-server")?;
+    eprintln!(
+        "== {} (run {} of {}, {})",
+        s.id,
+        k + 1,
+        s.runs,
+        redis.name()
+    );
+    let mut server = RedisServer::start(redis, work, &n.to_string())?;
+    let t = Instant::now();
+    let report = loadgen::run(bins.loadgen, &server.addr, None, s, args, "lg");
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = server.cpu_seconds();
+    server.stop();
+    Ok(Some(finished(s, report, wall, cpu)))
 }
 
 /// One run of the load generator with `args` against a fresh server (named `name` in
@@ -223,12 +304,18 @@ fn run_once(
 ) -> anyhow::Result<Run> {
     let mut server = Server::start(server_bin, s.limits, work, name)?;
     let t = Instant::now();
-    let report = loadgen::run(loadgen_bin, &server, s, args, "lg");
+    let report = loadgen::run(loadgen_bin, &server.addr, Some(server.pid()), s, args, "lg");
     let wall = t.elapsed().as_secs_f64();
     // The server's CPU over the run, to set beside the load generator's own.
     let cpu = server.cpu_seconds();
     server.stop();
-    Ok(match report {
+    Ok(finished(s, report, wall, cpu))
+}
+
+/// A run of the load generator as the results keep it, with the harness's figures (wall
+/// time, the server's CPU) in its report.
+fn finished(s: &Scenario, report: anyhow::Result<Report>, wall: f64, cpu: Option<f64>) -> Run {
+    match report {
         Ok(mut r) => {
             r.wall_s = Some(wall);
             if cpu.is_none() {
@@ -243,7 +330,7 @@ fn run_once(
                 error: format!("{e:#}"),
             }
         }
-    })
+    }
 }
 
 /// Writes `results.json`, the charts and the generated part of `BENCHMARKS.md`.

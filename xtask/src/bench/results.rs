@@ -75,6 +75,26 @@ pub struct ScenarioResult {
     pub runs: Vec<Run>,
     /// The median run by the scenario's metric; `None` when no run has it.
     pub median: Option<Report>,
+    /// The reference beside it (Redis pub/sub beside the open-loop fan-out), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+}
+
+/// A reference run beside each run of a scenario: the same load against another server
+/// (Redis pub/sub, through `simpletextim-loadgen redis-fanout`), in the same suite on the
+/// same machine, the two alternating which goes first; its median is its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    /// What the report calls it: `Redis 7.0.15 pub/sub`.
+    pub name: String,
+    /// The reference server's command line.
+    pub server_command: String,
+    /// The load generator's command line.
+    pub command: String,
+    /// Every run, failed ones included, in order.
+    pub runs: Vec<Run>,
+    /// The median run by the scenario's metric; `None` when no run has it.
+    pub median: Option<Report>,
 }
 
 /// One run of a scenario.
@@ -181,6 +201,21 @@ impl Results {
             .filter_map(|sc| {
                 let rate = sc.id.strip_prefix("fanout-rate-")?.parse().ok()?;
                 Some((rate, sc.median.as_ref()?))
+            })
+            .collect();
+        pts.sort_by_key(|(rate, _)| *rate);
+        pts
+    }
+
+    /// `(rate, reference median run)` of the open-loop scenarios that ran with a reference
+    /// (Redis pub/sub), by rate.
+    pub fn open_loop_reference_points(&self) -> Vec<(u64, &Report)> {
+        let mut pts: Vec<(u64, &Report)> = self
+            .scenarios
+            .iter()
+            .filter_map(|sc| {
+                let rate = sc.id.strip_prefix("fanout-rate-")?.parse().ok()?;
+                Some((rate, sc.reference.as_ref()?.median.as_ref()?))
             })
             .collect();
         pts.sort_by_key(|(rate, _)| *rate);

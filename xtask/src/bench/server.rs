@@ -47,6 +47,9 @@ pub struct ServerBin {
     /// Whether it has `--exempt CIDR` (exemption of chosen networks from the per-address
     /// limits) rather than only `--exempt-loopback`.
     pub with_exempt: bool,
+    /// Whether it has `--listen-http` (on by default at a fixed port): each run then turns
+    /// it off, so that runs never collide on that port.
+    pub with_http: bool,
 }
 
 impl ServerBin {
@@ -61,6 +64,7 @@ impl ServerBin {
             path,
             with_data: text.contains("--data"),
             with_exempt: text.contains("--exempt <"),
+            with_http: text.contains("--listen-http"),
         })
     }
 
@@ -73,7 +77,12 @@ impl ServerBin {
             }
             Limits::Soak => &["--insecure-fast-hash", "--exempt-loopback"],
         };
-        args.iter().map(|&a| a.to_owned()).collect()
+        let http: &[&str] = if self.with_http {
+            &["--listen-http", "off"]
+        } else {
+            &[]
+        };
+        args.iter().chain(http).map(|&a| a.to_owned()).collect()
     }
 
     /// The command line of a run with `limits`, as the report shows it.

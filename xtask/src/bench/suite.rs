@@ -59,6 +59,10 @@ pub struct Scenario {
     /// Load-generator arguments of a quiet run on a fresh server before each run, whose
     /// report goes into the run's as [`Report::quiet`] (the soak).
     pub quiet: Option<Vec<String>>,
+    /// Load-generator arguments of the reference run against a private `redis-server`
+    /// beside each run (`redis-fanout`, the same load through Redis pub/sub), in alternate
+    /// order; its runs have a median of their own ([`super::results::Reference`]).
+    pub reference: Option<Vec<String>>,
 }
 
 impl Scenario {
@@ -81,6 +85,16 @@ impl Scenario {
         ))
     }
 
+    /// The reference run's command line as the report shows it.
+    pub fn reference_command(&self) -> Option<String> {
+        let args = self.reference.as_ref()?;
+        Some(format!(
+            "simpletextim-loadgen --server ADDR --timeout {} {}",
+            self.timeout,
+            args.join(" ")
+        ))
+    }
+
     /// The `conns` and `soak` workloads measure the server's memory, so they need the
     /// server's pid.
     pub fn needs_server_pid(&self) -> bool {
@@ -94,6 +108,18 @@ impl Scenario {
     fn soak(mut self, quiet: &str) -> Scenario {
         self.limits = Limits::Soak;
         self.quiet = Some(quiet.split_whitespace().map(str::to_owned).collect());
+        self
+    }
+
+    /// A `fanout` scenario with the Redis pub/sub reference beside it: the same arguments
+    /// to `redis-fanout` (C subscribers, S separate publishers, the same messages and pace).
+    fn with_redis(mut self) -> Scenario {
+        debug_assert_eq!(self.args.first().map(String::as_str), Some("fanout"));
+        let mut args = self.args.clone();
+        if let Some(w) = args.first_mut() {
+            *w = "redis-fanout".to_owned();
+        }
+        self.reference = Some(args);
         self
     }
 }
@@ -116,6 +142,7 @@ fn scenario(
         timeout,
         limits: Limits::Bench,
         quiet: None,
+        reference: None,
     }
 }
 
@@ -154,14 +181,17 @@ fn quick_suite(r: usize) -> Vec<Scenario> {
         ));
     }
     for rate in [100, 200] {
-        s.push(scenario(
-            &format!("fanout-rate-{rate}"),
-            &format!("fanout open loop, 200 clients, {rate} messages/s"),
-            &format!("fanout -c 200 -s 10 -m {} --rate {rate}", rate / 10),
-            r,
-            P99,
-            60,
-        ));
+        s.push(
+            scenario(
+                &format!("fanout-rate-{rate}"),
+                &format!("fanout open loop, 200 clients, {rate} messages/s"),
+                &format!("fanout -c 200 -s 10 -m {} --rate {rate}", rate / 10),
+                r,
+                P99,
+                60,
+            )
+            .with_redis(),
+        );
     }
     s.push(scenario(
         "private-flood",
@@ -244,15 +274,19 @@ fn full_suite(r: usize) -> Vec<Scenario> {
         ));
     }
     for &rate in FULL_RATES {
-        // Three seconds of traffic at each rate.
-        s.push(scenario(
-            &format!("fanout-rate-{rate}"),
-            &format!("fanout open loop, 1000 clients, {rate} messages/s"),
-            &format!("fanout -c 1000 -s 10 -m {} --rate {rate}", rate * 3 / 10),
-            r,
-            P99,
-            120,
-        ));
+        // Three seconds of traffic at each rate, and the same through Redis pub/sub
+        // beside it (the target at 200 messages/s: a p99 not above Redis's).
+        s.push(
+            scenario(
+                &format!("fanout-rate-{rate}"),
+                &format!("fanout open loop, 1000 clients, {rate} messages/s"),
+                &format!("fanout -c 1000 -s 10 -m {} --rate {rate}", rate * 3 / 10),
+                r,
+                P99,
+                120,
+            )
+            .with_redis(),
+        );
     }
     s.push(scenario(
         "private-flood",

@@ -199,7 +199,8 @@ fn esc(s: &str) -> String {
 }
 
 /// Latency percentiles of the open-loop scenarios against the deliveries per second they
-/// offer (rate × clients).
+/// offer (rate × clients), and the p99 of the Redis pub/sub reference beside them where it
+/// ran.
 pub fn latency_chart(results: &Results) -> String {
     let pts = results.open_loop_points();
     let line = |pick: fn(&Report) -> u64| -> Vec<(f64, f64)> {
@@ -207,27 +208,45 @@ pub fn latency_chart(results: &Results) -> String {
             .map(|&(rate, r)| (rate as f64 * r.clients as f64, pick(r) as f64 / 1000.0))
             .collect()
     };
+    let reference: Vec<(f64, f64)> = results
+        .open_loop_reference_points()
+        .iter()
+        .map(|&(rate, r)| {
+            (
+                rate as f64 * r.clients as f64,
+                r.latency_us.p99 as f64 / 1000.0,
+            )
+        })
+        .collect();
+    let mut series = vec![
+        Series {
+            name: "p50",
+            color: "#1b9e77",
+            points: line(|r| r.latency_us.p50),
+        },
+        Series {
+            name: "p99",
+            color: "#d95f02",
+            points: line(|r| r.latency_us.p99),
+        },
+        Series {
+            name: "p99.9",
+            color: "#7570b3",
+            points: line(|r| r.latency_us.p999),
+        },
+    ];
+    if !reference.is_empty() {
+        series.push(Series {
+            name: "p99, Redis pub/sub",
+            color: "#e7298a",
+            points: reference,
+        });
+    }
     line_chart(
         "fanout open loop: latency against offered load",
         "offered deliveries per second",
         "latency (ms)",
-        &[
-            Series {
-                name: "p50",
-                color: "#1b9e77",
-                points: line(|r| r.latency_us.p50),
-            },
-            Series {
-                name: "p99",
-                color: "#d95f02",
-                points: line(|r| r.latency_us.p99),
-            },
-            Series {
-                name: "p99.9",
-                color: "#7570b3",
-                points: line(|r| r.latency_us.p999),
-            },
-        ],
+        &series,
     )
 }
 

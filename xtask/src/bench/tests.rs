@@ -4,8 +4,8 @@ use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::stats::Summary;
 
 use super::markdown::{BEGIN, END, markdown, ms, si, splice};
-use super::results::{Machine, Results, Run, ScenarioResult, median_index, merge};
-use super::suite::Metric;
+use super::results::{Machine, Reference, Results, Run, ScenarioResult, median_index, merge};
+use super::suite::{Metric, suite};
 use super::svg::{latency_chart, throughput_chart};
 
 /// The committed `docs/` files.
@@ -76,6 +76,7 @@ fn scenario(id: &str, title: &str, runs: Vec<Run>, median: Option<Report>) -> Sc
         measured: None,
         runs,
         median,
+        reference: None,
     }
 }
 
@@ -196,4 +197,85 @@ fn report_has_targets_tables_and_commands() {
     );
     has("| fanout-flood | `simpletextim-loadgen fanout-flood` | 1 |");
     assert!(latency_chart(&doc).contains("<polyline"));
+    // No reference ran: no section or line for it.
+    assert!(!md.contains("### Against"), "{md}");
+    assert!(!latency_chart(&doc).contains("Redis"));
+}
+
+/// Every open-loop fan-out scenario, and only those, runs `redis-fanout` with the same
+/// arguments beside it.
+#[test]
+fn open_loop_scenarios_have_the_redis_reference() {
+    for quick in [false, true] {
+        for s in suite(quick, None) {
+            let open_loop = s.id.starts_with("fanout-rate-");
+            assert_eq!(s.reference.is_some(), open_loop, "{}", s.id);
+            if let Some(args) = &s.reference {
+                assert_eq!(args[0], "redis-fanout");
+                assert_eq!(args[1..], s.args[1..]);
+                assert!(s.reference_command().unwrap().ends_with(&args.join(" ")));
+            }
+        }
+    }
+}
+
+#[test]
+fn reference_shows_beside_ours_and_joins_the_target() {
+    let redis = |p99: u64| {
+        let mut r = run(1.9e5, p99);
+        r.workload = "redis-fanout".into();
+        r.server_cpu_s = Some(1.5);
+        r
+    };
+    let with_reference = |ours: u64, theirs: u64| {
+        let mut sc = scenario(
+            "fanout-rate-200",
+            "open",
+            vec![done(2e5, ours)],
+            Some(run(2e5, ours)),
+        );
+        sc.reference = Some(Reference {
+            name: "Redis 7.0.15 pub/sub".into(),
+            server_command: "redis-server --port PORT".into(),
+            command: "simpletextim-loadgen redis-fanout".into(),
+            runs: vec![
+                Run::Done(Box::new(redis(theirs))),
+                Run::Failed { error: "x".into() },
+            ],
+            median: Some(redis(theirs)),
+        });
+        results(vec![sc])
+    };
+    let doc = with_reference(9000, 8000);
+    let md = markdown(&doc);
+    let has = |line: &str| assert!(md.contains(line), "{line} not in:\n{md}");
+    has(
+        "| open | p99 ≤ 10 ms, and not above Redis 7.0.15 pub/sub's p99 in the same run | p99 9.00 ms; Redis 7.0.15 pub/sub p99 8.00 ms | **no** |",
+    );
+    has("### Against Redis 7.0.15 pub/sub (open loop, the same suite)");
+    has("(`redis-server --port PORT`)");
+    has(
+        "| open | 1.00 / 9.00 / 12.00 | 1.00 / 8.00 / 12.00 | **no** | 200.0 k / 190.0 k | 0 / 0 | 9.00; 8.00 | – / 1.5 |",
+    );
+    has(
+        "| fanout-rate-200 | `simpletextim-loadgen fanout-rate-200`, beside `simpletextim-loadgen redis-fanout` against `redis-server --port PORT` (Redis 7.0.15 pub/sub, 2 runs) | 1 |",
+    );
+    // Ours at or below Redis's p99 (and ≤ 10 ms): met.
+    let md = markdown(&with_reference(7000, 8000));
+    assert!(
+        md.contains("p99 7.00 ms; Redis 7.0.15 pub/sub p99 8.00 ms | yes |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| open | 1.00 / 7.00 / 12.00 | 1.00 / 8.00 / 12.00 | yes |"),
+        "{md}"
+    );
+    // The latency chart has Redis's p99 as a fourth line, at 200 × 1000 offered.
+    let svg = latency_chart(&doc);
+    assert!(svg.contains("p99, Redis pub/sub"), "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+    // The results file keeps the reference, failed runs included.
+    let text = doc.to_json();
+    assert!(text.contains(r#""reference": {"#), "{text}");
+    assert_eq!(Results::parse(&text).unwrap(), doc);
 }

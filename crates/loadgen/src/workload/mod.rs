@@ -6,6 +6,7 @@ pub mod conns;
 pub mod history;
 pub mod offline;
 pub mod presence;
+pub mod redis;
 pub mod soak;
 
 use std::net::SocketAddr;

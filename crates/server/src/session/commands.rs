@@ -18,6 +18,7 @@ use super::{End, LoggedIn, Session, deadline_passed};
 use crate::Shared;
 use crate::hub::Member;
 use crate::limits::ceil_secs;
+use crate::metrics::LoginResult;
 use crate::outbox::{Limits, Outbox};
 use crate::store::{
     Conversation, HistoryPermit, HistoryQuery, PageLimit, ReserveError, StoreError,
@@ -331,6 +332,7 @@ impl Session {
         if let Err(wait) = throttle.check(addr, &key, Instant::now()) {
             // Not hashed, and not counted against the connection: it stays open.
             tracing::info!(peer = %self.conn.peer(), user = %user_id, "login throttled");
+            self.shared.metrics.login(LoginResult::Throttled);
             let secs = ceil_secs(wait);
             let reason = format!("too many failed logins, try again in {secs} s");
             self.fail_ref(r#ref, Failure::new(ErrorCode::RateLimited, reason));
@@ -342,6 +344,7 @@ impl Session {
             Some(slot)
         } else {
             let reason = "too many logins in progress from this address, try again";
+            self.shared.metrics.login(LoginResult::Refused);
             self.fail_ref(r#ref, Failure::new(ErrorCode::Unavailable, reason));
             return Ok(());
         };
@@ -355,6 +358,8 @@ impl Session {
                 registered
             }
             Err(failure) => {
+                let result = LoginResult::of_failure(failure.error_code);
+                self.shared.metrics.login(result);
                 if failure.error_code == ErrorCode::Unauthorized {
                     self.shared.throttle.failed(addr, &key, Instant::now());
                 }
@@ -388,12 +393,16 @@ impl Session {
         };
         // Refused when the account was changed while its password was checked: the
         // session ends (`fail 401`) before anything of the user's is read.
-        self.shared.hub.join(Member {
+        let joined = self.shared.hub.join(Member {
             conn_id: self.conn_id,
             user_id: user_id.clone(),
             outbox: outbox.clone(),
             login_ms,
-        })?;
+        });
+        if joined.is_err() {
+            self.shared.metrics.login(LoginResult::Refused);
+        }
+        joined?;
         self.login_deadline = None;
         self.admission.logged_in();
         // The user's bucket, shared with the user's other and earlier sessions.
@@ -402,6 +411,10 @@ impl Session {
             user_id: user_id.clone(),
             outbox,
         });
+        // In step with `self.login`, which the session's drop reads to leave the gauge.
+        let metrics = &self.shared.metrics;
+        metrics.connection_logged_in(self.conn.framing().into());
+        metrics.login(LoginResult::Ok);
         let peer = self.conn.peer();
         tracing::info!(%peer, user = %user_id, conn = self.conn_id, "logged in");
         // Registered first, mailbox read second: a private message accepted in between is

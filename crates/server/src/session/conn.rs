@@ -11,9 +11,18 @@
 //! cheap.
 //!
 //! **Where a transport plugs in.** A connection is readiness-based: wait until the socket is
-//! readable or writable, then read or write without blocking. A new framing (WebSocket
-//! messages) is a [`Framing`] of the frame writer plus a decoder in [`Codec`]. The session,
-//! the hub and the outbox stay as they are.
+//! readable or writable, then read or write without blocking. A new framing is a [`Framing`]
+//! of the frame writer plus a decoder in [`Codec`]. The session, the hub and the outbox stay
+//! as they are.
+//!
+//! **WebSocket** is such a framing: the HTTP listener (`http.rs`) answers the upgrade, takes
+//! the socket (and, over TLS, the `rustls::ServerConnection`) back from hyper, and makes a
+//! connection of it with [`Connection::upgraded`], carrying over the bytes hyper and rustls
+//! had read past the request. The frame writer puts a text frame header before each object
+//! (the outbox's shared bytes go out unchanged); the decoder (`wire/websocket.rs`) turns
+//! client frames into requests, and the control frames are handled here: a ping is answered
+//! with a pong in the write buffer, a close ends the session like an EOF (and is answered in
+//! the goodbye), and the keepalive pings a client that has sent nothing for a while.
 //!
 //! **TLS** is a byte transport inside the connection: a `rustls::ServerConnection` driven
 //! sans-IO (boxed, so a plain connection only carries a null pointer more). `fill` hands
@@ -30,13 +39,16 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use simpletextim_proto::{CodecError, Rejected, Reply, Request, ServerCodec};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
+use tungstenite::protocol::frame::coding::Control;
 
+use crate::wire::websocket::{self, WsDecoder, WsError, WsItem};
 use crate::wire::{FrameWriter, Framing, LineCodec, Out, Private};
 
 /// How much is read from the socket at a time.
@@ -122,6 +134,56 @@ enum Codec {
     LengthDelimited(ServerCodec),
     /// Boxed: rare (the debugging listener), and larger.
     Lines(Box<LineCodec>),
+    /// Boxed: the decoder and the WebSocket's state beside it.
+    WebSocket(Box<WsState>),
+}
+
+/// A WebSocket connection's state beside its decoder.
+struct WsState {
+    decoder: WsDecoder,
+    /// When the client last sent anything (the keepalive pings after a quiet spell).
+    last_read: Instant,
+    /// A ping was sent and nothing came since.
+    ping_sent: bool,
+    /// The client sent a close, with this status code if it gave one.
+    peer_close: Option<Option<u16>>,
+    /// Nothing more may be written: a close frame was queued, or the write buffer was
+    /// dropped in the middle of a frame.
+    done: bool,
+}
+
+/// Why no more commands can be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// A frame or message over the limit (`fail 413`, then close).
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// The WebSocket client sent a close.
+    Closed,
+    /// The WebSocket client broke the protocol (close 1002).
+    Protocol(&'static str),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl From<CodecError> for ReadError {
+    fn from(e: CodecError) -> ReadError {
+        match e {
+            CodecError::FrameTooLarge { max } => ReadError::TooLarge { max },
+            CodecError::Io(e) => ReadError::Io(e),
+        }
+    }
+}
+
+/// What the keepalive found ([`Connection::keepalive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keepalive {
+    /// Look again at this time.
+    At(Instant),
+    /// A ping went unanswered: the client is gone.
+    Dead,
 }
 
 impl Connection {
@@ -157,6 +219,13 @@ impl Connection {
                 simpletextim_proto::codec::DEFAULT_MAX_REPLY_FRAME,
             )),
             Framing::Lines => Codec::Lines(Box::new(LineCodec::new(max_command_frame))),
+            Framing::WebSocket => Codec::WebSocket(Box::new(WsState {
+                decoder: WsDecoder::new(max_command_frame),
+                last_read: Instant::now(),
+                ping_sent: false,
+                peer_close: None,
+                done: false,
+            })),
         };
         Connection {
             stream,
@@ -175,9 +244,43 @@ impl Connection {
         }
     }
 
+    /// How its frames are delimited (which transport it is, for the metrics).
+    pub(crate) fn framing(&self) -> Framing {
+        self.out.framing()
+    }
+
+    /// A WebSocket connection on a socket the HTTP listener upgraded: `read` is what was
+    /// read past the upgrade request (hyper's buffer), and over TLS, `tls` may hold more,
+    /// decrypted or not; both are read before the socket.
+    pub(crate) fn upgraded(
+        stream: TcpStream,
+        peer: SocketAddr,
+        max_command_frame: usize,
+        tls: Option<rustls::ServerConnection>,
+        read: Bytes,
+    ) -> Connection {
+        let mut conn = Connection::new(stream, peer, Framing::WebSocket, max_command_frame, tls);
+        conn.rbuf.extend_from_slice(&read);
+        if let Some(tls) = &mut conn.tls {
+            // Records tokio-rustls read and did not process, then the plaintext it did not
+            // hand to hyper. An error is the session's first read error.
+            let _ = tls.conn.process_new_packets();
+            let mut chunk = [0u8; READ_CHUNK];
+            while let Ok(n @ 1..) = tls.conn.reader().read(&mut chunk) {
+                conn.rbuf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        conn
+    }
+
     /// The peer's address, for the log.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Whether this is a WebSocket connection.
+    pub(crate) fn is_websocket(&self) -> bool {
+        matches!(self.codec, Codec::WebSocket(_))
     }
 
     // ---- reading ----
@@ -194,32 +297,104 @@ impl Connection {
     /// # Errors
     /// The socket's error: the connection is dead.
     pub(crate) fn fill(&mut self) -> io::Result<Filled> {
-        if let Some(tls) = &mut self.tls {
-            return tls_fill(&self.stream, tls, &mut self.rbuf);
-        }
-        self.rbuf.reserve(READ_CHUNK);
-        match self.stream.try_read_buf(&mut self.rbuf) {
-            Ok(0) => Ok(Filled::Eof),
-            Ok(_) => Ok(Filled::Data),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.release_read_buffer();
-                Ok(Filled::Nothing)
+        let filled = if let Some(tls) = &mut self.tls {
+            tls_fill(&self.stream, tls, &mut self.rbuf)?
+        } else {
+            self.rbuf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => Filled::Eof,
+                Ok(_) => Filled::Data,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.release_read_buffer();
+                    Filled::Nothing
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => Err(e),
+        };
+        if filled == Filled::Data
+            && let Codec::WebSocket(ws) = &mut self.codec
+        {
+            ws.last_read = Instant::now();
+            ws.ping_sent = false;
         }
+        Ok(filled)
     }
 
     /// The next complete request in the read buffer: `Ok(None)` when there is none (yet),
     /// `Ok(Some(Err(rejected)))` for a frame that is not a valid request (recoverable: the
     /// session answers with the failure, and the request's `ref` if it had a valid one).
     ///
+    /// On a WebSocket, control frames are handled on the way: a ping is answered (a pong
+    /// queued in the write buffer), a pong is only traffic.
+    ///
     /// # Errors
-    /// A fatal framing error ([`CodecError::FrameTooLarge`]): nothing more can be read.
-    pub(crate) fn next_command(&mut self) -> Result<Option<Result<Request, Rejected>>, CodecError> {
+    /// Nothing more can be read: a frame over the limit, the client's WebSocket close, a
+    /// WebSocket protocol error.
+    pub(crate) fn next_command(&mut self) -> Result<Option<Result<Request, Rejected>>, ReadError> {
         match &mut self.codec {
-            Codec::LengthDelimited(c) => c.decode(&mut self.rbuf),
-            Codec::Lines(c) => c.decode(&mut self.rbuf),
+            Codec::LengthDelimited(c) => Ok(c.decode(&mut self.rbuf)?),
+            Codec::Lines(c) => Ok(c.decode(&mut self.rbuf)?),
+            Codec::WebSocket(ws) => loop {
+                match ws.decoder.decode(&mut self.rbuf) {
+                    Ok(None) => return Ok(None),
+                    Ok(Some(WsItem::Request(r))) => return Ok(Some(r)),
+                    Ok(Some(WsItem::Ping(payload))) => {
+                        if !ws.done {
+                            self.out.push_control(Control::Pong, &payload);
+                        }
+                    }
+                    Ok(Some(WsItem::Close(code))) => {
+                        ws.peer_close = Some(code);
+                        return Err(ReadError::Closed);
+                    }
+                    Err(WsError::TooLarge { max }) => return Err(ReadError::TooLarge { max }),
+                    Err(WsError::Protocol(why)) => return Err(ReadError::Protocol(why)),
+                }
+            },
         }
+    }
+
+    /// WebSocket keepalive, when its timer fires: a client that has sent nothing for
+    /// `idle` is pinged (the ping queued in the write buffer); one that has sent nothing
+    /// for `idle` after that is dead. On other framings, never fires again.
+    pub(crate) fn keepalive(&mut self, idle: Duration) -> Keepalive {
+        let Codec::WebSocket(ws) = &mut self.codec else {
+            return Keepalive::At(Instant::now() + Duration::from_secs(86_400 * 365));
+        };
+        let now = Instant::now();
+        if ws.ping_sent {
+            return Keepalive::Dead;
+        }
+        let quiet_until = ws.last_read + idle;
+        if now < quiet_until {
+            return Keepalive::At(quiet_until);
+        }
+        if !ws.done {
+            self.out.push_control(Control::Ping, b"");
+        }
+        ws.ping_sent = true;
+        Keepalive::At(now + idle)
+    }
+
+    /// WebSocket only: queues the close frame with `code` and `reason` as the last thing
+    /// written, unless one was queued already or the write buffer was dropped in the middle
+    /// of a frame (the client could not read it then). `None`: echo the client's own close
+    /// (its status code, if it gave one), if it sent one; otherwise nothing.
+    pub(crate) fn queue_close(&mut self, close: Option<(u16, &str)>) {
+        let Codec::WebSocket(ws) = &mut self.codec else {
+            return;
+        };
+        if ws.done {
+            return;
+        }
+        let payload = match (close, ws.peer_close) {
+            (Some((code, reason)), _) => websocket::close_payload(code, reason),
+            (None, Some(Some(code))) => websocket::close_payload(code, ""),
+            (None, Some(None)) => Vec::new(),
+            (None, None) => return,
+        };
+        self.out.push_control(Control::Close, &payload);
+        ws.done = true;
     }
 
     /// Bytes read and not decoded yet.
@@ -326,6 +501,13 @@ impl Connection {
     /// still holds cannot be taken back: if there are any, nothing more is written on this
     /// connection.
     pub(crate) fn clear_output(&mut self) {
+        // A frame cut in the middle: the client cannot read anything written after it.
+        if self.written > 0
+            && self.written < self.out.len()
+            && let Codec::WebSocket(ws) = &mut self.codec
+        {
+            ws.done = true;
+        }
         if let Some(tls) = &mut self.tls {
             tls.fed = 0;
             if tls.conn.wants_write() {

@@ -49,7 +49,12 @@ impl Session {
                 self.conn
                     .queue_reply(&Reply::fail(ErrorCode::Unauthorized, reason));
             }
-            End::SlowConsumer | End::Error | End::Eof | End::WriteStalled => {
+            End::SlowConsumer
+            | End::Error
+            | End::Eof
+            | End::WriteStalled
+            | End::Protocol(_)
+            | End::Unresponsive => {
                 self.keep_undelivered_private().await;
                 self.conn.clear_output();
             }
@@ -59,6 +64,8 @@ impl Session {
             }
             End::TooManyFailedLogins | End::FrameTooLarge | End::LoginTimeout | End::Refused => {}
         }
+        // A WebSocket's last frame: the close, with why (nothing on other framings).
+        self.conn.queue_close(close_frame(end));
         if self.conn.has_output() {
             let written = timeout(FINAL_WRITE, self.write_blocked(false)).await;
             if !matches!(written, Ok(Ok(()))) {
@@ -75,7 +82,30 @@ impl Session {
             tracing::debug!(%peer, reason = ?end, "connection closed");
         }
     }
+}
 
+/// The WebSocket close a session ending this way sends: its status code and reason; `None`
+/// to answer the client's own close (on an EOF), or to send none (the socket failed or
+/// takes nothing).
+fn close_frame(end: End) -> Option<(u16, &'static str)> {
+    use crate::wire::websocket::close;
+    Some(match end {
+        End::Exit => (close::NORMAL, "bye"),
+        End::TakenOver => (close::NORMAL, "logged in elsewhere"),
+        End::Shutdown => (close::GOING_AWAY, "server shutting down"),
+        End::Unresponsive => (close::GOING_AWAY, "no answer to ping"),
+        End::Protocol(why) => (close::PROTOCOL, why),
+        End::FrameTooLarge => (close::TOO_BIG, "message over the size limit"),
+        End::SlowConsumer => (close::POLICY, "slow consumer"),
+        End::TooManyFailedLogins => (close::POLICY, "too many failed logins"),
+        End::LoginTimeout => (close::POLICY, "login timed out"),
+        End::Refused => (close::POLICY, "connection refused"),
+        End::Revoked(_) => (close::POLICY, "login revoked"),
+        End::Eof | End::Error | End::WriteStalled => return None,
+    })
+}
+
+impl Session {
     /// Stores in the mailbox the private messages to this user that were echoed to their
     /// senders but never reached the socket: those in the part of the write buffer the
     /// socket did not take, then those still in the outbox. Called once the session has left

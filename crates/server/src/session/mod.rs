@@ -21,16 +21,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use simpletextim_proto::{CodecError, ErrorCode, Failure, Ref, Reply, UserId};
+use bytes::Bytes;
+use simpletextim_proto::{ErrorCode, Failure, Ref, Reply, UserId};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::Shared;
 use crate::limits::Admission;
+use crate::metrics::EndReason;
 use crate::outbox::{KickReason, Outbox};
 use crate::store::RevocationKind;
 use crate::wire::Framing;
-use conn::{Connection, Filled};
+use conn::{Connection, Filled, Keepalive, ReadError};
 pub(crate) use rate::FloodControl;
 use rate::UserBucket;
 pub use rate::{LIST_COST, RateLimit};
@@ -61,6 +63,10 @@ enum End {
     /// The user's password was changed or the account deleted after the login looked it
     /// up (`fail 401`).
     Revoked(RevocationKind),
+    /// The WebSocket client broke the protocol (close 1002), and how.
+    Protocol(&'static str),
+    /// The WebSocket client answered no ping.
+    Unresponsive,
 }
 
 impl From<KickReason> for End {
@@ -70,6 +76,27 @@ impl From<KickReason> for End {
             KickReason::SlowConsumer => End::SlowConsumer,
             KickReason::Shutdown => End::Shutdown,
             KickReason::Revoked(kind) => End::Revoked(kind),
+        }
+    }
+}
+
+impl From<End> for EndReason {
+    fn from(end: End) -> EndReason {
+        match end {
+            End::Exit => EndReason::Exit,
+            End::Eof => EndReason::Eof,
+            End::TooManyFailedLogins => EndReason::TooManyFailedLogins,
+            End::FrameTooLarge => EndReason::FrameTooLarge,
+            End::Error => EndReason::Error,
+            End::TakenOver => EndReason::TakenOver,
+            End::SlowConsumer => EndReason::SlowConsumer,
+            End::Shutdown => EndReason::Shutdown,
+            End::LoginTimeout => EndReason::LoginTimeout,
+            End::WriteStalled => EndReason::WriteStalled,
+            End::Refused => EndReason::Refused,
+            End::Revoked(_) => EndReason::Revoked,
+            End::Protocol(_) => EndReason::ProtocolError,
+            End::Unresponsive => EndReason::Unresponsive,
         }
     }
 }
@@ -96,6 +123,18 @@ pub(crate) struct Session {
     /// The places the connection holds (overall, its address's, not logged in yet), or why
     /// it was refused.
     admission: Admission,
+    /// A WebSocket's keepalive timer ([`Connection::keepalive`]); `None` on other framings.
+    keepalive: Option<Pin<Box<Sleep>>>,
+}
+
+impl Drop for Session {
+    /// The connection is closed (however its task ended: a panic too): it leaves the
+    /// connections gauge it is in.
+    fn drop(&mut self) {
+        let transport = self.conn.framing().into();
+        let metrics = &self.shared.metrics;
+        metrics.connection_closed(transport, self.login.is_some());
+    }
 }
 
 /// What woke a waiting session.
@@ -104,6 +143,7 @@ enum Event {
     Outbox,
     Readable(std::io::Result<()>),
     LoginTimeout,
+    Keepalive,
 }
 
 impl Session {
@@ -119,7 +159,36 @@ impl Session {
         tls: Option<rustls::ServerConnection>,
     ) -> Session {
         let conn = Connection::new(stream, peer, framing, shared.config.max_command_frame, tls);
+        Session::with_connection(conn, conn_id, shared, admission)
+    }
+
+    /// A session for a WebSocket the HTTP listener upgraded (`read`: the bytes read past
+    /// the upgrade request; `tls`: the connection's TLS state over HTTPS), admitted before
+    /// the upgrade.
+    pub(crate) fn websocket(
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        conn_id: u64,
+        shared: Arc<Shared>,
+        admission: Admission,
+        tls: Option<rustls::ServerConnection>,
+        read: Bytes,
+    ) -> Session {
+        let conn = Connection::upgraded(stream, peer, shared.config.max_command_frame, tls, read);
+        Session::with_connection(conn, conn_id, shared, admission)
+    }
+
+    fn with_connection(
+        conn: Connection,
+        conn_id: u64,
+        shared: Arc<Shared>,
+        admission: Admission,
+    ) -> Session {
         let login_deadline = Some(Box::pin(tokio::time::sleep(shared.config.login_timeout)));
+        shared.metrics.connection_opened(conn.framing().into());
+        let keepalive = conn
+            .is_websocket()
+            .then(|| Box::pin(tokio::time::sleep(shared.config.websocket_ping_interval)));
         Session {
             shared,
             conn,
@@ -130,6 +199,7 @@ impl Session {
             wake_pending: false,
             login_deadline,
             admission,
+            keepalive,
         }
     }
 
@@ -148,6 +218,7 @@ impl Session {
                 }
                 None => self.serve().await,
             };
+            self.shared.metrics.session_ended(end.into());
             // Boxed: the goodbye's state is only needed once, at the end.
             Box::pin(self.finish(end)).await;
         }
@@ -156,6 +227,12 @@ impl Session {
     /// The session's loop: write what is buffered, then wait for the next event and handle
     /// it, until something ends the session.
     async fn serve(&mut self) -> End {
+        // What came with the WebSocket upgrade, before the socket is waited for.
+        if self.conn.read_buffered() > 0
+            && let Err(end) = self.handle_commands(Filled::Data).await
+        {
+            return end;
+        }
         loop {
             if let Err(end) = self.write_out().await {
                 return end;
@@ -172,6 +249,7 @@ impl Session {
                 () = outbox_changed(&self.login) => Event::Outbox,
                 r = std::future::poll_fn(|cx| self.conn.poll_read_ready(cx)) => Event::Readable(r),
                 () = deadline_passed(&mut self.login_deadline) => Event::LoginTimeout,
+                () = deadline_passed(&mut self.keepalive) => Event::Keepalive,
             };
             let handled = match event {
                 Event::Shutdown => Err(End::Shutdown),
@@ -182,6 +260,7 @@ impl Session {
                 }
                 Event::Readable(Err(_)) => Err(End::Error),
                 Event::Readable(Ok(())) => self.read_and_handle().await,
+                Event::Keepalive => self.keepalive(),
             };
             if let Err(end) = handled {
                 return end;
@@ -201,6 +280,15 @@ impl Session {
         if filled == Filled::Nothing {
             return Ok(());
         }
+        self.handle_commands(filled).await
+    }
+
+    /// Handles every complete command in the read buffer; `filled` says whether the peer
+    /// closed its side after them.
+    ///
+    /// # Errors
+    /// How the session ends, when a command, the framing or the peer ends it.
+    async fn handle_commands(&mut self, filled: Filled) -> Result<(), End> {
         loop {
             match self.conn.next_command() {
                 Ok(Some(Ok(request))) => {
@@ -214,14 +302,19 @@ impl Session {
                 }
                 Ok(Some(Err(rejected))) => self.reply(&rejected.into_reply()),
                 Ok(None) => break,
-                Err(CodecError::FrameTooLarge { max }) => {
+                Err(ReadError::TooLarge { max }) => {
                     self.fail(Failure::new(
                         ErrorCode::TooLarge,
                         format!("frame over the size limit of {max} bytes"),
                     ));
                     return Err(End::FrameTooLarge);
                 }
-                Err(e) => {
+                Err(ReadError::Closed) => return Err(End::Eof),
+                Err(ReadError::Protocol(why)) => {
+                    tracing::debug!(peer = %self.conn.peer(), why, "WebSocket protocol error");
+                    return Err(End::Protocol(why));
+                }
+                Err(ReadError::Io(e)) => {
                     tracing::debug!(peer = %self.conn.peer(), error = %e, "read failed");
                     return Err(End::Error);
                 }
@@ -231,6 +324,26 @@ impl Session {
         match filled {
             Filled::Eof => Err(End::Eof),
             Filled::Data | Filled::Nothing => Ok(()),
+        }
+    }
+
+    /// The WebSocket keepalive's timer fired: ping a quiet client, or end the session of
+    /// one that answered no ping.
+    ///
+    /// # Errors
+    /// [`End::Unresponsive`].
+    fn keepalive(&mut self) -> Result<(), End> {
+        match self
+            .conn
+            .keepalive(self.shared.config.websocket_ping_interval)
+        {
+            Keepalive::At(at) => {
+                if let Some(timer) = &mut self.keepalive {
+                    timer.as_mut().reset(at);
+                }
+                Ok(())
+            }
+            Keepalive::Dead => Err(End::Unresponsive),
         }
     }
 

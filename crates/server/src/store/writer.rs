@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use futures::StreamExt;
 use futures::future::FutureExt;
 use futures::stream::FuturesOrdered;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::{Retention, Store, StoreError};
 
@@ -178,6 +179,8 @@ struct Shared {
     batches: AtomicU64,
     largest_batch: AtomicU64,
     waits: AtomicU64,
+    /// Where each write's duration is observed (the server's metrics).
+    commit_seconds: Option<Histogram>,
 }
 
 struct Queue {
@@ -214,6 +217,18 @@ impl HistoryWriter {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn spawn(store: Arc<dyn Store>, capacity: usize) -> HistoryWriter {
+        HistoryWriter::spawn_observed(store, capacity, None)
+    }
+
+    /// [`HistoryWriter::spawn`], observing the duration of each committed write (from the
+    /// request to the store's commit, waiting behind the store's other requests included)
+    /// into `commit_seconds`: once per write, on the writer's task, off the live path. A
+    /// failed write is counted in [`HistoryStats::failed`], not timed.
+    pub(crate) fn spawn_observed(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        commit_seconds: Option<Histogram>,
+    ) -> HistoryWriter {
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             capacity,
@@ -232,6 +247,7 @@ impl HistoryWriter {
             batches: AtomicU64::new(0),
             largest_batch: AtomicU64::new(0),
             waits: AtomicU64::new(0),
+            commit_seconds,
         });
         tokio::spawn(write_loop(store, Arc::clone(&shared)));
         HistoryWriter {
@@ -396,15 +412,16 @@ async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
                 last_write = Some(now);
                 // Called (queued on the store) first, then counted: a barrier that sees
                 // the count asks the store after this write.
+                let started = std::time::Instant::now();
                 let write = store.append_history(batch);
                 submitted += n as u64;
                 shared.submitted.send_replace(submitted);
-                in_flight.push_back(write.map(move |result| (n, result)));
+                in_flight.push_back(write.map(move |result| (n, started.elapsed(), result)));
                 continue;
             }
             // Wait out the interval unless a backlog or a barrier comes first.
             tokio::select! {
-                Some((n, result)) = in_flight.next() => finished(&shared, n, result),
+                Some((n, took, result)) = in_flight.next() => finished(&shared, n, took, result),
                 () = tokio::time::sleep_until(next) => {}
                 () = shared.wake.notified() => {}
             }
@@ -422,22 +439,25 @@ async fn write_loop(store: Arc<dyn Store>, shared: Arc<Shared>) {
         }
         if queued > 0 {
             // No room for another write: the next one waits for the oldest to end.
-            if let Some((n, result)) = in_flight.next().await {
-                finished(&shared, n, result);
+            if let Some((n, took, result)) = in_flight.next().await {
+                finished(&shared, n, took, result);
             }
             continue;
         }
         tokio::select! {
-            Some((n, result)) = in_flight.next() => finished(&shared, n, result),
+            Some((n, took, result)) = in_flight.next() => finished(&shared, n, took, result),
             () = shared.wake.notified() => {}
         }
     }
 }
 
-/// Accounts for a write of `n` messages that ended, and frees their slots.
-fn finished(shared: &Shared, n: usize, result: Result<(), StoreError>) {
+/// Accounts for a write of `n` messages that ended after `took`, and frees their slots.
+fn finished(shared: &Shared, n: usize, took: Duration, result: Result<(), StoreError>) {
     match result {
         Ok(()) => {
+            if let Some(h) = &shared.commit_seconds {
+                h.observe(took.as_secs_f64());
+            }
             shared.committed.fetch_add(n as u64, Ordering::Relaxed);
             shared.batches.fetch_add(1, Ordering::Relaxed);
             shared.largest_batch.fetch_max(n as u64, Ordering::Relaxed);
