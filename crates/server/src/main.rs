@@ -32,11 +32,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures::executor::block_on;
+use futures::future::BoxFuture;
 use ipnet::IpNet;
 use simpletextim_proto::{Password, UserId};
 use simpletextim_server::auth::{HashCost, hash_password};
 use simpletextim_server::metrics;
-use simpletextim_server::store::{Account, SqliteStore, StoreError};
+use simpletextim_server::store::{
+    Account, AccountInfo, DatabaseUrl, PgOptions, PostgresStore, SqliteStore, StoreError,
+};
 use simpletextim_server::{
     AddressLimits, Backoff, Config, DEFAULT_MAILBOX_CAP, DEFAULT_RATE_LIMIT, Framing, RateLimit,
     Registration, Retention, Store, ThrottlePolicy, Tls,
@@ -56,7 +59,9 @@ const METRICS_GRACE: Duration = Duration::from_secs(1);
 ///
 /// Without a subcommand it serves. Accounts and offline messages live in one SQLite file,
 /// DIR/simpletextim.sqlite3, which `sqlite3` can open. To back it up while the server runs,
-/// use `simpletextim-server backup FILE` (a consistent copy via VACUUM INTO).
+/// use `simpletextim-server backup FILE` (a consistent copy via VACUUM INTO). With
+/// `--database URL` they live in PostgreSQL instead (create the schema first with
+/// `simpletextim-server migrate --database URL`; back it up with `pg_dump`).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -69,6 +74,19 @@ struct Cli {
         default_value = "./simpletextim-data"
     )]
     data: PathBuf,
+
+    /// Keep accounts, mailboxes and history in this PostgreSQL database instead of --data's
+    /// SQLite file: a URL (postgres://USER:PASSWORD@HOST:PORT/DBNAME) or a libpq-style
+    /// `key=value` string; plain TCP or a unix socket, no TLS yet. Prefer the environment
+    /// variable to the command line, where other users can see the password.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "SIMPLETEXTIM_DATABASE",
+        hide_env_values = true
+    )]
+    database: Option<DatabaseArg>,
 
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -296,8 +314,11 @@ enum Cmd {
         #[command(subcommand)]
         action: UserCmd,
     },
+    /// Create or upgrade the PostgreSQL schema of --database (idempotent; safe while other
+    /// nodes run it too). The SQLite store migrates itself when it opens.
+    Migrate,
     /// Write a consistent copy of the database to FILE, mode 0600 (safe while the server
-    /// runs).
+    /// runs). SQLite only: with --database, use pg_dump.
     Backup {
         /// Where to write the copy; must not exist.
         file: PathBuf,
@@ -348,7 +369,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve(cli),
         Some(Cmd::User { ref action }) => user(&cli, action),
-        Some(Cmd::Backup { ref file }) => backup(&cli.data, cli.mailbox_cap, file),
+        Some(Cmd::Migrate) => migrate(&cli),
+        Some(Cmd::Backup { ref file }) => backup(&cli, file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -384,12 +406,72 @@ fn open_existing_store(data: &Path, mailbox_cap: usize) -> anyhow::Result<Sqlite
     Ok(SqliteStore::open_existing(data, mailbox_cap)?)
 }
 
+/// The text of `--database` as given. Its `Debug` does not show it: it may hold a password
+/// (`Cli` derives `Debug`). Parsed by [`database_url`], whose error never repeats it.
+#[derive(Clone)]
+struct DatabaseArg(String);
+
+impl std::str::FromStr for DatabaseArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<DatabaseArg, Self::Err> {
+        Ok(DatabaseArg(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseArg(..)")
+    }
+}
+
+/// `--database`, parsed; `None` for the SQLite store of `--data`.
+fn database_url(cli: &Cli) -> anyhow::Result<Option<DatabaseUrl>> {
+    // The parse error never repeats the value, which may hold a password.
+    cli.database
+        .as_ref()
+        .map(|s| s.0.parse::<DatabaseUrl>().context("--database"))
+        .transpose()
+}
+
+/// A single-threaded runtime for the one-shot subcommands on PostgreSQL.
+fn one_shot_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `migrate`: brings the PostgreSQL schema to this build's version.
+fn migrate(cli: &Cli) -> anyhow::Result<()> {
+    let Some(url) = database_url(cli)? else {
+        bail!(
+            "migrate needs --database URL (or SIMPLETEXTIM_DATABASE); the SQLite store of \
+             --data migrates itself when it opens"
+        );
+    };
+    let options = PgOptions::new(cli.mailbox_cap);
+    let done = one_shot_runtime()?.block_on(PostgresStore::migrate(&url, &options))?;
+    if done.from == done.to {
+        println!("{url}: schema at version {}, nothing to do", done.to);
+    } else {
+        println!(
+            "{url}: schema migrated from version {} to {}",
+            done.from, done.to
+        );
+    }
+    Ok(())
+}
+
 fn serve(cli: Cli) -> anyhow::Result<()> {
     // Read first: a bad certificate or key fails before the database is touched.
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key)?),
         _ => None,
     };
+    if let Some(url) = database_url(&cli)? {
+        return serve_postgres(cli, url, tls);
+    }
     // Opened before the runtime: opening blocks (migrations), and a bad directory should
     // fail before anything listens.
     let store = Arc::new(open_store(&cli.data, cli.mailbox_cap)?);
@@ -400,8 +482,25 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
+/// Serves with the PostgreSQL store: connects (refusing a schema that is not this build's,
+/// see `migrate`) before anything listens, and closes it after the last session.
+#[tokio::main]
+async fn serve_postgres(cli: Cli, url: DatabaseUrl, tls: Option<Tls>) -> anyhow::Result<()> {
+    let store = Arc::new(PostgresStore::connect(&url, PgOptions::new(cli.mailbox_cap)).await?);
+    tracing::info!(database = %url, "store open");
+    let result = serve_on(cli, store.clone(), tls).await;
+    // Finish every queued write before exiting.
+    store.close().await;
+    result
+}
+
 #[tokio::main]
 async fn serve_with(cli: Cli, store: Arc<SqliteStore>, tls: Option<Tls>) -> anyhow::Result<()> {
+    serve_on(cli, store, tls).await
+}
+
+/// Serves until SIGINT or SIGTERM with `store`.
+async fn serve_on(cli: Cli, store: Arc<dyn Store>, tls: Option<Tls>) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     let max_connections = cli
         .max_connections
@@ -572,9 +671,29 @@ fn reload_on_sighup(tls: Tls) {
     let _ = tls;
 }
 
-/// `user add|passwd|del|list`.
+/// `user add|passwd|del|list`, on `--database` or `--data`.
 fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
+    if let Some(url) = database_url(cli)? {
+        return one_shot_runtime()?.block_on(async {
+            let store = PostgresStore::connect(&url, PgOptions::new(cli.mailbox_cap)).await?;
+            let result = user_with(cli, action, &store, || store.list_accounts()).await;
+            store.close().await;
+            result
+        });
+    }
     let store = open_existing_store(&cli.data, cli.mailbox_cap)?;
+    let result = block_on(user_with(cli, action, &store, || store.list_accounts()));
+    store.close();
+    result
+}
+
+/// `user …` against `store`; `list` reads what `list_accounts` returns.
+async fn user_with(
+    cli: &Cli,
+    action: &UserCmd,
+    store: &dyn Store,
+    list_accounts: impl Fn() -> BoxFuture<'static, Result<Vec<AccountInfo>, StoreError>>,
+) -> anyhow::Result<()> {
     let cost = cli.hash_cost();
     match action {
         UserCmd::Add { name } => {
@@ -586,7 +705,7 @@ fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
                 user_id: user_id.clone(),
                 created_ms: simpletextim_server::now_ms(),
             };
-            match block_on(store.create_account(account)) {
+            match store.create_account(account).await {
                 Ok(()) => println!("created {user_id}"),
                 Err(StoreError::AccountExists(_)) => bail!("user {user_id} exists already"),
                 Err(e) => return Err(e.into()),
@@ -594,14 +713,14 @@ fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
         }
         UserCmd::Passwd { name } => {
             let user_id = UserId::new(name).map_err(|f| anyhow::anyhow!(f.reason))?;
-            if block_on(store.account(user_id.key()))?.is_none() {
+            if store.account(user_id.key()).await?.is_none() {
                 bail!("no such user: {user_id}");
             }
             let password = read_password(&format!("New password for {user_id}: "))?;
             let phc =
                 hash_password(password.expose(), cost).map_err(|f| anyhow::anyhow!(f.reason))?;
             // Records a revocation too: a running server ends the user's session.
-            match block_on(store.set_password_hash(user_id.key(), phc)) {
+            match store.set_password_hash(user_id.key(), phc).await {
                 Ok(()) => {
                     after_revocation();
                     println!("password of {user_id} changed");
@@ -613,7 +732,7 @@ fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
         UserCmd::Del { name } => {
             let user_id = UserId::new(name).map_err(|f| anyhow::anyhow!(f.reason))?;
             // Records a revocation too: a running server ends the user's session.
-            match block_on(store.delete_account(user_id.key())) {
+            match store.delete_account(user_id.key()).await {
                 Ok(dropped) => {
                     after_revocation();
                     println!("deleted {user_id} ({dropped} unread messages dropped)");
@@ -623,7 +742,7 @@ fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
             }
         }
         UserCmd::List => {
-            let accounts = block_on(store.list_accounts())?;
+            let accounts = list_accounts().await?;
             println!("{:<32}  {:<20}  {:>7}", "USER", "CREATED (UTC)", "UNREAD");
             for a in accounts {
                 let created = chrono::DateTime::from_timestamp_millis(a.created_ms as i64)
@@ -640,7 +759,6 @@ fn user(cli: &Cli, action: &UserCmd) -> anyhow::Result<()> {
             }
         }
     }
-    store.close();
     Ok(())
 }
 
@@ -651,9 +769,15 @@ fn after_revocation() {
     std::thread::sleep(Duration::from_millis(2));
 }
 
-/// `backup FILE`.
-fn backup(data: &Path, mailbox_cap: usize, file: &Path) -> anyhow::Result<()> {
-    let store = open_existing_store(data, mailbox_cap)?;
+/// `backup FILE` (SQLite only).
+fn backup(cli: &Cli, file: &Path) -> anyhow::Result<()> {
+    if cli.database.is_some() {
+        bail!(
+            "backup copies the SQLite database of --data; with --database, back PostgreSQL up \
+             with pg_dump (e.g. pg_dump --format=custom --file=FILE DBNAME)"
+        );
+    }
+    let store = open_existing_store(&cli.data, cli.mailbox_cap)?;
     block_on(store.backup_to(file.to_path_buf()))
         .with_context(|| format!("cannot back up to {}", file.display()))?;
     store.close();

@@ -1,5 +1,6 @@
-//! The kept history of both stores: one suite of checks over `&dyn Store`, run against the
-//! SQLite store (in a temporary directory) and the in-memory store, including the
+//! The kept history of every store: one suite of checks over `&dyn Store`, run against the
+//! SQLite store (in a temporary directory), the in-memory store and the PostgreSQL store (a
+//! database of its own on the private server of `common/pg.rs`), including the
 //! [`HistoryWriter`] in front of each; then what only the SQLite store has: the migration
 //! from schema version 2, atomic batches, survival across reopening.
 
@@ -11,8 +12,8 @@ use rusqlite::Connection;
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use simpletextim_server::store::{
     Account, Conversation, DB_FILE_NAME, HISTORY_BATCH, HistoryPage, HistoryQuery, HistoryStats,
-    HistoryWriter, MemoryStore, PageLimit, ReserveError, Retention, SCHEMA_VERSION, SqliteStore,
-    Store, StoreError,
+    HistoryWriter, MemoryStore, PageLimit, PgOptions, PostgresStore, ReserveError, Retention,
+    SCHEMA_VERSION, SqliteStore, Store, StoreError,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -89,6 +90,9 @@ fn chmod(path: &Path, mode: u32) -> std::io::Result<()> {
     }
 }
 
+#[path = "common/pg.rs"]
+mod pg;
+
 /// A store under test and what must outlive it (the SQLite store's directory).
 struct Backend {
     store: Arc<dyn Store>,
@@ -98,7 +102,7 @@ struct Backend {
 /// Mailboxes of the stores under test hold this many messages.
 const CAP: usize = 2;
 
-fn sqlite() -> Result<Backend, Box<dyn std::error::Error>> {
+async fn sqlite() -> Result<Backend, Box<dyn std::error::Error>> {
     let dir = tempdir()?;
     let store = SqliteStore::open(dir.path(), CAP)?;
     Ok(Backend {
@@ -107,9 +111,18 @@ fn sqlite() -> Result<Backend, Box<dyn std::error::Error>> {
     })
 }
 
-fn memory() -> Result<Backend, Box<dyn std::error::Error>> {
+async fn memory() -> Result<Backend, Box<dyn std::error::Error>> {
     Ok(Backend {
         store: Arc::new(MemoryStore::new(CAP)),
+        _dir: None,
+    })
+}
+
+async fn postgres() -> Result<Backend, Box<dyn std::error::Error>> {
+    let db = pg::migrated_database().await;
+    let store = PostgresStore::connect(&db.database_url(), PgOptions::new(CAP)).await?;
+    Ok(Backend {
+        store: Arc::new(store),
         _dir: None,
     })
 }
@@ -480,7 +493,7 @@ macro_rules! suite_for {
                 ($name:ident) => {
                     #[tokio::test]
                     async fn $name() -> TestResult {
-                        let backend = super::$backend()?;
+                        let backend = super::$backend().await?;
                         suite::$name(&*backend.store).await
                     }
                 };
@@ -497,7 +510,7 @@ macro_rules! suite_for {
 
             #[tokio::test]
             async fn the_writer_group_commits_in_order() -> TestResult {
-                let backend = super::$backend()?;
+                let backend = super::$backend().await?;
                 suite::the_writer_group_commits_in_order(Arc::clone(&backend.store)).await
             }
         }
@@ -506,6 +519,7 @@ macro_rules! suite_for {
 
 suite_for!(sqlite);
 suite_for!(memory);
+suite_for!(postgres);
 
 /// The schema of version 2, exactly as the version-2 server wrote it (migrations 1 and 2).
 const SCHEMA_V2: &str = "CREATE TABLE accounts (
@@ -624,7 +638,7 @@ async fn a_version_2_database_gets_history_and_keeps_its_data() -> TestResult {
 
 #[tokio::test]
 async fn a_batch_that_fails_keeps_nothing() -> TestResult {
-    let backend = sqlite()?;
+    let backend = sqlite().await?;
     let store = &backend.store;
     // An id SQLite cannot hold fails the whole call, the rows before it included.
     let r = store

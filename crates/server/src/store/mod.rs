@@ -2,7 +2,8 @@
 //! trait.
 //!
 //! [`MemoryStore`] keeps everything in memory (tests, throw-away servers); the embedded
-//! SQLite store is the durable default.
+//! SQLite store is the durable default; [`PostgresStore`] keeps the record in a PostgreSQL
+//! database that several processes share (`--database`).
 //!
 //! **Ordering contract.** Every method starts its operation when it is *called* and returns
 //! a future that only waits for the outcome. Operations take effect in the order their
@@ -25,11 +26,15 @@
 
 mod history;
 mod memory;
+mod postgres;
 mod sqlite;
 mod writer;
 
 pub use history::{Conversation, HistoryPage, HistoryQuery, PageLimit, Retention};
 pub use memory::MemoryStore;
+pub use postgres::{
+    DatabaseUrl, MIGRATION_LOCK, Migrated, PG_SCHEMA_VERSION, PgError, PgOptions, PostgresStore,
+};
 pub use sqlite::{AccountInfo, DB_FILE_NAME, OpenError, SCHEMA_VERSION, SqliteStore};
 pub use writer::{
     HISTORY_BACKLOG, HISTORY_BATCH, HISTORY_QUEUE, HistoryPermit, HistoryStats, HistoryWriter,
@@ -67,7 +72,8 @@ pub struct Revocation {
     /// Unix milliseconds such that every account lookup of this store that *started*
     /// later sees the change, and every lookup that saw the account as it was before
     /// started earlier (the SQLite store takes it inside the write transaction, which no
-    /// lookup of the server overlaps). So a session whose login looked the account up at
+    /// lookup of the server overlaps; the PostgreSQL store once the change has locked the
+    /// account row, which its lookups read `FOR SHARE`). So a session whose login looked the account up at
     /// or before `at_ms` may hold the old credentials; one after it cannot.
     pub at_ms: u64,
     /// What happened.
