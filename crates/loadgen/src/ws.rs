@@ -86,7 +86,7 @@ pub fn check_response(buf: &[u8], key: &str) -> Result<Option<usize>, Error> {
 }
 
 /// Upgrades a socket connected to the HTTP listener at `server` to a WebSocket: sends the
-/// request, reads the response head (at most [`MAX_RESPONSE_HEAD`] bytes) and checks it.
+/// request, reads the response head (at most 8 KiB) and checks it.
 /// Returns what was read past the head (the start of the server's frames, if any).
 ///
 /// # Errors
