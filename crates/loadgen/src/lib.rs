@@ -20,3 +20,4 @@ pub mod scan;
 pub mod send;
 pub mod stats;
 pub mod workload;
+pub mod ws;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use simpletextim_loadgen::net::{self, Bind};
+use simpletextim_loadgen::net::{self, Bind, Transport};
 use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::stats;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
@@ -28,9 +28,14 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// The server's address (loopback only).
+    /// The server's address (loopback only): its TCP listener, or with --ws its HTTP
+    /// listener (the server's --listen-http, 127.0.0.1:5080 by default).
     #[arg(long, global = true, default_value = "127.0.0.1:5000")]
     server: SocketAddr,
+    /// Speak WebSocket: every connection upgrades `GET /ws` on --server and sends its
+    /// commands as masked text frames (`fanout` and `private` only).
+    #[arg(long, global = true)]
+    ws: bool,
     /// Prefix of the user ids this run logs in as.
     #[arg(long, global = true, default_value = "lg")]
     prefix: String,
@@ -134,6 +139,18 @@ fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("simpletextim-loadgen: cannot raise the open-file limit: {e}");
     }
+    let transport = if c.ws {
+        anyhow::ensure!(
+            matches!(
+                cli.workload,
+                Workload::Fanout { .. } | Workload::Private { .. }
+            ),
+            "--ws: only the fanout and private workloads speak WebSocket"
+        );
+        Transport::WebSocket
+    } else {
+        Transport::Tcp
+    };
     let common = Common {
         server: c.server,
         prefix: c.prefix.clone(),
@@ -142,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
         size: c.size,
         settle: Duration::from_millis(c.settle_ms),
         bind: Bind::Any,
+        transport,
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();

@@ -1,19 +1,23 @@
 //! Connections: connect (optionally from a chosen loopback address), log in, and write
-//! commands. Frames are read with a plain [`LengthDelimitedCodec`]: the payload bytes are
-//! handed to [`crate::scan`], never deserialized.
+//! commands, over either [`Transport`]. Frames are read with a plain
+//! [`LengthDelimitedCodec`] (TCP) or [`ws::TextDecoder`] (WebSocket), behind one
+//! [`ReplyCodec`]: the payload bytes are handed to [`crate::scan`], never deserialized.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures::StreamExt;
-use simpletextim_proto::codec::{DEFAULT_MAX_REPLY_FRAME, encode_frame};
+use simpletextim_proto::codec::DEFAULT_MAX_REPLY_FRAME;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, FramedRead, LengthDelimitedCodec};
 
 use crate::scan::{self, Kind};
+use crate::workload::Rng;
+use crate::ws;
 
 /// The password of every load-generator account.
 pub const PASSWORD: &str = "loadgen-pw";
@@ -56,8 +60,131 @@ impl Error {
     }
 }
 
+/// How the load generator talks to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Length-delimited JSON frames on the server's TCP listener (`--listen`).
+    #[default]
+    Tcp,
+    /// JSON text messages on a WebSocket, `GET /ws` of the server's HTTP listener
+    /// (`--listen-http`): the `--ws` option.
+    WebSocket,
+}
+
+impl Transport {
+    /// Its name in a report: `tcp` or `websocket`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+/// The decoder of the server's frames for a [`Transport`]: either yields each reply's JSON
+/// object as the bytes of the read buffer it came in, for the same scanning.
+#[derive(Debug)]
+pub enum ReplyCodec {
+    /// TCP: a 4-byte big-endian length, then the object.
+    LengthDelimited(LengthDelimitedCodec),
+    /// WebSocket: a text frame per object.
+    WebSocket(ws::TextDecoder),
+}
+
+impl ReplyCodec {
+    /// The decoder for `transport`, with the protocol's limit on a reply (16 MiB).
+    pub fn new(transport: Transport) -> ReplyCodec {
+        match transport {
+            Transport::Tcp => ReplyCodec::LengthDelimited(
+                LengthDelimitedCodec::builder()
+                    .max_frame_length(DEFAULT_MAX_REPLY_FRAME)
+                    .new_codec(),
+            ),
+            Transport::WebSocket => {
+                ReplyCodec::WebSocket(ws::TextDecoder::new(DEFAULT_MAX_REPLY_FRAME))
+            }
+        }
+    }
+}
+
+impl Decoder for ReplyCodec {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    #[inline]
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        match self {
+            ReplyCodec::LengthDelimited(c) => c.decode(src),
+            ReplyCodec::WebSocket(d) => d.decode(src),
+        }
+    }
+}
+
 /// Frames from the server, as raw payloads.
-pub type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+pub type Reader = FramedRead<OwnedReadHalf, ReplyCodec>;
+
+/// Frames the commands of one connection for its [`Transport`]: a length prefix, or a
+/// masked WebSocket text frame (with a new masking key per frame, drawn from a seeded
+/// generator: see [`crate::ws`]). The command is written straight into the output buffer,
+/// from its parts.
+#[derive(Debug, Clone)]
+pub struct Framer {
+    transport: Transport,
+    masks: Rng,
+}
+
+impl Framer {
+    /// A framer for `transport`; `seed` seeds its masking keys.
+    pub fn new(transport: Transport, seed: u64) -> Framer {
+        Framer {
+            transport,
+            masks: Rng::new(seed ^ 0x6d61_736b),
+        }
+    }
+
+    /// Appends one command whose JSON text is `parts` one after the other.
+    #[inline]
+    pub fn put(&mut self, parts: &[&[u8]], out: &mut BytesMut) {
+        match self.transport {
+            Transport::Tcp => {
+                let len: usize = parts.iter().map(|p| p.len()).sum();
+                let prefix = u32::try_from(len)
+                    .expect("a command is far below the 4 GiB a length prefix can say");
+                out.reserve(4 + len);
+                out.put_u32(prefix);
+                for p in parts {
+                    out.put_slice(p);
+                }
+            }
+            Transport::WebSocket => {
+                let key = (self.masks.next_u64() as u32).to_ne_bytes();
+                ws::put_text(parts, key, out);
+            }
+        }
+    }
+
+    /// Appends a `send` command. `text` must be plain ASCII without `"` or `\` (the load
+    /// generator's marker and padding), `to` a user id or `*`.
+    #[inline]
+    pub fn send(&mut self, text: &[u8], to: &[u8], out: &mut BytesMut) {
+        const HEAD: &[u8] = br#"{"command":"send","message":""#;
+        const MID: &[u8] = br#"","to":""#;
+        const TAIL: &[u8] = br#""}"#;
+        self.put(&[HEAD, text, MID, to, TAIL], out);
+    }
+
+    /// Appends a `login` command (structured form).
+    pub fn login(&mut self, user: &str, password: &str, out: &mut BytesMut) {
+        let payload =
+            serde_json::json!({"command": "login", "user_id": user, "password": password});
+        self.put(&[payload.to_string().as_bytes()], out);
+    }
+
+    /// Appends a command without fields (`list`, `exit`).
+    pub fn simple(&mut self, command: &str, out: &mut BytesMut) {
+        self.put(&[br#"{"command":""#, command.as_bytes(), br#""}"#], out);
+    }
+}
 
 /// A logged-in connection.
 #[derive(Debug)]
@@ -145,50 +272,31 @@ pub async fn connect(server: SocketAddr, from: Option<IpAddr>) -> Result<TcpStre
     Ok(stream)
 }
 
-/// The codec for server frames (up to 16 MiB, as the protocol allows).
-pub fn reply_codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(DEFAULT_MAX_REPLY_FRAME)
-        .new_codec()
+/// The codec for server frames over TCP (up to 16 MiB, as the protocol allows).
+pub fn reply_codec() -> ReplyCodec {
+    ReplyCodec::new(Transport::Tcp)
 }
 
-/// Appends a `login` command frame (structured form).
+/// Appends a `login` command frame (structured form) for TCP.
 pub fn login_frame(user: &str, password: &str, out: &mut BytesMut) {
-    let payload = serde_json::json!({"command": "login", "user_id": user, "password": password});
-    encode_frame(payload.to_string().as_bytes(), usize::MAX, out)
-        .expect("a login frame is far below the 4 GiB a length prefix can say");
+    Framer::new(Transport::Tcp, 0).login(user, password, out);
 }
 
-/// Appends a `send` command frame. `text` must be plain ASCII without `"` or `\` (the
-/// load generator's marker and padding), `to` a user id or `*`.
+/// Appends a `send` command frame for TCP. `text` must be plain ASCII without `"` or `\`
+/// (the load generator's marker and padding), `to` a user id or `*`.
 pub fn send_frame(text: &[u8], to: &[u8], out: &mut BytesMut) {
-    const HEAD: &[u8] = br#"{"command":"send","message":""#;
-    const MID: &[u8] = br#"","to":""#;
-    const TAIL: &[u8] = br#""}"#;
-    let len = HEAD.len() + text.len() + MID.len() + to.len() + TAIL.len();
-    out.reserve(4 + len);
-    out.put_u32(len as u32);
-    out.put_slice(HEAD);
-    out.put_slice(text);
-    out.put_slice(MID);
-    out.put_slice(to);
-    out.put_slice(TAIL);
+    Framer::new(Transport::Tcp, 0).send(text, to, out);
 }
 
-/// Appends a command frame without fields (`list`, `exit`).
+/// Appends a command frame without fields (`list`, `exit`) for TCP.
 pub fn simple_frame(command: &str, out: &mut BytesMut) {
-    let payload = format!(r#"{{"command":"{command}"}}"#);
-    encode_frame(payload.as_bytes(), usize::MAX, out)
-        .expect("a command without fields is far below the 4 GiB a length prefix can say");
+    Framer::new(Transport::Tcp, 0).simple(command, out);
 }
 
-/// Connects and logs in as `user`, waiting for the login acknowledgement (the first frame).
-/// `read_capacity` is the initial size of the read buffer: large for busy clients (fewer
-/// `read` calls), small for idle ones.
+/// Connects and logs in as `user` over TCP: [`login_via`] with [`Transport::Tcp`].
 ///
 /// # Errors
-/// When the connection fails, the server refuses the login, or no acknowledgement comes
-/// within `wait`.
+/// As [`login_via`].
 pub async fn login(
     server: SocketAddr,
     from: Option<IpAddr>,
@@ -196,12 +304,37 @@ pub async fn login(
     read_capacity: usize,
     wait: Duration,
 ) -> Result<Conn, Error> {
+    login_via(Transport::Tcp, server, from, user, read_capacity, wait).await
+}
+
+/// Connects (and upgrades to a WebSocket, for [`Transport::WebSocket`]) and logs in as
+/// `user`, waiting for the login acknowledgement (the first frame). `read_capacity` is the
+/// initial size of the read buffer: large for busy clients (fewer `read` calls), small for
+/// idle ones.
+///
+/// # Errors
+/// When the connection or the upgrade fails, the server refuses the login, or no
+/// acknowledgement comes within `wait`.
+pub async fn login_via(
+    transport: Transport,
+    server: SocketAddr,
+    from: Option<IpAddr>,
+    user: &str,
+    read_capacity: usize,
+    wait: Duration,
+) -> Result<Conn, Error> {
     let attempt = async {
-        let stream = connect(server, from).await?;
+        let mut stream = connect(server, from).await?;
+        // What the server sent past the upgrade's response, if anything, comes first.
+        let early = match transport {
+            Transport::Tcp => BytesMut::new(),
+            Transport::WebSocket => ws::upgrade(&mut stream, server).await?,
+        };
         let (r, mut writer) = stream.into_split();
-        let mut reader = FramedRead::with_capacity(r, reply_codec(), read_capacity);
+        let mut reader = FramedRead::with_capacity(r, ReplyCodec::new(transport), read_capacity);
+        reader.read_buffer_mut().extend_from_slice(&early);
         let mut buf = BytesMut::new();
-        login_frame(user, PASSWORD, &mut buf);
+        Framer::new(transport, user.len() as u64).login(user, PASSWORD, &mut buf);
         writer
             .write_all(&buf)
             .await
@@ -270,6 +403,48 @@ mod tests {
                 Command::List,
             ]
         );
+    }
+
+    /// Over WebSocket, the same commands as over TCP, each in one final text frame masked
+    /// with a key of its own.
+    #[test]
+    fn websocket_frames_hold_the_same_commands_masked() {
+        use tungstenite::protocol::frame::FrameHeader;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        let write = |transport| {
+            let mut f = Framer::new(transport, 7);
+            let mut out = BytesMut::new();
+            f.send(b"~1~2~3~xx", b"*", &mut out);
+            f.login("lg1", PASSWORD, &mut out);
+            f.simple("list", &mut out);
+            f.send(&[b'x'; 200], b"lg7", &mut out); // a 16-bit length
+            out
+        };
+        let mut tcp = write(Transport::Tcp);
+        let mut codec = ReplyCodec::new(Transport::Tcp);
+        let mut over_tcp = Vec::new();
+        while let Some(payload) = codec.decode(&mut tcp).unwrap() {
+            over_tcp.push(payload.to_vec());
+        }
+        let ws = write(Transport::WebSocket);
+        let (mut over_ws, mut keys) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        while at < ws.len() {
+            let mut cursor = std::io::Cursor::new(&ws[at..]);
+            let (h, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert_eq!((h.opcode, h.is_final), (OpCode::Data(Data::Text), true));
+            let start = at + cursor.position() as usize;
+            let mut payload = ws[start..start + len as usize].to_vec();
+            let key = h.mask.unwrap();
+            crate::ws::apply_mask(&mut payload, key);
+            over_ws.push(payload);
+            keys.push(key);
+            at = start + len as usize;
+        }
+        assert_eq!(over_tcp.len(), 4);
+        assert_eq!(over_ws, over_tcp);
+        keys.dedup();
+        assert_eq!(keys.len(), 4, "a key per frame: {keys:?}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::net::Reader;
+use crate::net::{Reader, Transport};
 use crate::resp::{self, Item};
 use crate::scan::{self, Kind, Marker, MessageScanner};
 use crate::stats::{Recorder, SharedHistogram};
@@ -59,11 +59,18 @@ pub struct Shared {
     pub joined_seen: AtomicU64,
     /// The length of the last `list` reply any receiver saw, or -1.
     pub last_list: AtomicI64,
+    /// How the run's connections talk to the server (how its senders frame commands).
+    pub transport: Transport,
 }
 
 impl Shared {
-    /// Fresh state for a run of `receivers` receivers.
+    /// Fresh state for a run of `receivers` receivers over TCP.
     pub fn new(receivers: usize) -> Arc<Shared> {
+        Shared::over(receivers, Transport::Tcp)
+    }
+
+    /// Fresh state for a run of `receivers` receivers over `transport`.
+    pub fn over(receivers: usize, transport: Transport) -> Arc<Shared> {
         Arc::new(Shared {
             base: Instant::now(),
             latency: SharedHistogram::new(),
@@ -79,6 +86,7 @@ impl Shared {
             stopped: AtomicBool::new(false),
             joined_seen: AtomicU64::new(0),
             last_list: AtomicI64::new(-1),
+            transport,
         })
     }
 

@@ -198,6 +198,10 @@ pub struct Report {
     /// `offline`: messages stored (confirmed by their echo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<u64>,
+    /// `fanout`, `private`: how the clients talked to the server, `tcp` or `websocket`
+    /// (`--ws`); absent from the reports of the other workloads, which speak TCP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
     /// `presence`: clients whose view of who is online ended correct.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub views_correct: Option<usize>,
@@ -278,8 +282,12 @@ impl Report {
                 self.clients, self.senders, self.sent, self.elapsed_s, l.p50, l.p99, l.p999, l.max,
             );
         }
+        let over = match self.transport.as_deref() {
+            Some("websocket") => " over WebSocket",
+            _ => "",
+        };
         let mut s = format!(
-            "{}: {} clients, {} senders × {} messages: {} of {} delivered ({} lost) in {:.3} s = {:.0} deliveries/s, {:.0} messages/s",
+            "{}{over}: {} clients, {} senders × {} messages: {} of {} delivered ({} lost) in {:.3} s = {:.0} deliveries/s, {:.0} messages/s",
             self.workload,
             self.clients,
             self.senders,

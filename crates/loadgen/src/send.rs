@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Semaphore;
 
-use crate::net::{Error, send_frame};
+use crate::net::{Error, Framer};
 use crate::recv::Shared;
 use crate::resp;
 use crate::scan::{Marker, write_text};
@@ -80,6 +80,7 @@ pub async fn send(writer: &mut OwnedWriteHalf, plan: &Plan, shared: &Shared) -> 
     let mut seq = 0u32;
     let base = tokio::time::Instant::from_std(shared.base);
     let mut lag = shared.send_lag.recorder();
+    let mut framer = Framer::new(shared.transport, u64::from(plan.me));
     while seq < plan.count {
         let (n, sent_us) = match &plan.pace {
             Pace::Window(window) => {
@@ -142,7 +143,7 @@ pub async fn send(writer: &mut OwnedWriteHalf, plan: &Plan, shared: &Shared) -> 
                     continue;
                 }
             }
-            send_frame(&text, &to, &mut buf);
+            framer.send(&text, &to, &mut buf);
         }
         writer
             .write_all(&buf)

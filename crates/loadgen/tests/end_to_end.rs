@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use simpletextim_loadgen::net::Bind;
+use simpletextim_loadgen::net::{Bind, Transport};
 use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::workload::Common;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
@@ -44,6 +44,7 @@ fn common(server: SocketAddr, prefix: &str) -> Common {
         size: 40,
         settle: Duration::from_millis(50),
         bind: Bind::Any,
+        transport: Transport::Tcp,
     }
 }
 

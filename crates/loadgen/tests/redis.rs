@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use simpletextim_loadgen::net::Bind;
+use simpletextim_loadgen::net::{Bind, Transport};
 use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::workload::Common;
 use simpletextim_loadgen::workload::redis::{self, RedisFanoutOpts};
@@ -116,6 +116,7 @@ fn common(server: SocketAddr, prefix: &str) -> Common {
         size: 40,
         settle: Duration::from_millis(50),
         bind: Bind::Any,
+        transport: Transport::Tcp,
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::{self, Display, Write as _};
 use simpletextim_loadgen::report::Report;
 use simpletextim_loadgen::stats::Summary;
 
-use super::results::{Reference, Results, Run};
+use super::results::{Reference, Results, Run, ScenarioResult};
 use super::suite::TARGETS;
 
 /// Start of the generated part of `BENCHMARKS.md`.
@@ -18,9 +18,9 @@ pub const END: &str = "<!-- bench:end -->";
 /// The generated Markdown.
 pub fn markdown(doc: &Results) -> String {
     let mut s = String::new();
-    let sections: [fn(&mut String, &Results) -> fmt::Result; 12] = [
-        header, targets, flood, open_loop, reference, presence, conns, offline, history, soak, cpu,
-        commands,
+    let sections: [fn(&mut String, &Results) -> fmt::Result; 13] = [
+        header, targets, flood, websocket, open_loop, reference, presence, conns, offline, history,
+        soak, cpu, commands,
     ];
     for section in sections {
         section(&mut s, doc).expect("formatting into a String does not fail");
@@ -197,6 +197,92 @@ fn flood(s: &mut String, doc: &Results) -> fmt::Result {
         s,
         "\n![deliveries per second against the number of clients](bench/throughput.svg)\n"
     )
+}
+
+/// The TCP twin of a WebSocket scenario: the one whose load-generator command is the same
+/// without `--ws` (the same workload, clients, senders, messages and window).
+fn tcp_twin<'a>(doc: &'a Results, ws: &ScenarioResult) -> Option<&'a ScenarioResult> {
+    let tcp = ws.command.replacen(" --ws ", " ", 1);
+    (tcp != ws.command)
+        .then(|| doc.scenarios.iter().find(|sc| sc.command == tcp))
+        .flatten()
+}
+
+/// The scenarios run over WebSocket (`--ws`), each beside its TCP twin ([`tcp_twin`]).
+/// Nothing when none ran.
+fn websocket(s: &mut String, doc: &Results) -> fmt::Result {
+    let pairs: Vec<(&ScenarioResult, Option<&ScenarioResult>)> = (doc.scenarios.iter())
+        .filter(|sc| sc.command.contains(" --ws "))
+        .map(|sc| (sc, tcp_twin(doc, sc)))
+        .collect();
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        s,
+        "### Fan-out over WebSocket beside TCP
+"
+    )?;
+    writeln!(
+        s,
+        "The same load with every client on a WebSocket (`GET /ws` of the server's HTTP listener, `--listen-http 127.0.0.1:0`, and the load generator's `--ws`) instead of a TCP connection: the same clients, senders, messages and window, the same marker and latency accounting, a fresh server of the same binary. The load generator reads both transports alike (a frame header, then the payload handed to the same scanner; its commands are masked as RFC 6455 requires), so the difference is the server's framing.\n"
+    )?;
+    writeln!(
+        s,
+        "| scenario | transport | deliveries/s | messages/s | lost | p50 ms | p99 ms | p99.9 ms | max ms | server / load generator CPU s | runs (deliveries/s) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )?;
+    let row = |s: &mut String, sc: &ScenarioResult, transport: &str| -> fmt::Result {
+        let Some(r) = sc.median.as_ref() else {
+            return writeln!(
+                s,
+                "| {} | {transport} | – | – | – | – | – | – | – | – | {} |",
+                sc.title,
+                spread(doc, &sc.id, |r| si(r.deliveries_per_s))
+            );
+        };
+        let l = &r.latency_us;
+        let cpu = |x: Option<f64>| opt(x.map(|x| format!("{x:.1}")));
+        writeln!(
+            s,
+            "| {} | {transport} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+            sc.title,
+            si(r.deliveries_per_s),
+            si(r.messages_per_s),
+            r.lost,
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.max),
+            cpu(r.server_cpu_s),
+            cpu(r.loadgen_cpu_s),
+            spread(doc, &sc.id, |r| si(r.deliveries_per_s)),
+        )
+    };
+    let mut apart = Vec::new();
+    for (ws, tcp) in pairs {
+        if let Some(tcp) = tcp {
+            row(s, tcp, "TCP")?;
+            if tcp.measured != ws.measured {
+                apart.push(tcp);
+                apart.push(ws);
+            }
+        }
+        row(s, ws, "WebSocket")?;
+    }
+    s.push('\n');
+    // Runs of different suites (`--only`) are not as comparable: say when each ran.
+    let notes = !apart.is_empty();
+    for sc in apart {
+        let when = sc.measured.as_ref().map_or_else(
+            || format!("with the rest of the suite ({})", doc.machine.describe()),
+            String::clone,
+        );
+        writeln!(s, "- {}: measured {when}.", sc.id)?;
+    }
+    if notes {
+        s.push('\n');
+    }
+    Ok(())
 }
 
 /// The open-loop fan-out scenarios by rate.

@@ -47,9 +47,10 @@ pub struct BenchArgs {
     /// Runs per scenario (the median is reported) [default: 3, or 1 with --quick].
     #[arg(long)]
     runs: Option<usize>,
-    /// Only the scenarios whose id contains this text.
-    #[arg(long)]
-    only: Option<String>,
+    /// Only the scenarios whose id contains this text, or one of these texts separated by
+    /// commas (`--only fanout-flood,fanout-ws`: the fan-out over TCP and over WebSocket).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Skip `cargo build --release` (use the binaries already in target/release).
     #[arg(long)]
     no_build: bool,
@@ -67,7 +68,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let selected: Vec<Scenario> = suite::suite(args.quick, args.runs)
         .into_iter()
-        .filter(|s| args.only.as_ref().is_none_or(|o| s.id.contains(o.as_str())))
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| s.id.contains(o.as_str())))
         .collect();
     // Before the build, so that a machine without it (and without apt-get) fails at once.
     let redis = if selected.iter().any(|s| s.reference.is_some()) {
@@ -91,9 +92,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let json_path = out_dir.join("bench/results.json");
     // Read before the suite runs, so that a file that cannot be merged stops it early.
-    let old = match args.only {
-        Some(_) => Results::load(&json_path)?,
-        None => None,
+    let old = if args.only.is_empty() {
+        None
+    } else {
+        Results::load(&json_path)?
     };
 
     let machine = results::machine();
@@ -303,8 +305,17 @@ fn run_once(
     name: &str,
 ) -> anyhow::Result<Run> {
     let mut server = Server::start(server_bin, s.limits, work, name)?;
+    // A WebSocket scenario's clients connect to the HTTP listener (`GET /ws`).
+    let addr = match (s.websocket(), &server.http_addr) {
+        (false, _) => server.addr.clone(),
+        (true, Some(http)) => http.clone(),
+        (true, None) => {
+            server.stop();
+            bail!("{}: the server has no HTTP listener", s.id);
+        }
+    };
     let t = Instant::now();
-    let report = loadgen::run(loadgen_bin, &server.addr, Some(server.pid()), s, args, "lg");
+    let report = loadgen::run(loadgen_bin, &addr, Some(server.pid()), s, args, "lg");
     let wall = t.elapsed().as_secs_f64();
     // The server's CPU over the run, to set beside the load generator's own.
     let cpu = server.cpu_seconds();

@@ -29,6 +29,9 @@ pub enum Limits {
     /// come from 127.0.0.2 and up. A server without `--exempt CIDR` gets
     /// `--exempt-loopback`, which exempts the hostile addresses too.
     Soak,
+    /// [`Limits::Bench`] with the HTTP listener on a free port (`--listen-http
+    /// 127.0.0.1:0`), whose `GET /ws` the WebSocket scenarios' clients connect to.
+    WebSocket,
 }
 /// Quiet per-session logging; `listening on` (info) is still logged.
 const SERVER_LOG: &str = "info,simpletextim_server::session=warn,simpletextim_server::auth=warn";
@@ -48,7 +51,8 @@ pub struct ServerBin {
     /// limits) rather than only `--exempt-loopback`.
     pub with_exempt: bool,
     /// Whether it has `--listen-http` (on by default at a fixed port): each run then turns
-    /// it off, so that runs never collide on that port.
+    /// it off, so that runs never collide on that port, or for a WebSocket scenario puts
+    /// it on a free port.
     pub with_http: bool,
 }
 
@@ -71,16 +75,16 @@ impl ServerBin {
     /// The options (after `--listen`) of a run with `limits`.
     pub fn args(&self, limits: Limits) -> Vec<String> {
         let args: &[&str] = match limits {
-            Limits::Bench => SERVER_ARGS,
+            Limits::Bench | Limits::WebSocket => SERVER_ARGS,
             Limits::Soak if self.with_exempt => {
                 &["--insecure-fast-hash", "--exempt", "127.0.0.1/32"]
             }
             Limits::Soak => &["--insecure-fast-hash", "--exempt-loopback"],
         };
-        let http: &[&str] = if self.with_http {
-            &["--listen-http", "off"]
-        } else {
-            &[]
+        let http: &[&str] = match limits {
+            Limits::WebSocket => &["--listen-http", "127.0.0.1:0"],
+            _ if self.with_http => &["--listen-http", "off"],
+            _ => &[],
         };
         args.iter().chain(http).map(|&a| a.to_owned()).collect()
     }
@@ -105,6 +109,8 @@ pub struct Server {
     child: Child,
     /// The address it listens on.
     pub addr: String,
+    /// The address of its HTTP listener (`GET /ws`), when its limits put one on.
+    pub http_addr: Option<String>,
     log: PathBuf,
     data: Option<PathBuf>,
 }
@@ -118,6 +124,12 @@ impl Server {
         work: &Path,
         name: &str,
     ) -> anyhow::Result<Server> {
+        if limits == Limits::WebSocket && !bin.with_http {
+            bail!(
+                "{} has no --listen-http: it cannot run a WebSocket scenario",
+                bin.path.display()
+            );
+        }
         let log = work.join(format!("server-{name}.log"));
         let data = bin.with_data.then(|| work.join(format!("data-{name}")));
         let mut cmd = Command::new(&bin.path);
@@ -142,12 +154,14 @@ impl Server {
         let mut server = Server {
             child,
             addr: String::new(),
+            http_addr: None,
             log,
             data,
         };
-        match server.wait_for_address() {
-            Ok(addr) => {
+        match server.wait_for_address(limits == Limits::WebSocket) {
+            Ok((addr, http_addr)) => {
                 server.addr = addr;
+                server.http_addr = http_addr;
                 Ok(server)
             }
             Err(e) => {
@@ -157,14 +171,21 @@ impl Server {
         }
     }
 
-    /// Reads the log until the server says where it listens, exits, or takes too long.
-    fn wait_for_address(&mut self) -> anyhow::Result<String> {
+    /// Reads the log until the server says where it listens (and, with `http`, where its
+    /// HTTP listener is: logged before `listening on`), exits, or takes too long.
+    fn wait_for_address(&mut self, http: bool) -> anyhow::Result<(String, Option<String>)> {
         let until = Instant::now() + START_TIMEOUT;
         while Instant::now() < until {
             let text = fs::read_to_string(&self.log)
                 .with_context(|| format!("cannot read {}", self.log.display()))?;
             if let Some(addr) = listening_addr(&text) {
-                return Ok(addr);
+                if !http {
+                    return Ok((addr, None));
+                }
+                let Some(http_addr) = http_addr(&text) else {
+                    bail!("the server listens on {addr} but logged no `HTTP on` line:\n{text}");
+                };
+                return Ok((addr, Some(http_addr)));
             }
             if let Some(status) = self.child.try_wait()? {
                 bail!("the server exited at start ({status}):\n{text}");
@@ -244,6 +265,17 @@ fn listening_addr(log: &str) -> Option<String> {
     (!addr.is_empty()).then_some(addr)
 }
 
+/// The address in a tracing line `… HTTP on 127.0.0.1:40349: the web client at …`.
+fn http_addr(log: &str) -> Option<String> {
+    let at = log.find("HTTP on ")? + "HTTP on ".len();
+    let addr = log[at..]
+        .split_whitespace()
+        .next()?
+        .trim_end_matches(':')
+        .to_owned();
+    (!addr.is_empty()).then_some(addr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +296,35 @@ mod tests {
             Some("[::1]:5000")
         );
         assert_eq!(listening_addr("starting"), None);
+    }
+
+    #[test]
+    fn finds_the_http_address() {
+        let log = "2026-12-01T14:50:00Z  INFO simpletextim_server: HTTP on 127.0.0.1:41234: the web client at http://127.0.0.1:41234/, WebSocket at /ws\n2026-12-01T14:50:00Z  INFO simpletextim_server: listening on 127.0.0.1:40349\n";
+        assert_eq!(http_addr(log).as_deref(), Some("127.0.0.1:41234"));
+        assert_eq!(listening_addr(log).as_deref(), Some("127.0.0.1:40349"));
+        assert_eq!(
+            http_addr(" INFO HTTP on [::1]:5080: the web client").as_deref(),
+            Some("[::1]:5080")
+        );
+        assert_eq!(http_addr("listening on 127.0.0.1:1"), None);
+    }
+
+    #[test]
+    fn websocket_runs_put_the_http_listener_on_a_free_port() {
+        let bin = ServerBin {
+            path: PathBuf::from("simpletextim-server"),
+            with_data: true,
+            with_exempt: true,
+            with_http: true,
+        };
+        assert_eq!(
+            bin.command(Limits::Bench),
+            "RUST_LOG=info,simpletextim_server::session=warn,simpletextim_server::auth=warn simpletextim-server --listen 127.0.0.1:0 --insecure-fast-hash --rate-limit 0 --exempt-loopback --listen-http off --data TEMPDIR"
+        );
+        assert_eq!(
+            bin.command(Limits::WebSocket),
+            "RUST_LOG=info,simpletextim_server::session=warn,simpletextim_server::auth=warn simpletextim-server --listen 127.0.0.1:0 --insecure-fast-hash --rate-limit 0 --exempt-loopback --listen-http 127.0.0.1:0 --data TEMPDIR"
+        );
     }
 }

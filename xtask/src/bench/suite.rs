@@ -111,6 +111,20 @@ impl Scenario {
         self
     }
 
+    /// Whether its clients speak WebSocket (the load generator's `--ws`), against the
+    /// server's HTTP listener.
+    pub fn websocket(&self) -> bool {
+        self.args.iter().any(|a| a == "--ws")
+    }
+
+    /// The WebSocket form of a scenario: the same load-generator arguments after `--ws`,
+    /// against a server whose HTTP listener is on ([`Limits::WebSocket`]).
+    fn over_websocket(mut self) -> Scenario {
+        self.args.insert(0, "--ws".to_owned());
+        self.limits = Limits::WebSocket;
+        self
+    }
+
     /// A `fanout` scenario with the Redis pub/sub reference beside it: the same arguments
     /// to `redis-fanout` (C subscribers, S separate publishers, the same messages and pace).
     fn with_redis(mut self) -> Scenario {
@@ -170,6 +184,17 @@ fn quick_suite(r: usize) -> Vec<Scenario> {
         DeliveriesPerS,
         60,
     ));
+    s.push(
+        scenario(
+            "fanout-ws",
+            "fanout flood over WebSocket, 200 clients, 5 senders × 50",
+            "fanout -c 200 -s 5 -m 50 -w 16",
+            r,
+            DeliveriesPerS,
+            60,
+        )
+        .over_websocket(),
+    );
     for c in [50, 100] {
         s.push(scenario(
             &format!("fanout-scale-{c}"),
@@ -260,6 +285,18 @@ fn full_suite(r: usize) -> Vec<Scenario> {
         DeliveriesPerS,
         120,
     ));
+    // The same fan-out with every client on a WebSocket instead of a TCP connection.
+    s.push(
+        scenario(
+            "fanout-ws",
+            "fanout flood over WebSocket, 1000 clients, 10 senders × 200",
+            "fanout -c 1000 -s 10 -m 200 -w 16",
+            r,
+            DeliveriesPerS,
+            120,
+        )
+        .over_websocket(),
+    );
     for &c in FULL_SCALE {
         if c == 1000 {
             continue; // the flood scenario above

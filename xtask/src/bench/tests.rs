@@ -279,3 +279,103 @@ fn reference_shows_beside_ours_and_joins_the_target() {
     assert!(text.contains(r#""reference": {"#), "{text}");
     assert_eq!(Results::parse(&text).unwrap(), doc);
 }
+
+/// Every WebSocket scenario is a TCP scenario of the same suite with `--ws` in front: the
+/// same arguments, runs, metric and time limit, against a server with its HTTP listener on.
+#[test]
+fn websocket_scenarios_mirror_a_tcp_one() {
+    use super::server::Limits;
+    for quick in [false, true] {
+        let all = suite(quick, None);
+        let ws: Vec<_> = all.iter().filter(|s| s.websocket()).collect();
+        assert_eq!(
+            ws.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            ["fanout-ws"]
+        );
+        for s in ws {
+            assert_eq!(s.limits, Limits::WebSocket);
+            assert_eq!(s.args[0], "--ws");
+            let twin = all.iter().find(|t| t.args[..] == s.args[1..]).unwrap();
+            assert_eq!(twin.id, "fanout-flood");
+            assert_eq!(twin.limits, Limits::Bench);
+            assert_eq!(
+                (twin.runs, twin.metric, twin.timeout),
+                (s.runs, s.metric, s.timeout)
+            );
+            assert_eq!(
+                s.command(),
+                twin.command().replacen(" fanout ", " --ws fanout ", 1)
+            );
+        }
+        // No other scenario changes transport.
+        assert!(
+            all.iter()
+                .filter(|s| !s.websocket())
+                .all(|s| s.limits != Limits::WebSocket)
+        );
+    }
+}
+
+#[test]
+fn websocket_shows_beside_its_tcp_twin() {
+    let tcp_run = run(3.6e6, 5000);
+    let mut ws_run = run(2.4e6, 8000);
+    ws_run.transport = Some("websocket".into());
+    ws_run.server_cpu_s = Some(4.0);
+    ws_run.loadgen_cpu_s = Some(3.5);
+    let mut tcp = scenario(
+        "fanout-flood",
+        "fanout flood",
+        vec![done(3.6e6, 5000)],
+        Some(tcp_run),
+    );
+    tcp.command = "simpletextim-loadgen --server ADDR --timeout 120 fanout -c 1000".into();
+    let mut ws = scenario(
+        "fanout-ws",
+        "fanout flood over WebSocket",
+        vec![Run::Done(Box::new(ws_run.clone())), done(2.2e6, 9000)],
+        Some(ws_run),
+    );
+    ws.command = "simpletextim-loadgen --server ADDR --timeout 120 --ws fanout -c 1000".into();
+    ws.server_command = Some("simpletextim-server --listen-http 127.0.0.1:0".into());
+    let doc = results(vec![tcp.clone(), ws.clone()]);
+    let md = markdown(&doc);
+    let has = |md: &str, line: &str| assert!(md.contains(line), "{line} not in:\n{md}");
+    has(&md, "### Fan-out over WebSocket beside TCP\n");
+    has(
+        &md,
+        "| fanout flood | TCP | 3.60 M | 3600 | 0 | 1.00 | 5.00 | 9.00 | 12.00 | – / – | 3.60 M |\n| fanout flood over WebSocket | WebSocket | 2.40 M | 2400 | 0 | 1.00 | 8.00 | 9.00 | 12.00 | 4.0 / 3.5 | 2.40 M / 2.20 M |\n\n",
+    );
+    // Measured together: no note on when.
+    assert!(!md.contains(": measured"), "{md}");
+    // Not in the TCP flood table or the throughput chart: its own section only.
+    assert_eq!(
+        md.matches("| fanout flood over WebSocket |").count(),
+        1,
+        "{md}"
+    );
+    assert_eq!(
+        throughput_chart(&doc),
+        throughput_chart(&results(vec![tcp.clone()]))
+    );
+    // Its server command is in the commands table.
+    has(
+        &md,
+        "| fanout-ws | `simpletextim-loadgen --server ADDR --timeout 120 --ws fanout -c 1000`, server `simpletextim-server --listen-http 127.0.0.1:0` | 2 |",
+    );
+
+    // Measured apart (a later `--only`): each says when.
+    ws.measured = Some("2026-12-02 10:00 UTC, commit `def`".into());
+    let md = markdown(&results(vec![tcp.clone(), ws.clone()]));
+    has(
+        &md,
+        "- fanout-flood: measured with the rest of the suite (2026-11-26 17:00 UTC, commit `abc`).\n- fanout-ws: measured 2026-12-02 10:00 UTC, commit `def`.\n\n",
+    );
+
+    // Without its twin, the WebSocket row alone; without a WebSocket run, no section.
+    let md = markdown(&results(vec![ws]));
+    has(&md, "| fanout flood over WebSocket | WebSocket | 2.40 M |");
+    assert!(!md.contains("| TCP |"), "{md}");
+    let md = markdown(&results(vec![tcp]));
+    assert!(!md.contains("WebSocket"), "{md}");
+}

@@ -72,7 +72,7 @@ pub fn pace(
 pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<Report, Error> {
     let deadline = common.deadline();
     let senders = o.senders.min(o.clients).max(1);
-    let shared = Shared::new(o.clients);
+    let shared = Shared::over(o.clients, common.transport);
     let per_receiver = senders as u64 * u64::from(o.messages);
     // Schedules start after login; the real start is set when sending begins.
     let start_placeholder = tokio::time::Instant::now();
@@ -129,7 +129,7 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<Report, Error> {
 pub async fn private(common: &Common, o: &PrivateOpts) -> Result<Report, Error> {
     let deadline = common.deadline();
     let n = o.clients.max(2);
-    let shared = Shared::new(n);
+    let shared = Shared::over(n, common.transport);
     // Everyone's recipients, drawn up front so every receiver knows what to expect.
     let mut expected = vec![u64::from(o.messages); n]; // the echoes of one's own messages
     let mut plans = Vec::with_capacity(n);
@@ -198,6 +198,7 @@ async fn run_chat(
     let n = users.len();
     let (mut clients, login) = login_all(common, users, shared, BUSY_READ_BUFFER, deadline).await?;
     report.server = common.server.to_string();
+    report.transport = Some(common.transport.name().to_owned());
     report.clients = n;
     report.size = common.size;
     report.login_s = secs(login);

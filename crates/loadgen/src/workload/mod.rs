@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinHandle;
 
-use crate::net::{self, Bind, Error};
+use crate::net::{self, Bind, Error, Transport};
 use crate::recv::{self, Expect, Seen, Shared};
 use crate::send::{self, Plan};
 
@@ -43,6 +43,9 @@ pub struct Common {
     pub settle: Duration,
     /// Where client sockets are bound.
     pub bind: Bind,
+    /// How the connections talk to the server (`--ws`: WebSocket, which `server` is then
+    /// the HTTP listener of); only `fanout` and `private` speak WebSocket.
+    pub transport: Transport,
 }
 
 impl Common {
@@ -80,12 +83,15 @@ pub async fn login_all(
     let n = users.len();
     let server = common.server;
     let bind = common.bind;
+    let transport = common.transport;
     let logins = futures::stream::iter(users.into_iter().enumerate())
         .map(|(i, (user, expect))| {
             let shared = shared.clone();
             async move {
                 let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let conn = net::login(server, bind.addr(i), &user, read_buffer, wait).await?;
+                let from = bind.addr(i);
+                let conn =
+                    net::login_via(transport, server, from, &user, read_buffer, wait).await?;
                 let task = tokio::spawn(recv::receive(conn.reader, expect, shared));
                 Ok::<_, Error>((
                     i,

@@ -27,6 +27,7 @@
 mod history;
 mod memory;
 mod postgres;
+mod rows;
 mod sqlite;
 mod writer;
 

@@ -90,12 +90,13 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::future::{BoxFuture, FutureExt};
-use simpletextim_proto::{ChatMessage, Recipient, UserId};
+use simpletextim_proto::{ChatMessage, Recipient};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
+use super::rows::{chat, corrupt, parse_user_id, to_i64, to_u64};
 use super::{
     Account, AccountInfo, Conversation, HistoryPage, HistoryQuery, PageLimit, REVOCATION_KEEP,
     Retention, Revocation, RevocationKind, Store, StoreError,
@@ -1536,34 +1537,6 @@ async fn list_accounts(c: &Conn) -> Result<Vec<AccountInfo>, StoreError> {
             })
         })
         .collect()
-}
-
-/// A message as read back from the database.
-fn chat(user_id: UserId, message: String, to: Recipient, id: u64, ts: u64) -> ChatMessage {
-    ChatMessage {
-        r#ref: None,
-        user_id,
-        message,
-        to,
-        id,
-        ts,
-    }
-}
-
-fn corrupt(what: String) -> StoreError {
-    StoreError::Backend(format!("corrupt database: {what}"))
-}
-
-fn parse_user_id(s: &str) -> Result<UserId, StoreError> {
-    UserId::new(s).map_err(|e| corrupt(format!("user id {s:?}: {}", e.reason)))
-}
-
-fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} is too large to store")))
-}
-
-fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| corrupt(format!("negative value {v}")))
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use tokio::sync::oneshot;
 
+use super::rows::{chat, corrupt, parse_user_id, to_i64, to_u64};
 use super::{
     Account, Conversation, HistoryPage, HistoryQuery, PageLimit, REVOCATION_KEEP, Retention,
     Revocation, RevocationKind, Store, StoreError,
@@ -1465,35 +1466,6 @@ fn fail_all(done: &mut Vec<Box<dyn Request>>, reason: &str) {
     for req in done.drain(..) {
         req.answer(Some(reason));
     }
-}
-
-/// A message as read back from the database: the one place this file builds a
-/// [`ChatMessage`].
-fn chat(user_id: UserId, message: String, to: Recipient, id: u64, ts: u64) -> ChatMessage {
-    ChatMessage {
-        r#ref: None,
-        user_id,
-        message,
-        to,
-        id,
-        ts,
-    }
-}
-
-fn corrupt(what: String) -> StoreError {
-    StoreError::Backend(format!("corrupt database: {what}"))
-}
-
-fn parse_user_id(s: &str) -> Result<UserId, StoreError> {
-    UserId::new(s).map_err(|e| corrupt(format!("user id {s:?}: {}", e.reason)))
-}
-
-fn to_i64(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} is too large to store")))
-}
-
-fn to_u64(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| corrupt(format!("negative value {v}")))
 }
 
 #[cfg(test)]
