@@ -5,7 +5,8 @@
 //! Where to start reading: [`run`] (accept loop and shutdown), then `session/` (one task
 //! per connection: the protocol in `mod.rs`, `commands.rs` and `goodbye.rs` over the
 //! socket and buffers of `conn.rs`), `hub.rs` (who is online, fan-out), `outbox.rs` (what
-//! the hub queues for a session), `wire.rs` (how queued messages become frames), `auth.rs`
+//! the hub queues for a session), `presence.rs` (the shared log of `joined`/`left` every
+//! session reads), `wire.rs` (how queued messages become frames), `auth.rs`
 //! (passwords), `store/` (persistence), `http.rs` (the HTTP listener: web client, health
 //! check, WebSocket upgrade), `metrics.rs` (Prometheus metrics).
 
@@ -15,6 +16,7 @@ mod hub;
 mod limits;
 pub mod metrics;
 mod outbox;
+mod presence;
 mod session;
 pub mod store;
 mod throttle;
@@ -103,6 +105,10 @@ pub struct Config {
     /// Bytes (encoded) a session's outbox holds before the session counts as a slow
     /// consumer.
     pub outbox_bytes: usize,
+    /// The least number of presence notices (`joined`/`left`) the shared presence log keeps
+    /// (it keeps twice the users online when that is more; 34 bytes each). A session that
+    /// falls further behind is a slow consumer.
+    pub presence_log: usize,
     /// How long a session's socket may take none of the bytes waiting for it, before or
     /// after login, before the connection is closed.
     pub write_timeout: Duration,
@@ -177,6 +183,7 @@ impl std::fmt::Debug for Config {
             .field("max_command_frame", &self.max_command_frame)
             .field("outbox_capacity", &self.outbox_capacity)
             .field("outbox_bytes", &self.outbox_bytes)
+            .field("presence_log", &self.presence_log)
             .field("write_timeout", &self.write_timeout)
             .field("registration", &self.registration)
             .field("hash_cost", &self.hash_cost)
@@ -213,6 +220,7 @@ impl Default for Config {
             max_command_frame: simpletextim_proto::codec::DEFAULT_MAX_COMMAND_FRAME,
             outbox_capacity: DEFAULT_OUTBOX,
             outbox_bytes: DEFAULT_OUTBOX_BYTES,
+            presence_log: presence::DEFAULT_PRESENCE_LOG,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             registration: Registration::Open,
             hash_cost: HashCost::Default,
@@ -337,7 +345,7 @@ pub async fn run_listeners(
         shutdown.clone(),
     ));
     let shared = Arc::new(Shared {
-        hub: Hub::new(store.clone(), min_id),
+        hub: Hub::with_presence_log(store.clone(), min_id, config.presence_log),
         history: history.clone(),
         auth: Authenticator::new(
             store,
@@ -360,8 +368,9 @@ pub async fn run_listeners(
         config,
     });
     shared.metrics.attach(&shared);
-    // Presence notices do not wake idle sessions; this wakes those still holding some. On
-    // shutdown it tells the logged-in sessions through their outboxes.
+    // Wakes the idle sessions, once per tick at most, to read the presence notices announced
+    // since they last read. On shutdown it tells the logged-in sessions through their
+    // outboxes.
     let ticker = {
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -3,13 +3,14 @@
 //!
 //! It is a `VecDeque` behind a `std::sync::Mutex` and a `tokio::sync::Notify`, not a tokio
 //! channel: an idle outbox allocates nothing (a channel allocates its first block of slots
-//! up front), and the session takes everything queued in one swap.
+//! up front), and the session takes what is queued in one swap (everything, unless it is
+//! far behind the presence log: then the items up to where its next drain's notices stop).
 //!
-//! Items are queued *eagerly* (chat: the session is woken at once) or *lazily* (presence
-//! notices: [`Outbox::push_lazy`] queues without waking). A lazy item leaves with the next
-//! eager item or reply, in queue order, or when the hub's presence ticker calls
-//! [`Outbox::flush_lazy`] a few tens of milliseconds later. A login storm of N users then
-//! costs each idle session one wake-up and one `write` per tick instead of one per notice.
+//! Presence notices are not queued here: they are in the hub's shared presence log
+//! (`presence.rs`). Each item carries the log's head at the moment it was queued
+//! ([`Queued::seq`]), so that the session writes the notices announced before it first; the
+//! outbox also keeps where the session's notices end once the hub removed it
+//! ([`Outbox::stop_presence`]).
 //!
 //! **Acknowledged delivery** (a login with `"acks": true`, [`Outbox::new_acks`]). Every
 //! private message to such a session is written to the user's mailbox before it is queued
@@ -52,16 +53,27 @@ pub enum KickReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
 
+/// An outbox item and the presence log's head when it was queued: the notices numbered
+/// below `seq` were announced before it and are written before it.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The presence log's head when the hub queued the item.
+    pub seq: u64,
+    /// The item.
+    pub item: Out,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    items: VecDeque<Out>,
+    items: VecDeque<Queued>,
     /// The encoded size of `items` (saturating; the byte limit keeps it far below).
     bytes: u32,
     kicked: Option<KickReason>,
     /// The session has been woken since its last `take`: further pushes need not wake it.
     woken: bool,
-    /// The outbox is on the hub's list of outboxes to flush at the next tick.
-    listed: bool,
+    /// Set when the hub removed the session: the presence log's head then. The session
+    /// writes no notice numbered from it on (what was announced after it left).
+    presence_end: Option<u64>,
     /// Acknowledged delivery's state; `None` for a session without it.
     acks: Option<Box<Acks>>,
 }
@@ -82,7 +94,7 @@ fn private_id(item: &Out) -> Option<u64> {
     match item {
         Out::Private(p) => Some(p.id),
         Out::Echo(e) => e.private.as_ref().map(|p| p.id),
-        Out::Chat(_) | Out::Frame(_) => None,
+        Out::Chat(_) => None,
     }
 }
 
@@ -113,10 +125,17 @@ pub struct Limits {
 /// What [`Outbox::take`] found.
 #[derive(Debug, Default)]
 pub struct Taken {
-    /// Everything queued, oldest first.
-    pub items: VecDeque<Out>,
+    /// What was queued up to the limit asked, oldest first.
+    pub items: VecDeque<Queued>,
     /// Set once the session has been kicked.
     pub kicked: Option<KickReason>,
+    /// Where the session's notices end, once the hub removed it ([`Outbox::stop_presence`]).
+    pub presence_end: Option<u64>,
+    /// Items beyond the limit asked were left queued.
+    pub more: bool,
+    /// The `seq` of the first item left queued (beyond the limit, or held behind an
+    /// uncommitted message): the notices from it on wait for that item.
+    pub left: Option<u64>,
 }
 
 impl Outbox {
@@ -161,9 +180,9 @@ impl Outbox {
     ///
     /// # Errors
     /// [`Full`] as [`Outbox::push`].
-    pub fn push_uncommitted(&self, item: Out) -> Result<(), Full> {
+    pub fn push_uncommitted(&self, seq: u64, item: Out) -> Result<(), Full> {
         let id = private_id(&item);
-        let Some(mut s) = self.queue(item)? else {
+        let Some(mut s) = self.queue(seq, item)? else {
             return Ok(());
         };
         if let (Some(acks), Some(id)) = (&mut s.acks, id) {
@@ -183,10 +202,10 @@ impl Outbox {
         };
         acks.uncommitted.swap_remove(at);
         if !committed
-            && let Some(at) = s.items.iter().position(|i| private_id(i) == Some(id))
-            && let Some(item) = s.items.remove(at)
+            && let Some(at) = s.items.iter().position(|q| private_id(&q.item) == Some(id))
+            && let Some(q) = s.items.remove(at)
         {
-            let len = u32::try_from(item.encoded_len()).unwrap_or(u32::MAX);
+            let len = u32::try_from(q.item.encoded_len()).unwrap_or(u32::MAX);
             s.bytes = s.bytes.saturating_sub(len);
             self.publish_bytes(&s);
         }
@@ -236,15 +255,16 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an item and wakes the session (unless it was woken already since it last
-    /// took its items). Items for a kicked session are dropped: it is going away and will
-    /// say nothing more but goodbye.
+    /// Queues an item, after the presence notices numbered below `seq` (the log's head
+    /// now), and wakes the session (unless it was woken already since it last took its
+    /// items). Items for a kicked session are dropped: it is going away and will say
+    /// nothing more but goodbye.
     ///
     /// # Errors
     /// [`Full`] when the item would take the outbox past its [`Limits`]; nothing is queued
     /// then.
-    pub fn push(&self, item: Out) -> Result<(), Full> {
-        let Some(mut s) = self.queue(item)? else {
+    pub fn push(&self, seq: u64, item: Out) -> Result<(), Full> {
+        let Some(mut s) = self.queue(seq, item)? else {
             return Ok(());
         };
         let wake = !std::mem::replace(&mut s.woken, true);
@@ -256,28 +276,9 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues an item without waking the session: it leaves with the next eager item or
-    /// reply, or at the next [`Outbox::flush_lazy`]. Returns `Ok(true)` when the caller
-    /// must put this outbox on its flush list (it was not on it, and nothing will wake the
-    /// session otherwise).
-    ///
-    /// # Errors
-    /// [`Full`] when the item would take the outbox past its [`Limits`]; nothing is queued
-    /// then.
-    pub fn push_lazy(&self, item: Out) -> Result<bool, Full> {
-        let Some(mut s) = self.queue(item)? else {
-            return Ok(false);
-        };
-        let list = !s.woken && !s.listed;
-        if list {
-            s.listed = true;
-        }
-        Ok(list)
-    }
-
     /// Appends `item` and returns the locked state, or `None` (the item dropped) when the
     /// session was kicked.
-    fn queue(&self, item: Out) -> Result<Option<MutexGuard<'_, State>>, Full> {
+    fn queue(&self, seq: u64, item: Out) -> Result<Option<MutexGuard<'_, State>>, Full> {
         let mut s = self.lock();
         if s.kicked.is_some() {
             return Ok(None);
@@ -289,22 +290,20 @@ impl Outbox {
         {
             return Err(Full);
         }
-        s.items.push_back(item);
+        debug_assert!(
+            s.items.back().is_none_or(|q| q.seq <= seq),
+            "queued in the hub's order"
+        );
+        s.items.push_back(Queued { seq, item });
         s.bytes = bytes;
         self.publish_bytes(&s);
         Ok(Some(s))
     }
 
-    /// Wakes the session if lazy items are still waiting; the hub's ticker calls it for
-    /// each outbox on its flush list. The outbox leaves the list.
-    pub fn flush_lazy(&self) {
-        let mut s = self.lock();
-        s.listed = false;
-        let wake = !s.items.is_empty() && !std::mem::replace(&mut s.woken, true);
-        drop(s);
-        if wake {
-            self.notify.notify_one();
-        }
+    /// The hub removed the session when the presence log's head was `seq`: the session
+    /// writes no notice from that one on. The first call sticks.
+    pub fn stop_presence(&self, seq: u64) {
+        self.lock().presence_end.get_or_insert(seq);
     }
 
     /// Tells the session to close. The first reason sticks.
@@ -320,27 +319,34 @@ impl Outbox {
         self.lock().kicked
     }
 
-    /// Takes everything queued (with acknowledged delivery: up to the first message whose
-    /// mailbox write has not committed, remembering the private messages it hands out).
-    /// From now on, a push wakes the session again.
-    pub fn take(&self) -> Taken {
+    /// Takes what is queued with a `seq` up to `limit` (with acknowledged delivery: also
+    /// only up to the first message whose mailbox write has not committed, remembering the
+    /// private messages it hands out); the rest stays queued. From now on, a push wakes the
+    /// session again.
+    pub fn take(&self, limit: u64) -> Taken {
         let mut s = self.lock();
         s.woken = false;
-        if s.acks.is_some() {
-            let taken = Self::take_acked(&mut s);
-            self.publish_bytes(&s);
-            return taken;
-        }
-        s.bytes = 0;
+        let mut taken = match s.acks.is_some() {
+            true => Self::take_acked(&mut s, limit),
+            false => {
+                let items = split_before(&mut s.items, |q| q.seq > limit);
+                s.bytes = remaining_bytes(&s.items);
+                Taken {
+                    items,
+                    more: !s.items.is_empty(),
+                    left: s.items.front().map(|q| q.seq),
+                    ..Taken::default()
+                }
+            }
+        };
+        taken.kicked = s.kicked;
+        taken.presence_end = s.presence_end;
         self.publish_bytes(&s);
-        Taken {
-            items: std::mem::take(&mut s.items),
-            kicked: s.kicked,
-        }
+        taken
     }
 
     /// [`Outbox::take`] with acknowledged delivery.
-    fn take_acked(s: &mut State) -> Taken {
+    fn take_acked(s: &mut State, limit: u64) -> Taken {
         let State {
             items,
             bytes,
@@ -351,25 +357,14 @@ impl Outbox {
         let Some(acks) = acks else {
             return Taken::default();
         };
-        let held = match acks.uncommitted.is_empty() {
-            true => None,
-            false => items
-                .iter()
-                .position(|i| private_id(i).is_some_and(|id| acks.uncommitted.contains(&id))),
-        };
-        let mut taken = match held {
-            None => {
-                *bytes = 0;
-                std::mem::take(items)
-            }
-            Some(at) => {
-                let rest = items.split_off(at);
-                let len: usize = rest.iter().map(Out::encoded_len).sum();
-                *bytes = u32::try_from(len).unwrap_or(u32::MAX);
-                std::mem::replace(items, rest)
-            }
-        };
-        taken.retain(|item| match item {
+        let uncommitted = &acks.uncommitted;
+        let mut taken = split_before(items, |q| {
+            q.seq > limit
+                || (!uncommitted.is_empty()
+                    && private_id(&q.item).is_some_and(|id| uncommitted.contains(&id)))
+        });
+        *bytes = remaining_bytes(items);
+        taken.retain(|q| match &q.item {
             // Handed out already (in the login ack): once is enough.
             Out::Private(p) => acks.unacked.insert(p.id),
             // A message to oneself with a ref is also its echo: always written.
@@ -379,7 +374,7 @@ impl Outbox {
                 }
                 true
             }
-            Out::Chat(_) | Out::Frame(_) => true,
+            Out::Chat(_) => true,
         });
         if acks.unacked.len() > acks.limit && kicked.is_none() {
             tracing::warn!(
@@ -394,7 +389,9 @@ impl Outbox {
         }
         Taken {
             items: taken,
-            kicked: *kicked,
+            more: items.front().is_some_and(|q| q.seq > limit),
+            left: items.front().map(|q| q.seq),
+            ..Taken::default()
         }
     }
 
@@ -416,6 +413,24 @@ impl Outbox {
     }
 }
 
+/// Splits `items` before the first one `stop` holds for: returns those before it, and
+/// leaves it and the rest in `items`. Everything, in one swap, when `stop` holds for none.
+fn split_before(items: &mut VecDeque<Queued>, stop: impl Fn(&Queued) -> bool) -> VecDeque<Queued> {
+    match items.iter().position(stop) {
+        None => std::mem::take(items),
+        Some(at) => {
+            let rest = items.split_off(at);
+            std::mem::replace(items, rest)
+        }
+    }
+}
+
+/// The encoded size of `items` (saturating: the byte limit keeps it far below).
+fn remaining_bytes(items: &VecDeque<Queued>) -> u32 {
+    let len: usize = items.iter().map(|q| q.item.encoded_len()).sum();
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,43 +450,45 @@ mod tests {
             items: 100,
             bytes: 10,
         });
-        assert_eq!(o.push(frame("12345")), Ok(()));
-        assert_eq!(o.push(frame("67890")), Ok(()));
-        // 11 bytes would be over the limit, eagerly or lazily.
-        assert_eq!(o.push(frame("x")), Err(Full));
-        assert_eq!(o.push_lazy(frame("x")), Err(Full));
+        assert_eq!(o.push(0, frame("12345")), Ok(()));
+        assert_eq!(o.push(0, frame("67890")), Ok(()));
+        // 11 bytes would be over the limit.
+        assert_eq!(o.push(0, frame("x")), Err(Full));
         assert_eq!(o.queued_bytes(), 10);
-        assert_eq!(texts(&o.take().items), vec![&b"12345"[..], b"67890"]);
+        assert_eq!(texts(&o.take(ALL).items), vec![&b"12345"[..], b"67890"]);
         assert_eq!(o.queued_bytes(), 0);
         // Taken: the count starts again, and one item larger than the limit still goes in.
-        assert_eq!(o.push(frame("a much longer item")), Ok(()));
-        assert_eq!(o.push(frame("y")), Err(Full));
-        assert_eq!(texts(&o.take().items), vec![&b"a much longer item"[..]]);
+        assert_eq!(o.push(0, frame("a much longer item")), Ok(()));
+        assert_eq!(o.push(0, frame("y")), Err(Full));
+        assert_eq!(texts(&o.take(ALL).items), vec![&b"a much longer item"[..]]);
     }
 
     #[test]
     fn bounded_and_kick_drops_later_items() {
         let o = Outbox::new(items(2));
-        assert_eq!(o.push(Out::Frame(Bytes::from_static(b"1"))), Ok(()));
-        assert_eq!(o.push(Out::Frame(Bytes::from_static(b"2"))), Ok(()));
-        assert_eq!(o.push(Out::Frame(Bytes::from_static(b"3"))), Err(Full));
-        let t = o.take();
+        assert_eq!(o.push(0, frame("1")), Ok(()));
+        assert_eq!(o.push(0, frame("2")), Ok(()));
+        assert_eq!(o.push(0, frame("3")), Err(Full));
+        let t = o.take(ALL);
         assert_eq!(t.items.len(), 2);
         assert_eq!(t.kicked, None);
         o.kick(KickReason::TakenOver);
         o.kick(KickReason::SlowConsumer);
-        assert_eq!(o.push(Out::Frame(Bytes::from_static(b"4"))), Ok(()));
-        let t = o.take();
+        assert_eq!(o.push(0, frame("4")), Ok(()));
+        let t = o.take(ALL);
         assert_eq!(t.items.len(), 0);
         assert_eq!(t.kicked, Some(KickReason::TakenOver));
     }
 
+    /// Every item, whatever its presence number.
+    const ALL: u64 = u64::MAX;
+
     fn frame(s: &'static str) -> Out {
-        Out::Frame(Bytes::from_static(s.as_bytes()))
+        Out::Chat(Bytes::from_static(s.as_bytes()))
     }
 
-    fn texts(items: &VecDeque<Out>) -> Vec<&[u8]> {
-        items.iter().map(|i| &i.bytes()[..]).collect()
+    fn texts(items: &VecDeque<Queued>) -> Vec<&[u8]> {
+        items.iter().map(|q| &q.item.bytes()[..]).collect()
     }
 
     fn woken(o: &Outbox) -> bool {
@@ -480,51 +497,35 @@ mod tests {
     }
 
     #[test]
-    fn lazy_items_wait_for_a_flush_and_are_listed_once() {
-        let o = Outbox::new(items(8));
-        // The first lazy item asks to be listed; later ones do not.
-        assert_eq!(o.push_lazy(frame("j1")), Ok(true));
-        assert_eq!(o.push_lazy(frame("j2")), Ok(false));
-        assert!(!woken(&o));
-        o.flush_lazy();
+    fn take_stops_at_the_presence_limit_and_keeps_the_rest_counted() {
+        let o = Outbox::new(Limits { items: 8, bytes: 6 });
+        o.push(3, frame("a")).unwrap();
+        o.push(3, frame("b")).unwrap();
+        o.push(5, frame("c")).unwrap();
         assert!(woken(&o));
-        assert_eq!(texts(&o.take().items), vec![&b"j1"[..], b"j2"]);
-        // Taken: the next lazy item asks to be listed again.
-        assert_eq!(o.push_lazy(frame("j3")), Ok(true));
-        o.flush_lazy();
-        assert_eq!(texts(&o.take().items), vec![&b"j3"[..]]);
-        // A flush with nothing waiting wakes nobody.
-        let _ = woken(&o);
-        o.flush_lazy();
-        assert!(!woken(&o));
-    }
-
-    #[test]
-    fn an_eager_item_carries_the_lazy_ones_in_order() {
-        let o = Outbox::new(items(8));
-        assert_eq!(o.push_lazy(frame("joined")), Ok(true));
-        assert!(!woken(&o));
-        assert_eq!(o.push(frame("chat")), Ok(()));
-        assert!(woken(&o));
-        // Woken already: a lazy item now needs no listing, and a flush no second wake-up.
-        assert_eq!(o.push_lazy(frame("left")), Ok(false));
-        o.flush_lazy();
-        assert!(!woken(&o));
+        let t = o.take(4);
+        assert_eq!((texts(&t.items), t.more), (vec![&b"a"[..], b"b"], true));
+        assert_eq!(t.items.iter().map(|q| q.seq).collect::<Vec<_>>(), [3, 3]);
+        // What stays counts against the limits.
+        assert_eq!(o.lock().bytes, 1);
+        o.push(6, frame("ddddd")).unwrap();
+        assert_eq!(o.push(6, frame("e")), Err(Full));
+        let t = o.take(ALL);
         assert_eq!(
-            texts(&o.take().items),
-            vec![&b"joined"[..], b"chat", b"left"]
+            (texts(&t.items), t.more),
+            (vec![&b"c"[..], b"ddddd"], false)
         );
+        assert_eq!(o.lock().bytes, 0);
     }
 
     #[test]
-    fn lazy_pushes_are_bounded_and_dropped_once_kicked() {
-        let o = Outbox::new(items(1));
-        assert_eq!(o.push_lazy(frame("1")), Ok(true));
-        assert_eq!(o.push_lazy(frame("2")), Err(Full));
-        o.kick(KickReason::SlowConsumer);
-        let _ = o.take();
-        assert_eq!(o.push_lazy(frame("3")), Ok(false));
-        assert_eq!(o.take().items.len(), 0);
+    fn the_presence_end_is_set_once_and_taken_with_every_take() {
+        let o = Outbox::new(items(8));
+        assert_eq!(o.take(ALL).presence_end, None);
+        o.stop_presence(7);
+        o.stop_presence(9);
+        assert_eq!(o.take(ALL).presence_end, Some(7));
+        assert_eq!(o.take(ALL).presence_end, Some(7));
     }
 
     fn private(id: u64) -> Out {
@@ -537,8 +538,8 @@ mod tests {
         }))
     }
 
-    fn ids(items: &VecDeque<Out>) -> Vec<Option<u64>> {
-        items.iter().map(private_id).collect()
+    fn ids(items: &VecDeque<Queued>) -> Vec<Option<u64>> {
+        items.iter().map(|q| private_id(&q.item)).collect()
     }
 
     #[test]
@@ -546,31 +547,51 @@ mod tests {
         let o = Outbox::new_acks(items(8));
         assert!(o.has_acks());
         assert!(!Outbox::new(items(8)).has_acks());
-        o.push(private(1)).unwrap();
-        o.push_uncommitted(private(2)).unwrap();
-        o.push(frame("chat")).unwrap();
-        o.push_uncommitted(private(3)).unwrap();
-        assert_eq!(ids(&o.take().items), vec![Some(1)]);
+        o.push(0, private(1)).unwrap();
+        o.push_uncommitted(0, private(2)).unwrap();
+        o.push(0, frame("chat")).unwrap();
+        o.push_uncommitted(0, private(3)).unwrap();
+        assert_eq!(ids(&o.take(ALL).items), vec![Some(1)]);
         // The later one commits first: still held behind the earlier one.
         o.release(3, true);
-        assert!(o.take().items.is_empty());
+        assert!(o.take(ALL).items.is_empty());
         o.release(2, true);
         assert!(woken(&o));
-        assert_eq!(ids(&o.take().items), vec![Some(2), None, Some(3)]);
+        assert_eq!(ids(&o.take(ALL).items), vec![Some(2), None, Some(3)]);
         // A refused one is dropped, and what follows it goes out.
-        o.push_uncommitted(private(4)).unwrap();
-        o.push(private(5)).unwrap();
+        o.push_uncommitted(0, private(4)).unwrap();
+        o.push(0, private(5)).unwrap();
         o.release(4, false);
-        assert_eq!(ids(&o.take().items), vec![Some(5)]);
+        assert_eq!(ids(&o.take(ALL).items), vec![Some(5)]);
         // Released twice, or never held: nothing happens.
         o.release(4, true);
         o.release(99, false);
-        assert!(o.take().items.is_empty());
+        assert!(o.take(ALL).items.is_empty());
         // What stays held counts against the byte limit.
-        o.push_uncommitted(private(10)).unwrap();
-        assert!(o.take().items.is_empty());
+        o.push_uncommitted(0, private(10)).unwrap();
+        assert!(o.take(ALL).items.is_empty());
         assert_eq!(o.lock().bytes, 3);
         assert_eq!(o.queued_bytes(), 3);
+    }
+
+    #[test]
+    fn with_acks_take_stops_at_the_presence_limit_or_an_uncommitted_message() {
+        let o = Outbox::new_acks(items(8));
+        o.push(1, private(1)).unwrap();
+        o.push(5, private(2)).unwrap();
+        let t = o.take(4);
+        assert_eq!((ids(&t.items), t.more), (vec![Some(1)], true));
+        // Handed out are remembered (for the ack) only once taken.
+        assert_eq!(o.ack_up_to(u64::MAX), Some(vec![1]));
+        o.push_uncommitted(6, private(3)).unwrap();
+        o.push(7, private(4)).unwrap();
+        let t = o.take(ALL);
+        // Held behind the uncommitted one: nothing more to take until it is released.
+        assert_eq!((ids(&t.items), t.more), (vec![Some(2)], false));
+        o.release(3, true);
+        let t = o.take(ALL);
+        assert_eq!((ids(&t.items), t.more), (vec![Some(3), Some(4)], false));
+        assert_eq!(o.queued_bytes(), 0);
     }
 
     #[test]
@@ -579,10 +600,10 @@ mod tests {
         // The login ack's messages.
         o.remember([1, 2].into_iter());
         // 2 was queued while the login read the mailbox: it goes out once, in the ack.
-        o.push(private(2)).unwrap();
-        o.push(private(3)).unwrap();
-        o.push(frame("joined")).unwrap();
-        assert_eq!(ids(&o.take().items), vec![Some(3), None]);
+        o.push(0, private(2)).unwrap();
+        o.push(0, private(3)).unwrap();
+        o.push(0, frame("joined")).unwrap();
+        assert_eq!(ids(&o.take(ALL).items), vec![Some(3), None]);
         assert_eq!(o.ack_up_to(2), Some(vec![1, 2]));
         assert_eq!(o.ack_up_to(2), Some(vec![]));
         o.unack(vec![2]);
@@ -595,18 +616,18 @@ mod tests {
         // The bound: the login ack's count plus the item limit.
         let o = Outbox::new_acks(items(2));
         o.remember([1].into_iter());
-        o.push(private(2)).unwrap();
-        o.push(private(3)).unwrap();
-        let t = o.take();
+        o.push(0, private(2)).unwrap();
+        o.push(0, private(3)).unwrap();
+        let t = o.take(ALL);
         assert_eq!((ids(&t.items), t.kicked), (vec![Some(2), Some(3)], None));
         assert_eq!(o.ack_up_to(2), Some(vec![1, 2]));
-        o.push(private(4)).unwrap();
-        o.push(private(5)).unwrap();
-        let t = o.take();
+        o.push(0, private(4)).unwrap();
+        o.push(0, private(5)).unwrap();
+        let t = o.take(ALL);
         assert_eq!((ids(&t.items), t.kicked), (vec![Some(4), Some(5)], None));
-        o.push(private(6)).unwrap();
+        o.push(0, private(6)).unwrap();
         // Four not acked: nothing more is written (all of it is in the mailbox).
-        let t = o.take();
+        let t = o.take(ALL);
         assert_eq!(t.kicked, Some(KickReason::SlowConsumer));
         assert!(t.items.is_empty());
     }
@@ -614,11 +635,11 @@ mod tests {
     #[tokio::test]
     async fn push_to_empty_queue_wakes_the_waiter() {
         let o = Outbox::new(items(4));
-        o.push(Out::Frame(Bytes::from_static(b"x"))).unwrap();
+        o.push(0, frame("x")).unwrap();
         // The permit was stored: this returns at once.
         tokio::time::timeout(std::time::Duration::from_secs(5), o.changed())
             .await
             .unwrap();
-        assert_eq!(o.take().items.len(), 1);
+        assert_eq!(o.take(ALL).items.len(), 1);
     }
 }

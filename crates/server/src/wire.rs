@@ -17,6 +17,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use simpletextim_proto::{ChatMessage, CodecError, Recipient, Rejected, Reply, Request, UserId};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
+use crate::outbox::Queued;
+use crate::presence::{Notice, Sink};
+
 /// How JSON objects are delimited on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Framing {
@@ -86,8 +89,6 @@ pub enum Out {
     Chat(Bytes),
     /// A private message to the session's user.
     Private(Arc<Private>),
-    /// A whole reply payload, already JSON (`{"command":"joined",…}`).
-    Frame(Bytes),
     /// The echo of a message the session's user sent with a `ref` (protocol 1.1): the
     /// object every other copy shares, written with the ref in front. Boxed: rare, and an
     /// `Out` stays small.
@@ -183,7 +184,7 @@ impl Out {
     /// The encoded bytes of the item (of an echo: the shared object, without its ref).
     pub fn bytes(&self) -> &Bytes {
         match self {
-            Out::Chat(b) | Out::Frame(b) => b,
+            Out::Chat(b) => b,
             Out::Private(p) => &p.obj,
             Out::Echo(e) => &e.obj,
         }
@@ -249,6 +250,7 @@ fn json_str(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// Serializes a whole reply.
+#[cfg(test)]
 pub fn encode_reply(reply: &Reply) -> Bytes {
     Bytes::from(reply.to_json())
 }
@@ -306,7 +308,6 @@ impl FrameWriter {
                 self.push_chat(&p.obj);
                 self.private.push((OPEN, p.clone()));
             }
-            Out::Frame(payload) => self.push_frame(payload),
             Out::Echo(e) => {
                 self.push_object(Some(&e.r#ref), &e.obj);
                 if let Some(p) = &e.private {
@@ -374,6 +375,12 @@ impl FrameWriter {
                 self.buf.put_slice(payload);
             }
         }
+    }
+
+    /// Appends a presence notice as a frame of its own, from its parts (nothing serialized).
+    pub fn push_notice(&mut self, notice: &Notice) {
+        let (head, id, tail) = notice.parts();
+        self.push_frame_parts(&[head, id], tail);
     }
 
     /// Appends a WebSocket control frame (close, ping, pong); on another framing, nothing.
@@ -466,13 +473,7 @@ impl FrameWriter {
     pub fn reserve_for<'a>(&mut self, items: impl IntoIterator<Item = &'a Out>) {
         // Each item: its bytes, a separator or a line end, and at worst a frame of its own.
         let frame = websocket::MAX_HEADER + MESSAGE_FRAME_HEAD.len() + MESSAGE_FRAME_TAIL.len();
-        let n: usize = items
-            .into_iter()
-            .map(|item| match item {
-                Out::Chat(_) | Out::Private(_) | Out::Echo(_) => item.encoded_len() + 1,
-                Out::Frame(b) => b.len() + frame,
-            })
-            .sum();
+        let n: usize = items.into_iter().map(|item| item.encoded_len() + 1).sum();
         self.buf.reserve(n + frame);
     }
 
@@ -501,6 +502,20 @@ impl FrameWriter {
         self.buf = BytesMut::new();
         self.open_batch = None;
         self.private = Vec::new();
+    }
+}
+
+impl Sink for FrameWriter {
+    fn reserve(&mut self, items: &std::collections::VecDeque<Queued>) {
+        self.reserve_for(items.iter().map(|q| &q.item));
+    }
+
+    fn notice(&mut self, notice: &Notice) {
+        self.push_notice(notice);
+    }
+
+    fn item(&mut self, item: &Out) {
+        self.push(item);
     }
 }
 
@@ -598,7 +613,7 @@ mod tests {
         let joined = Reply::Joined {
             user_id: UserId::new("carol").unwrap(),
         };
-        w.push(&Out::Frame(encode_reply(&joined)));
+        w.push_notice(&Notice::joined(&UserId::new("carol").unwrap()));
         let c = msg(3, "again");
         w.push(&Out::Chat(encode_chat(&c)));
         let replies = decode_all(w.take());
@@ -633,10 +648,7 @@ mod tests {
 
     #[test]
     fn reserve_for_makes_room_for_the_whole_batch_at_once() {
-        let joined = encode_reply(&Reply::Joined {
-            user_id: UserId::new("carol").unwrap(),
-        });
-        let mut items = vec![Out::Frame(joined)];
+        let mut items = vec![Out::Chat(encode_chat(&msg(100, "first")))];
         items.extend((0..50).map(|i| Out::Chat(encode_chat(&msg(i, "some text")))));
         let mut w = FrameWriter::new();
         w.reserve_for(&items);
@@ -646,7 +658,7 @@ mod tests {
         }
         let bytes = w.take();
         assert!(bytes.len() <= room, "{} > {room}", bytes.len());
-        assert_eq!(decode_all(bytes).len(), 2);
+        assert_eq!(decode_all(bytes).len(), 1);
     }
 
     #[test]
@@ -668,6 +680,37 @@ mod tests {
             .map(|m| m.id)
             .collect();
         assert_eq!(ids, (0..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_notice_from_its_parts_is_what_serde_writes_in_every_framing_and_closes_a_batch() {
+        let carol = UserId::new("carol").unwrap();
+        for framing in [Framing::LengthDelimited, Framing::Lines, Framing::WebSocket] {
+            for (notice, reply) in [
+                (
+                    Notice::joined(&carol),
+                    Reply::Joined {
+                        user_id: carol.clone(),
+                    },
+                ),
+                (
+                    Notice::left(&carol),
+                    Reply::Left {
+                        user_id: carol.clone(),
+                    },
+                ),
+            ] {
+                let mut w = FrameWriter::with_framing(framing);
+                w.push_chat(&encode_chat(&msg(1, "hi")));
+                w.push_notice(&notice);
+                w.push_chat(&encode_chat(&msg(2, "again")));
+                let mut expected = FrameWriter::with_framing(framing);
+                expected.push_chat(&encode_chat(&msg(1, "hi")));
+                expected.push_frame(&reply.to_json());
+                expected.push_chat(&encode_chat(&msg(2, "again")));
+                assert_eq!(w.take(), expected.take(), "{framing:?}");
+            }
+        }
     }
 
     #[test]

@@ -381,3 +381,99 @@ async fn the_login_deadline_holds_while_a_write_waits() {
     .await;
     assert_closed_while_flooding(&s).await;
 }
+
+/// A client that never reads falls behind the presence log while notices keep coming: once
+/// the log (8 notices here) no longer holds one it was due, it is cut off as a slow
+/// consumer, and the others get its `left` among the notices, each once, in order. Its
+/// outbox alone would never cut it off (a million items), nor would the write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_once_the_presence_log_passes_it() {
+    let (s, mut slow) = server_with_a_slow_client(Config {
+        presence_log: 8,
+        outbox_capacity: 1_000_000,
+        outbox_bytes: 256 << 20,
+        write_timeout: Duration::from_secs(600),
+        ..config()
+    })
+    .await;
+    let (mut watcher, _) = login(&s, "watcher").await;
+    // Fill slow's socket (and the server's send buffer): its session then waits to write.
+    let text = "z".repeat(140);
+    let total = 3000;
+    for chunk in 0..total / 100 {
+        for _ in 0..100 {
+            watcher
+                .send(&simpletextim_proto::Command::send(
+                    simpletextim_proto::Recipient::Everyone,
+                    text.parse().unwrap(),
+                ))
+                .await
+                .unwrap();
+        }
+        let mut echoed = 0;
+        while echoed < 100 {
+            match next(&mut watcher).await {
+                Reply::Message { messages, .. } => echoed += messages.len(),
+                other => panic!("chunk {chunk}: unexpected {other:?}"),
+            }
+        }
+    }
+    // Ten users come and go: twenty notices, more than the log keeps, but two per tick or
+    // so, which the watcher's session (reading at each tick) keeps up with.
+    let mut churn = Vec::new();
+    for i in 0..10 {
+        let name = format!("c{i}");
+        let (mut c, _) = login(&s, &name).await;
+        c.exit().await.unwrap();
+        assert_closed(&mut c).await;
+        churn.push(Reply::Joined {
+            user_id: uid(&name),
+        });
+        churn.push(Reply::Left {
+            user_id: uid(&name),
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // The watcher hears all of them, and slow's `left` once, within a tick or so.
+    let mut notices = Vec::new();
+    let mut slow_left_at = None;
+    while notices.len() < churn.len() || slow_left_at.is_none() {
+        match next(&mut watcher).await {
+            Reply::Left { user_id } if user_id.as_str() == "slow" => {
+                assert_eq!(slow_left_at, None, "slow left twice");
+                slow_left_at = Some(notices.len());
+            }
+            n @ (Reply::Joined { .. } | Reply::Left { .. }) => notices.push(n),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(notices, churn);
+    // Cut off only once the log had passed it: at least 8 notices after its last read.
+    let at = slow_left_at.expect("slow left");
+    assert!(at >= 7, "cut off after only {at} notices");
+    watcher.list().await.unwrap();
+    assert_eq!(
+        next(&mut watcher).await,
+        Reply::List {
+            r#ref: None,
+            list: vec![uid("watcher")]
+        }
+    );
+    // Slow's connection was closed: reading it to the end finds chat and notices, no
+    // `fail` (a slow consumer is told nothing), then EOF, and less than it was due.
+    let (chats, _) = tokio::time::timeout(WAIT, async {
+        let (mut n, mut presence) = (0usize, 0usize);
+        while let Some(r) = slow.next().await {
+            match r {
+                Ok(Reply::Message { messages, .. }) => n += messages.len(),
+                Ok(Reply::Joined { .. } | Reply::Left { .. }) => presence += 1,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => break,
+            }
+        }
+        (n, presence)
+    })
+    .await
+    .expect("slow consumer not closed");
+    assert!(chats < total, "slow got all {total} messages");
+}

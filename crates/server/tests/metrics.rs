@@ -434,8 +434,8 @@ async fn a_slow_consumer_is_counted_and_its_outbox_bytes_rise_then_fall() {
         delivered > f64::from(sent) && delivered < f64::from(2 * sent),
         "{delivered} deliveries for {sent} messages"
     );
-    // fast has read everything; slow is gone: nothing stays queued (but the `left`
-    // notice to fast, for a presence tick).
+    // fast has read everything; slow is gone: nothing stays queued (the `left` notice to
+    // fast is in the presence log, never in an outbox).
     let now = scrape_until(m, OUTBOX, 0.0).await;
     assert_eq!(now.get(SLOW), 1.0);
     // slow's connection was closed: what its socket took, then the end.

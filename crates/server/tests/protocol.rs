@@ -464,6 +464,95 @@ async fn joined_goes_to_others_and_left_on_exit_and_on_disconnect() {
     );
 }
 
+/// What a client reads until `joined <until>`, flattened: each notice as `+user`/`-user`,
+/// each chat message as `user:text`.
+async fn stream_until_joined(c: &mut simpletextim_proto::Client, until: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        match next(c).await {
+            Reply::Joined { user_id } if user_id.as_str() == until => return got,
+            Reply::Joined { user_id } => got.push(format!("+{user_id}")),
+            Reply::Left { user_id } => got.push(format!("-{user_id}")),
+            Reply::Message { messages, .. } => got.extend(
+                messages
+                    .into_iter()
+                    .map(|m| format!("{}:{}", m.user_id, m.message)),
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Forty users log in at once, each says something, half of them leave; bob logs in in the
+/// middle of it. Alice sees everything in the hub's order; bob sees exactly what alice saw
+/// after bob's own `joined`: no notice or message from before his login, nothing twice,
+/// the same order of notices and chat (each user's `joined` before its message, its message
+/// before its `left`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_in_the_middle_of_a_storm_sees_exactly_what_follows_it_in_order() {
+    // Forty logins at once from one address: the address's logins in progress are not
+    // limited.
+    let s = start_with(Config {
+        exempt_loopback: true,
+        ..config()
+    })
+    .await;
+    let (mut alice, _) = login(&s, "alice").await;
+    let storm: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = s.addr;
+            tokio::spawn(async move {
+                let mut c = simpletextim_proto::Client::connect(addr).await.unwrap();
+                let name = format!("s{i:02}");
+                c.login(&name, "pw").await.unwrap();
+                c.send_public(&format!("hello from {name}")).await.unwrap();
+                if i % 2 == 0 {
+                    c.exit().await.unwrap();
+                    // Its echo and the notices before its exit, then the close.
+                    tokio::time::timeout(WAIT, async {
+                        while let Some(Ok(_)) = futures::StreamExt::next(&mut c).await {}
+                    })
+                    .await
+                    .expect("closed after exit");
+                    None
+                } else {
+                    Some(c)
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (mut bob, pending) = login(&s, "bob").await;
+    assert_eq!(pending, vec![]);
+    let mut stay = Vec::new();
+    for t in storm {
+        stay.push(t.await.unwrap());
+    }
+    // Everything of the storm is over; zed's login marks the end of both streams.
+    let (_zed, _) = login(&s, "zed").await;
+    let seen_by_alice = stream_until_joined(&mut alice, "zed").await;
+    let seen_by_bob = stream_until_joined(&mut bob, "zed").await;
+    let at = seen_by_alice
+        .iter()
+        .position(|e| e == "+bob")
+        .expect("alice saw bob join");
+    assert_eq!(seen_by_bob, seen_by_alice[at + 1..]);
+    // Alice's stream is the storm: each user once in, their message, half once out, in
+    // that order.
+    for i in 0..40 {
+        let name = format!("s{i:02}");
+        let pos = |e: String| seen_by_alice.iter().position(|x| *x == e);
+        let joined = pos(format!("+{name}")).expect("joined");
+        let said = pos(format!("{name}:hello from {name}")).expect("said");
+        assert!(joined < said, "{name}: message before its joined");
+        if i % 2 == 0 {
+            assert!(said < pos(format!("-{name}")).expect("left"), "{name}");
+        }
+    }
+    assert_eq!(seen_by_alice.len(), 40 + 40 + 20 + 1);
+    drop(stay);
+}
+
 #[tokio::test]
 async fn takeover_closes_old_session_with_409_and_broadcasts_nothing() {
     let s = start().await;

@@ -20,6 +20,7 @@ use crate::hub::Member;
 use crate::limits::ceil_secs;
 use crate::metrics::LoginResult;
 use crate::outbox::{Limits, Outbox};
+use crate::presence::{Bell, Reader};
 use crate::store::{
     Conversation, HistoryPermit, HistoryQuery, PageLimit, ReserveError, StoreError,
 };
@@ -391,8 +392,11 @@ impl Session {
             true => Outbox::new_acks(limits),
             false => Outbox::new(limits),
         };
+        // Registered with the presence bell before joining: a ring after the join is heard.
+        let bell = Bell::new(self.shared.hub.presence());
         // Refused when the account was changed while its password was checked: the
-        // session ends (`fail 401`) before anything of the user's is read.
+        // session ends (`fail 401`) before anything of the user's is read. Its notices
+        // start after its own `joined`.
         let joined = self.shared.hub.join(Member {
             conn_id: self.conn_id,
             user_id: user_id.clone(),
@@ -402,7 +406,8 @@ impl Session {
         if joined.is_err() {
             self.shared.metrics.login(LoginResult::Refused);
         }
-        joined?;
+        let cursor = joined?;
+        self.bell = Some(bell);
         self.login_deadline = None;
         self.admission.logged_in();
         // The user's bucket, shared with the user's other and earlier sessions.
@@ -410,6 +415,7 @@ impl Session {
         self.login = Some(LoggedIn {
             user_id: user_id.clone(),
             outbox,
+            presence: Reader::new(cursor),
         });
         // In step with `self.login`, which the session's drop reads to leave the gauge.
         let metrics = &self.shared.metrics;

@@ -49,7 +49,7 @@ use tokio_util::codec::Decoder;
 use tungstenite::protocol::frame::coding::Control;
 
 use crate::wire::websocket::{self, WsDecoder, WsError, WsItem};
-use crate::wire::{FrameWriter, Framing, LineCodec, Out, Private};
+use crate::wire::{FrameWriter, Framing, LineCodec, Private};
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 4096;
@@ -411,14 +411,9 @@ impl Connection {
 
     // ---- writing ----
 
-    /// Appends a batch of outbox items, making room for all of them at once.
-    pub(crate) fn queue_all<'a>(&mut self, items: impl ExactSizeIterator<Item = &'a Out> + Clone) {
-        if items.len() > 1 {
-            self.out.reserve_for(items.clone());
-        }
-        for item in items {
-            self.out.push(item);
-        }
+    /// The frame writer, for what a drain of the outbox and the presence log writes.
+    pub(crate) fn writer(&mut self) -> &mut FrameWriter {
+        &mut self.out
     }
 
     /// Appends a reply, serializing it.

@@ -2,7 +2,7 @@
 //! messages that did not reach the socket, close.
 
 use simpletextim_proto::{ChatMessage, ErrorCode, Reply};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 
 use super::{End, FINAL_WRITE, Session};
 use crate::store::RevocationKind;
@@ -29,19 +29,19 @@ impl Session {
         }
         match end {
             End::TakenOver => {
-                let _ = self.drain_outbox();
+                self.drain_to_the_end().await;
                 self.conn
                     .queue_reply(&Reply::fail(ErrorCode::Conflict, "logged in elsewhere"));
             }
             End::Shutdown => {
-                let _ = self.drain_outbox();
+                self.drain_to_the_end().await;
                 self.conn
                     .queue_reply(&Reply::fail(ErrorCode::Unavailable, "server shutting down"));
             }
             // What was queued before the hub removed the session (it was still logged in
             // then) goes out first, as on a takeover.
             End::Revoked(kind) => {
-                let _ = self.drain_outbox();
+                self.drain_to_the_end().await;
                 let reason = match kind {
                     RevocationKind::PasswordChanged => PASSWORD_CHANGED,
                     RevocationKind::AccountDeleted => ACCOUNT_DELETED,
@@ -60,7 +60,7 @@ impl Session {
             }
             // What was queued up to the leave goes out before the close.
             End::Exit => {
-                let _ = self.drain_outbox();
+                self.drain_to_the_end().await;
             }
             End::TooManyFailedLogins | End::FrameTooLarge | End::LoginTimeout | End::Refused => {}
         }
@@ -80,6 +80,33 @@ impl Session {
             tracing::info!(%peer, user = %login.user_id, conn = self.conn_id, reason = ?end, "session ended");
         } else {
             tracing::debug!(%peer, reason = ?end, "connection closed");
+        }
+    }
+}
+
+impl Session {
+    /// Drains the outbox and the presence notices due, to the end (a drain writes a bounded
+    /// number of notices: what it wrote is written out before the next), within
+    /// [`FINAL_WRITE`]; what the client does not take by then is not waited for.
+    async fn drain_to_the_end(&mut self) {
+        let deadline = Instant::now() + FINAL_WRITE;
+        loop {
+            self.wake_pending = false;
+            let _ = self.drain_outbox();
+            if !std::mem::take(&mut self.wake_pending) {
+                return;
+            }
+            if self.conn.try_flush().is_err() {
+                return;
+            }
+            if self.conn.has_output()
+                && !matches!(
+                    timeout_at(deadline, self.write_blocked(false)).await,
+                    Ok(Ok(()))
+                )
+            {
+                return;
+            }
         }
     }
 }
@@ -129,14 +156,14 @@ impl Session {
         kept.extend(
             login
                 .outbox
-                .take()
+                .take(u64::MAX)
                 .items
                 .iter()
-                .filter_map(|item| match item {
+                .filter_map(|q| match &q.item {
                     Out::Private(p) => Some(p.message(me.clone())),
                     // A private message to oneself sent with a ref: kept without the ref.
                     Out::Echo(e) => e.private.as_ref().map(|p| p.message(me.clone())),
-                    Out::Chat(_) | Out::Frame(_) => None,
+                    Out::Chat(_) => None,
                 }),
         );
         if kept.is_empty() {

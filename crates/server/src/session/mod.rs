@@ -1,11 +1,13 @@
 //! One task per connection: the protocol's state machine over a [`Connection`].
 //!
-//! A session is either waiting for a login or logged in. It waits on four things at once:
+//! A session is either waiting for a login or logged in. It waits on five things at once:
 //! the server's shutdown (before login; a logged-in session hears of it from its outbox),
-//! its outbox (chat and notices the hub queued, or a kick: takeover, slow consumer,
-//! shutdown), the socket becoming readable, and the login deadline. Replies to the client's
-//! own commands go into the write buffer after everything already queued, so a client sees
-//! its echoes and `fail`s in order.
+//! its outbox (chat the hub queued, or a kick: takeover, slow consumer, shutdown), the
+//! presence log's bell (rung at most once per tick after `joined`/`left` were announced),
+//! the socket becoming readable, and the login deadline. Whenever it drains its outbox it
+//! also writes the presence notices due before and after each item (`presence.rs`).
+//! Replies to the client's own commands go into the write buffer after everything already
+//! queued, so a client sees its echoes and `fail`s in order.
 //!
 //! - `conn.rs`: the socket, buffers and framing (bytes in, commands out; items in, bytes out);
 //! - `commands.rs`: what each command does (login, send, list, exit) and the rate limit;
@@ -30,6 +32,7 @@ use crate::Shared;
 use crate::limits::Admission;
 use crate::metrics::EndReason;
 use crate::outbox::{KickReason, Outbox};
+use crate::presence::{Bell, PresenceLog, Reader};
 use crate::store::RevocationKind;
 use crate::wire::Framing;
 use conn::{Connection, Filled, Keepalive, ReadError};
@@ -101,10 +104,11 @@ impl From<End> for EndReason {
     }
 }
 
-/// A logged-in session's identity and its outbox.
+/// A logged-in session's identity, its outbox, and its place in the presence log.
 struct LoggedIn {
     user_id: UserId,
     outbox: Arc<Outbox>,
+    presence: Reader,
 }
 
 pub(crate) struct Session {
@@ -115,8 +119,12 @@ pub(crate) struct Session {
     failed_logins: u32,
     /// Once logged in (with a rate limit): the user's flood-control bucket.
     bucket: Option<UserBucket>,
-    /// The outbox's wake-up was consumed while writing: look at the outbox before waiting.
+    /// The outbox's wake-up was consumed while writing, or a drain left more to write: look
+    /// at the outbox before waiting.
     wake_pending: bool,
+    /// Once logged in: the session's registration with the presence log's bell, kept
+    /// across wake-ups.
+    bell: Option<Bell>,
     /// Until the login: when the connection is closed if it has not logged in. Boxed so
     /// that a logged-in session carries no timer.
     login_deadline: Option<Pin<Box<Sleep>>>,
@@ -141,6 +149,7 @@ impl Drop for Session {
 enum Event {
     Shutdown,
     Outbox,
+    Presence,
     Readable(std::io::Result<()>),
     LoginTimeout,
     Keepalive,
@@ -197,6 +206,7 @@ impl Session {
             failed_logins: 0,
             bucket: None,
             wake_pending: false,
+            bell: None,
             login_deadline,
             admission,
             keepalive,
@@ -247,6 +257,7 @@ impl Session {
                 biased;
                 () = shutdown_before_login(&self.login, &self.shared.shutdown) => Event::Shutdown,
                 () = outbox_changed(&self.login) => Event::Outbox,
+                () = bell_rung(&mut self.bell, self.shared.hub.presence()) => Event::Presence,
                 r = std::future::poll_fn(|cx| self.conn.poll_read_ready(cx)) => Event::Readable(r),
                 () = deadline_passed(&mut self.login_deadline) => Event::LoginTimeout,
                 () = deadline_passed(&mut self.keepalive) => Event::Keepalive,
@@ -254,6 +265,12 @@ impl Session {
             let handled = match event {
                 Event::Shutdown => Err(End::Shutdown),
                 Event::Outbox => self.drain_outbox(),
+                Event::Presence => {
+                    if let Some(bell) = &mut self.bell {
+                        bell.rearm(self.shared.hub.presence());
+                    }
+                    self.drain_outbox()
+                }
                 Event::LoginTimeout => {
                     self.fail(Failure::new(ErrorCode::Unauthorized, "login timed out"));
                     Err(End::LoginTimeout)
@@ -374,20 +391,36 @@ impl Session {
         self.conn.queue_list(r#ref, list);
     }
 
-    /// Moves what the hub queued into the write buffer.
+    /// Moves what the hub queued, and the presence notices due before, between and after
+    /// those items, into the write buffer. A drain writes a bounded number of notices: when
+    /// there is more, `wake_pending` makes the loop drain again once this is written.
     ///
     /// # Errors
-    /// How the session ends when it was kicked.
+    /// How the session ends when it was kicked, or when it fell so far behind the presence
+    /// log that notices it was due are gone (a slow consumer).
     fn drain_outbox(&mut self) -> Result<(), End> {
-        let Some(login) = &self.login else {
+        let Some(login) = &mut self.login else {
             return Ok(());
         };
-        let taken = login.outbox.take();
-        self.conn.queue_all(taken.items.iter());
-        match taken.kicked {
+        let log = self.shared.hub.presence();
+        let Ok(drained) = login.presence.drain(log, &login.outbox, self.conn.writer()) else {
+            tracing::warn!(user = %login.user_id, conn = self.conn_id, "slow consumer: behind the presence log, disconnecting");
+            return Err(End::SlowConsumer);
+        };
+        if drained.more {
+            self.wake_pending = true;
+        }
+        match drained.kicked {
             None => Ok(()),
             Some(reason) => Err(reason.into()),
         }
+    }
+
+    /// Whether the session fell behind the presence log's oldest notice (a slow consumer).
+    fn behind_presence(&self) -> bool {
+        self.login
+            .as_ref()
+            .is_some_and(|l| self.shared.hub.presence().passed(l.presence.cursor()))
     }
 
     /// Writes the buffer out. Most writes complete at once; only a full socket makes it
@@ -428,6 +461,17 @@ impl Session {
                 () = self.shared.shutdown.cancelled(), if watch => {
                     final_write = Some(Instant::now() + FINAL_WRITE);
                 }
+                () = bell_rung(&mut self.bell, self.shared.hub.presence()), if watch => {
+                    // Notices keep coming while the socket takes nothing: once the log has
+                    // dropped one this session has not written, it is a slow consumer.
+                    if let Some(bell) = &mut self.bell {
+                        bell.rearm(self.shared.hub.presence());
+                    }
+                    self.wake_pending = true;
+                    if self.behind_presence() {
+                        return Err(End::SlowConsumer);
+                    }
+                }
                 () = outbox_changed(&self.login), if watch => {
                     self.wake_pending = true;
                     match self.login.as_ref().and_then(|l| l.outbox.kicked()) {
@@ -465,6 +509,14 @@ async fn shutdown_before_login(
 async fn outbox_changed(login: &Option<LoggedIn>) {
     match login {
         Some(l) => l.outbox.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the presence log's bell; never before login.
+async fn bell_rung(bell: &mut Option<Bell>, log: &PresenceLog) {
+    match bell {
+        Some(b) => b.rung(log).await,
         None => std::future::pending().await,
     }
 }
