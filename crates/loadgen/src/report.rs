@@ -67,7 +67,12 @@ pub struct Report {
     /// `presence`: users logged in and out during the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub churn: Option<usize>,
-    /// `presence`: churning logins that failed.
+    /// `presence`: churning login attempts refused with `fail 503` (server busy), each
+    /// retried after a back-off as a client would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn_busy: Option<u64>,
+    /// `presence`: churning users that never logged in (an error other than 503, or no
+    /// success before the deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub churn_failures: Option<usize>,
     /// `presence`: median churning login time, milliseconds.

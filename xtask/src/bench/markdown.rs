@@ -447,8 +447,13 @@ fn presence(s: &mut String, doc: &Results) -> fmt::Result {
             format!("{} / {}", r.delivered, r.lost),
         ),
         (
-            "churning logins (ok / failed)",
-            format!("{} / {}", opt(r.churn_logins), opt(r.churn_failures)),
+            "churning logins: ok / failed / 503 refusals retried",
+            format!(
+                "{} / {} / {}",
+                opt(r.churn_logins),
+                opt(r.churn_failures),
+                opt(r.churn_busy)
+            ),
         ),
         (
             "churning login time p50 / p99 ms",

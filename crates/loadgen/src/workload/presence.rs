@@ -52,6 +52,7 @@ pub struct PresenceOpts {
 struct ChurnResult {
     logins: usize,
     failures: usize,
+    busy: u64,
     login_ms: Vec<f64>,
 }
 
@@ -230,6 +231,7 @@ impl ChurnResult {
     fn fill(mut self, report: &mut Report) {
         report.churn_logins = Some(self.logins);
         report.churn_failures = Some(self.failures);
+        report.churn_busy = Some(self.busy);
         self.login_ms.sort_by(f64::total_cmp);
         let ms = &self.login_ms;
         // Without a successful churning login there is no time to report: left out.
@@ -242,8 +244,16 @@ impl ChurnResult {
     }
 }
 
+/// First wait before a churning login refused with `fail 503` is tried again; it doubles
+/// up to [`BUSY_BACKOFF_MAX`].
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts of a churning login refused with `fail 503`.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// Logs `k` users in and out, their logins spread evenly from `start` over `len`; each
-/// waits for its login acknowledgement, says `exit` and waits for the server to close.
+/// waits for its login acknowledgement, says `exit` and waits for the server to close. A
+/// login refused with `fail 503` (server busy) is tried again after a back-off, as a
+/// client would, until the deadline; its time counts from the first attempt.
 async fn churn_burst(
     common: Common,
     prefix: String,
@@ -261,32 +271,50 @@ async fn churn_burst(
             tokio::spawn(async move {
                 tokio::time::sleep_until(due).await;
                 let t = Instant::now();
-                let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let mut conn = net::login(server, None, &user, IDLE_READ_BUFFER, wait).await?;
+                let mut busy = 0u64;
+                let mut backoff = BUSY_BACKOFF;
+                let mut conn = loop {
+                    let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match net::login(server, None, &user, IDLE_READ_BUFFER, wait).await {
+                        Err(Error::LoginRefused { code: 503, .. })
+                            if tokio::time::Instant::now() + backoff < deadline =>
+                        {
+                            busy += 1;
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(BUSY_BACKOFF_MAX);
+                        }
+                        other => break other.map_err(|e| (e, busy))?,
+                    }
+                };
                 let login_ms = t.elapsed().as_secs_f64() * 1e3;
                 let mut buf = BytesMut::new();
                 net::simple_frame("exit", &mut buf);
                 conn.writer
                     .write_all(&buf)
                     .await
-                    .map_err(|e| Error::io("cannot send exit", e))?;
+                    .map_err(|e| (Error::io("cannot send exit", e), busy))?;
                 // Read until the server closes: its `left` goes out after that.
                 let _ = tokio::time::timeout_at(deadline, async {
                     while let Some(Ok(_)) = conn.reader.next().await {}
                 })
                 .await;
-                Ok::<f64, Error>(login_ms)
+                Ok::<(f64, u64), (Error, u64)>((login_ms, busy))
             })
         })
         .collect();
     let mut r = ChurnResult::default();
     for t in tasks {
         match t.await {
-            Ok(Ok(ms)) => {
+            Ok(Ok((ms, busy))) => {
                 r.logins += 1;
+                r.busy += busy;
                 r.login_ms.push(ms);
             }
-            _ => r.failures += 1,
+            Ok(Err((_, busy))) => {
+                r.failures += 1;
+                r.busy += busy;
+            }
+            Err(_) => r.failures += 1,
         }
     }
     r
