@@ -380,7 +380,10 @@ impl Reader {
         let limit = self.cursor.saturating_add(MAX_NOTICES_PER_DRAIN);
         let taken = outbox.take(limit);
         let end = taken.presence_end.unwrap_or(u64::MAX);
-        if taken.items.len() > 1 {
+        if !taken.items.is_empty() {
+            // Even for one item: a write buffer grown from empty, part by part, would be
+            // reallocated three or four times (4 bytes, the frame's head, the object, the
+            // tail).
             sink.reserve(&taken.items);
         }
         let mut passed = false;
