@@ -35,6 +35,11 @@ use tokio::sync::Notify;
 use crate::store::RevocationKind;
 use crate::wire::Out;
 
+/// The largest queue allocation (in items) an outbox keeps for its next pushes
+/// ([`Outbox::recycle`]): 256 bytes, for a session that is sent chat; a larger one, grown by a
+/// burst, is freed.
+const KEEP_CAPACITY: usize = 8;
+
 /// Why a session was told to close by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KickReason {
@@ -345,6 +350,22 @@ impl Outbox {
         taken
     }
 
+    /// Gives back the queue of a [`Taken`] once its items are written: the outbox keeps its
+    /// allocation (at most [`KEEP_CAPACITY`] items), so that the next push, under the hub's
+    /// lock, does not allocate, nor the drain free. An outbox that holds a queue with room
+    /// already keeps its own.
+    pub fn recycle(&self, mut items: VecDeque<Queued>) {
+        if items.capacity() == 0 || items.capacity() > KEEP_CAPACITY {
+            return;
+        }
+        // The items' bytes are released outside the lock.
+        items.clear();
+        let mut s = self.lock();
+        if s.items.capacity() == 0 {
+            s.items = items;
+        }
+    }
+
     /// [`Outbox::take`] with acknowledged delivery.
     fn take_acked(s: &mut State, limit: u64) -> Taken {
         let State {
@@ -630,6 +651,34 @@ mod tests {
         let t = o.take(ALL);
         assert_eq!(t.kicked, Some(KickReason::SlowConsumer));
         assert!(t.items.is_empty());
+    }
+
+    #[test]
+    fn a_recycled_queue_is_kept_small_and_loses_nothing() {
+        let o = Outbox::new(items(64));
+        o.push(0, frame("a")).unwrap();
+        o.push(0, frame("b")).unwrap();
+        let t = o.take(ALL);
+        let room = t.items.capacity();
+        assert!((1..=KEEP_CAPACITY).contains(&room));
+        o.recycle(t.items);
+        // Kept: the next push does not allocate, and the bounds still count.
+        assert_eq!(o.lock().items.capacity(), room);
+        assert_eq!((o.lock().items.len(), o.queued_bytes()), (0, 0));
+        o.push(0, frame("c")).unwrap();
+        // Something was pushed into a fresh queue meanwhile: that one stays, with its item.
+        let t = o.take(ALL);
+        o.push(0, frame("d")).unwrap();
+        o.recycle(t.items);
+        assert_eq!(texts(&o.take(ALL).items), vec![&b"d"[..]]);
+        // A queue grown past the limit is freed, not kept.
+        for i in 0..(KEEP_CAPACITY + 1) as u64 {
+            o.push(i, frame("e")).unwrap();
+        }
+        let t = o.take(ALL);
+        assert!(t.items.capacity() > KEEP_CAPACITY);
+        o.recycle(t.items);
+        assert_eq!(o.lock().items.capacity(), 0);
     }
 
     #[tokio::test]

@@ -394,6 +394,7 @@ impl Reader {
             passed = passed || self.write_notices(log, q.seq.min(end), sink).is_err();
             sink.item(&q.item);
         }
+        outbox.recycle(taken.items);
         if passed {
             return Err(Passed);
         }
