@@ -460,7 +460,10 @@ impl Outbox {
     }
 }
 
-/// When sessions coalesce their writes ([`Coalescer`]).
+/// When sessions coalesce their writes under load: while the server delivers at least
+/// [`Coalesce::above_per_sec`] items a second, a session that took one to three items from
+/// its outbox is not woken by the next pushes but once per [`Coalesce::period`], to write
+/// everything queued meanwhile at once (docs/ARCHITECTURE.md, the outbox).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coalesce {
     /// How long a parked session waits before it takes and writes what was queued: the
