@@ -36,6 +36,7 @@ pub use auth::{HashCost, Registration};
 pub use http::{CONTENT_SECURITY_POLICY, normalize_origin};
 pub use limits::AddressLimits;
 pub use metrics::Metrics;
+pub use outbox::{Coalesce, DEFAULT_COALESCE};
 pub use session::{LIST_COST, RateLimit};
 pub use store::{MemoryStore, Retention, Store};
 pub use throttle::{Backoff, ThrottlePolicy};
@@ -112,6 +113,10 @@ pub struct Config {
     /// How long a session's socket may take none of the bytes waiting for it, before or
     /// after login, before the connection is closed.
     pub write_timeout: Duration,
+    /// Write coalescing while the server is busy: parked sessions take and write what was
+    /// queued for them once per [`Coalesce::period`]; `None`: every item queued wakes its
+    /// session at once.
+    pub coalesce: Option<Coalesce>,
     /// Whether a first login creates the account.
     pub registration: Registration,
     /// The cost of password hashing ([`HashCost::InsecureFast`] for benchmarks and tests
@@ -185,6 +190,7 @@ impl std::fmt::Debug for Config {
             .field("outbox_bytes", &self.outbox_bytes)
             .field("presence_log", &self.presence_log)
             .field("write_timeout", &self.write_timeout)
+            .field("coalesce", &self.coalesce)
             .field("registration", &self.registration)
             .field("hash_cost", &self.hash_cost)
             .field("hash_pool", &self.hash_pool)
@@ -222,6 +228,7 @@ impl Default for Config {
             outbox_bytes: DEFAULT_OUTBOX_BYTES,
             presence_log: presence::DEFAULT_PRESENCE_LOG,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            coalesce: Some(DEFAULT_COALESCE),
             registration: Registration::Open,
             hash_cost: HashCost::Default,
             hash_pool: std::thread::available_parallelism().map_or(2, usize::from),
@@ -265,6 +272,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// The id of the next connection (for the log).
     conn_ids: AtomicU64,
+    /// Write coalescing under load ([`Config::coalesce`]).
+    pub(crate) coalescer: outbox::Coalescer,
 }
 
 impl Shared {
@@ -364,6 +373,7 @@ pub async fn run_listeners(
         ),
         shutdown: shutdown.clone(),
         conn_ids: AtomicU64::new(1),
+        coalescer: outbox::Coalescer::default(),
         metrics: config.metrics.clone(),
         config,
     });
@@ -378,6 +388,15 @@ pub async fn run_listeners(
             shared.hub.shut_down();
         })
     };
+    // Parked sessions (write coalescing under load) are woken by its ticks.
+    let coalescer = shared.config.coalesce.map(|coalesce| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let delivered = || shared.hub.delivered();
+            let shutdown = shared.shutdown.clone();
+            shared.coalescer.run(coalesce, delivered, shutdown).await;
+        })
+    });
     // Ends the session of a user whose password was changed or account deleted (`user
     // passwd`/`user del`, maybe another process) from now on. Where it starts is read before
     // anything is accepted; if it cannot be, from the oldest kept, which is as correct (a
@@ -426,6 +445,9 @@ pub async fn run_listeners(
     tracker.close();
     // It ends on the shutdown too, once every logged-in session has been told.
     let _ = ticker.await;
+    if let Some(coalescer) = coalescer {
+        let _ = coalescer.await;
+    }
     let _ = revocations.await;
     let sessions = tracker.len();
     tracing::info!(sessions, "shutting down");

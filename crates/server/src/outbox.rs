@@ -27,13 +27,20 @@
 //!   (queued while the login read the mailbox, so also in the login ack) goes out once.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::store::RevocationKind;
 use crate::wire::Out;
+
+/// The largest queue allocation (in items) an outbox keeps for its next pushes
+/// ([`Outbox::recycle`]): 256 bytes, for a session that is sent chat; a larger one, grown by a
+/// burst, is freed.
+const KEEP_CAPACITY: usize = 8;
 
 /// Why a session was told to close by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +78,8 @@ struct State {
     kicked: Option<KickReason>,
     /// The session has been woken since its last `take`: further pushes need not wake it.
     woken: bool,
+    /// On the [`Coalescer`]'s list: the session is parked, and its next tick wakes it.
+    listed: bool,
     /// Set when the hub removed the session: the presence log's head then. The session
     /// writes no notice numbered from it on (what was announced after it left).
     presence_end: Option<u64>,
@@ -136,6 +145,9 @@ pub struct Taken {
     /// The `seq` of the first item left queued (beyond the limit, or held behind an
     /// uncommitted message): the notices from it on wait for that item.
     pub left: Option<u64>,
+    /// The take parked the session and it is not on the coalescer's list yet: the session
+    /// puts it there ([`Coalescer::park`]).
+    pub park: bool,
 }
 
 impl Outbox {
@@ -324,6 +336,14 @@ impl Outbox {
     /// private messages it hands out); the rest stays queued. From now on, a push wakes the
     /// session again.
     pub fn take(&self, limit: u64) -> Taken {
+        self.take_with(limit, false)
+    }
+
+    /// [`Outbox::take`], and with `park`, when it took something but less than
+    /// [`PARK_BELOW`] items (and the session was not kicked): pushes do not wake the session from now on, the [`Coalescer`]'s next tick
+    /// does (write coalescing, while the server is busy). [`Taken::park`] says whether the
+    /// outbox has to be put on the coalescer's list.
+    pub fn take_with(&self, limit: u64, park: bool) -> Taken {
         let mut s = self.lock();
         s.woken = false;
         let mut taken = match s.acks.is_some() {
@@ -341,8 +361,35 @@ impl Outbox {
         };
         taken.kicked = s.kicked;
         taken.presence_end = s.presence_end;
+        if park && (1..PARK_BELOW).contains(&taken.items.len()) && s.kicked.is_none() {
+            s.woken = true;
+            taken.park = !std::mem::replace(&mut s.listed, true);
+        }
         self.publish_bytes(&s);
         taken
+    }
+
+    /// The coalescer's tick: the session is woken to take what was queued since it was
+    /// parked (the permit is stored if it is busy).
+    fn unpark(&self) {
+        self.lock().listed = false;
+        self.notify.notify_one();
+    }
+
+    /// Gives back the queue of a [`Taken`] once its items are written: the outbox keeps its
+    /// allocation (at most [`KEEP_CAPACITY`] items), so that the next push, under the hub's
+    /// lock, does not allocate, nor the drain free. An outbox that holds a queue with room
+    /// already keeps its own.
+    pub fn recycle(&self, mut items: VecDeque<Queued>) {
+        if items.capacity() == 0 || items.capacity() > KEEP_CAPACITY {
+            return;
+        }
+        // The items' bytes are released outside the lock.
+        items.clear();
+        let mut s = self.lock();
+        if s.items.capacity() == 0 {
+            s.items = items;
+        }
     }
 
     /// [`Outbox::take`] with acknowledged delivery.
@@ -410,6 +457,108 @@ impl Outbox {
     /// Waits until something was queued or the session was kicked since the last wake-up.
     pub async fn changed(&self) {
         self.notify.notified().await;
+    }
+}
+
+/// When sessions coalesce their writes under load: while the server delivers at least
+/// [`Coalesce::above_per_sec`] items a second, a session that took one to three items from
+/// its outbox is not woken by the next pushes but once per [`Coalesce::period`], to write
+/// everything queued meanwhile at once (docs/ARCHITECTURE.md, the outbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coalesce {
+    /// How long a parked session waits before it takes and writes what was queued: the
+    /// coalescer's tick, the most latency coalescing adds.
+    pub period: Duration,
+    /// Sessions coalesce while the hub delivers at least this many items a second
+    /// (measured over the last tick); below, every push wakes its session at once.
+    pub above_per_sec: u64,
+}
+
+/// The default [`Coalesce`]: 20 ms ticks, from 400 000 deliveries a second.
+pub const DEFAULT_COALESCE: Coalesce = Coalesce {
+    period: Duration::from_millis(20),
+    above_per_sec: 400_000,
+};
+
+/// A take of this many items or more does not park its session: its writes are batched
+/// already (a flood), and parking would only hold back its echoes, and with them its
+/// senders' windows.
+const PARK_BELOW: usize = 4;
+
+/// How often the coalescer looks at the delivery rate while nothing is parked and it is
+/// not busy.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// Write coalescing under load. At a fixed rate, every message reaches each recipient
+/// alone: one wake-up, one `take` and one `write` (and, on loopback, one wake-up of the
+/// reader) per delivery, which at a million deliveries a second is more than the machine
+/// has. While the hub delivers more than [`Coalesce::above_per_sec`], a session that took
+/// something is *parked* ([`Outbox::take_with`]): the pushes that follow do not wake it,
+/// and its outbox goes on a list that the coalescer's tick (every [`Coalesce::period`])
+/// walks, waking each session once to take and write everything queued meanwhile in one
+/// drain. A session that finds nothing at the tick is no longer parked; the first push
+/// wakes it at once again. Kicks always wake at once; the bounds and the order of the
+/// outbox are unchanged (a parked outbox fills, and cuts its session off, as any other).
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    busy: AtomicBool,
+    parked: Mutex<Vec<Arc<Outbox>>>,
+}
+
+impl Coalescer {
+    /// Whether sessions park after a take now.
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Puts a parked session's outbox on the list the next tick wakes.
+    pub fn park(&self, outbox: Arc<Outbox>) {
+        self.parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(outbox);
+    }
+
+    /// One tick: sets whether sessions park from now on, and wakes every parked session.
+    pub fn tick(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+        let parked = std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
+        for outbox in parked {
+            outbox.unpark();
+        }
+    }
+
+    /// Ticks every `config.period` while busy or while sessions are parked (otherwise
+    /// looks every [`IDLE_CHECK`]), measuring the delivery rate with `delivered` (the
+    /// hub's count of items queued); until `shutdown`, after which it wakes those parked
+    /// and stops.
+    pub async fn run(
+        &self,
+        config: Coalesce,
+        delivered: impl Fn() -> u64,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut last = (tokio::time::Instant::now(), delivered());
+        loop {
+            let idle = !self.busy()
+                && self
+                    .parked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+            let wait = if idle { IDLE_CHECK } else { config.period };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let now = (tokio::time::Instant::now(), delivered());
+            let secs = now.0.duration_since(last.0).as_secs_f64();
+            let rate = now.1.saturating_sub(last.1) as f64 / secs.max(1e-3);
+            last = now;
+            self.tick(rate >= config.above_per_sec as f64);
+        }
+        self.tick(false);
     }
 }
 
@@ -630,6 +779,141 @@ mod tests {
         let t = o.take(ALL);
         assert_eq!(t.kicked, Some(KickReason::SlowConsumer));
         assert!(t.items.is_empty());
+    }
+
+    #[test]
+    fn a_recycled_queue_is_kept_small_and_loses_nothing() {
+        let o = Outbox::new(items(64));
+        o.push(0, frame("a")).unwrap();
+        o.push(0, frame("b")).unwrap();
+        let t = o.take(ALL);
+        let room = t.items.capacity();
+        assert!((1..=KEEP_CAPACITY).contains(&room));
+        o.recycle(t.items);
+        // Kept: the next push does not allocate, and the bounds still count.
+        assert_eq!(o.lock().items.capacity(), room);
+        assert_eq!((o.lock().items.len(), o.queued_bytes()), (0, 0));
+        o.push(0, frame("c")).unwrap();
+        // Something was pushed into a fresh queue meanwhile: that one stays, with its item.
+        let t = o.take(ALL);
+        o.push(0, frame("d")).unwrap();
+        o.recycle(t.items);
+        assert_eq!(texts(&o.take(ALL).items), vec![&b"d"[..]]);
+        // A queue grown past the limit is freed, not kept.
+        for i in 0..(KEEP_CAPACITY + 1) as u64 {
+            o.push(i, frame("e")).unwrap();
+        }
+        let t = o.take(ALL);
+        assert!(t.items.capacity() > KEEP_CAPACITY);
+        o.recycle(t.items);
+        assert_eq!(o.lock().items.capacity(), 0);
+    }
+
+    #[test]
+    fn a_parked_session_is_woken_by_the_tick_and_gets_everything_in_order_and_bounded() {
+        let c = Coalescer::default();
+        let o = Outbox::new(Limits { items: 3, bytes: 6 });
+        o.push(1, frame("a")).unwrap();
+        assert!(woken(&o));
+        // Taken while busy: parked, to be listed once.
+        let t = o.take_with(ALL, true);
+        assert_eq!((texts(&t.items), t.park), (vec![&b"a"[..]], true));
+        c.park(o.clone());
+        // Pushes no longer wake the session; they are bounded and ordered as ever.
+        o.push(2, frame("b")).unwrap();
+        o.push(3, frame("c")).unwrap();
+        assert!(!woken(&o));
+        assert!(!o.take_with(ALL, true).park, "listed already");
+        o.push(4, frame("d")).unwrap();
+        o.push(5, frame("e")).unwrap();
+        o.push(6, frame("f")).unwrap();
+        assert_eq!(o.push(7, frame("g")), Err(Full));
+        assert!(!woken(&o));
+        // The tick wakes it: one drain takes everything queued meanwhile, in order.
+        c.tick(true);
+        assert!(c.busy());
+        assert!(woken(&o));
+        let t = o.take_with(ALL, true);
+        assert_eq!(texts(&t.items), vec![&b"d"[..], b"e", b"f"]);
+        assert_eq!(t.items.iter().map(|q| q.seq).collect::<Vec<_>>(), [4, 5, 6]);
+        assert!(t.park);
+        // A batch of PARK_BELOW items or more is written as it comes: not parked.
+        let big = Outbox::new(items(8));
+        for i in 0..PARK_BELOW as u64 {
+            big.push(i, frame("x")).unwrap();
+        }
+        let t = big.take_with(ALL, true);
+        assert_eq!((t.items.len(), t.park), (PARK_BELOW, false));
+        big.push(9, frame("y")).unwrap();
+        assert!(woken(&big));
+        c.park(o.clone());
+        // Nothing queued at the next tick: no longer parked, and the next push wakes it.
+        c.tick(false);
+        assert!(woken(&o));
+        let t = o.take_with(ALL, c.busy());
+        assert!(t.items.is_empty() && !t.park);
+        o.push(8, frame("h")).unwrap();
+        assert!(woken(&o));
+        // A kick wakes a parked session at once.
+        let t = o.take_with(ALL, true);
+        assert!(t.park);
+        o.push(9, frame("i")).unwrap();
+        assert!(!woken(&o));
+        o.kick(KickReason::SlowConsumer);
+        assert!(woken(&o));
+        assert_eq!(
+            o.take_with(ALL, true).kicked,
+            Some(KickReason::SlowConsumer)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_coalescer_ticks_while_busy_and_wakes_the_parked_on_shutdown() {
+        use std::sync::atomic::AtomicU64;
+        let c = Arc::new(Coalescer::default());
+        let delivered = Arc::new(AtomicU64::new(0));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let config = Coalesce {
+            period: Duration::from_millis(20),
+            above_per_sec: 1000,
+        };
+        let run = tokio::spawn({
+            let (c, delivered, shutdown) = (c.clone(), delivered.clone(), shutdown.clone());
+            async move {
+                let count = || delivered.load(Ordering::Relaxed);
+                c.run(config, count, shutdown).await;
+            }
+        });
+        // Idle: looked at every IDLE_CHECK, not busy.
+        tokio::time::sleep(IDLE_CHECK + Duration::from_millis(1)).await;
+        assert!(!c.busy());
+        // 100 deliveries in the next idle check's 250 ms: 400 a second, below the mark.
+        delivered.store(100, Ordering::Relaxed);
+        tokio::time::sleep(IDLE_CHECK).await;
+        assert!(!c.busy());
+        // 1000 in 250 ms: busy, and from then on a tick every 20 ms.
+        delivered.store(1100, Ordering::Relaxed);
+        tokio::time::sleep(IDLE_CHECK).await;
+        assert!(c.busy());
+        let o = Outbox::new(items(8));
+        o.push(0, frame("a")).unwrap();
+        assert!(woken(&o));
+        assert!(o.take_with(ALL, true).park);
+        c.park(o.clone());
+        o.push(0, frame("b")).unwrap();
+        assert!(!woken(&o));
+        // 20 more in 20 ms: still busy; the tick woke the parked session.
+        delivered.store(1120, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(c.busy());
+        assert!(woken(&o));
+        assert!(o.take_with(ALL, true).park);
+        c.park(o.clone());
+        // The shutdown wakes whoever is parked, and the coalescer stops.
+        shutdown.cancel();
+        run.await.unwrap();
+        assert!(!c.busy());
+        assert!(woken(&o));
     }
 
     #[tokio::test]

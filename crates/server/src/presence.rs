@@ -331,6 +331,9 @@ pub struct Drained {
     pub kicked: Option<KickReason>,
     /// There is more to write: drain again once this is written.
     pub more: bool,
+    /// The drain parked the session: its outbox goes on the coalescer's list
+    /// ([`crate::outbox::Coalescer::park`]).
+    pub park: bool,
 }
 
 /// A session's place in the log: the number of the next notice it writes.
@@ -362,11 +365,27 @@ impl Reader {
     /// # Errors
     /// [`Passed`] when notices this session was due are no longer in the log (the items it
     /// took by then are written all the same).
+    #[cfg(test)]
     pub fn drain(
         &mut self,
         log: &PresenceLog,
         outbox: &Outbox,
         sink: &mut impl Sink,
+    ) -> Result<Drained, Passed> {
+        self.drain_with(log, outbox, sink, false)
+    }
+
+    /// [`Reader::drain`], parking the session when it takes something with `park`
+    /// ([`Outbox::take_with`]: write coalescing).
+    ///
+    /// # Errors
+    /// As [`Reader::drain`].
+    pub fn drain_with(
+        &mut self,
+        log: &PresenceLog,
+        outbox: &Outbox,
+        sink: &mut impl Sink,
+        park: bool,
     ) -> Result<Drained, Passed> {
         let head = log.head();
         if log.passed(self.cursor) {
@@ -378,9 +397,12 @@ impl Reader {
         #[cfg(test)]
         std::thread::yield_now();
         let limit = self.cursor.saturating_add(MAX_NOTICES_PER_DRAIN);
-        let taken = outbox.take(limit);
+        let taken = outbox.take_with(limit, park);
         let end = taken.presence_end.unwrap_or(u64::MAX);
-        if taken.items.len() > 1 {
+        if !taken.items.is_empty() {
+            // Even for one item: a write buffer grown from empty, part by part, would be
+            // reallocated three or four times (4 bytes, the frame's head, the object, the
+            // tail).
             sink.reserve(&taken.items);
         }
         let mut passed = false;
@@ -391,6 +413,7 @@ impl Reader {
             passed = passed || self.write_notices(log, q.seq.min(end), sink).is_err();
             sink.item(&q.item);
         }
+        outbox.recycle(taken.items);
         if passed {
             return Err(Passed);
         }
@@ -401,6 +424,7 @@ impl Reader {
         Ok(Drained {
             kicked: taken.kicked,
             more: taken.more || self.cursor < due,
+            park: taken.park,
         })
     }
 
