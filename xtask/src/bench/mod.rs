@@ -19,7 +19,7 @@
 
 mod loadgen;
 mod markdown;
-mod redis;
+pub(crate) mod redis;
 mod results;
 mod server;
 mod suite;
@@ -79,8 +79,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !args.no_build {
         build(&root)?;
     }
-    let server_bin = ServerBin::probe(root.join("target/release/simpletextim-server"))?;
-    let loadgen_bin = root.join("target/release/simpletextim-loadgen");
+    let release = target_dir(&root).join("release");
+    let server_bin = ServerBin::probe(release.join("simpletextim-server"))?;
+    let loadgen_bin = release.join("simpletextim-loadgen");
     let out_dir = if args.quick {
         root.join("target/bench-quick")
     } else {
@@ -158,14 +159,15 @@ fn report_only(root: &Path, quick: bool) -> anyhow::Result<()> {
 
 /// `cargo build --release` of the server and the load generator.
 fn build(root: &Path) -> anyhow::Result<()> {
-    let args = [
-        "build",
-        "--release",
-        "-p",
-        "simpletextim-server",
-        "-p",
-        "simpletextim-loadgen",
-    ];
+    cargo_build_release(root, &["simpletextim-server", "simpletextim-loadgen"])
+}
+
+/// `cargo build --release -p P` of each package `P`.
+pub(crate) fn cargo_build_release(root: &Path, packages: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--release"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
@@ -367,8 +369,17 @@ fn write_report(doc: &Results, out_dir: &Path, md_path: &Path) -> anyhow::Result
     )
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace root), else
+/// `target` in the root.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
 /// The workspace root: the parent of xtask's own directory.
-fn workspace_root() -> anyhow::Result<PathBuf> {
+pub(crate) fn workspace_root() -> anyhow::Result<PathBuf> {
     let dir = std::env::var("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .or_else(|_| std::env::current_dir())?;
