@@ -39,6 +39,8 @@ pub use pg::Postgres;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node may take to subscribe to the bus after it listens.
+const BUS_WAIT: Duration = Duration::from_secs(10);
 /// How long `migrate` may take.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -228,6 +230,24 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
+    /// Waits (at most [`BUS_WAIT`]) for the node to log that it has subscribed to the bus:
+    /// until then, it answers messages with `fail 503`. A node whose log never says so (a
+    /// quieter `RUST_LOG`) is used all the same, with a note.
+    fn wait_for_bus(&self) {
+        let until = Instant::now() + BUS_WAIT;
+        while Instant::now() < until {
+            let text = fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains("bus subscribed") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "{}: no `cluster bus subscribed` in its log within {BUS_WAIT:?}; going on",
+            self.id
+        );
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -304,12 +324,19 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// User + system CPU seconds of each node (in order), then of `redis-server`; `None`
+    /// User + system CPU seconds so far of each node (in order), of `redis-server` and of
+    /// PostgreSQL (the postmaster, its backends, and the backends that have exited); `None`
     /// where `/proc` cannot tell.
-    pub fn cpu_seconds(&self) -> (Vec<Option<f64>>, Option<f64>) {
-        let nodes = self.nodes.iter().map(|n| cpu_seconds(n.pid())).collect();
-        let redis = self.redis.as_ref().and_then(RedisServer::cpu_seconds);
-        (nodes, redis)
+    pub fn cpu_seconds(&self) -> ClusterCpu {
+        ClusterCpu {
+            nodes: self.nodes.iter().map(|n| cpu_seconds(n.pid())).collect(),
+            redis: self.redis.as_ref().and_then(RedisServer::cpu_seconds),
+            postgres: self
+                .pg
+                .as_ref()
+                .and_then(Postgres::pid)
+                .and_then(process_tree_cpu_seconds),
+        }
     }
 
     /// Appends `SIG PID` to the watchdog's list.
@@ -401,6 +428,7 @@ impl Cluster {
             if let Some(addr) = addr_after(&text, "listening on ") {
                 node.addr = addr;
                 node.http_addr = addr_after(&text, "HTTP on ");
+                node.wait_for_bus();
                 return Ok(node);
             }
             if let Some(status) = node.child.try_wait()? {
@@ -484,6 +512,65 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// CPU seconds of the parts of a cluster, [`Cluster::cpu_seconds`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterCpu {
+    /// Each node's, in order.
+    pub nodes: Vec<Option<f64>>,
+    /// `redis-server`'s.
+    pub redis: Option<f64>,
+    /// PostgreSQL's, its backends included.
+    pub postgres: Option<f64>,
+}
+
+impl ClusterCpu {
+    /// What was spent between `before` and `self`, part by part: (each node, Redis,
+    /// PostgreSQL); the nodes' `None` unless every node's is known.
+    pub fn since(&self, before: &ClusterCpu) -> (Option<Vec<f64>>, Option<f64>, Option<f64>) {
+        let nodes = self
+            .nodes
+            .iter()
+            .zip(&before.nodes)
+            .map(|(a, b)| Some((*a)? - (*b)?))
+            .collect();
+        let diff = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        (
+            nodes,
+            diff(self.redis, before.redis),
+            diff(self.postgres, before.postgres),
+        )
+    }
+}
+
+/// CPU seconds of process `pid` (with its waited-for children) and of its children still
+/// running: PostgreSQL's postmaster and backends.
+fn process_tree_cpu_seconds(pid: u32) -> Option<f64> {
+    let own = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut total = simpletextim_loadgen::stats::parse_cpu_seconds(&own, true)?;
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue; // gone meanwhile
+        };
+        if parent_pid(&stat) == Some(pid) {
+            total += simpletextim_loadgen::stats::parse_cpu_seconds(&stat, false).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
+/// The parent's pid in a `/proc/PID/stat` text (field 4).
+fn parent_pid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// User + system CPU seconds of process `pid` so far; `None` where `/proc` cannot tell.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -539,6 +626,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_the_parent_pid() {
+        let stat = "4242 (postgres: wal writer) S 4200 4200 4200 0 -1 4194368 100 0 0 0 7 3 0 0";
+        assert_eq!(parent_pid(stat), Some(4200));
+        assert_eq!(parent_pid("4242 (x"), None);
+    }
+
+    #[test]
     fn reads_addresses_from_the_log() {
         let log = "2026-12-01T16:00:00Z  INFO simpletextim_server: HTTP on 127.0.0.1:8001: the web client at http://127.0.0.1:8001/, WebSocket at /ws\n\
                    2026-12-01T16:00:00Z  INFO simpletextim_server: listening on 127.0.0.1:7001\n";
@@ -588,9 +682,12 @@ mod tests {
         let mut cluster = Cluster::start(&config).expect("the cluster starts");
         let url = cluster.database_url();
         assert!(url.starts_with("postgres://postgres:"), "{url}");
-        let (nodes, redis_cpu) = cluster.cpu_seconds();
-        assert!(nodes.is_empty());
-        assert!(redis_cpu.is_some());
+        let cpu = cluster.cpu_seconds();
+        assert!(cpu.nodes.is_empty());
+        assert!(cpu.redis.is_some());
+        assert!(cpu.postgres.is_some_and(|s| s > 0.0), "{cpu:?}");
+        let (nodes, redis, pg) = cpu.since(&cpu);
+        assert_eq!((nodes, redis, pg), (Some(vec![]), Some(0.0), Some(0.0)));
         let pg_pid = cluster
             .pg
             .as_ref()
