@@ -51,6 +51,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// its users from the registry and announces them `left`.
 pub const NODE_EXPIRY: Duration = Duration::from_secs(5);
 
+/// A public message is refused (`fail 503`) while fewer nodes listen on the bus than said
+/// they were alive within this window: one of them would miss it.
+pub const LIVE_WINDOW: Duration = Duration::from_millis(2500);
+
 /// Departures (a local session removed with `left`) waiting for the bus. When full, the
 /// departure is dropped and a resynchronisation of this node's users is due instead
 /// (which removes what the dropped ones would have).
@@ -367,8 +371,16 @@ impl Cluster {
             json_ref(r#ref),
         );
         let mut inv = self.scripts.public.key(IDS);
-        inv.arg(floor).arg(BUS).arg(body);
+        inv.key(NODES)
+            .arg(floor)
+            .arg(BUS)
+            .arg(body)
+            .arg(LIVE_WINDOW.as_millis() as u64);
         let (id, _ts): (u64, u64) = self.invoke("publish", &inv).await?;
+        if id == 0 {
+            tracing::debug!("public message refused: a node is not subscribed to the bus");
+            return Err(unavailable());
+        }
         Ok(id)
     }
 
@@ -701,7 +713,7 @@ impl Cluster {
         stream: &mut redis::aio::PubSubStream,
         shutdown: &CancellationToken,
     ) {
-        let mut ping = tokio::time::interval(HEARTBEAT);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -712,7 +724,7 @@ impl Cluster {
                     None => return,
                 },
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<String>()).await;
+                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         return;
                     }

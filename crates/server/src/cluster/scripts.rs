@@ -25,9 +25,17 @@ local function next_id(floor)
 end
 "#;
 
-/// A public message. KEYS: counter. ARGV: floor, bus channel, body (the JSON members after
-/// `id` and `ts`). Publishes `{"id":…,"ts":…,BODY}` on the bus; returns `{id, ts}`.
+/// A public message. KEYS: counter, nodes. ARGV: floor, bus channel, body (the JSON members
+/// after `id` and `ts`), live window (ms). Refused (`{0, 0}`, nothing numbered or
+/// published) when fewer subscribers listen on the bus than nodes said they were alive
+/// within the window: a node is resubscribing (or just died), and would miss it. Otherwise
+/// publishes `{"id":…,"ts":…,BODY}` on the bus; returns `{id, ts}`.
 const PUBLIC: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[4]), '+inf')
+local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[2])[2]
+if subs < live then return {0, 0} end
 local id, ms = next_id(ARGV[1])
 redis.call('PUBLISH', ARGV[2], '{"id":' .. fmt(id) .. ',"ts":' .. fmt(ms) .. ',' .. ARGV[3] .. '}')
 return {id, ms}
