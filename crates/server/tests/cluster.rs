@@ -49,6 +49,8 @@ impl Node {
                 "--exempt-loopback",
                 "--rate-limit",
                 "0",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--node-id",
                 node_id,
             ])
@@ -93,6 +95,33 @@ impl Node {
 
     fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The node's metrics (`--metrics-listen`), as text.
+    async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .log()
+            .iter()
+            .find_map(|l| {
+                l.split("metrics on http://")
+                    .nth(1)
+                    .map(|a| a.trim_end_matches("/metrics").trim().to_owned())
+            })
+            .expect("the metrics address in the log");
+        let mut s = timeout(WAIT, TcpStream::connect(addr.as_str()))
+            .await
+            .unwrap()
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        timeout(WAIT, s.read_to_string(&mut text))
+            .await
+            .unwrap()
+            .unwrap();
+        text
     }
 
     /// Logs `user` in (password `pw-USER`, the account created by the first login) and
@@ -564,6 +593,11 @@ async fn a_redis_restart_answers_503_meanwhile_and_the_cluster_recovers() {
     };
     assert!(after > before);
     bob.expect(public("alice", "after", after, ts)).await;
+    // Counted: one subscription lost, subscribed again.
+    let metrics = a.metrics().await;
+    for series in ["_cluster_bus_lost_total 1\n", "_cluster_bus_up 1\n"] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
     // And the private path works across nodes again.
     bob.send(json!({"command":"send","to":"alice","message":"ok"}))
         .await;
