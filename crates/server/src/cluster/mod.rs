@@ -566,6 +566,7 @@ impl Cluster {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut first = true;
         loop {
             tokio::select! {
                 biased;
@@ -585,7 +586,9 @@ impl Cluster {
                     if std::mem::take(&mut failing) {
                         tracing::info!("cluster heartbeat sent again");
                     }
-                    if reaped == 1 {
+                    // The first heartbeat of this process may find the mark of an earlier
+                    // process of the same node id that was reaped: nothing of it is here.
+                    if reaped == 1 && !std::mem::replace(&mut first, false) {
                         tracing::warn!(
                             "this node was declared dead by the cluster while cut off; ending its sessions"
                         );
