@@ -629,3 +629,69 @@ fn the_cluster_flags_are_checked_and_the_password_never_shown() {
     assert!(err.contains("--database"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+/// Sends one command to Redis on a connection of its own (RESP), returns its first line.
+async fn redis_command(addr: SocketAddr, args: &[&str]) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut s = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(cmd.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    let mut r = tokio::io::BufReader::new(s);
+    timeout(WAIT, r.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    line
+}
+
+/// A subscriber cut off by Redis (`CLIENT KILL TYPE pubsub`: the server closes the
+/// connection, as its pub/sub output buffer limit does) is a lost subscription: logged,
+/// counted, subscribed again; the sessions stay, and chat goes on between the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_cut_off_by_redis_subscribes_again() {
+    let db = pg::migrated_database().await;
+    let bus = redis::RedisServer::start();
+    let (a, b) = (Node::start(&db, &bus, "a"), Node::start(&db, &bus, "b"));
+    let alice = a.login("alice").await;
+    let mut bob = b.login("bob").await;
+    let kill = ["CLIENT", "KILL", "TYPE", "pubsub"];
+    assert_eq!(redis_command(bus.addr(), &kill).await, ":2\r\n");
+    let deadline = Instant::now() + WAIT;
+    for node in [&a, &b] {
+        while !node.log().iter().any(|l| l.contains("subscription lost")) {
+            assert!(Instant::now() < deadline, "the cut-off was not noticed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut alice = drain_messages(alice).await;
+    // Subscribed again: chat goes on between the nodes.
+    let deadline = Instant::now() + WAIT;
+    let (id, ts) = loop {
+        assert!(Instant::now() < deadline, "the bus did not come back");
+        alice
+            .send(json!({"command":"send","message":"back","ref":1}))
+            .await;
+        let got = alice.next().await;
+        if got == unavailable(json!(1)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let m = &got["messages"][0];
+        break (m["id"].as_u64().unwrap(), m["ts"].as_u64().unwrap());
+    };
+    bob.expect(public("alice", "back", id, ts)).await;
+    let metrics = a.metrics().await;
+    assert!(
+        !metrics.contains("_cluster_bus_lost_total 0\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("_cluster_bus_up 1\n"), "{metrics}");
+    drop((a, b));
+}
