@@ -2,12 +2,12 @@
 //! and Redis as the bus and the presence registry (`--cluster-redis URL`). See
 //! `docs/CLUSTER.md` for the data model, every message path and the failure table.
 //!
-//! **The seam.** [`crate::Shared::cluster`] is `None` in a single process: the sessions
+//! **The seam.** `Shared::cluster` is `None` in a single process: the sessions
 //! and the hub take their usual paths, with one `Option` test and nothing allocated or
-//! locked more. With a cluster, the sessions ask Redis (one Lua script, [`scripts`]) for a
+//! locked more. With a cluster, the sessions ask Redis (one Lua script, `scripts.rs`) for a
 //! message's id and its PUBLISH in one atomic step, and every node, the sender's too, gets
 //! each message once from its subscription and fans it out to its own sessions through the
-//! hub's encode-once path ([`Hub::deliver_public`], [`Hub::deliver_private`]).
+//! hub's encode-once path (`Hub::deliver_public`, `Hub::deliver_private`).
 //!
 //! **One subscriber connection per node** subscribes to the bus channel (public messages,
 //! `joined`, `left`) and to its node channel (private messages, echoes, takeovers): Redis
@@ -17,7 +17,7 @@
 //! **Redis unavailable.** While the subscriber is not connected (or a script fails), what
 //! needs the bus (`send`, `list`, `login`) answers `fail 503` ([`BUS_UNAVAILABLE`]) and the
 //! sessions stay open. The subscriber reconnects with back-off, and once subscribed
-//! registers this node's users again ([`scripts`]' `SYNC`): a restarted Redis lost them.
+//! registers this node's users again (the `SYNC` script): a restarted Redis lost them.
 
 mod scripts;
 
@@ -264,7 +264,7 @@ fn json_ref(r: Option<&Bytes>) -> String {
 }
 
 impl Cluster {
-    /// Connects to Redis (the command connection; the subscriber connects in [`run`]).
+    /// Connects to Redis (the command connection; the subscriber connects in `Cluster::run`).
     ///
     /// # Errors
     /// Redis unreachable.
