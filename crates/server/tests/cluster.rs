@@ -414,6 +414,25 @@ async fn three_nodes_share_chat_presence_and_takeover() {
         .expect(json!({"command":"list","list":["alice","bob"]}))
         .await;
     bob2.expect_nothing(Duration::from_millis(300)).await;
+
+    // Node C shuts down (SIGTERM): its user is told, and closed; the others are told at
+    // once that bob left (not after the expiry, by reaping).
+    let started = Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &c.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(
+        bob2.until_closed().await,
+        vec![json!({"command":"fail","fail":{"error_code":503,"reason":"server shutting down"}})]
+    );
+    alice.expect(left("bob")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     drop((a, b, c));
 }
 

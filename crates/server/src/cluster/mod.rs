@@ -521,6 +521,25 @@ impl Cluster {
             self.run_heartbeat(&shared.hub, &shutdown),
             departures,
         );
+        self.retire().await;
+    }
+
+    /// At shutdown: removes this node and its users from the registry, with `left` for
+    /// each to the other nodes (rather than after [`NODE_EXPIRY`], by reaping). Bounded by
+    /// [`COMMAND_TIMEOUT`]; if Redis cannot be reached, the others reap this node instead.
+    async fn retire(&self) {
+        let mut inv = self.scripts.retire.key(PRESENCE);
+        inv.key(NODES).arg(&self.node).arg(BUS).arg(USERS);
+        let mut c = self.conn.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, inv.invoke_async::<i64>(&mut c)).await {
+            Ok(Ok(_)) => tracing::info!(node = %self.node, "left the cluster"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot leave the cluster; the others will reap this node")
+            }
+            Err(_) => {
+                tracing::warn!("leaving the cluster timed out; the others will reap this node")
+            }
+        }
     }
 
     /// Sends this node's departures to the registry, in order.
