@@ -2377,4 +2377,125 @@ mod tests {
         println!("{N} members: a login and a logout take {per_pair:?} (both under the hub's lock)");
         assert!(members.iter().all(|m| m.take(ALL).items.is_empty()));
     }
+
+    fn bus_private(from: &str, to: &str, id: u64) -> BusPrivate {
+        BusPrivate {
+            from: UserId::new(from).expect("valid id"),
+            to: UserId::new(to).expect("valid id"),
+            text: "hi".into(),
+            id,
+            ts: 7,
+            deliver: true,
+            stored: false,
+            echo: None,
+        }
+    }
+
+    #[test]
+    fn a_public_message_from_the_bus_keeps_its_id_and_only_the_senders_copy_has_the_ref() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = member(&hub, 2, "bob");
+        let _ = frames(&hub, &alice);
+        let from = UserId::new("alice").expect("valid id");
+        let r = Bytes::from_static(b"\"r1\"");
+        hub.deliver_public(&from, "hello", (5000, 5), Some((1, Some(r))), None);
+        hub.deliver_public(&from, "again", (4000, 4), None, None);
+        let hello = r#"{"user_id":"alice","message":"hello","to":"*","id":5000,"ts":5}"#;
+        let again = r#"{"user_id":"alice","message":"again","to":"*","id":4000,"ts":4}"#;
+        let taken = alice.take(ALL);
+        let items: Vec<&Out> = taken.items.iter().map(|q| &q.item).collect();
+        match items[..] {
+            [Out::Echo(e), Out::Chat(b)] => {
+                assert_eq!(
+                    (&e.r#ref[..], &e.obj[..]),
+                    (&b"\"r1\""[..], hello.as_bytes())
+                );
+                assert_eq!(&b[..], again.as_bytes());
+            }
+            _ => panic!("{items:?}"),
+        }
+        assert_eq!(frames(&hub, &bob), [hello, again]);
+        // The highest id seen is the floor of the next ones asked for.
+        assert_eq!(hub.last_id(), 5000);
+    }
+
+    #[tokio::test]
+    async fn a_private_message_from_the_bus_for_a_user_gone_goes_to_the_mailbox() {
+        let store = Arc::new(MemoryStore::new(10));
+        for name in ["alice", "bob"] {
+            store
+                .create_account(crate::store::Account {
+                    user_id: UserId::new(name).expect("valid id"),
+                    password_hash: "x".into(),
+                    created_ms: 1,
+                })
+                .await
+                .expect("created");
+        }
+        let hub = Hub::new(store.clone(), 0);
+        let alice = member(&hub, 1, "alice");
+        // Bob is not on this node (left meanwhile): kept; alice's echo is hers.
+        let mut p = bus_private("alice", "bob", 9000);
+        p.echo = Some((1, None));
+        hub.deliver_private(p, None);
+        assert_eq!(
+            frames(&hub, &alice),
+            [r#"{"user_id":"alice","message":"hi","to":"bob","id":9000,"ts":7}"#]
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pending = loop {
+            let p = store.pending("bob".into()).await.expect("read");
+            if !p.is_empty() || Instant::now() > deadline {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [9000]);
+        // Bob logs in here, and a message already in his mailbox is delivered from it,
+        // then deleted there.
+        let bob = member(&hub, 2, "bob");
+        let mut p = bus_private("alice", "bob", 9000);
+        p.stored = true;
+        hub.deliver_private(p, None);
+        assert_eq!(
+            frames(&hub, &bob),
+            [r#"{"user_id":"alice","message":"hi","to":"bob","id":9000,"ts":7}"#]
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.pending("bob".into()).await.expect("read").is_empty() {
+            assert!(Instant::now() < deadline, "not deleted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[test]
+    fn a_takeover_from_another_node_kicks_without_left_and_only_that_session() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = member(&hub, 2, "bob");
+        assert!(!hub.take_over_remote("bob", 99));
+        assert_eq!(bob.kicked(), None);
+        assert!(hub.take_over_remote("bob", 2));
+        assert_eq!(bob.kicked(), Some(KickReason::TakenOver));
+        assert_eq!(frames(&hub, &alice), [joined("bob")]);
+        // A user new to the cluster but taking over elsewhere joins without `joined`.
+        let _carol = hub
+            .join_as(
+                Member {
+                    conn_id: 3,
+                    user_id: UserId::new("carol").expect("valid id"),
+                    outbox: Outbox::new(crate::outbox::Limits {
+                        items: 8,
+                        bytes: 4096,
+                    }),
+                    login_ms: 1,
+                },
+                false,
+            )
+            .expect("joined");
+        assert!(frames(&hub, &alice).is_empty());
+        hub.remote_notice(Notice::left(&UserId::new("dave").expect("valid id")));
+        assert_eq!(frames(&hub, &alice), [left("dave")]);
+    }
 }

@@ -2,12 +2,12 @@
 //! and Redis as the bus and the presence registry (`--cluster-redis URL`). See
 //! `docs/CLUSTER.md` for the data model, every message path and the failure table.
 //!
-//! **The seam.** [`crate::Shared::cluster`] is `None` in a single process: the sessions
+//! **The seam.** `Shared::cluster` is `None` in a single process: the sessions
 //! and the hub take their usual paths, with one `Option` test and nothing allocated or
-//! locked more. With a cluster, the sessions ask Redis (one Lua script, [`scripts`]) for a
+//! locked more. With a cluster, the sessions ask Redis (one Lua script, `scripts.rs`) for a
 //! message's id and its PUBLISH in one atomic step, and every node, the sender's too, gets
 //! each message once from its subscription and fans it out to its own sessions through the
-//! hub's encode-once path ([`Hub::deliver_public`], [`Hub::deliver_private`]).
+//! hub's encode-once path (`Hub::deliver_public`, `Hub::deliver_private`).
 //!
 //! **One subscriber connection per node** subscribes to the bus channel (public messages,
 //! `joined`, `left`) and to its node channel (private messages, echoes, takeovers): Redis
@@ -17,7 +17,7 @@
 //! **Redis unavailable.** While the subscriber is not connected (or a script fails), what
 //! needs the bus (`send`, `list`, `login`) answers `fail 503` ([`BUS_UNAVAILABLE`]) and the
 //! sessions stay open. The subscriber reconnects with back-off, and once subscribed
-//! registers this node's users again ([`scripts`]' `SYNC`): a restarted Redis lost them.
+//! registers this node's users again (the `SYNC` script): a restarted Redis lost them.
 
 mod scripts;
 
@@ -50,6 +50,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node that has not said it is alive for this long is dead: one of the others removes
 /// its users from the registry and announces them `left`.
 pub const NODE_EXPIRY: Duration = Duration::from_secs(5);
+
+/// A public message is refused (`fail 503`) while fewer nodes listen on the bus than said
+/// they were alive within this window: one of them would miss it.
+pub const LIVE_WINDOW: Duration = Duration::from_millis(2500);
 
 /// Departures (a local session removed with `left`) waiting for the bus. When full, the
 /// departure is dropped and a resynchronisation of this node's users is due instead
@@ -260,7 +264,7 @@ fn json_ref(r: Option<&Bytes>) -> String {
 }
 
 impl Cluster {
-    /// Connects to Redis (the command connection; the subscriber connects in [`run`]).
+    /// Connects to Redis (the command connection; the subscriber connects in `Cluster::run`).
     ///
     /// # Errors
     /// Redis unreachable.
@@ -367,8 +371,16 @@ impl Cluster {
             json_ref(r#ref),
         );
         let mut inv = self.scripts.public.key(IDS);
-        inv.arg(floor).arg(BUS).arg(body);
+        inv.key(NODES)
+            .arg(floor)
+            .arg(BUS)
+            .arg(body)
+            .arg(LIVE_WINDOW.as_millis() as u64);
         let (id, _ts): (u64, u64) = self.invoke("publish", &inv).await?;
+        if id == 0 {
+            tracing::debug!("public message refused: a node is not subscribed to the bus");
+            return Err(unavailable());
+        }
         Ok(id)
     }
 
@@ -509,6 +521,25 @@ impl Cluster {
             self.run_heartbeat(&shared.hub, &shutdown),
             departures,
         );
+        self.retire().await;
+    }
+
+    /// At shutdown: removes this node and its users from the registry, with `left` for
+    /// each to the other nodes (rather than after [`NODE_EXPIRY`], by reaping). Bounded by
+    /// [`COMMAND_TIMEOUT`]; if Redis cannot be reached, the others reap this node instead.
+    async fn retire(&self) {
+        let mut inv = self.scripts.retire.key(PRESENCE);
+        inv.key(NODES).arg(&self.node).arg(BUS).arg(USERS);
+        let mut c = self.conn.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, inv.invoke_async::<i64>(&mut c)).await {
+            Ok(Ok(_)) => tracing::info!(node = %self.node, "left the cluster"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot leave the cluster; the others will reap this node")
+            }
+            Err(_) => {
+                tracing::warn!("leaving the cluster timed out; the others will reap this node")
+            }
+        }
     }
 
     /// Sends this node's departures to the registry, in order.
@@ -554,6 +585,7 @@ impl Cluster {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut first = true;
         loop {
             tokio::select! {
                 biased;
@@ -573,7 +605,9 @@ impl Cluster {
                     if std::mem::take(&mut failing) {
                         tracing::info!("cluster heartbeat sent again");
                     }
-                    if reaped == 1 {
+                    // The first heartbeat of this process may find the mark of an earlier
+                    // process of the same node id that was reaped: nothing of it is here.
+                    if reaped == 1 && !std::mem::replace(&mut first, false) {
                         tracing::warn!(
                             "this node was declared dead by the cluster while cut off; ending its sessions"
                         );
@@ -701,7 +735,7 @@ impl Cluster {
         stream: &mut redis::aio::PubSubStream,
         shutdown: &CancellationToken,
     ) {
-        let mut ping = tokio::time::interval(HEARTBEAT);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -712,7 +746,7 @@ impl Cluster {
                     None => return,
                 },
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<String>()).await;
+                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         return;
                     }

@@ -25,9 +25,17 @@ local function next_id(floor)
 end
 "#;
 
-/// A public message. KEYS: counter. ARGV: floor, bus channel, body (the JSON members after
-/// `id` and `ts`). Publishes `{"id":…,"ts":…,BODY}` on the bus; returns `{id, ts}`.
+/// A public message. KEYS: counter, nodes. ARGV: floor, bus channel, body (the JSON members
+/// after `id` and `ts`), live window (ms). Refused (`{0, 0}`, nothing numbered or
+/// published) when fewer subscribers listen on the bus than nodes said they were alive
+/// within the window: a node is resubscribing (or just died), and would miss it. Otherwise
+/// publishes `{"id":…,"ts":…,BODY}` on the bus; returns `{id, ts}`.
 const PUBLIC: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[4]), '+inf')
+local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[2])[2]
+if subs < live then return {0, 0} end
 local id, ms = next_id(ARGV[1])
 redis.call('PUBLISH', ARGV[2], '{"id":' .. fmt(id) .. ',"ts":' .. fmt(ms) .. ',' .. ARGV[3] .. '}')
 return {id, ms}
@@ -140,6 +148,27 @@ end
 return reaped
 "#;
 
+/// A node shutting down. KEYS: presence, nodes. ARGV: node, bus channel, users set prefix.
+/// Its users still registered there are removed with `left` (node `""`: every node, this
+/// one too, announces it), its set deleted, and it leaves the nodes: the others learn at
+/// once what they would otherwise learn by reaping it.
+const RETIRE: &str = r#"
+local set = ARGV[3] .. ARGV[1]
+for _, u in ipairs(redis.call('SMEMBERS', set)) do
+  local e = redis.call('HGET', KEYS[1], u)
+  if e then
+    local node, conn, spelling = string.match(e, '^([^|]*)|([^|]*)|([^|]*)|')
+    if node == ARGV[1] then
+      redis.call('HDEL', KEYS[1], u)
+      redis.call('PUBLISH', ARGV[2], '{"k":"l","user":"' .. spelling .. '","node":""}')
+    end
+  end
+end
+redis.call('DEL', set)
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"#;
+
 /// This node's users, registered again (after Redis restarted or the subscriber was cut
 /// off). KEYS: presence. ARGV: node, the highest conn id handed out before the snapshot,
 /// users set prefix, bus channel, then key and entry of each local user. Entries of this
@@ -191,6 +220,7 @@ pub(super) struct Scripts {
     pub leave: redis::Script,
     pub heartbeat: redis::Script,
     pub sync: redis::Script,
+    pub retire: redis::Script,
 }
 
 impl Scripts {
@@ -204,6 +234,7 @@ impl Scripts {
             leave: redis::Script::new(LEAVE),
             heartbeat: redis::Script::new(HEARTBEAT),
             sync: redis::Script::new(SYNC),
+            retire: redis::Script::new(RETIRE),
         }
     }
 }
