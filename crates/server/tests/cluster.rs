@@ -714,3 +714,59 @@ async fn a_subscriber_cut_off_by_redis_subscribes_again() {
     assert!(metrics.contains("_cluster_bus_up 1\n"), "{metrics}");
     drop((a, b));
 }
+
+/// A recipient with acknowledged delivery on another node gets its private messages through
+/// the mailbox (committed first, then delivered from there by its node), keeps them until
+/// it acks, and not after; a message to oneself is one copy, with the ref.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_delivery_and_messages_to_oneself_across_nodes() {
+    let db = pg::migrated_database().await;
+    let bus = redis::RedisServer::start();
+    let (a, b) = (Node::start(&db, &bus, "a"), Node::start(&db, &bus, "b"));
+    let mut alice = a.login("alice").await;
+    let mut bob = Conn::connect(b.addr, "bob").await;
+    bob.send(json!({"command":"login","user_id":"bob","password":"pw-bob","acks":true}))
+        .await;
+    bob.expect(json!({"command":"message","messages":[]})).await;
+    alice.expect(joined("bob")).await;
+
+    alice
+        .send(json!({"command":"send","to":"bob","message":"kept","ref":"k"}))
+        .await;
+    let echo = alice.next().await;
+    let m = &echo["messages"][0];
+    let (id, ts) = (m["id"].as_u64().unwrap(), m["ts"].as_u64().unwrap());
+    assert_eq!(
+        echo,
+        json!({"command":"message","messages":[{"ref":"k","user_id":"alice","message":"kept","to":"bob","id":id,"ts":ts}]})
+    );
+    bob.expect(private("alice", "bob", "kept", id, ts)).await;
+
+    // Not acked: it comes again with the next login (here on node A).
+    drop(bob);
+    alice.expect(left("bob")).await;
+    let mut bob = Conn::connect(a.addr, "bob").await;
+    bob.send(json!({"command":"login","user_id":"bob","password":"pw-bob","acks":true}))
+        .await;
+    bob.expect(json!({"command":"message","messages":[{"user_id":"alice","message":"kept","to":"bob","id":id,"ts":ts}]}))
+        .await;
+    alice.expect(joined("bob")).await;
+    // Acked: gone for good.
+    bob.send(json!({"command":"ack","id":id})).await;
+    bob.send(json!({"command":"send","to":"bob","message":"me","ref":2}))
+        .await;
+    let (m, id2, ts2) = bob.chat().await;
+    assert_eq!(
+        m,
+        json!({"ref":2,"user_id":"bob","message":"me","to":"bob","id":id2,"ts":ts2})
+    );
+    bob.send(json!({"command":"ack","id":id2})).await;
+    bob.expect_nothing(Duration::from_millis(300)).await;
+    bob.send(json!({"command":"exit"})).await;
+    assert!(bob.until_closed().await.is_empty());
+    alice.expect(left("bob")).await;
+    let mut bob = b.login("bob").await;
+    bob.expect_nothing(Duration::from_millis(300)).await;
+    alice.expect(joined("bob")).await;
+    drop((a, b));
+}
