@@ -39,6 +39,11 @@ struct Node {
 
 impl Node {
     fn start(db: &pg::TestDb, redis: &redis::RedisServer, node_id: &str) -> Node {
+        Node::start_on(db, &redis.url(), node_id)
+    }
+
+    /// A node on the Redis at `redis_url`.
+    fn start_on(db: &pg::TestDb, redis_url: &str, node_id: &str) -> Node {
         let mut child = Command::new(BIN)
             .args([
                 "--listen",
@@ -55,7 +60,7 @@ impl Node {
                 node_id,
             ])
             .env("SIMPLETEXTIM_DATABASE", &db.url)
-            .env("SIMPLETEXTIM_CLUSTER_REDIS", redis.url())
+            .env("SIMPLETEXTIM_CLUSTER_REDIS", redis_url)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -768,5 +773,57 @@ async fn acked_delivery_and_messages_to_oneself_across_nodes() {
     let mut bob = b.login("bob").await;
     bob.expect_nothing(Duration::from_millis(300)).await;
     alice.expect(joined("bob")).await;
+    drop((a, b));
+}
+
+/// A Redis that needs a password: both connections of each node authenticate, and the
+/// password is never in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_password_is_used_and_never_logged() {
+    let db = pg::migrated_database().await;
+    let bus = redis::RedisServer::start();
+    let set = ["CONFIG", "SET", "requirepass", "s3cret-bus"];
+    assert_eq!(redis_command(bus.addr(), &set).await, "+OK\r\n");
+    let url = format!("redis://:s3cret-bus@127.0.0.1:{}", bus.port());
+    let (a, b) = (
+        Node::start_on(&db, &url, "a"),
+        Node::start_on(&db, &url, "b"),
+    );
+    let mut alice = a.login("alice").await;
+    let mut bob = b.login("bob").await;
+    alice.expect(joined("bob")).await;
+    bob.send(json!({"command":"send","message":"hi"})).await;
+    let (_, id, ts) = bob.chat().await;
+    alice.expect(public("bob", "hi", id, ts)).await;
+    for node in [&a, &b] {
+        let log = node.log().join("\n");
+        assert!(log.contains("redis://127.0.0.1:"), "{log}");
+        assert!(!log.contains("s3cret-bus"), "{log}");
+    }
+    // A wrong password: the node does not start, and says so without it.
+    let out = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-http",
+            "off",
+            "--node-id",
+            "c",
+        ])
+        .env("SIMPLETEXTIM_DATABASE", &db.url)
+        .env(
+            "SIMPLETEXTIM_CLUSTER_REDIS",
+            format!("redis://:wrong-pw@127.0.0.1:{}", bus.port()),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot reach Redis at redis://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pw"), "{err}");
     drop((a, b));
 }

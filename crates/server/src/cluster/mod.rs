@@ -19,6 +19,7 @@
 //! sessions stay open. The subscriber reconnects with back-off, and once subscribed
 //! registers this node's users again (the `SYNC` script): a restarted Redis lost them.
 
+mod resp;
 mod scripts;
 
 use std::collections::{BTreeSet, HashMap};
@@ -27,11 +28,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use simpletextim_proto::{ErrorCode, Failure, UserId};
+use std::io;
 use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
@@ -125,6 +128,9 @@ fn redact(url: &str) -> String {
         None => format!("{scheme}://{rest}"),
     }
 }
+
+/// The subscriber's connection.
+type Subscriber = Framed<Box<dyn resp::Io>, resp::RespCodec>;
 
 /// What cluster mode needs to start.
 #[derive(Debug, Clone)]
@@ -672,14 +678,14 @@ impl Cluster {
                 s = self.subscribe() => s,
             };
             match subscribed {
-                Ok((mut sink, mut stream)) => {
+                Ok(mut sub) => {
                     match tokio::time::timeout(COMMAND_TIMEOUT, self.sync(&shared.hub)).await {
                         Ok(Ok(())) => {
                             self.up.store(true, Ordering::Release);
                             failing = false;
                             backoff = Duration::from_millis(50);
                             tracing::info!(node = %self.node, "cluster bus subscribed");
-                            self.listen(shared, &mut sink, &mut stream, shutdown).await;
+                            self.listen(shared, &mut sub, shutdown).await;
                             self.up.store(false, Ordering::Release);
                             if shutdown.is_cancelled() {
                                 return;
@@ -708,47 +714,121 @@ impl Cluster {
         }
     }
 
-    /// A new subscriber connection, subscribed to the bus and this node's channel.
-    async fn subscribe(
-        &self,
-    ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&[BUS, self.channel.as_str()]).await?;
-            Ok::<_, redis::RedisError>(pubsub.split())
-        };
-        match tokio::time::timeout(COMMAND_TIMEOUT, connect).await {
+    /// A new subscriber connection (of its own, read one reply at a time: see `resp.rs`),
+    /// authenticated like the command connection and subscribed to the bus and this node's
+    /// channel.
+    async fn subscribe(&self) -> io::Result<Subscriber> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.try_subscribe()).await {
             Ok(r) => r,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
                 "subscribing timed out",
-            ))),
+            )),
         }
     }
 
-    /// Hands every message of the subscription to the hub until it ends (the connection
-    /// closed, or a ping unanswered for [`COMMAND_TIMEOUT`]) or `shutdown`.
-    async fn listen(
-        &self,
-        shared: &Shared,
-        sink: &mut redis::aio::PubSubSink,
-        stream: &mut redis::aio::PubSubStream,
-        shutdown: &CancellationToken,
-    ) {
+    async fn try_subscribe(&self) -> io::Result<Subscriber> {
+        let info = self.client.get_connection_info();
+        let socket: Box<dyn resp::Io> = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            redis::ConnectionAddr::Unix(path) => {
+                Box::new(tokio::net::UnixStream::connect(path).await?)
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "only plain TCP and unix sockets are supported for the bus",
+                ));
+            }
+        };
+        let mut framed = Framed::new(socket, resp::RespCodec);
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            framed.send(auth.get_packed_command()).await?;
+            match framed.next().await {
+                Some(Ok(resp::Resp::Simple(_))) => {}
+                // Redis's error text never repeats the password.
+                Some(Ok(resp::Resp::Error(e))) => return Err(io::Error::other(e)),
+                Some(Err(e)) => return Err(e),
+                _ => return Err(io::Error::other("no answer to AUTH")),
+            }
+        }
+        let mut sub = redis::cmd("SUBSCRIBE");
+        sub.arg(BUS).arg(&self.channel);
+        framed.send(sub.get_packed_command()).await?;
+        for _ in 0..2 {
+            match framed.next().await {
+                Some(Ok(resp::Resp::Array(Some(items))))
+                    if items.first().and_then(resp::Resp::bytes) == Some(b"subscribe") => {}
+                Some(Ok(resp::Resp::Error(e))) => return Err(io::Error::other(e)),
+                Some(Err(e)) => return Err(e),
+                other => {
+                    return Err(io::Error::other(format!(
+                        "unexpected answer to SUBSCRIBE: {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(framed)
+    }
+
+    /// Hands every message of the subscription to the hub, one at a time, until it ends
+    /// (the connection closed, an error, or a ping unanswered for [`COMMAND_TIMEOUT`]) or
+    /// `shutdown`.
+    async fn listen(&self, shared: &Shared, sub: &mut Subscriber, shutdown: &CancellationToken) {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping_sent: Option<tokio::time::Instant> = None;
+        let ping_cmd = redis::cmd("PING").get_packed_command();
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                msg = stream.next() => match msg {
-                    Some(msg) => self.handle(shared, msg.get_payload_bytes()).await,
+                reply = sub.next() => match reply {
+                    Some(Ok(resp::Resp::Array(Some(items)))) => {
+                        match items.first().and_then(resp::Resp::bytes) {
+                            Some(b"message") => {
+                                if let Some(payload) = items.get(2).and_then(resp::Resp::bytes) {
+                                    self.handle(shared, payload).await;
+                                }
+                            }
+                            Some(b"pong") => ping_sent = None,
+                            _ => {}
+                        }
+                    }
+                    Some(Ok(resp::Resp::Error(e))) => {
+                        tracing::warn!(error = %e, "error on the cluster bus subscription");
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "cluster bus subscription failed");
+                        return;
+                    }
                     None => return,
                 },
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        return;
+                    match ping_sent {
+                        Some(at) if at.elapsed() > COMMAND_TIMEOUT => {
+                            tracing::warn!("cluster bus subscription unanswered");
+                            return;
+                        }
+                        Some(_) => {}
+                        None => {
+                            if sub.send(ping_cmd.clone()).await.is_err() {
+                                return;
+                            }
+                            ping_sent = Some(tokio::time::Instant::now());
+                        }
                     }
                 }
             }
