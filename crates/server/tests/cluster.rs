@@ -675,6 +675,39 @@ async fn redis_command(addr: SocketAddr, args: &[&str]) -> String {
     line
 }
 
+/// The id of the Redis client named `name` (`CLIENT LIST`).
+async fn subscriber_id(addr: SocketAddr, name: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
+        .await
+        .unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "CLIENT LIST cut short");
+        text.extend_from_slice(&buf[..n]);
+        if text.ends_with(b"\r\n") && text.len() > 4 {
+            let text = String::from_utf8_lossy(&text);
+            let (head, body) = text.split_once("\r\n").unwrap();
+            let len: usize = head.trim_start_matches('$').parse().unwrap();
+            if body.len() >= len + 2 {
+                let needle = format!(" name={name} ");
+                let line = body
+                    .lines()
+                    .find(|l| l.contains(&needle))
+                    .unwrap_or_else(|| panic!("no client {name} in {body}"));
+                let id = line.split_whitespace().next().unwrap();
+                return id.trim_start_matches("id=").to_owned();
+            }
+        }
+    }
+}
+
 /// A subscriber cut off by Redis (`CLIENT KILL TYPE pubsub`: the server closes the
 /// connection, as its pub/sub output buffer limit does) is a lost subscription: logged,
 /// counted, subscribed again; the sessions stay, and chat goes on between the nodes.
@@ -825,5 +858,54 @@ async fn a_redis_password_is_used_and_never_logged() {
         "{err}"
     );
     assert!(!err.contains("wrong-pw"), "{err}");
+    drop((a, b));
+}
+
+/// Private messages sent while the recipient's node is resubscribing (its subscriber cut
+/// off by Redis) are not left in the mailbox of a user who is online: the node delivers
+/// them once it listens again. Every message echoed reaches its recipient, without a new
+/// login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_messages_sent_while_a_node_resubscribes_reach_its_online_user() {
+    let db = pg::migrated_database().await;
+    let bus = redis::RedisServer::start();
+    let (a, b) = (Node::start(&db, &bus, "a"), Node::start(&db, &bus, "b"));
+    let mut alice = a.login("alice").await;
+    let mut bob = b.login("bob").await;
+    alice.expect(joined("bob")).await;
+    let mut echoed = Vec::new();
+    for round in 0..3 {
+        // Only node B's subscriber: node A goes on numbering and routing meanwhile.
+        let id = subscriber_id(bus.addr(), "stim-sub:b").await;
+        let kill = ["CLIENT", "KILL", "ID", id.as_str()];
+        assert_eq!(redis_command(bus.addr(), &kill).await, ":1\r\n");
+        for i in 0..30 {
+            let text = format!("r{round}m{i}");
+            alice
+                .send(json!({"command":"send","to":"bob","message":text,"ref":i}))
+                .await;
+            let got = alice.next().await;
+            if got == unavailable(json!(i)) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let m = &got["messages"][0];
+            assert_eq!(m["message"], json!(text), "{got}");
+            echoed.push(m["id"].as_u64().unwrap());
+        }
+    }
+    assert!(!echoed.is_empty());
+    // Each echoed message reaches bob once (in any order: live ones and those from the
+    // mailbox interleave), without a new login.
+    let mut got = Vec::new();
+    while got.len() < echoed.len() {
+        let (m, id, _) = bob.chat().await;
+        assert_eq!(m["user_id"], "alice");
+        got.push(id);
+    }
+    bob.expect_nothing(Duration::from_millis(300)).await;
+    got.sort_unstable();
+    echoed.sort_unstable();
+    assert_eq!(got, echoed);
     drop((a, b));
 }

@@ -76,6 +76,7 @@ const BUS: &str = "stim:bus";
 const NODE_CHANNEL: &str = "stim:node:";
 const USERS: &str = "stim:users:";
 const REAPED: &str = "stim:reaped:";
+const PENDING: &str = "stim:pending:";
 
 /// A Redis URL (`redis://[:PASSWORD@]HOST[:PORT][/DB]` or `redis+unix:///PATH`). Its
 /// `Debug` and `Display` never show the password.
@@ -413,7 +414,8 @@ impl Cluster {
             .arg(to.key())
             .arg(&self.node)
             .arg(body)
-            .arg(NODE_CHANNEL);
+            .arg(NODE_CHANNEL)
+            .arg(PENDING);
         let (id, ts, sent): (u64, u64, u8) = self.invoke("private", &inv).await?;
         Ok(if sent == 1 {
             Routed::Sent
@@ -448,7 +450,8 @@ impl Cluster {
         inv.arg(to.key())
             .arg(&self.node)
             .arg(payload)
-            .arg(NODE_CHANNEL);
+            .arg(NODE_CHANNEL)
+            .arg(PENDING);
         let _: i64 = self.invoke("route_stored", &inv).await?;
         Ok(())
     }
@@ -535,7 +538,11 @@ impl Cluster {
     /// [`COMMAND_TIMEOUT`]; if Redis cannot be reached, the others reap this node instead.
     async fn retire(&self) {
         let mut inv = self.scripts.retire.key(PRESENCE);
-        inv.key(NODES).arg(&self.node).arg(BUS).arg(USERS);
+        inv.key(NODES)
+            .arg(&self.node)
+            .arg(BUS)
+            .arg(USERS)
+            .arg(PENDING);
         let mut c = self.conn.clone();
         match tokio::time::timeout(COMMAND_TIMEOUT, inv.invoke_async::<i64>(&mut c)).await {
             Ok(Ok(_)) => tracing::info!(node = %self.node, "left the cluster"),
@@ -604,7 +611,8 @@ impl Cluster {
                 .arg(NODE_EXPIRY.as_millis() as u64)
                 .arg(BUS)
                 .arg(USERS)
-                .arg(REAPED);
+                .arg(REAPED)
+                .arg(PENDING);
             let mut c = self.conn.clone();
             match tokio::time::timeout(COMMAND_TIMEOUT, inv.invoke_async::<i64>(&mut c)).await {
                 Ok(Ok(reaped)) => {
@@ -666,6 +674,64 @@ impl Cluster {
         Ok(())
     }
 
+    /// Delivers the mailboxes of this node's users who were sent private messages while
+    /// this node did not listen (its pending set): they are online, and must not wait for
+    /// their next login. Called once subscribed again; a message of theirs committed
+    /// after this is routed here live by its sender's re-check.
+    async fn deliver_pending(&self, shared: &Shared) {
+        let inv = self
+            .scripts
+            .take_pending
+            .key(format!("{PENDING}{}", self.node));
+        let mut c = self.conn.clone();
+        let users: Vec<String> =
+            match tokio::time::timeout(COMMAND_TIMEOUT, inv.invoke_async(&mut c)).await {
+                Ok(Ok(users)) => users,
+                _ => {
+                    tracing::warn!("cannot read the users with messages pending for this node");
+                    return;
+                }
+            };
+        if users.is_empty() {
+            return;
+        }
+        tracing::info!(
+            users = users.len(),
+            "delivering the mailboxes of users sent messages while this node did not listen"
+        );
+        let members: HashMap<String, UserId> = shared
+            .hub
+            .local_members()
+            .into_iter()
+            .map(|(u, _, _)| (u.key(), u))
+            .collect();
+        for key in users {
+            let Some(to) = members.get(&key) else {
+                continue;
+            };
+            let pending = match shared.config.store.pending(key.clone()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(user = %to, error = %e, "cannot read a mailbox to deliver");
+                    continue;
+                }
+            };
+            for m in pending {
+                let p = BusPrivate {
+                    from: m.user_id,
+                    to: to.clone(),
+                    text: m.message,
+                    id: m.id,
+                    ts: m.ts,
+                    deliver: true,
+                    stored: true,
+                    echo: None,
+                };
+                shared.hub.deliver_private(p, None);
+            }
+        }
+    }
+
     /// Subscribes, registers this node's users, then hands what arrives to the hub, until
     /// the subscription is lost; then again, with back-off, until `shutdown`.
     async fn run_subscriber(&self, shared: &Shared, shutdown: &CancellationToken) {
@@ -682,6 +748,7 @@ impl Cluster {
                     match tokio::time::timeout(COMMAND_TIMEOUT, self.sync(&shared.hub)).await {
                         Ok(Ok(())) => {
                             self.up.store(true, Ordering::Release);
+                            self.deliver_pending(shared).await;
                             failing = false;
                             backoff = Duration::from_millis(50);
                             tracing::info!(node = %self.node, "cluster bus subscribed");
@@ -761,6 +828,16 @@ impl Cluster {
                 Some(Err(e)) => return Err(e),
                 _ => return Err(io::Error::other("no answer to AUTH")),
             }
+        }
+        // Named, for operators (`CLIENT LIST`) and tests.
+        let mut name = redis::cmd("CLIENT");
+        name.arg("SETNAME").arg(format!("stim-sub:{}", self.node));
+        framed.send(name.get_packed_command()).await?;
+        match framed.next().await {
+            Some(Ok(resp::Resp::Simple(_))) => {}
+            Some(Ok(resp::Resp::Error(e))) => return Err(io::Error::other(e)),
+            Some(Err(e)) => return Err(e),
+            _ => return Err(io::Error::other("no answer to CLIENT SETNAME")),
         }
         let mut sub = redis::cmd("SUBSCRIBE");
         sub.arg(BUS).arg(&self.channel);
