@@ -2495,6 +2495,12 @@ mod tests {
             assert!(Instant::now() < deadline, "not deleted");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Handed over from the mailbox a second time (its sender's re-check and this
+        // node's pending delivery both): delivered once.
+        let mut p = bus_private("alice", "bob", 9000);
+        p.stored = true;
+        hub.deliver_private(p, None);
+        assert!(frames(&hub, &bob).is_empty());
     }
 
     #[test]
