@@ -718,9 +718,17 @@ impl Hub {
             .collect()
     }
 
-    /// A `joined` or `left` of a user of another node: one append to the presence log.
-    pub fn remote_notice(&self, notice: Notice) {
-        self.lock().announce(notice);
+    /// A `joined` or `left` from the cluster bus: one append to the presence log. Returns
+    /// the log's head after it.
+    pub fn remote_notice(&self, notice: Notice) -> u64 {
+        let mut inner = self.lock();
+        inner.announce(notice);
+        inner.seq
+    }
+
+    /// The presence log's head now (where a session registered now starts reading).
+    pub fn presence_head(&self) -> u64 {
+        self.lock().seq
     }
 
     /// A newer login on another node took over `key`'s session `conn_id` here: it is

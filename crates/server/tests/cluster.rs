@@ -937,3 +937,53 @@ async fn private_messages_sent_while_a_node_resubscribes_reach_its_online_user()
     assert_eq!(got, echoed);
     drop((a, b));
 }
+
+/// Concurrent logins on three nodes: of any two users, exactly one is told the other
+/// `joined` (the one that was registered first), whatever the nodes: every node announces
+/// the `joined`s in the bus's order, and a session reads them from its own login's place in
+/// that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_on_three_nodes_see_each_later_joined_once() {
+    let db = pg::migrated_database().await;
+    let bus = redis::RedisServer::start();
+    let nodes = [
+        Node::start(&db, &bus, "a"),
+        Node::start(&db, &bus, "b"),
+        Node::start(&db, &bus, "c"),
+    ];
+    const N: usize = 24;
+    let names: Vec<String> = (0..N).map(|i| format!("u{i:02}")).collect();
+    let logins = names.iter().enumerate().map(|(i, name)| {
+        let node = &nodes[i % 3];
+        async move { node.login(name).await }
+    });
+    let mut conns = futures::future::join_all(logins).await;
+    // Every notice is out within a presence tick or two of the last login.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut seen = Vec::new();
+    for c in &mut conns {
+        let mut joined = std::collections::BTreeSet::new();
+        while let Ok(Some(frame)) = timeout(Duration::from_millis(150), c.framed.next()).await {
+            let v: Value = serde_json::from_slice(&frame.unwrap()).unwrap();
+            assert_eq!(v["command"], "joined", "{}: {v}", c.name);
+            let who = v["user_id"].as_str().unwrap().to_owned();
+            assert_ne!(who, c.name, "its own joined");
+            assert!(joined.insert(who), "{}: a joined twice", c.name);
+        }
+        seen.push(joined);
+    }
+    for i in 0..N {
+        for j in i + 1..N {
+            let (a, b) = (seen[i].contains(&names[j]), seen[j].contains(&names[i]));
+            assert!(
+                a ^ b,
+                "{} saw {}'s joined: {a}; {} saw {}'s: {b}",
+                names[i],
+                names[j],
+                names[j],
+                names[i]
+            );
+        }
+    }
+    drop(nodes);
+}

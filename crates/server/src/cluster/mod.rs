@@ -243,6 +243,30 @@ pub struct Cluster {
     /// and (write) by the resynchronisation of this node's users, so that the latter never
     /// sees a user registered in Redis and not yet in the hub.
     registering: tokio::sync::RwLock<()>,
+    /// Logins in progress on this node, by connection, waiting for their place in the bus's
+    /// order (their own `joined`, or their mark).
+    marks: std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<u64>>>,
+}
+
+/// What a login registered in the cluster gets: whether the user is new to the cluster,
+/// where its session starts reading the presence log, and the guard that keeps this node's
+/// resynchronisation out until it has joined the hub.
+pub(crate) struct Joined<'a> {
+    pub(crate) new: bool,
+    pub(crate) cursor: u64,
+    _registering: tokio::sync::RwLockReadGuard<'a, ()>,
+}
+
+/// Removes a login's mark from the waiting logins when dropped.
+struct Unmark<'a> {
+    cluster: &'a Cluster,
+    conn: u64,
+}
+
+impl Drop for Unmark<'_> {
+    fn drop(&mut self) {
+        self.cluster.lock_marks().remove(&self.conn);
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -314,6 +338,7 @@ impl Cluster {
             departures_rx: std::sync::Mutex::new(Some(rx)),
             bus_lost: AtomicU64::new(0),
             registering: tokio::sync::RwLock::new(()),
+            marks: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -463,17 +488,27 @@ impl Cluster {
     /// The guard returned is to be held until the session has joined the hub.
     pub(crate) async fn join(
         &self,
+        hub: &Hub,
         user: &UserId,
         conn: u64,
         acks: bool,
-    ) -> Result<(bool, tokio::sync::RwLockReadGuard<'_, ()>), Failure> {
+    ) -> Result<Joined<'_>, Failure> {
         let guard = self.registering.read().await;
         let entry = format!("{}|{conn}|{}|{}", self.node, user.as_str(), u8::from(acks));
         let joined = format!(
-            r#"{{"k":"j","user":{},"node":{}}}"#,
+            r#"{{"k":"j","user":{},"node":{},"conn":{conn}}}"#,
             json_str(user.as_str()),
             json_str(&self.node)
         );
+        let mark = format!(r#"{{"k":"mark","conn":{conn}}}"#);
+        // Waited for below: where this login stands in the bus's order, as a place in the
+        // presence log. Removed however this ends (bounded by the logins in progress).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock_marks().insert(conn, tx);
+        let unmark = Unmark {
+            cluster: self,
+            conn,
+        };
         let mut inv = self.scripts.join.key(PRESENCE);
         inv.arg(user.key())
             .arg(entry)
@@ -481,9 +516,42 @@ impl Cluster {
             .arg(joined)
             .arg(BUS)
             .arg(NODE_CHANNEL)
-            .arg(USERS);
+            .arg(USERS)
+            .arg(mark);
         let outcome: i64 = self.invoke("join", &inv).await?;
-        Ok((outcome != 0, guard))
+        let cursor = match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(cursor)) => cursor,
+            _ => {
+                // Registered, never heard of here: undone (with `left` to the others, and
+                // here if this node announced the `joined`).
+                tracing::warn!(user = %user, conn, "a login's registration did not come back on the bus");
+                if outcome == 1 {
+                    hub.remote_notice(Notice::left(user));
+                }
+                self.departures.send(user, conn);
+                return Err(unavailable());
+            }
+        };
+        drop(unmark);
+        Ok(Joined {
+            new: outcome == 1,
+            cursor,
+            _registering: guard,
+        })
+    }
+
+    fn lock_marks(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, tokio::sync::oneshot::Sender<u64>>> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A login of this node (`conn`) reached its place in the bus's order: `cursor` is where
+    /// its session starts reading the presence log.
+    fn mark(&self, conn: u64, cursor: u64) {
+        if let Some(tx) = self.lock_marks().remove(&conn) {
+            let _ = tx.send(cursor);
+        }
     }
 
     /// The users online on every node, sorted case-insensitively, as the JSON array of a
@@ -959,17 +1027,23 @@ impl Cluster {
                 };
                 hub.deliver_private(p, history);
             }
-            "j" | "l" => {
-                // This node announced its own users' comings and goings itself.
+            "j" => {
+                let Some(u) = user(&msg.user) else { return };
+                // Every node, this one too, announces a `joined` here, in the bus's order;
+                // a login of this node starts reading the presence log right after its own.
+                let head = hub.remote_notice(Notice::joined(&u));
+                if msg.node.as_deref() == Some(self.node.as_str()) {
+                    self.mark(msg.conn, head);
+                }
+            }
+            "mark" => self.mark(msg.conn, hub.presence_head()),
+            "l" => {
+                // This node announced its own users' departures itself, as they left.
                 if msg.node.as_deref() == Some(self.node.as_str()) {
                     return;
                 }
                 let Some(u) = user(&msg.user) else { return };
-                let notice = match msg.k.as_str() {
-                    "j" => Notice::joined(&u),
-                    _ => Notice::left(&u),
-                };
-                hub.remote_notice(notice);
+                hub.remote_notice(Notice::left(&u));
             }
             "x" => {
                 if let Some(key) = &msg.user {

@@ -92,9 +92,12 @@ return 1
 "#;
 
 /// A login. KEYS: presence. ARGV: key, entry, node, `joined` payload, bus channel, node
-/// channel prefix, users set prefix. Registers the user here; returns 1 (new: `joined`
-/// published), 0 (taken over from another node, which is told to kick its session) or 2
-/// (it was registered on this node already: the hub decides).
+/// channel prefix, users set prefix, mark payload. Registers the user here; returns 1 (new:
+/// `joined` published on the bus), 0 (taken over from another node, which is told to kick
+/// its session) or 2 (it was registered on this node already: the hub decides). Either way
+/// this node hears of the login at its place in the bus's order: its own `joined`, or the
+/// mark (`{"k":"mark","conn":…}`) on its node channel; the session reads the presence
+/// notices from there on.
 const JOIN: &str = r#"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -104,8 +107,10 @@ if old then
   if onode and onode ~= ARGV[3] then
     redis.call('SREM', ARGV[7] .. onode, ARGV[1])
     redis.call('PUBLISH', ARGV[6] .. onode, '{"k":"x","user":"' .. ARGV[1] .. '","conn":' .. oconn .. '}')
+    redis.call('PUBLISH', ARGV[6] .. ARGV[3], ARGV[8])
     return 0
   end
+  redis.call('PUBLISH', ARGV[6] .. ARGV[3], ARGV[8])
   return 2
 end
 redis.call('PUBLISH', ARGV[5], ARGV[4])

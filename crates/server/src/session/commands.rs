@@ -521,10 +521,12 @@ impl Session {
         // taking over a session of another node); a bus that cannot be reached refuses the
         // login (`fail 503`), and the connection stays open.
         let cluster = self.shared.cluster.clone();
-        let (announce, registering) = match &cluster {
-            None => (true, None),
-            Some(c) => match c.join(&user_id, self.conn_id, acks).await {
-                Ok((new, guard)) => (new, Some(guard)),
+        // In cluster mode the `joined` is announced here when it comes back on the bus (so
+        // in the bus's order), and the session reads the notices from its place there.
+        let registered = match &cluster {
+            None => None,
+            Some(c) => match c.join(&self.shared.hub, &user_id, self.conn_id, acks).await {
+                Ok(joined) => Some(joined),
                 Err(failure) => {
                     self.shared.metrics.login(LoginResult::Refused);
                     self.fail_ref(r#ref, failure);
@@ -544,17 +546,25 @@ impl Session {
                 outbox: outbox.clone(),
                 login_ms,
             },
-            announce,
+            registered.is_none(),
         );
-        drop(registering);
         if joined.is_err() {
             self.shared.metrics.login(LoginResult::Refused);
-            if let Some(c) = &cluster {
-                // Registered in Redis, not here: removed from the registry.
+            if let (Some(c), Some(r)) = (&cluster, &registered) {
+                // Registered in Redis, not here: removed from the registry (the others are
+                // told it left), and this node's sessions too if they had its `joined`.
+                if r.new {
+                    self.shared
+                        .hub
+                        .remote_notice(crate::presence::Notice::left(&user_id));
+                }
                 c.departures().send(&user_id, self.conn_id);
             }
         }
-        let cursor = joined?;
+        let cursor = match (joined?, registered) {
+            (_, Some(r)) => r.cursor,
+            (cursor, None) => cursor,
+        };
         self.bell = Some(bell);
         self.login_deadline = None;
         self.admission.logged_in();
