@@ -6,10 +6,13 @@
 //! - `bench`: the benchmark suite against a release server; writes `docs/BENCHMARKS.md`.
 //! - `fuzz`: long runs of the proptest fuzz targets (`--cases N`) on a release build.
 //! - `cert`: a self-signed certificate and key for a TLS test server.
+//! - `cluster`: a cluster of server nodes on this machine (private PostgreSQL and Redis),
+//!   to try cluster mode by hand.
 
 mod bench;
 mod cert;
 mod ci;
+mod cluster;
 mod fuzz;
 mod setup;
 
@@ -38,6 +41,10 @@ enum Task {
     /// A self-signed certificate (cert.pem) and its key (key.pem, mode 0600) for localhost,
     /// 127.0.0.1, ::1 and each --name, for a TLS test server; prints the commands using them.
     Cert(cert::CertArgs),
+    /// A cluster on this machine: a release build, a private PostgreSQL and redis-server,
+    /// `migrate`, then N nodes on 127.0.0.1:7001.. with --cluster-redis; prints how to
+    /// connect clients and runs until Ctrl-C, which stops everything and removes its files.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Cert(args) => cert::run(&args),
+        Task::Cluster(args) => cluster::run(&args),
     }
 }

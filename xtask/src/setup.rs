@@ -92,6 +92,54 @@ pub fn ensure_redis_server() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The directory of PostgreSQL's programs (`initdb`, `postgres`, `pg_isready`):
+/// `pg_config --bindir`, else the highest version under `/usr/lib/postgresql/*/bin`.
+pub fn find_postgres_bindir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// PostgreSQL's programs for a private server (`cargo xtask cluster`, the `cluster`
+/// benchmark): those installed, or the distribution's `postgresql` package installed with
+/// apt-get (as root, or through sudo) first.
+///
+/// # Errors
+/// When it is missing and cannot be installed: one line saying what to install.
+pub fn ensure_postgres() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = find_postgres_bindir() {
+        return Ok(dir);
+    }
+    eprintln!("installing what the cluster needs: postgresql");
+    apt_install(&["postgresql"])?;
+    find_postgres_bindir().context(
+        "apt-get installed postgresql but there is no initdb (pg_config --bindir, /usr/lib/postgresql/*/bin); install it and run again",
+    )
+}
+
+/// Whether this process runs as root (the owner of `/proc/self` is the effective user).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 /// Installs Debian packages with apt-get (as root, or through sudo), or fails with the
 /// packages to install.
 fn apt_install(missing: &[&str]) -> anyhow::Result<()> {

@@ -29,9 +29,16 @@ struct Cli {
 #[derive(Debug, Args)]
 struct CommonArgs {
     /// The server's address (loopback only): its TCP listener, or with --ws its HTTP
-    /// listener (the server's --listen-http, 127.0.0.1:5080 by default).
-    #[arg(long, global = true, default_value = "127.0.0.1:5000")]
-    server: SocketAddr,
+    /// listener (the server's --listen-http, 127.0.0.1:5080 by default). Several (repeated,
+    /// or separated by commas: the nodes of a cluster) spread the clients of `fanout`,
+    /// `private` and `presence` over them, client i on server i mod n.
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:5000",
+        value_delimiter = ','
+    )]
+    server: Vec<SocketAddr>,
     /// Speak WebSocket: every connection upgrades `GET /ws` on --server and sends its
     /// commands as masked text frames (`fanout` and `private` only).
     #[arg(long, global = true)]
@@ -128,7 +135,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
     let c = &cli.common;
-    net::check_loopback(c.server)?;
+    let Some(&server) = c.server.first() else {
+        anyhow::bail!("--server: no address");
+    };
+    for &s in &c.server {
+        net::check_loopback(s)?;
+    }
+    anyhow::ensure!(
+        c.server.len() == 1
+            || matches!(
+                cli.workload,
+                Workload::Fanout { .. } | Workload::Private { .. } | Workload::Presence(_)
+            ),
+        "several --server: only fanout, private and presence spread their clients over servers"
+    );
     anyhow::ensure!(
         c.timeout > 0.0 && c.timeout.is_finite(),
         "--timeout must be a positive number of seconds"
@@ -152,7 +172,12 @@ fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
         Transport::Tcp
     };
     let common = Common {
-        server: c.server,
+        server,
+        servers: if c.server.len() > 1 {
+            c.server.clone()
+        } else {
+            Vec::new()
+        },
         prefix: c.prefix.clone(),
         timeout: Duration::from_secs_f64(c.timeout),
         login_concurrency: c.login_concurrency,

@@ -144,6 +144,9 @@ pub struct Expect {
     pub senders: usize,
     /// Presence tracking, if any.
     pub churn: Option<Churn>,
+    /// Check that messages come in increasing `id` order (one public conversation: what
+    /// every client of a cluster must see, whichever node it is on).
+    pub id_order: bool,
 }
 
 /// What one receiver saw.
@@ -156,7 +159,8 @@ pub struct Seen {
     /// Chat messages without a marker (not sent by this run).
     pub unmarked: u64,
     /// Marked messages that came at or before a message already seen from the same sender
-    /// (duplicates or reordering).
+    /// (duplicates or reordering), or, where ids are checked ([`Expect::id_order`]), with
+    /// an id not above the last one seen.
     pub out_of_order: u64,
     /// `joined` frames.
     pub joined: u64,
@@ -364,6 +368,8 @@ struct Receiver<'a> {
     latency_from_write: Recorder,
     /// The last sequence number seen from each sender (`u32::MAX`: none yet).
     last_seq: Vec<u32>,
+    /// The last message id seen, where ids are checked.
+    last_id: Option<u64>,
     view: Option<View>,
     seen: Seen,
     /// Whether everything expected has come (counted once in `shared.remaining`).
@@ -378,6 +384,7 @@ impl<'a> Receiver<'a> {
             latency_in_window: shared.latency_in_window.recorder(),
             latency_from_write: shared.latency_from_write.recorder(),
             last_seq: vec![u32::MAX; expect.senders],
+            last_id: None,
             view: expect.churn.as_ref().map(|c| View::new(c.users)),
             seen: Seen::default(),
             done: false,
@@ -415,9 +422,27 @@ impl<'a> Receiver<'a> {
     fn messages(&mut self, scanner: &MessageScanner, frame: &[u8]) {
         let batch = self.batch();
         let mut echoes = 0;
-        scanner.for_each(frame, |marker| {
-            echoes += u64::from(self.marked(batch, marker));
-        });
+        if self.expect.id_order {
+            scanner.for_each_with_id(frame, |marker, id| {
+                let in_order = match (id, self.last_id) {
+                    (Some(id), Some(last)) => id > last,
+                    _ => true,
+                };
+                if id.is_some() {
+                    self.last_id = id;
+                }
+                let before = self.seen.out_of_order;
+                echoes += u64::from(self.marked(batch, marker));
+                // Counted once, whether its sender's order or the id order (or both) broke.
+                if !in_order && marker.is_some() && self.seen.out_of_order == before {
+                    self.seen.out_of_order += 1;
+                }
+            });
+        } else {
+            scanner.for_each(frame, |marker| {
+                echoes += u64::from(self.marked(batch, marker));
+            });
+        }
         self.echoes(echoes);
     }
 

@@ -61,6 +61,10 @@ pub struct Report {
 
     // Figures of some workloads only, absent from the JSON line of the others. They are
     // declared in alphabetical order, the order of the JSON line's keys.
+    /// A cluster run: CPU seconds of the bus (`redis-server`) over the run; the harness
+    /// that started the cluster (`cargo xtask bench`) fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus_cpu_s: Option<f64>,
     /// `conns`: server RSS per connection (after − before, over the connections), rounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_per_conn: Option<f64>,
@@ -90,6 +94,10 @@ pub struct Report {
     /// `conns`: connections asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conns: Option<usize>,
+    /// A cluster run: CPU seconds of the record (the PostgreSQL server and its backends)
+    /// over the run; the harness fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_cpu_s: Option<f64>,
     /// `soak`: round trip of the normal users (a send to the sender's own echo),
     /// microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +148,10 @@ pub struct Report {
     /// `offline`: the largest mailbox (messages to one recipient).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox_max: Option<usize>,
+    /// A cluster run: CPU seconds of each node over the run, in node order (their sum is
+    /// [`Report::server_cpu_s`]); the harness fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_cpu_s: Option<Vec<f64>>,
     /// `history`: round trip of each page (request written to reply read), microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_latency_us: Option<Summary>,

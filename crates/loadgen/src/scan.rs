@@ -201,10 +201,57 @@ impl MessageScanner {
         n
     }
 
+    /// [`MessageScanner::for_each`] that also reads each message's `id` (when its object
+    /// has one): for the check that a receiver gets the public conversation in id order.
+    #[inline]
+    pub fn for_each_with_id(
+        &self,
+        frame: &[u8],
+        mut each: impl FnMut(Option<Marker>, Option<u64>),
+    ) -> usize {
+        let mut n = 0;
+        let mut pos = 0;
+        while let Some(found) = self.finder.find(&frame[pos..]) {
+            n += 1;
+            let key = pos + found;
+            let text = key + KEY_MESSAGE.len();
+            let marker = parse_marker_len(&frame[text..]);
+            let after = text + marker.map_or(0, |(_, len)| len);
+            // The end of the text: the next `"` (inside a JSON string every `"` is escaped).
+            let close = memchr::memchr(b'"', &frame[after..]).map_or(frame.len(), |q| after + q);
+            each(marker.map(|(m, _)| m), message_id(frame, key, close));
+            pos = close.max(text);
+        }
+        n
+    }
+
     /// How many chat messages the frame holds.
     pub fn count(&self, frame: &[u8]) -> usize {
         self.finder.find_iter(frame).count()
     }
+}
+
+const KEY_ID: &[u8] = br#""id":"#;
+
+/// The `id` of the chat object whose `"message":"` key is at `key` and whose text's closing
+/// quote is at `close`: searched after the text up to the object's end (the server's key
+/// order), else before the key back to the object's start. Neither range holds a string
+/// that could contain `"id":` (user ids and the marker text have no quotes).
+fn message_id(frame: &[u8], key: usize, close: usize) -> Option<u64> {
+    let tail = frame.get(close..)?;
+    // Up to the object's `}` included: it ends the id when the id is the last key.
+    let tail = &tail[..memchr::memchr(b'}', tail).map_or(tail.len(), |e| e + 1)];
+    let digits = match memmem::find(tail, KEY_ID) {
+        Some(at) => &tail[at + KEY_ID.len()..],
+        None => {
+            let head = &frame[..key];
+            let head = &head[memchr::memrchr(b'{', head).map_or(0, |b| b + 1)..];
+            &head[memmem::find(head, KEY_ID)? + KEY_ID.len()..]
+        }
+    };
+    number(digits, b',')
+        .or_else(|| number(digits, b'}'))
+        .map(|(id, _)| id)
 }
 
 /// The `user_id` of a `joined` or `left` frame.
@@ -302,6 +349,24 @@ mod tests {
             ]
         );
         assert_eq!(scanner.count(br#"{"command":"message","messages":[]}"#), 0);
+    }
+
+    #[test]
+    fn reads_message_ids_in_either_key_order() {
+        let frame = br#"{"command":"message","messages":[{"user_id":"a","message":"~1~0~5~xx","to":"*","id":41,"ts":7},{"id":42,"user_id":"b","message":"~2~0~6~","to":"*"},{"user_id":"c","message":"no marker","to":"*","id":43},{"user_id":"d","message":"~3~0~7~","to":"*"}]}"#;
+        let mut got = Vec::new();
+        let n = MessageScanner::new()
+            .for_each_with_id(frame, |m, id| got.push((m.map(|m| m.sender), id)));
+        assert_eq!(n, 4);
+        assert_eq!(
+            got,
+            vec![
+                (Some(1), Some(41)),
+                (Some(2), Some(42)),
+                (None, Some(43)),
+                (Some(3), None)
+            ]
+        );
     }
 
     #[test]

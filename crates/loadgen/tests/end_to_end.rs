@@ -38,6 +38,7 @@ async fn server() -> (SocketAddr, CancellationToken) {
 fn common(server: SocketAddr, prefix: &str) -> Common {
     Common {
         server,
+        servers: Vec::new(),
         prefix: prefix.to_owned(),
         timeout: Duration::from_secs(30),
         login_concurrency: 8,
@@ -82,6 +83,42 @@ async fn fanout_flood_and_open_loop_deliver_everything() {
     assert_complete(&r);
     assert_eq!((r.sent, r.expected), (15, 20 * 15));
     shutdown.cancel();
+}
+
+/// Clients spread over several servers (`--server a,b`: client i on server i mod n). Over
+/// one server listed twice, everything arrives in id order; over two servers that are not
+/// a cluster, the clients of each miss the other's messages, and the run says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_spread_over_servers_checks_every_client() {
+    let (a, stop_a) = server().await;
+    let (b, stop_b) = server().await;
+    let o = FanoutOpts {
+        clients: 10,
+        senders: 2,
+        messages: 10,
+        window: 4,
+        rate: None,
+    };
+    let mut same = common(a, "sp");
+    same.servers = vec![a, a];
+    let r = chat::fanout(&same, &o).await.unwrap();
+    assert_complete(&r);
+    assert_eq!(r.server, format!("{a},{a}"));
+
+    let mut apart = common(a, "sq");
+    apart.servers = vec![a, b];
+    apart.timeout = Duration::from_secs(3);
+    assert_eq!(apart.server_for(3), b);
+    let r = chat::fanout(&apart, &o).await.unwrap();
+    assert_eq!(r.server, format!("{a},{b}"));
+    // Each client can get only the messages of the sender on its own server (and the run
+    // waits for the other server's `joined` notices until its deadline): never all.
+    assert!(r.timed_out, "{r:?}");
+    assert_eq!(r.expected, 200);
+    assert!(r.delivered <= 100 && r.lost >= 100, "{r:?}");
+    assert_eq!(r.out_of_order, 0);
+    stop_a.cancel();
+    stop_b.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,7 @@ impl Redis {
 fn common(server: SocketAddr, prefix: &str) -> Common {
     Common {
         server,
+        servers: Vec::new(),
         prefix: prefix.to_owned(),
         timeout: Duration::from_secs(30),
         login_concurrency: 8,

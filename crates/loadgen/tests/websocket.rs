@@ -43,6 +43,7 @@ async fn server() -> (SocketAddr, SocketAddr, CancellationToken) {
 fn common(server: SocketAddr, prefix: &str, transport: Transport) -> Common {
     Common {
         server,
+        servers: Vec::new(),
         prefix: prefix.to_owned(),
         timeout: Duration::from_secs(30),
         login_concurrency: 8,

@@ -120,7 +120,23 @@ struct Inner {
     /// What the hub counted for the metrics: plain integers, changed only under this lock,
     /// once per message.
     counts: Counts,
+    /// Cluster mode only: where the hub tells the cluster bus that a local user left (the
+    /// presence registry in Redis drops the user and the other nodes get `left`). `None`
+    /// in a single process: nothing is sent, nothing allocated.
+    departures: Option<crate::cluster::Departures>,
+    /// Cluster mode: the ids of the last [`STORED_SEEN`] messages delivered here from a
+    /// mailbox (a message stored while its recipient was logging in, or while this node did
+    /// not listen, can be handed here twice: once by its sender's re-check, once by this
+    /// node's delivery of pending mailboxes). Ids are unique in the cluster. Empty, and
+    /// never touched, in a single process.
+    stored_seen: (
+        std::collections::HashSet<u64>,
+        std::collections::VecDeque<u64>,
+    ),
 }
+
+/// How many ids of messages delivered from a mailbox the hub remembers, to deliver each once.
+const STORED_SEEN: usize = 4096;
 
 /// Messages and deliveries counted by the hub (see [`HubStats`]).
 #[derive(Debug, Default, Clone, Copy)]
@@ -209,6 +225,8 @@ impl Hub {
                     json: Bytes::from_static(b"[]"),
                 },
                 counts: Counts::default(),
+                departures: None,
+                stored_seen: Default::default(),
             }),
             roster: Mutex::new(BTreeSet::new()),
             store,
@@ -235,7 +253,18 @@ impl Hub {
     /// [`KickReason::Revoked`], and nothing is registered, when a revocation of the account
     /// seen meanwhile is not older than the login's account lookup (the password it checked
     /// was changed, or the account deleted, while it was being checked).
+    #[cfg(test)]
     pub fn join(&self, member: Member) -> Result<u64, KickReason> {
+        self.join_as(member, true)
+    }
+
+    /// [`Hub::join`], where `announce` says whether a user not online on this node is
+    /// new (`joined` announced) or taking over a session of another node of the cluster
+    /// (nothing announced: the user never went offline).
+    ///
+    /// # Errors
+    /// As [`Hub::join`].
+    pub fn join_as(&self, member: Member, announce: bool) -> Result<u64, KickReason> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let key = member.user_id.key();
@@ -259,7 +288,9 @@ impl Hub {
             }
             None => {
                 inner.membership_changed(&user_id, true);
-                inner.announce(Notice::joined(&user_id));
+                if announce {
+                    inner.announce(Notice::joined(&user_id));
+                }
             }
         }
         Ok(inner.seq)
@@ -297,6 +328,7 @@ impl Hub {
         m.outbox.kick(KickReason::Revoked(revocation.kind));
         inner.membership_changed(&m.user_id, false);
         inner.announce(Notice::left(&m.user_id));
+        inner.depart(&m.user_id, m.conn_id);
         true
     }
 
@@ -414,6 +446,7 @@ impl Hub {
             }
             inner.membership_changed(user_id, false);
             inner.announce(Notice::left(user_id));
+            inner.depart(user_id, conn_id);
         }
     }
 
@@ -634,6 +667,246 @@ impl Hub {
                 format!("mailbox full: {} has too many unread messages", kept.msg.to),
             )),
             Err(e) => Err(store_failure(e)),
+        }
+    }
+}
+
+/// A private message that came over the cluster bus, with its id and time from Redis.
+#[derive(Debug)]
+pub struct BusPrivate {
+    /// The sender, as registered.
+    pub from: UserId,
+    /// The recipient, as registered.
+    pub to: UserId,
+    /// The text.
+    pub text: String,
+    /// Its id.
+    pub id: u64,
+    /// When it was accepted (Redis's clock), Unix milliseconds.
+    pub ts: u64,
+    /// For the recipient, if it is online on this node.
+    pub deliver: bool,
+    /// Already in the recipient's mailbox (committed before this was published).
+    pub stored: bool,
+    /// The sender's echo: its session on this node, and the ref of its `send` (JSON).
+    pub echo: Option<(u64, Option<Bytes>)>,
+}
+
+/// Cluster mode: what the bus subscriber of this node hands the hub. Every message and
+/// notice is delivered here once per node, and fanned out to the local sessions through
+/// the same encode-once path as in a single process.
+impl Hub {
+    /// Tells the hub the cluster's id counter gave out `id`: the ids this node asks for
+    /// next have it as their floor.
+    pub fn observe_id(&self, id: u64) {
+        let mut inner = self.lock();
+        inner.last_id = inner.last_id.max(id);
+    }
+
+    /// The highest message id this node has seen (or its store's high-water mark).
+    pub fn last_id(&self) -> u64 {
+        self.lock().last_id
+    }
+
+    /// Sends the hub's departures (a local user's session removed, with `left`) to the
+    /// cluster bus from now on.
+    pub(crate) fn set_departures(&self, departures: crate::cluster::Departures) {
+        self.lock().departures = Some(departures);
+    }
+
+    /// The users logged in on this node: spelling, connection, acknowledged delivery.
+    pub fn local_members(&self) -> Vec<(UserId, u64, bool)> {
+        let inner = self.lock();
+        inner
+            .members
+            .values()
+            .map(|m| (m.user_id.clone(), m.conn_id, m.outbox.has_acks()))
+            .collect()
+    }
+
+    /// A `joined` or `left` from the cluster bus: one append to the presence log. Returns
+    /// the log's head after it.
+    pub fn remote_notice(&self, notice: Notice) -> u64 {
+        let mut inner = self.lock();
+        inner.announce(notice);
+        inner.seq
+    }
+
+    /// The presence log's head now (where a session registered now starts reading).
+    pub fn presence_head(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// A newer login on another node took over `key`'s session `conn_id` here: it is
+    /// removed without `left` and kicked (`fail 409`). Returns whether it was here.
+    pub fn take_over_remote(&self, key: &str, conn_id: u64) -> bool {
+        let mut inner = self.lock();
+        if inner.members.get(key).is_none_or(|m| m.conn_id != conn_id) {
+            return false;
+        }
+        let Some(m) = inner.members.remove(key) else {
+            return false;
+        };
+        tracing::info!(user = %m.user_id, conn = conn_id, "session taken over by another node");
+        m.outbox.stop_presence(inner.seq);
+        m.outbox.kick(KickReason::TakenOver);
+        inner.membership_changed(&m.user_id, false);
+        true
+    }
+
+    /// Kicks every session of this node (`reason`): the node was declared dead by the
+    /// cluster while it was cut off, and its users shown as gone.
+    pub fn kick_all(&self, reason: KickReason) {
+        let mut inner = self.lock();
+        let members: Vec<Member> = inner.members.drain().map(|(_, m)| m).collect();
+        for m in members {
+            m.outbox.stop_presence(inner.seq);
+            m.outbox.kick(reason);
+            inner.membership_changed(&m.user_id, false);
+        }
+    }
+
+    /// A public message numbered by the cluster: delivered to every session of this node.
+    /// `echo`: the sender's session is on this node (its conn, and its ref). `history`: this
+    /// node keeps it (it is the sender's).
+    pub fn deliver_public(
+        &self,
+        from: &UserId,
+        text: &str,
+        (id, ts): (u64, u64),
+        echo: Option<(u64, Option<Bytes>)>,
+        history: Option<HistoryPermit>,
+    ) {
+        let head = ChatHead::new(from, text);
+        let mut inner = self.lock();
+        inner.last_id = inner.last_id.max(id);
+        let obj = head.finish(Recipient::Everyone.as_str(), id, ts);
+        if let Some(permit) = history {
+            permit.push(ChatMessage {
+                r#ref: None,
+                user_id: from.clone(),
+                message: text.to_owned(),
+                to: Recipient::Everyone,
+                id,
+                ts,
+            });
+        }
+        let delivered = match echo {
+            Some((conn, Some(r))) => {
+                let echo = Echo::of(Some(&r), obj.clone());
+                let others = inner.broadcast(Out::Chat(obj), Some(conn));
+                others + inner.echo(conn, &from.key(), echo)
+            }
+            _ => inner.broadcast(Out::Chat(obj), None),
+        };
+        inner.counts.public += 1;
+        inner.counts.delivered += delivered;
+    }
+
+    /// A private message numbered by the cluster: queued for its recipient if it is
+    /// online here (`deliver`), and echoed to its sender if that one is here (`echo`).
+    /// A recipient that left meanwhile, or whose outbox is full, gets it in its mailbox
+    /// (asked for under the lock: a login that registers afterwards reads it); one already
+    /// `stored` there is delivered and then deleted from it (kept until acked with acks).
+    /// `history`: this node keeps it (the sender's node, for a message not in a mailbox).
+    pub fn deliver_private(&self, mut p: BusPrivate, history: Option<HistoryPermit>) {
+        let head = ChatHead::new(&p.from, &p.text);
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.last_id = inner.last_id.max(p.id);
+        let private = Arc::new(Private {
+            obj: head.finish(p.to.as_str(), p.id, p.ts),
+            from: p.from.clone(),
+            text: p.text,
+            id: p.id,
+            ts: p.ts,
+        });
+        if let Some(permit) = history {
+            permit.push(private.message(p.to.clone()));
+        }
+        let to_key = p.to.key();
+        let mut echoed = false;
+        if p.deliver && p.stored {
+            let (seen, order) = &mut inner.stored_seen;
+            if seen.contains(&p.id) {
+                // Delivered here from the mailbox already.
+                p.deliver = false;
+            } else {
+                seen.insert(p.id);
+                order.push_back(p.id);
+                if order.len() > STORED_SEEN
+                    && let Some(old) = order.pop_front()
+                {
+                    seen.remove(&old);
+                }
+            }
+        }
+        let mut spawn: Vec<BoxFuture<'static, Result<(), StoreError>>> = Vec::new();
+        if p.deliver {
+            match inner.members.get(&to_key) {
+                None => {
+                    if !p.stored {
+                        // Left meanwhile: kept for the next login.
+                        spawn.push(
+                            self.store
+                                .enqueue(to_key.clone(), private.message(p.to.clone())),
+                        );
+                    }
+                }
+                Some(m) => {
+                    let to_self = p.echo.as_ref().is_some_and(|(c, _)| *c == m.conn_id);
+                    let item = if to_self {
+                        echoed = true;
+                        Echo::of_private(
+                            p.echo.as_ref().and_then(|(_, r)| r.as_ref()),
+                            private.clone(),
+                        )
+                    } else {
+                        Out::Private(private.clone())
+                    };
+                    let acks = m.outbox.has_acks();
+                    if acks && !p.stored {
+                        spawn.push(
+                            self.store
+                                .enqueue(to_key.clone(), private.message(p.to.clone())),
+                        );
+                    }
+                    let seq = inner.seq;
+                    let queued = offer(m, seq, item, &mut inner.slow);
+                    if !queued {
+                        inner.cut_off();
+                        if !p.stored && !acks {
+                            spawn.push(
+                                self.store
+                                    .enqueue(to_key.clone(), private.message(p.to.clone())),
+                            );
+                        }
+                    } else {
+                        inner.counts.delivered += 1;
+                        if p.stored && !acks {
+                            spawn.push(self.store.delete_delivered(to_key.clone(), vec![p.id]));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((conn, r)) = &p.echo
+            && !echoed
+        {
+            let echo = Echo::of(r.as_ref(), private.obj.clone());
+            inner.echo(*conn, &p.from.key(), echo);
+        }
+        if p.echo.is_some() {
+            inner.counts.private += 1;
+        }
+        drop(guard);
+        for f in spawn {
+            let id = p.id;
+            tokio::spawn(async move {
+                if let Err(e) = f.await {
+                    tracing::error!(error = %e, id, "cannot update the mailbox for a message from the cluster bus");
+                }
+            });
         }
     }
 }
@@ -929,6 +1202,16 @@ impl Inner {
             m.outbox.kick(KickReason::SlowConsumer);
             self.membership_changed(&m.user_id, false);
             self.announce(Notice::left(&m.user_id));
+            self.depart(&m.user_id, conn_id);
+        }
+    }
+
+    /// In cluster mode, tells the bus that `user_id`'s session `conn_id` left this node
+    /// (never blocks: see [`crate::cluster::Departures::send`]). Nothing in a single
+    /// process.
+    fn depart(&self, user_id: &UserId, conn_id: u64) {
+        if let Some(d) = &self.departures {
+            d.send(user_id, conn_id);
         }
     }
 }
@@ -957,7 +1240,7 @@ fn unnumbered(from: &UserId, text: &MessageText, to: Recipient) -> ChatMessage {
 }
 
 /// The JSON array of `users`' ids, in order: what serde_json writes for them.
-fn encode_list(users: &BTreeSet<UserId>) -> Bytes {
+pub(crate) fn encode_list(users: &BTreeSet<UserId>) -> Bytes {
     // A user id is at most 32 characters, none of which JSON escapes.
     let mut buf = Vec::with_capacity(2 + users.len() * 16);
     buf.push(b'[');
@@ -2135,5 +2418,132 @@ mod tests {
         let per_pair = started.elapsed() / ROUNDS as u32;
         println!("{N} members: a login and a logout take {per_pair:?} (both under the hub's lock)");
         assert!(members.iter().all(|m| m.take(ALL).items.is_empty()));
+    }
+
+    fn bus_private(from: &str, to: &str, id: u64) -> BusPrivate {
+        BusPrivate {
+            from: UserId::new(from).expect("valid id"),
+            to: UserId::new(to).expect("valid id"),
+            text: "hi".into(),
+            id,
+            ts: 7,
+            deliver: true,
+            stored: false,
+            echo: None,
+        }
+    }
+
+    #[test]
+    fn a_public_message_from_the_bus_keeps_its_id_and_only_the_senders_copy_has_the_ref() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = member(&hub, 2, "bob");
+        let _ = frames(&hub, &alice);
+        let from = UserId::new("alice").expect("valid id");
+        let r = Bytes::from_static(b"\"r1\"");
+        hub.deliver_public(&from, "hello", (5000, 5), Some((1, Some(r))), None);
+        hub.deliver_public(&from, "again", (4000, 4), None, None);
+        let hello = r#"{"user_id":"alice","message":"hello","to":"*","id":5000,"ts":5}"#;
+        let again = r#"{"user_id":"alice","message":"again","to":"*","id":4000,"ts":4}"#;
+        let taken = alice.take(ALL);
+        let items: Vec<&Out> = taken.items.iter().map(|q| &q.item).collect();
+        match items[..] {
+            [Out::Echo(e), Out::Chat(b)] => {
+                assert_eq!(
+                    (&e.r#ref[..], &e.obj[..]),
+                    (&b"\"r1\""[..], hello.as_bytes())
+                );
+                assert_eq!(&b[..], again.as_bytes());
+            }
+            _ => panic!("{items:?}"),
+        }
+        assert_eq!(frames(&hub, &bob), [hello, again]);
+        // The highest id seen is the floor of the next ones asked for.
+        assert_eq!(hub.last_id(), 5000);
+    }
+
+    #[tokio::test]
+    async fn a_private_message_from_the_bus_for_a_user_gone_goes_to_the_mailbox() {
+        let store = Arc::new(MemoryStore::new(10));
+        for name in ["alice", "bob"] {
+            store
+                .create_account(crate::store::Account {
+                    user_id: UserId::new(name).expect("valid id"),
+                    password_hash: "x".into(),
+                    created_ms: 1,
+                })
+                .await
+                .expect("created");
+        }
+        let hub = Hub::new(store.clone(), 0);
+        let alice = member(&hub, 1, "alice");
+        // Bob is not on this node (left meanwhile): kept; alice's echo is hers.
+        let mut p = bus_private("alice", "bob", 9000);
+        p.echo = Some((1, None));
+        hub.deliver_private(p, None);
+        assert_eq!(
+            frames(&hub, &alice),
+            [r#"{"user_id":"alice","message":"hi","to":"bob","id":9000,"ts":7}"#]
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pending = loop {
+            let p = store.pending("bob".into()).await.expect("read");
+            if !p.is_empty() || Instant::now() > deadline {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [9000]);
+        // Bob logs in here, and a message already in his mailbox is delivered from it,
+        // then deleted there.
+        let bob = member(&hub, 2, "bob");
+        let mut p = bus_private("alice", "bob", 9000);
+        p.stored = true;
+        hub.deliver_private(p, None);
+        assert_eq!(
+            frames(&hub, &bob),
+            [r#"{"user_id":"alice","message":"hi","to":"bob","id":9000,"ts":7}"#]
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !store.pending("bob".into()).await.expect("read").is_empty() {
+            assert!(Instant::now() < deadline, "not deleted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Handed over from the mailbox a second time (its sender's re-check and this
+        // node's pending delivery both): delivered once.
+        let mut p = bus_private("alice", "bob", 9000);
+        p.stored = true;
+        hub.deliver_private(p, None);
+        assert!(frames(&hub, &bob).is_empty());
+    }
+
+    #[test]
+    fn a_takeover_from_another_node_kicks_without_left_and_only_that_session() {
+        let hub = Hub::new(Arc::new(MemoryStore::new(10)), 0);
+        let alice = member(&hub, 1, "alice");
+        let bob = member(&hub, 2, "bob");
+        assert!(!hub.take_over_remote("bob", 99));
+        assert_eq!(bob.kicked(), None);
+        assert!(hub.take_over_remote("bob", 2));
+        assert_eq!(bob.kicked(), Some(KickReason::TakenOver));
+        assert_eq!(frames(&hub, &alice), [joined("bob")]);
+        // A user new to the cluster but taking over elsewhere joins without `joined`.
+        let _carol = hub
+            .join_as(
+                Member {
+                    conn_id: 3,
+                    user_id: UserId::new("carol").expect("valid id"),
+                    outbox: Outbox::new(crate::outbox::Limits {
+                        items: 8,
+                        bytes: 4096,
+                    }),
+                    login_ms: 1,
+                },
+                false,
+            )
+            .expect("joined");
+        assert!(frames(&hub, &alice).is_empty());
+        hub.remote_notice(Notice::left(&UserId::new("dave").expect("valid id")));
+        assert_eq!(frames(&hub, &alice), [left("dave")]);
     }
 }

@@ -11,6 +11,7 @@
 //! check, WebSocket upgrade), `metrics.rs` (Prometheus metrics).
 
 pub mod auth;
+pub mod cluster;
 mod http;
 mod hub;
 mod limits;
@@ -180,6 +181,9 @@ pub struct Config {
     /// The server's metrics: keep a clone to serve them ([`metrics::serve`]). One per
     /// server; a fresh one by default.
     pub metrics: Metrics,
+    /// Cluster mode (`--cluster-redis`): the Redis of the bus and the presence registry,
+    /// and this node's id. `None` (the default): a single process.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -216,6 +220,7 @@ impl std::fmt::Debug for Config {
             )
             .field("http_header_timeout", &self.http_header_timeout)
             .field("metrics", &self.metrics)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -252,6 +257,7 @@ impl Default for Config {
             http_connections_per_address: DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS,
             http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
             metrics: Metrics::new(),
+            cluster: None,
         }
     }
 }
@@ -274,6 +280,8 @@ pub(crate) struct Shared {
     conn_ids: AtomicU64,
     /// Write coalescing under load ([`Config::coalesce`]).
     pub(crate) coalescer: outbox::Coalescer,
+    /// Cluster mode's bus and presence registry; `None` in a single process.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Shared {
@@ -323,6 +331,16 @@ pub async fn run_listeners(
         .max_message_id()
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let connected = cluster::Cluster::connect(c)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            tracing::info!(node = %c.node_id, redis = %c.redis, "cluster mode");
+            Some(Arc::new(connected))
+        }
+        None => None,
+    };
     if config.hash_cost == HashCost::InsecureFast {
         tracing::warn!(
             "--insecure-fast-hash: passwords are hashed with minimal cost; benchmarks and tests only"
@@ -375,9 +393,29 @@ pub async fn run_listeners(
         conn_ids: AtomicU64::new(1),
         coalescer: outbox::Coalescer::default(),
         metrics: config.metrics.clone(),
+        cluster,
         config,
     });
     shared.metrics.attach(&shared);
+    // Cluster mode: the subscriber, heartbeat and departures; the first subscription is
+    // awaited (a while) so that the first logins do not get `fail 503`.
+    let cluster_task = match &shared.cluster {
+        Some(c) => {
+            shared.hub.set_departures(c.departures());
+            let task = tokio::spawn(c.clone().run(shared.clone(), shutdown.clone()));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !c.is_up() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if !c.is_up() {
+                tracing::warn!(
+                    "not subscribed to the cluster bus yet; serving, with fail 503 for what needs it"
+                );
+            }
+            Some(task)
+        }
+        None => None,
+    };
     // Wakes the idle sessions, once per tick at most, to read the presence notices announced
     // since they last read. On shutdown it tells the logged-in sessions through their
     // outboxes.
@@ -449,6 +487,9 @@ pub async fn run_listeners(
         let _ = coalescer.await;
     }
     let _ = revocations.await;
+    if let Some(task) = cluster_task {
+        let _ = task.await;
+    }
     let sessions = tracker.len();
     tracing::info!(sessions, "shutting down");
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait())

@@ -36,6 +36,7 @@ use futures::future::BoxFuture;
 use ipnet::IpNet;
 use simpletextim_proto::{Password, UserId};
 use simpletextim_server::auth::{HashCost, hash_password};
+use simpletextim_server::cluster::{ClusterConfig, RedisUrl};
 use simpletextim_server::metrics;
 use simpletextim_server::store::{
     Account, AccountInfo, DatabaseUrl, PgOptions, PostgresStore, SqliteStore, StoreError,
@@ -87,6 +88,24 @@ struct Cli {
         hide_env_values = true
     )]
     database: Option<DatabaseArg>,
+
+    /// Cluster mode: serve one user base with the other nodes of this Redis (the bus of
+    /// messages and presence; redis://[:PASSWORD@]HOST[:PORT][/DB]); needs --database, the
+    /// record they share. Plain TCP or a unix socket, no TLS: keep Redis on a private
+    /// network. Prefer the environment variable to the command line.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SIMPLETEXTIM_CLUSTER_REDIS",
+        hide_env_values = true,
+        requires = "database"
+    )]
+    cluster_redis: Option<RedisArg>,
+
+    /// This node's id in the cluster (1-64 characters of A-Z a-z 0-9 _ . -), unique among
+    /// the nodes [default: a random id].
+    #[arg(long, value_name = "NAME", requires = "cluster_redis")]
+    node_id: Option<String>,
 
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -436,6 +455,35 @@ impl std::fmt::Debug for DatabaseArg {
     }
 }
 
+/// The text of `--cluster-redis` as given; like [`DatabaseArg`], its `Debug` hides it (it
+/// may hold a password), and it is parsed by [`cluster_config`], whose error never repeats
+/// it.
+#[derive(Clone)]
+struct RedisArg(String);
+
+impl std::str::FromStr for RedisArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<RedisArg, Self::Err> {
+        Ok(RedisArg(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for RedisArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisArg(..)")
+    }
+}
+
+/// `--cluster-redis` and `--node-id`, checked; `None` for a single process.
+fn cluster_config(cli: &Cli) -> anyhow::Result<Option<ClusterConfig>> {
+    let Some(arg) = &cli.cluster_redis else {
+        return Ok(None);
+    };
+    let url: RedisUrl = arg.0.parse().context("--cluster-redis")?;
+    let config = ClusterConfig::new(url, cli.node_id.clone()).context("--node-id")?;
+    Ok(Some(config))
+}
+
 /// `--database`, parsed; `None` for the SQLite store of `--data`.
 fn database_url(cli: &Cli) -> anyhow::Result<Option<DatabaseUrl>> {
     // The parse error never repeats the value, which may hold a password.
@@ -555,6 +603,7 @@ async fn serve_on(cli: Cli, store: Arc<dyn Store>, tls: Option<Tls>) -> anyhow::
         allowed_origins: cli.allowed_origin.clone(),
         http_max_connections: cli.http_max_connections.max(1),
         http_connections_per_address: cli.http_connections_per_address,
+        cluster: cluster_config(&cli)?,
         ..Config::default()
     };
     let listener = TcpListener::bind(cli.listen)

@@ -495,6 +495,22 @@ impl Collector for ServerCollector {
             "Accounts created by a first login (open registration).",
             created,
         )?;
+        // Cluster mode only (a single process shows none of these).
+        if let Some(cluster) = shared.as_ref().and_then(|s| s.cluster.as_ref()) {
+            gauge(
+                &mut encoder,
+                "cluster_bus_up",
+                "1 while this node is subscribed to the cluster bus (Redis), else 0: then what needs the bus gets fail 503.",
+                None,
+                u64::from(cluster.is_up()),
+            )?;
+            counter(
+                &mut encoder,
+                "cluster_bus_lost",
+                "Times this node lost its subscription to the cluster bus (Redis gone or restarted, or the subscriber cut off by Redis's pub/sub output buffer limit) and subscribed again.",
+                cluster.bus_lost(),
+            )?;
+        }
         Ok(())
     }
 }

@@ -5,119 +5,47 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use simpletextim_proto::{ChatMessage, Client, Recipient, Reply, UserId};
 
+#[path = "common/node.rs"]
+mod node;
 #[path = "common/pg.rs"]
 mod pg;
+
+use node::Node;
 
 const BIN: &str = env!("CARGO_BIN_EXE_simpletextim-server");
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A running server process and everything it logged so far.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+/// Starts the binary on `db` (the URL in `SIMPLETEXTIM_DATABASE`); waits for
+/// `listening on`.
+fn start(db: &pg::TestDb) -> Node {
+    let mut cmd = Node::command(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--listen-http",
+        "off",
+        "--insecure-fast-hash",
+    ]);
+    cmd.env("SIMPLETEXTIM_DATABASE", &db.url);
+    Node::spawn_command(cmd)
 }
 
-impl Server {
-    /// Starts the binary on `db` (the URL in `SIMPLETEXTIM_DATABASE`); waits for
-    /// `listening on`.
-    fn start(db: &pg::TestDb) -> Server {
-        let mut child = Command::new(BIN)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--listen-http",
-                "off",
-                "--insecure-fast-hash",
-            ])
-            .env("SIMPLETEXTIM_DATABASE", &db.url)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot spawn the server");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(addr) = line.split("listening on ").nth(1)
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(addr.trim().parse::<SocketAddr>());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(Ok(addr)) => addr,
-            other => {
-                let _ = child.kill();
-                panic!(
-                    "server did not log its address: {other:?}; log: {:?}",
-                    log.lock().unwrap()
-                );
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    /// SIGTERM, then waits (at most 5 s) for a clean exit; returns the log.
-    fn terminate(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "no exit within 5 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // The reader thread sees EOF right after the exit.
-        std::thread::sleep(Duration::from_millis(100));
-        self.log.lock().unwrap().clone()
-    }
-
-    async fn login(&self, user: &str) -> (Client, Vec<ChatMessage>) {
-        let mut c = tokio::time::timeout(WAIT, Client::connect(self.addr))
-            .await
-            .expect("connect timed out")
-            .unwrap();
-        let pending = tokio::time::timeout(WAIT, c.login(user, &format!("pw-{user}")))
-            .await
-            .expect("login timed out")
-            .unwrap_or_else(|e| panic!("login of {user}: {e}"));
-        (c, pending)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Connects to `node` and logs `user` in (password `pw-USER`).
+async fn login(node: &Node, user: &str) -> (Client, Vec<ChatMessage>) {
+    let mut c = tokio::time::timeout(WAIT, Client::connect(node.addr()))
+        .await
+        .expect("connect timed out")
+        .unwrap();
+    let pending = tokio::time::timeout(WAIT, c.login(user, &format!("pw-{user}")))
+        .await
+        .expect("login timed out")
+        .unwrap_or_else(|e| panic!("login of {user}: {e}"));
+    (c, pending)
 }
 
 /// Runs a subcommand with `--database URL` to completion; (success, stdout, stderr).
@@ -200,11 +128,11 @@ async fn two_users_chat_and_an_offline_message_survives_a_restart() {
     assert!(ok, "user add: {stderr}");
     assert_eq!(stdout.trim(), "created Alice");
 
-    let server = Server::start(&db);
-    let (mut alice, pending) = server.login("alice").await;
+    let mut server = start(&db);
+    let (mut alice, pending) = login(&server, "alice").await;
     assert_eq!(pending, vec![]);
     // Open registration creates bob's account.
-    let (mut bob, pending) = server.login("bob").await;
+    let (mut bob, pending) = login(&server, "bob").await;
     assert_eq!(pending, vec![]);
 
     alice.send_public("hello everyone").await.unwrap();
@@ -232,7 +160,9 @@ async fn two_users_chat_and_an_offline_message_survives_a_restart() {
     let kept = next_chat(&mut alice).await;
     assert_eq!(kept.message, "while you were away");
     drop(alice);
-    let log = server.terminate();
+    let status = server.terminate();
+    let log = server.log();
+    assert!(status.success(), "exit status {status}; log: {log:?}");
     assert!(
         log.iter()
             .any(|l| l.contains("store open") && l.contains("postgres://postgres@127.0.0.1:")),
@@ -240,8 +170,8 @@ async fn two_users_chat_and_an_offline_message_survives_a_restart() {
     );
     assert!(!log.iter().any(|l| l.contains(&password)), "{log:?}");
 
-    let server = Server::start(&db);
-    let (_bob, pending) = server.login("bob").await;
+    let server = start(&db);
+    let (_bob, pending) = login(&server, "bob").await;
     assert_eq!(
         pending,
         vec![ChatMessage {
@@ -285,8 +215,8 @@ async fn two_users_chat_and_an_offline_message_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_passwd_ends_the_session_and_the_new_password_logs_in() {
     let db = pg::migrated_database().await;
-    let server = Server::start(&db);
-    let (mut bob, _) = server.login("bob").await;
+    let server = start(&db);
+    let (mut bob, _) = login(&server, "bob").await;
 
     let (ok, stdout, stderr) = admin(&db, &["user", "passwd", "bob"], "new-pw\n");
     assert!(ok, "user passwd: {stderr}");
@@ -311,12 +241,12 @@ async fn user_passwd_ends_the_session_and_the_new_password_logs_in() {
         )
     );
 
-    let mut c = Client::connect(server.addr).await.unwrap();
+    let mut c = Client::connect(server.addr()).await.unwrap();
     let old = tokio::time::timeout(WAIT, c.login("bob", "pw-bob"))
         .await
         .expect("login timed out");
     assert!(old.is_err(), "the old password still logs in");
-    let mut c = Client::connect(server.addr).await.unwrap();
+    let mut c = Client::connect(server.addr()).await.unwrap();
     tokio::time::timeout(WAIT, c.login("bob", "new-pw"))
         .await
         .expect("login timed out")

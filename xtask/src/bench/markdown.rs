@@ -18,9 +18,9 @@ pub const END: &str = "<!-- bench:end -->";
 /// The generated Markdown.
 pub fn markdown(doc: &Results) -> String {
     let mut s = String::new();
-    let sections: [fn(&mut String, &Results) -> fmt::Result; 13] = [
+    let sections: [fn(&mut String, &Results) -> fmt::Result; 14] = [
         header, targets, flood, websocket, open_loop, reference, presence, conns, offline, history,
-        soak, cpu, commands,
+        cluster, soak, cpu, commands,
     ];
     for section in sections {
         section(&mut s, doc).expect("formatting into a String does not fail");
@@ -622,6 +622,91 @@ fn history(s: &mut String, doc: &Results) -> fmt::Result {
         r.senders,
         r.sent,
         fail_counts(&r.fails)
+    )
+}
+
+/// The fan-out through a cluster (`cluster`): throughput, order, and the CPU the nodes and
+/// the bus (`redis-server`) spent per message. Nothing until the scenario has run; a
+/// scenario that could not run (a server without cluster mode) says why.
+fn cluster(s: &mut String, doc: &Results) -> fmt::Result {
+    let Some(sc) = doc.scenario("cluster") else {
+        return Ok(());
+    };
+    writeln!(
+        s,
+        "### Cluster: fan-out through the bus
+"
+    )?;
+    let Some(r) = sc.median.as_ref() else {
+        let why = sc.runs.iter().find_map(|run| match run {
+            Run::Failed { error } => Some(error.as_str()),
+            Run::Done(_) => None,
+        });
+        return writeln!(s, "Not measured: {}.\n", why.unwrap_or("no run completed"));
+    };
+    let nodes = r.node_cpu_s.as_ref().map_or(0, Vec::len);
+    writeln!(
+        s,
+        "{}: {nodes} nodes on one PostgreSQL and one Redis, client i on node i mod {nodes}; every client must receive every public message once, in id order. CPU seconds over the whole run (logins included) from `/proc`, divided by what the run sent and delivered; on a shared machine, the figures are noisy.\n",
+        sc.title
+    )?;
+    writeln!(s, "| figure | value |\n|---|---|")?;
+    writeln!(
+        s,
+        "| deliveries/s | {} (runs: {}) |",
+        si(r.deliveries_per_s),
+        spread(doc, "cluster", |r| si(r.deliveries_per_s))
+    )?;
+    writeln!(
+        s,
+        "| messages sent, deliveries, lost, out of order | {}, {}, {}, {} |",
+        r.sent, r.delivered, r.lost, r.out_of_order
+    )?;
+    let l = &r.latency_us;
+    writeln!(
+        s,
+        "| latency p50 / p99 / max ms | {} / {} / {} |",
+        ms(l.p50),
+        ms(l.p99),
+        ms(l.max)
+    )?;
+    let each = r.node_cpu_s.as_ref().map(|v| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    });
+    writeln!(
+        s,
+        "| CPU s of each node; of redis-server; of PostgreSQL | {}; {}; {} |",
+        opt(each),
+        opt(r.bus_cpu_s.map(|x| format!("{x:.2}"))),
+        opt(r.db_cpu_s.map(|x| format!("{x:.2}")))
+    )?;
+    let per = |cpu: Option<f64>, n: u64| {
+        opt(cpu
+            .filter(|_| n > 0)
+            .map(|c| format!("{:.2}", c * 1e6 / n as f64)))
+    };
+    writeln!(
+        s,
+        "| node CPU µs per delivery (all nodes) | {} |",
+        per(r.server_cpu_s, r.delivered)
+    )?;
+    writeln!(
+        s,
+        "| node CPU µs per message sent (all nodes) | {} |",
+        per(r.server_cpu_s, r.sent)
+    )?;
+    writeln!(
+        s,
+        "| redis-server CPU µs per message sent | {} |",
+        per(r.bus_cpu_s, r.sent)
+    )?;
+    writeln!(
+        s,
+        "| PostgreSQL CPU µs per message sent | {} |\n",
+        per(r.db_cpu_s, r.sent)
     )
 }
 

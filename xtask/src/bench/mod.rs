@@ -19,7 +19,7 @@
 
 mod loadgen;
 mod markdown;
-mod redis;
+pub(crate) mod redis;
 mod results;
 mod server;
 mod suite;
@@ -71,7 +71,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| s.id.contains(o.as_str())))
         .collect();
     // Before the build, so that a machine without it (and without apt-get) fails at once.
-    let redis = if selected.iter().any(|s| s.reference.is_some()) {
+    let redis = if selected
+        .iter()
+        .any(|s| s.reference.is_some() || s.cluster.is_some())
+    {
         Some(RedisBin::probe(crate::setup::ensure_redis_server()?)?)
     } else {
         None
@@ -79,8 +82,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !args.no_build {
         build(&root)?;
     }
-    let server_bin = ServerBin::probe(root.join("target/release/simpletextim-server"))?;
-    let loadgen_bin = root.join("target/release/simpletextim-loadgen");
+    let release = target_dir(&root).join("release");
+    let server_bin = ServerBin::probe(release.join("simpletextim-server"))?;
+    let loadgen_bin = release.join("simpletextim-loadgen");
     let out_dir = if args.quick {
         root.join("target/bench-quick")
     } else {
@@ -158,14 +162,15 @@ fn report_only(root: &Path, quick: bool) -> anyhow::Result<()> {
 
 /// `cargo build --release` of the server and the load generator.
 fn build(root: &Path) -> anyhow::Result<()> {
-    let args = [
-        "build",
-        "--release",
-        "-p",
-        "simpletextim-server",
-        "-p",
-        "simpletextim-loadgen",
-    ];
+    cargo_build_release(root, &["simpletextim-server", "simpletextim-loadgen"])
+}
+
+/// `cargo build --release -p P` of each package `P`.
+pub(crate) fn cargo_build_release(root: &Path, packages: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--release"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
@@ -218,7 +223,10 @@ fn run_scenario(
             None => None,
         };
         eprintln!("== {} (run {} of {})", s.id, k + 1, s.runs);
-        let run = run_once(s, &s.args, server_bin, loadgen_bin, work, &n.to_string())?;
+        let run = match s.cluster {
+            Some(nodes) => run_cluster_once(s, bins, nodes)?,
+            None => run_once(s, &s.args, server_bin, loadgen_bin, work, &n.to_string())?,
+        };
         runs.push(match (run, quiet) {
             (Run::Done(mut r), Some(Run::Done(q))) => {
                 r.quiet = Some(q);
@@ -236,7 +244,10 @@ fn run_scenario(
     let median = results::median_index(&runs, s.metric)
         .and_then(|i| runs[i].report())
         .cloned();
-    let server_command = (s.limits != Limits::Bench).then(|| server_bin.command(s.limits));
+    let server_command = match s.cluster {
+        Some(nodes) => Some(cluster_command(nodes)),
+        None => (s.limits != Limits::Bench).then(|| server_bin.command(s.limits)),
+    };
     let reference = match (s.reference_command(), bins.redis) {
         (Some(command), Some(redis)) => Some(Reference {
             name: redis.name(),
@@ -323,6 +334,63 @@ fn run_once(
     Ok(finished(s, report, wall, cpu))
 }
 
+/// The nodes' command line of a cluster scenario, as the report shows it.
+fn cluster_command(nodes: usize) -> String {
+    format!(
+        "{nodes} nodes (cargo xtask cluster's): RUST_LOG={} SIMPLETEXTIM_DATABASE=postgres://… simpletextim-server --listen 127.0.0.1:0 --listen-http off --cluster-redis redis://127.0.0.1:PORT --node-id node-N {}; a private PostgreSQL (fsync off) and a private redis-server",
+        server::SERVER_LOG,
+        server::SERVER_ARGS.join(" ")
+    )
+}
+
+/// One run of the load generator against a fresh cluster of `nodes` nodes (private
+/// PostgreSQL and Redis, `migrate`), the clients spread over the nodes; the report gets
+/// each node's CPU seconds over the run ([`Report::node_cpu_s`], their sum as the server's),
+/// Redis's ([`Report::bus_cpu_s`]) and PostgreSQL's ([`Report::db_cpu_s`]). A server without cluster mode is a failed run
+/// saying so (the scenario is skipped, loudly), not a stop of the suite.
+fn run_cluster_once(s: &Scenario, bins: &Bins, nodes: usize) -> anyhow::Result<Run> {
+    if let Err(e) = crate::cluster::require_cluster_support(&bins.server.path) {
+        eprintln!("{}: SKIPPED: {e:#}", s.id);
+        return Ok(Run::Failed {
+            error: format!("skipped: {e:#}"),
+        });
+    }
+    let redis = bins
+        .redis
+        .context("a cluster scenario needs redis-server")?;
+    let config = crate::cluster::ClusterConfig {
+        server: &bins.server.path,
+        redis,
+        nodes: (0..nodes)
+            .map(|_| crate::cluster::NodeSpec {
+                listen: "127.0.0.1:0".to_owned(),
+                http: None,
+            })
+            .collect(),
+        extra_args: server::SERVER_ARGS.iter().map(|&a| a.to_owned()).collect(),
+        log_filter: server::SERVER_LOG,
+    };
+    let mut cluster = crate::cluster::Cluster::start(&config)?;
+    let addrs: Vec<&str> = cluster.nodes.iter().map(|n| n.addr.as_str()).collect();
+    let addrs = addrs.join(",");
+    let before = cluster.cpu_seconds();
+    let t = Instant::now();
+    let report = loadgen::run(bins.loadgen, &addrs, None, s, &s.args, "lg");
+    let wall = t.elapsed().as_secs_f64();
+    let (node_cpu, bus_cpu, db_cpu) = cluster.cpu_seconds().since(&before);
+    cluster.stop();
+    let total = node_cpu.as_ref().map(|v| v.iter().sum::<f64>());
+    Ok(match finished(s, report, wall, total) {
+        Run::Done(mut r) => {
+            r.node_cpu_s = node_cpu;
+            r.bus_cpu_s = bus_cpu;
+            r.db_cpu_s = db_cpu;
+            Run::Done(r)
+        }
+        failed => failed,
+    })
+}
+
 /// A run of the load generator as the results keep it, with the harness's figures (wall
 /// time, the server's CPU) in its report.
 fn finished(s: &Scenario, report: anyhow::Result<Report>, wall: f64, cpu: Option<f64>) -> Run {
@@ -367,8 +435,17 @@ fn write_report(doc: &Results, out_dir: &Path, md_path: &Path) -> anyhow::Result
     )
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace root), else
+/// `target` in the root.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
 /// The workspace root: the parent of xtask's own directory.
-fn workspace_root() -> anyhow::Result<PathBuf> {
+pub(crate) fn workspace_root() -> anyhow::Result<PathBuf> {
     let dir = std::env::var("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .or_else(|_| std::env::current_dir())?;

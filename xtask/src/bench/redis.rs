@@ -148,6 +148,11 @@ impl RedisServer {
         )
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// User + system CPU seconds the server has used so far; `None` where `/proc` cannot
     /// tell.
     pub fn cpu_seconds(&self) -> Option<f64> {

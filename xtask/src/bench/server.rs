@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 /// logins would otherwise measure Argon2id), no per-session rate limit (flood scenarios),
 /// no limit on the logins in progress from one address (the load generator logs in from
 /// loopback, 64 at a time).
-const SERVER_ARGS: &[&str] = &[
+pub const SERVER_ARGS: &[&str] = &[
     "--insecure-fast-hash",
     "--rate-limit",
     "0",
@@ -34,7 +34,8 @@ pub enum Limits {
     WebSocket,
 }
 /// Quiet per-session logging; `listening on` (info) is still logged.
-const SERVER_LOG: &str = "info,simpletextim_server::session=warn,simpletextim_server::auth=warn";
+pub const SERVER_LOG: &str =
+    "info,simpletextim_server::session=warn,simpletextim_server::auth=warn";
 /// How long a server may take to log its address.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a server may take to exit after SIGTERM before it is killed.

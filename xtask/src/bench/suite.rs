@@ -63,13 +63,23 @@ pub struct Scenario {
     /// beside each run (`redis-fanout`, the same load through Redis pub/sub), in alternate
     /// order; its runs have a median of their own ([`super::results::Reference`]).
     pub reference: Option<Vec<String>>,
+    /// Run against a cluster of this many nodes (`cargo xtask cluster`'s: private
+    /// PostgreSQL and Redis) instead of one server, the clients spread over the nodes.
+    pub cluster: Option<usize>,
 }
 
 impl Scenario {
     /// The load generator's command line as the report shows it.
     pub fn command(&self) -> String {
+        let server = match self.cluster {
+            Some(n) => (1..=n)
+                .map(|i| format!("NODE{i}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            None => "ADDR".to_owned(),
+        };
         format!(
-            "simpletextim-loadgen --server ADDR --timeout {} {}",
+            "simpletextim-loadgen --server {server} --timeout {} {}",
             self.timeout,
             self.args.join(" ")
         )
@@ -125,6 +135,12 @@ impl Scenario {
         self
     }
 
+    /// The scenario against a cluster of `nodes` nodes, the clients spread over them.
+    fn on_cluster(mut self, nodes: usize) -> Scenario {
+        self.cluster = Some(nodes);
+        self
+    }
+
     /// A `fanout` scenario with the Redis pub/sub reference beside it: the same arguments
     /// to `redis-fanout` (C subscribers, S separate publishers, the same messages and pace).
     fn with_redis(mut self) -> Scenario {
@@ -157,6 +173,7 @@ fn scenario(
         limits: Limits::Bench,
         quiet: None,
         reference: None,
+        cluster: None,
     }
 }
 
@@ -258,6 +275,17 @@ fn quick_suite(r: usize) -> Vec<Scenario> {
         PagesPerS,
         60,
     ));
+    s.push(
+        scenario(
+            "cluster",
+            "cluster fanout flood, 3 nodes, 60 clients, 3 senders × 50",
+            "fanout -c 60 -s 3 -m 50 -w 16",
+            r,
+            DeliveriesPerS,
+            60,
+        )
+        .on_cluster(3),
+    );
     s.push(
         scenario(
             "soak",
@@ -387,6 +415,20 @@ fn full_suite(r: usize) -> Vec<Scenario> {
         PagesPerS,
         120,
     ));
+    // The fan-out through the cluster's bus: 3 nodes (PostgreSQL and Redis private), the
+    // clients spread over them (client i on node i mod 3); what the nodes and redis-server
+    // spend per message.
+    s.push(
+        scenario(
+            "cluster",
+            "cluster fanout flood, 3 nodes, 300 clients, 10 senders × 500",
+            "fanout -c 300 -s 10 -m 500 -w 16",
+            r,
+            DeliveriesPerS,
+            120,
+        )
+        .on_cluster(3),
+    );
     // A quiet run and a hostile run on fresh servers, one minute of chat each.
     s.push(
         scenario(

@@ -379,3 +379,82 @@ fn websocket_shows_beside_its_tcp_twin() {
     let md = markdown(&results(vec![tcp]));
     assert!(!md.contains("WebSocket"), "{md}");
 }
+
+/// The cluster section: the bus's cost per message from the CPU the harness measured, or,
+/// when the scenario could not run, why; nothing when it is not in the results.
+#[test]
+fn cluster_section_shows_the_cost_per_message_or_why_it_did_not_run() {
+    assert!(!markdown(&results(vec![])).contains("### Cluster"));
+
+    let mut r = run(2e6, 8000);
+    r.sent = 5000;
+    r.delivered = 1_500_000;
+    r.server_cpu_s = Some(3.0);
+    r.node_cpu_s = Some(vec![1.0, 1.5, 0.5]);
+    r.bus_cpu_s = Some(0.25);
+    r.db_cpu_s = Some(0.5);
+    let title = "cluster fanout flood, 3 nodes";
+    let doc = results(vec![scenario(
+        "cluster",
+        title,
+        vec![Run::Done(Box::new(r.clone()))],
+        Some(r),
+    )]);
+    let md = markdown(&doc);
+    assert!(md.contains("### Cluster: fan-out through the bus"), "{md}");
+    assert!(
+        md.contains("3 nodes on one PostgreSQL and one Redis"),
+        "{md}"
+    );
+    assert!(md.contains("| CPU s of each node; of redis-server; of PostgreSQL | 1.00 / 1.50 / 0.50; 0.25; 0.50 |"), "{md}");
+    // 3 s over 1.5 M deliveries, over 5000 messages; 0.25 s and 0.5 s over 5000 messages.
+    assert!(
+        md.contains("| node CPU µs per delivery (all nodes) | 2.00 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| node CPU µs per message sent (all nodes) | 600.00 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| redis-server CPU µs per message sent | 50.00 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| PostgreSQL CPU µs per message sent | 100.00 |"),
+        "{md}"
+    );
+
+    let skipped = Run::Failed {
+        error: "skipped: simpletextim-server has no --cluster-redis option".into(),
+    };
+    let md = markdown(&results(vec![scenario(
+        "cluster",
+        title,
+        vec![skipped],
+        None,
+    )]));
+    assert!(
+        md.contains("Not measured: skipped: simpletextim-server has no --cluster-redis option."),
+        "{md}"
+    );
+}
+
+#[test]
+fn the_cluster_scenario_spreads_its_clients_over_three_nodes() {
+    for quick in [false, true] {
+        let all = suite(quick, None);
+        let c = all
+            .iter()
+            .find(|s| s.id == "cluster")
+            .expect("a cluster scenario");
+        assert_eq!(c.cluster, Some(3));
+        assert_eq!(c.args.first().map(String::as_str), Some("fanout"));
+        assert!(
+            c.command()
+                .starts_with("simpletextim-loadgen --server NODE1,NODE2,NODE3 ")
+        );
+        // Only it runs on a cluster.
+        assert_eq!(all.iter().filter(|s| s.cluster.is_some()).count(), 1);
+    }
+}

@@ -82,6 +82,8 @@ pub async fn fanout(common: &Common, o: &FanoutOpts) -> Result<Report, Error> {
             let mut expect = Expect {
                 messages: per_receiver,
                 senders,
+                // One public conversation: every client sees it in id order.
+                id_order: true,
                 ..Expect::default()
             };
             if i < senders {
@@ -170,6 +172,7 @@ pub async fn private(common: &Common, o: &PrivateOpts) -> Result<Report, Error> 
                 messages,
                 senders: n,
                 churn: None,
+                id_order: false,
             };
             (format!("{}{i}", common.prefix), expect)
         })
@@ -197,7 +200,7 @@ async fn run_chat(
 ) -> Result<(), Error> {
     let n = users.len();
     let (mut clients, login) = login_all(common, users, shared, BUSY_READ_BUFFER, deadline).await?;
-    report.server = common.server.to_string();
+    report.server = common.servers_text();
     report.transport = Some(common.transport.name().to_owned());
     report.clients = n;
     report.size = common.size;

@@ -29,8 +29,13 @@ pub const IDLE_READ_BUFFER: usize = 4 * 1024;
 /// Options every workload shares.
 #[derive(Debug, Clone)]
 pub struct Common {
-    /// The server (loopback only).
+    /// The server (loopback only); the first of [`Common::servers`] when there are several.
     pub server: SocketAddr,
+    /// Every server of the run, when clients are spread over several (the nodes of a
+    /// cluster): client `i` connects to `servers[i % servers.len()]`. Empty: all connect to
+    /// `server`. Only the workloads that log in through [`login_all`] (`fanout`,
+    /// `private`, `presence`) spread their clients.
+    pub servers: Vec<SocketAddr>,
     /// Prefix of every user id this run logs in as (`lg` → `lg0`, `lg1`, …).
     pub prefix: String,
     /// The whole run's time limit.
@@ -49,6 +54,23 @@ pub struct Common {
 }
 
 impl Common {
+    /// The server client `i` connects to.
+    pub fn server_for(&self, i: usize) -> SocketAddr {
+        match self.servers.len() {
+            0 => self.server,
+            n => self.servers[i % n],
+        }
+    }
+
+    /// The servers as the report shows them: `a`, or `a,b,c`.
+    pub fn servers_text(&self) -> String {
+        if self.servers.is_empty() {
+            return self.server.to_string();
+        }
+        let all: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        all.join(",")
+    }
+
     /// The run's deadline, counted from now.
     pub fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + self.timeout
@@ -81,12 +103,12 @@ pub async fn login_all(
 ) -> Result<(Vec<Client>, Duration), Error> {
     let started = Instant::now();
     let n = users.len();
-    let server = common.server;
     let bind = common.bind;
     let transport = common.transport;
     let logins = futures::stream::iter(users.into_iter().enumerate())
         .map(|(i, (user, expect))| {
             let shared = shared.clone();
+            let server = common.server_for(i);
             async move {
                 let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let from = bind.addr(i);

@@ -102,6 +102,7 @@ fn senders(
                 messages: u64::from(o.messages),
                 senders: s,
                 churn: None,
+                id_order: false,
             };
             (format!("{sprefix}{i}"), expect)
         })

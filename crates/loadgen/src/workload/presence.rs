@@ -98,7 +98,7 @@ pub async fn run(common: &Common, o: &PresenceOpts) -> Result<Report, Error> {
 
     let mut report = Report {
         workload: "presence".into(),
-        server: common.server.to_string(),
+        server: common.servers_text(),
         clients: n,
         senders,
         messages_per_sender: per_sender,
@@ -266,7 +266,7 @@ async fn churn_burst(
     let tasks: Vec<_> = (0..k)
         .map(|j| {
             let user = format!("{prefix}{j}");
-            let server = common.server;
+            let server = common.server_for(j);
             let due = start + step * j as u32;
             tokio::spawn(async move {
                 tokio::time::sleep_until(due).await;

@@ -2,8 +2,8 @@
 //! checks before them (logged in, within the user's flood control).
 
 use simpletextim_proto::{
-    Anchor, Command, ErrorCode, Failure, MessageText, Password, Recipient, Ref, Reply, Request,
-    UserId,
+    Anchor, ChatMessage, Command, ErrorCode, Failure, MessageText, Password, Recipient, Ref, Reply,
+    Request, UserId,
 };
 
 use tokio::time::Instant;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::conn::Filled;
 use super::{End, LoggedIn, Session, deadline_passed};
 use crate::Shared;
+use crate::cluster::Routed;
 use crate::hub::Member;
 use crate::limits::ceil_secs;
 use crate::metrics::LoginResult;
@@ -98,7 +99,9 @@ impl Session {
                 to: Recipient::Everyone,
                 message,
             } => {
-                if let Some(waiting) = self.publish_or_wait(message, r#ref) {
+                if self.shared.cluster.is_some() {
+                    Box::pin(self.cluster_publish(message, r#ref)).await;
+                } else if let Some(waiting) = self.publish_or_wait(message, r#ref) {
                     waiting.await;
                 }
             }
@@ -108,7 +111,17 @@ impl Session {
                 Box::pin(self.with_store(command, r#ref)).await;
             }
             Command::List => {
-                let list = self.shared.hub.list();
+                let list = match self.shared.cluster.clone() {
+                    None => self.shared.hub.list(),
+                    // Over every node: read from the presence registry.
+                    Some(cluster) => match Box::pin(cluster.list()).await {
+                        Ok(list) => list,
+                        Err(failure) => {
+                            self.fail_ref(r#ref, failure);
+                            return Ok(());
+                        }
+                    },
+                };
                 let r#ref = r#ref.as_ref().map(encode_ref);
                 self.reply_list(r#ref.as_deref(), &list);
             }
@@ -207,8 +220,120 @@ impl Session {
         }
     }
 
+    /// Cluster mode: a public message numbered and published by the bus; this session
+    /// gets its echo from this node's subscription, like every other. Waits for Redis's
+    /// answer, so that the next command is numbered after it (a sender's order).
+    async fn cluster_publish(&mut self, message: MessageText, r#ref: Option<Ref>) {
+        let (Some(login), Some(cluster)) = (&self.login, self.shared.cluster.clone()) else {
+            return;
+        };
+        let echo_ref = r#ref.as_ref().map(encode_ref);
+        let from = login.user_id.clone();
+        let hub = &self.shared.hub;
+        let sent = cluster
+            .publish(
+                hub.last_id(),
+                &from,
+                self.conn_id,
+                message.as_str(),
+                echo_ref.as_ref(),
+            )
+            .await;
+        match sent {
+            Ok(id) => hub.observe_id(id),
+            Err(failure) => self.fail_ref(r#ref, failure),
+        }
+    }
+
+    /// Cluster mode: a private message numbered by the bus. Published to its recipient's
+    /// node when the recipient is online there without acks (the echo comes back on this
+    /// node's channel); otherwise put in the mailbox here (unknown user: `fail 404`), and
+    /// once committed, delivered from there by the recipient's node if the recipient logged
+    /// in meanwhile, and echoed.
+    async fn cluster_private(
+        &mut self,
+        cluster: Arc<crate::cluster::Cluster>,
+        to: UserId,
+        message: MessageText,
+        r#ref: Option<Ref>,
+    ) {
+        let Some(login) = &self.login else { return };
+        let from = login.user_id.clone();
+        let echo_ref = r#ref.as_ref().map(encode_ref);
+        let (conn, text) = (self.conn_id, message.as_str());
+        let hub = &self.shared.hub;
+        let routed = cluster
+            .send_private(hub.last_id(), &from, conn, &to, text, echo_ref.as_ref())
+            .await;
+        let (id, ts) = match routed {
+            Ok(Routed::Sent) => return,
+            Ok(Routed::Store { id, ts }) => (id, ts),
+            Err(failure) => return self.fail_ref(r#ref, failure),
+        };
+        hub.observe_id(id);
+        let store = self.shared.config.store.clone();
+        let to = match store.account(to.key()).await {
+            Ok(Some(account)) => account.user_id,
+            Ok(None) => {
+                let failure = Failure::new(ErrorCode::NotFound, format!("no such user: {to}"));
+                return self.fail_ref(r#ref, failure);
+            }
+            Err(e) => return self.storage_failed(&e, r#ref),
+        };
+        let msg = ChatMessage {
+            r#ref: None,
+            user_id: from.clone(),
+            message: text.to_owned(),
+            to: Recipient::User(to.clone()),
+            id,
+            ts,
+        };
+        match store.enqueue(to.key(), msg).await {
+            Ok(()) => {}
+            Err(StoreError::NoSuchUser(_)) => {
+                let failure = Failure::new(ErrorCode::NotFound, format!("no such user: {to}"));
+                return self.fail_ref(r#ref, failure);
+            }
+            Err(StoreError::MailboxFull(_)) => {
+                let reason = format!("mailbox full: {to} has too many unread messages");
+                return self.fail_ref(r#ref, Failure::new(ErrorCode::Unavailable, reason));
+            }
+            Err(e) => return self.storage_failed(&e, r#ref),
+        }
+        let routed = cluster
+            .route_stored(&from, conn, &to, text, (id, ts), echo_ref.as_ref())
+            .await;
+        if routed.is_err() {
+            // Kept in the mailbox (delivered at the recipient's next login): echoed here.
+            let p = crate::hub::BusPrivate {
+                from,
+                to,
+                text: text.to_owned(),
+                id,
+                ts,
+                deliver: false,
+                stored: true,
+                echo: Some((conn, echo_ref)),
+            };
+            hub.deliver_private(p, None);
+        }
+    }
+
+    /// Answers a command the store failed: `fail 503`.
+    fn storage_failed(&mut self, e: &StoreError, r#ref: Option<Ref>) {
+        tracing::error!(error = %e, "store failure");
+        let failure = Failure::new(
+            ErrorCode::Unavailable,
+            "storage unavailable, try again later",
+        );
+        self.fail_ref(r#ref, failure);
+    }
+
     /// Sends a private message; the echo, or the `fail`, carries `r#ref`.
     async fn send_private(&mut self, to: UserId, message: MessageText, r#ref: Option<Ref>) {
+        if let Some(cluster) = self.shared.cluster.clone() {
+            return self.cluster_private(cluster, to, message, r#ref).await;
+        }
         let Some(login) = &self.login else { return };
         let echo_ref = r#ref.as_ref().map(encode_ref);
         let from = login.user_id.clone();
@@ -392,21 +517,54 @@ impl Session {
             true => Outbox::new_acks(limits),
             false => Outbox::new(limits),
         };
+        // Cluster mode: registered in the presence registry first (new to the cluster, or
+        // taking over a session of another node); a bus that cannot be reached refuses the
+        // login (`fail 503`), and the connection stays open.
+        let cluster = self.shared.cluster.clone();
+        // In cluster mode the `joined` is announced here when it comes back on the bus (so
+        // in the bus's order), and the session reads the notices from its place there.
+        let registered = match &cluster {
+            None => None,
+            Some(c) => match c.join(&self.shared.hub, &user_id, self.conn_id, acks).await {
+                Ok(joined) => Some(joined),
+                Err(failure) => {
+                    self.shared.metrics.login(LoginResult::Refused);
+                    self.fail_ref(r#ref, failure);
+                    return Ok(());
+                }
+            },
+        };
         // Registered with the presence bell before joining: a ring after the join is heard.
         let bell = Bell::new(self.shared.hub.presence());
         // Refused when the account was changed while its password was checked: the
         // session ends (`fail 401`) before anything of the user's is read. Its notices
         // start after its own `joined`.
-        let joined = self.shared.hub.join(Member {
-            conn_id: self.conn_id,
-            user_id: user_id.clone(),
-            outbox: outbox.clone(),
-            login_ms,
-        });
+        let joined = self.shared.hub.join_as(
+            Member {
+                conn_id: self.conn_id,
+                user_id: user_id.clone(),
+                outbox: outbox.clone(),
+                login_ms,
+            },
+            registered.is_none(),
+        );
         if joined.is_err() {
             self.shared.metrics.login(LoginResult::Refused);
+            if let (Some(c), Some(r)) = (&cluster, &registered) {
+                // Registered in Redis, not here: removed from the registry (the others are
+                // told it left), and this node's sessions too if they had its `joined`.
+                if r.new {
+                    self.shared
+                        .hub
+                        .remote_notice(crate::presence::Notice::left(&user_id));
+                }
+                c.departures().send(&user_id, self.conn_id);
+            }
         }
-        let cursor = joined?;
+        let cursor = match (joined?, registered) {
+            (_, Some(r)) => r.cursor,
+            (cursor, None) => cursor,
+        };
         self.bell = Some(bell);
         self.login_deadline = None;
         self.admission.logged_in();
