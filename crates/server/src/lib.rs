@@ -115,8 +115,8 @@ pub struct Config {
     /// after login, before the connection is closed.
     pub write_timeout: Duration,
     /// Write coalescing while the server is busy: parked sessions take and write what was
-    /// queued for them once per [`Coalesce::period`]; `None`: every item queued wakes its
-    /// session at once.
+    /// queued for them once per [`Coalesce::period`]; `None` (the default): every item
+    /// queued wakes its session at once.
     pub coalesce: Option<Coalesce>,
     /// Whether a first login creates the account.
     pub registration: Registration,
@@ -233,7 +233,8 @@ impl Default for Config {
             outbox_bytes: DEFAULT_OUTBOX_BYTES,
             presence_log: presence::DEFAULT_PRESENCE_LOG,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
-            coalesce: Some(DEFAULT_COALESCE),
+            // Off until an A/B on a quiet machine shows it pays (docs/BENCHMARKS.md).
+            coalesce: None,
             registration: Registration::Open,
             hash_cost: HashCost::Default,
             hash_pool: std::thread::available_parallelism().map_or(2, usize::from),

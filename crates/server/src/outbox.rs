@@ -474,7 +474,8 @@ pub struct Coalesce {
     pub above_per_sec: u64,
 }
 
-/// The default [`Coalesce`]: 20 ms ticks, from 400 000 deliveries a second.
+/// The suggested [`Coalesce`] (`--coalesce-ms 20`; off by default): 20 ms ticks, from
+/// 400 000 deliveries a second.
 pub const DEFAULT_COALESCE: Coalesce = Coalesce {
     period: Duration::from_millis(20),
     above_per_sec: 400_000,
