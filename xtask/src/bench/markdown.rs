@@ -657,6 +657,15 @@ fn cluster(s: &mut String, doc: &Results) -> fmt::Result {
         "| messages sent, deliveries, lost, out of order | {}, {}, {}, {} |",
         r.sent, r.delivered, r.lost, r.out_of_order
     )?;
+    let pairs = (r.clients as u64) * (r.clients as u64).saturating_sub(1) / 2;
+    writeln!(
+        s,
+        "| `joined` notices of the logins (one per pair of clients) | {} |",
+        r.joined_seen.map_or_else(
+            || "all".to_owned(),
+            |seen| format!("{seen} of {pairs}: some lost")
+        )
+    )?;
     let l = &r.latency_us;
     writeln!(
         s,

@@ -86,11 +86,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let server_bin = ServerBin::probe(release.join("simpletextim-server"))?;
     let loadgen_bin = release.join("simpletextim-loadgen");
     let out_dir = if args.quick {
-        root.join("target/bench-quick")
+        target_dir(&root).join("bench-quick")
     } else {
         root.join("docs")
     };
-    let work = root.join("target/bench-work");
+    let work = target_dir(&root).join("bench-work");
     for dir in [&work, &out_dir.join("bench")] {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -147,7 +147,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// `--report-only`: the report and charts of the last results, written again.
 fn report_only(root: &Path, quick: bool) -> anyhow::Result<()> {
     let out_dir = if quick {
-        root.join("target/bench-quick")
+        target_dir(root).join("bench-quick")
     } else {
         root.join("docs")
     };
