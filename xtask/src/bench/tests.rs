@@ -422,6 +422,10 @@ fn cluster_section_shows_the_cost_per_message_or_why_it_did_not_run() {
         md.contains("3 nodes on one PostgreSQL and one Redis"),
         "{md}"
     );
+    assert!(
+        md.contains("| all 499500 in the median run; runs where some never came: 0 of 2 (short runs included) |"),
+        "{md}"
+    );
     assert!(md.contains("| CPU s of each node; of redis-server; of PostgreSQL | 1.00 / 1.50 / 0.50; 0.25; 0.50 |"), "{md}");
     // 3 s over 1.5 M deliveries, over 5000 messages; 0.25 s and 0.5 s over 5000 messages.
     assert!(
