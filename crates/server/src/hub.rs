@@ -124,7 +124,19 @@ struct Inner {
     /// presence registry in Redis drops the user and the other nodes get `left`). `None`
     /// in a single process: nothing is sent, nothing allocated.
     departures: Option<crate::cluster::Departures>,
+    /// Cluster mode: the ids of the last [`STORED_SEEN`] messages delivered here from a
+    /// mailbox (a message stored while its recipient was logging in, or while this node did
+    /// not listen, can be handed here twice: once by its sender's re-check, once by this
+    /// node's delivery of pending mailboxes). Ids are unique in the cluster. Empty, and
+    /// never touched, in a single process.
+    stored_seen: (
+        std::collections::HashSet<u64>,
+        std::collections::VecDeque<u64>,
+    ),
 }
+
+/// How many ids of messages delivered from a mailbox the hub remembers, to deliver each once.
+const STORED_SEEN: usize = 4096;
 
 /// Messages and deliveries counted by the hub (see [`HubStats`]).
 #[derive(Debug, Default, Clone, Copy)]
@@ -214,6 +226,7 @@ impl Hub {
                 },
                 counts: Counts::default(),
                 departures: None,
+                stored_seen: Default::default(),
             }),
             roster: Mutex::new(BTreeSet::new()),
             store,
@@ -782,7 +795,7 @@ impl Hub {
     /// (asked for under the lock: a login that registers afterwards reads it); one already
     /// `stored` there is delivered and then deleted from it (kept until acked with acks).
     /// `history`: this node keeps it (the sender's node, for a message not in a mailbox).
-    pub fn deliver_private(&self, p: BusPrivate, history: Option<HistoryPermit>) {
+    pub fn deliver_private(&self, mut p: BusPrivate, history: Option<HistoryPermit>) {
         let head = ChatHead::new(&p.from, &p.text);
         let mut guard = self.lock();
         let inner = &mut *guard;
@@ -799,6 +812,21 @@ impl Hub {
         }
         let to_key = p.to.key();
         let mut echoed = false;
+        if p.deliver && p.stored {
+            let (seen, order) = &mut inner.stored_seen;
+            if seen.contains(&p.id) {
+                // Delivered here from the mailbox already.
+                p.deliver = false;
+            } else {
+                seen.insert(p.id);
+                order.push_back(p.id);
+                if order.len() > STORED_SEEN
+                    && let Some(old) = order.pop_front()
+                {
+                    seen.remove(&old);
+                }
+            }
+        }
         let mut spawn: Vec<BoxFuture<'static, Result<(), StoreError>>> = Vec::new();
         if p.deliver {
             match inner.members.get(&to_key) {
@@ -2467,6 +2495,12 @@ mod tests {
             assert!(Instant::now() < deadline, "not deleted");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Handed over from the mailbox a second time (its sender's re-check and this
+        // node's pending delivery both): delivered once.
+        let mut p = bus_private("alice", "bob", 9000);
+        p.stored = true;
+        hub.deliver_private(p, None);
+        assert!(frames(&hub, &bob).is_empty());
     }
 
     #[test]

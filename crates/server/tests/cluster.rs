@@ -39,6 +39,11 @@ struct Node {
 
 impl Node {
     fn start(db: &pg::TestDb, redis: &redis::RedisServer, node_id: &str) -> Node {
+        Node::start_on(db, &redis.url(), node_id)
+    }
+
+    /// A node on the Redis at `redis_url`.
+    fn start_on(db: &pg::TestDb, redis_url: &str, node_id: &str) -> Node {
         let mut child = Command::new(BIN)
             .args([
                 "--listen",
@@ -55,7 +60,7 @@ impl Node {
                 node_id,
             ])
             .env("SIMPLETEXTIM_DATABASE", &db.url)
-            .env("SIMPLETEXTIM_CLUSTER_REDIS", redis.url())
+            .env("SIMPLETEXTIM_CLUSTER_REDIS", redis_url)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -670,6 +675,39 @@ async fn redis_command(addr: SocketAddr, args: &[&str]) -> String {
     line
 }
 
+/// The id of the Redis client named `name` (`CLIENT LIST`).
+async fn subscriber_id(addr: SocketAddr, name: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
+        .await
+        .unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "CLIENT LIST cut short");
+        text.extend_from_slice(&buf[..n]);
+        if text.ends_with(b"\r\n") && text.len() > 4 {
+            let text = String::from_utf8_lossy(&text);
+            let (head, body) = text.split_once("\r\n").unwrap();
+            let len: usize = head.trim_start_matches('$').parse().unwrap();
+            if body.len() >= len + 2 {
+                let needle = format!(" name={name} ");
+                let line = body
+                    .lines()
+                    .find(|l| l.contains(&needle))
+                    .unwrap_or_else(|| panic!("no client {name} in {body}"));
+                let id = line.split_whitespace().next().unwrap();
+                return id.trim_start_matches("id=").to_owned();
+            }
+        }
+    }
+}
+
 /// A subscriber cut off by Redis (`CLIENT KILL TYPE pubsub`: the server closes the
 /// connection, as its pub/sub output buffer limit does) is a lost subscription: logged,
 /// counted, subscribed again; the sessions stay, and chat goes on between the nodes.
@@ -712,5 +750,162 @@ async fn a_subscriber_cut_off_by_redis_subscribes_again() {
         "{metrics}"
     );
     assert!(metrics.contains("_cluster_bus_up 1\n"), "{metrics}");
+    drop((a, b));
+}
+
+/// A recipient with acknowledged delivery on another node gets its private messages through
+/// the mailbox (committed first, then delivered from there by its node), keeps them until
+/// it acks, and not after; a message to oneself is one copy, with the ref.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_delivery_and_messages_to_oneself_across_nodes() {
+    let db = pg::migrated_database().await;
+    let bus = redis::RedisServer::start();
+    let (a, b) = (Node::start(&db, &bus, "a"), Node::start(&db, &bus, "b"));
+    let mut alice = a.login("alice").await;
+    let mut bob = Conn::connect(b.addr, "bob").await;
+    bob.send(json!({"command":"login","user_id":"bob","password":"pw-bob","acks":true}))
+        .await;
+    bob.expect(json!({"command":"message","messages":[]})).await;
+    alice.expect(joined("bob")).await;
+
+    alice
+        .send(json!({"command":"send","to":"bob","message":"kept","ref":"k"}))
+        .await;
+    let echo = alice.next().await;
+    let m = &echo["messages"][0];
+    let (id, ts) = (m["id"].as_u64().unwrap(), m["ts"].as_u64().unwrap());
+    assert_eq!(
+        echo,
+        json!({"command":"message","messages":[{"ref":"k","user_id":"alice","message":"kept","to":"bob","id":id,"ts":ts}]})
+    );
+    bob.expect(private("alice", "bob", "kept", id, ts)).await;
+
+    // Not acked: it comes again with the next login (here on node A).
+    drop(bob);
+    alice.expect(left("bob")).await;
+    let mut bob = Conn::connect(a.addr, "bob").await;
+    bob.send(json!({"command":"login","user_id":"bob","password":"pw-bob","acks":true}))
+        .await;
+    bob.expect(json!({"command":"message","messages":[{"user_id":"alice","message":"kept","to":"bob","id":id,"ts":ts}]}))
+        .await;
+    alice.expect(joined("bob")).await;
+    // Acked: gone for good.
+    bob.send(json!({"command":"ack","id":id})).await;
+    bob.send(json!({"command":"send","to":"bob","message":"me","ref":2}))
+        .await;
+    let (m, id2, ts2) = bob.chat().await;
+    assert_eq!(
+        m,
+        json!({"ref":2,"user_id":"bob","message":"me","to":"bob","id":id2,"ts":ts2})
+    );
+    bob.send(json!({"command":"ack","id":id2})).await;
+    bob.expect_nothing(Duration::from_millis(300)).await;
+    bob.send(json!({"command":"exit"})).await;
+    assert!(bob.until_closed().await.is_empty());
+    alice.expect(left("bob")).await;
+    let mut bob = b.login("bob").await;
+    bob.expect_nothing(Duration::from_millis(300)).await;
+    alice.expect(joined("bob")).await;
+    drop((a, b));
+}
+
+/// A Redis that needs a password: both connections of each node authenticate, and the
+/// password is never in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_password_is_used_and_never_logged() {
+    let db = pg::migrated_database().await;
+    let bus = redis::RedisServer::start();
+    let set = ["CONFIG", "SET", "requirepass", "s3cret-bus"];
+    assert_eq!(redis_command(bus.addr(), &set).await, "+OK\r\n");
+    let url = format!("redis://:s3cret-bus@127.0.0.1:{}", bus.port());
+    let (a, b) = (
+        Node::start_on(&db, &url, "a"),
+        Node::start_on(&db, &url, "b"),
+    );
+    let mut alice = a.login("alice").await;
+    let mut bob = b.login("bob").await;
+    alice.expect(joined("bob")).await;
+    bob.send(json!({"command":"send","message":"hi"})).await;
+    let (_, id, ts) = bob.chat().await;
+    alice.expect(public("bob", "hi", id, ts)).await;
+    for node in [&a, &b] {
+        let log = node.log().join("\n");
+        assert!(log.contains("redis://127.0.0.1:"), "{log}");
+        assert!(!log.contains("s3cret-bus"), "{log}");
+    }
+    // A wrong password: the node does not start, and says so without it.
+    let out = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-http",
+            "off",
+            "--node-id",
+            "c",
+        ])
+        .env("SIMPLETEXTIM_DATABASE", &db.url)
+        .env(
+            "SIMPLETEXTIM_CLUSTER_REDIS",
+            format!("redis://:wrong-pw@127.0.0.1:{}", bus.port()),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot reach Redis at redis://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pw"), "{err}");
+    drop((a, b));
+}
+
+/// Private messages sent while the recipient's node is resubscribing (its subscriber cut
+/// off by Redis) are not left in the mailbox of a user who is online: the node delivers
+/// them once it listens again. Every message echoed reaches its recipient, without a new
+/// login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_messages_sent_while_a_node_resubscribes_reach_its_online_user() {
+    let db = pg::migrated_database().await;
+    let bus = redis::RedisServer::start();
+    let (a, b) = (Node::start(&db, &bus, "a"), Node::start(&db, &bus, "b"));
+    let mut alice = a.login("alice").await;
+    let mut bob = b.login("bob").await;
+    alice.expect(joined("bob")).await;
+    let mut echoed = Vec::new();
+    for round in 0..3 {
+        // Only node B's subscriber: node A goes on numbering and routing meanwhile.
+        let id = subscriber_id(bus.addr(), "stim-sub:b").await;
+        let kill = ["CLIENT", "KILL", "ID", id.as_str()];
+        assert_eq!(redis_command(bus.addr(), &kill).await, ":1\r\n");
+        for i in 0..30 {
+            let text = format!("r{round}m{i}");
+            alice
+                .send(json!({"command":"send","to":"bob","message":text,"ref":i}))
+                .await;
+            let got = alice.next().await;
+            if got == unavailable(json!(i)) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let m = &got["messages"][0];
+            assert_eq!(m["message"], json!(text), "{got}");
+            echoed.push(m["id"].as_u64().unwrap());
+        }
+    }
+    assert!(!echoed.is_empty());
+    // Each echoed message reaches bob once (in any order: live ones and those from the
+    // mailbox interleave), without a new login.
+    let mut got = Vec::new();
+    while got.len() < echoed.len() {
+        let (m, id, _) = bob.chat().await;
+        assert_eq!(m["user_id"], "alice");
+        got.push(id);
+    }
+    bob.expect_nothing(Duration::from_millis(300)).await;
+    got.sort_unstable();
+    echoed.sort_unstable();
+    assert_eq!(got, echoed);
     drop((a, b));
 }

@@ -19,6 +19,7 @@
 //! sessions stay open. The subscriber reconnects with back-off, and once subscribed
 //! registers this node's users again (the `SYNC` script): a restarted Redis lost them.
 
+mod resp;
 mod scripts;
 
 use std::collections::{BTreeSet, HashMap};
@@ -27,11 +28,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use simpletextim_proto::{ErrorCode, Failure, UserId};
+use std::io;
 use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
@@ -73,6 +76,7 @@ const BUS: &str = "stim:bus";
 const NODE_CHANNEL: &str = "stim:node:";
 const USERS: &str = "stim:users:";
 const REAPED: &str = "stim:reaped:";
+const PENDING: &str = "stim:pending:";
 
 /// A Redis URL (`redis://[:PASSWORD@]HOST[:PORT][/DB]` or `redis+unix:///PATH`). Its
 /// `Debug` and `Display` never show the password.
@@ -125,6 +129,9 @@ fn redact(url: &str) -> String {
         None => format!("{scheme}://{rest}"),
     }
 }
+
+/// The subscriber's connection.
+type Subscriber = Framed<Box<dyn resp::Io>, resp::RespCodec>;
 
 /// What cluster mode needs to start.
 #[derive(Debug, Clone)]
@@ -407,7 +414,8 @@ impl Cluster {
             .arg(to.key())
             .arg(&self.node)
             .arg(body)
-            .arg(NODE_CHANNEL);
+            .arg(NODE_CHANNEL)
+            .arg(PENDING);
         let (id, ts, sent): (u64, u64, u8) = self.invoke("private", &inv).await?;
         Ok(if sent == 1 {
             Routed::Sent
@@ -442,7 +450,8 @@ impl Cluster {
         inv.arg(to.key())
             .arg(&self.node)
             .arg(payload)
-            .arg(NODE_CHANNEL);
+            .arg(NODE_CHANNEL)
+            .arg(PENDING);
         let _: i64 = self.invoke("route_stored", &inv).await?;
         Ok(())
     }
@@ -529,7 +538,11 @@ impl Cluster {
     /// [`COMMAND_TIMEOUT`]; if Redis cannot be reached, the others reap this node instead.
     async fn retire(&self) {
         let mut inv = self.scripts.retire.key(PRESENCE);
-        inv.key(NODES).arg(&self.node).arg(BUS).arg(USERS);
+        inv.key(NODES)
+            .arg(&self.node)
+            .arg(BUS)
+            .arg(USERS)
+            .arg(PENDING);
         let mut c = self.conn.clone();
         match tokio::time::timeout(COMMAND_TIMEOUT, inv.invoke_async::<i64>(&mut c)).await {
             Ok(Ok(_)) => tracing::info!(node = %self.node, "left the cluster"),
@@ -598,7 +611,8 @@ impl Cluster {
                 .arg(NODE_EXPIRY.as_millis() as u64)
                 .arg(BUS)
                 .arg(USERS)
-                .arg(REAPED);
+                .arg(REAPED)
+                .arg(PENDING);
             let mut c = self.conn.clone();
             match tokio::time::timeout(COMMAND_TIMEOUT, inv.invoke_async::<i64>(&mut c)).await {
                 Ok(Ok(reaped)) => {
@@ -660,6 +674,64 @@ impl Cluster {
         Ok(())
     }
 
+    /// Delivers the mailboxes of this node's users who were sent private messages while
+    /// this node did not listen (its pending set): they are online, and must not wait for
+    /// their next login. Called once subscribed again; a message of theirs committed
+    /// after this is routed here live by its sender's re-check.
+    async fn deliver_pending(&self, shared: &Shared) {
+        let inv = self
+            .scripts
+            .take_pending
+            .key(format!("{PENDING}{}", self.node));
+        let mut c = self.conn.clone();
+        let users: Vec<String> =
+            match tokio::time::timeout(COMMAND_TIMEOUT, inv.invoke_async(&mut c)).await {
+                Ok(Ok(users)) => users,
+                _ => {
+                    tracing::warn!("cannot read the users with messages pending for this node");
+                    return;
+                }
+            };
+        if users.is_empty() {
+            return;
+        }
+        tracing::info!(
+            users = users.len(),
+            "delivering the mailboxes of users sent messages while this node did not listen"
+        );
+        let members: HashMap<String, UserId> = shared
+            .hub
+            .local_members()
+            .into_iter()
+            .map(|(u, _, _)| (u.key(), u))
+            .collect();
+        for key in users {
+            let Some(to) = members.get(&key) else {
+                continue;
+            };
+            let pending = match shared.config.store.pending(key.clone()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(user = %to, error = %e, "cannot read a mailbox to deliver");
+                    continue;
+                }
+            };
+            for m in pending {
+                let p = BusPrivate {
+                    from: m.user_id,
+                    to: to.clone(),
+                    text: m.message,
+                    id: m.id,
+                    ts: m.ts,
+                    deliver: true,
+                    stored: true,
+                    echo: None,
+                };
+                shared.hub.deliver_private(p, None);
+            }
+        }
+    }
+
     /// Subscribes, registers this node's users, then hands what arrives to the hub, until
     /// the subscription is lost; then again, with back-off, until `shutdown`.
     async fn run_subscriber(&self, shared: &Shared, shutdown: &CancellationToken) {
@@ -672,14 +744,15 @@ impl Cluster {
                 s = self.subscribe() => s,
             };
             match subscribed {
-                Ok((mut sink, mut stream)) => {
+                Ok(mut sub) => {
                     match tokio::time::timeout(COMMAND_TIMEOUT, self.sync(&shared.hub)).await {
                         Ok(Ok(())) => {
                             self.up.store(true, Ordering::Release);
+                            self.deliver_pending(shared).await;
                             failing = false;
                             backoff = Duration::from_millis(50);
                             tracing::info!(node = %self.node, "cluster bus subscribed");
-                            self.listen(shared, &mut sink, &mut stream, shutdown).await;
+                            self.listen(shared, &mut sub, shutdown).await;
                             self.up.store(false, Ordering::Release);
                             if shutdown.is_cancelled() {
                                 return;
@@ -708,47 +781,131 @@ impl Cluster {
         }
     }
 
-    /// A new subscriber connection, subscribed to the bus and this node's channel.
-    async fn subscribe(
-        &self,
-    ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), redis::RedisError> {
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&[BUS, self.channel.as_str()]).await?;
-            Ok::<_, redis::RedisError>(pubsub.split())
-        };
-        match tokio::time::timeout(COMMAND_TIMEOUT, connect).await {
+    /// A new subscriber connection (of its own, read one reply at a time: see `resp.rs`),
+    /// authenticated like the command connection and subscribed to the bus and this node's
+    /// channel.
+    async fn subscribe(&self) -> io::Result<Subscriber> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, self.try_subscribe()).await {
             Ok(r) => r,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
                 "subscribing timed out",
-            ))),
+            )),
         }
     }
 
-    /// Hands every message of the subscription to the hub until it ends (the connection
-    /// closed, or a ping unanswered for [`COMMAND_TIMEOUT`]) or `shutdown`.
-    async fn listen(
-        &self,
-        shared: &Shared,
-        sink: &mut redis::aio::PubSubSink,
-        stream: &mut redis::aio::PubSubStream,
-        shutdown: &CancellationToken,
-    ) {
+    async fn try_subscribe(&self) -> io::Result<Subscriber> {
+        let info = self.client.get_connection_info();
+        let socket: Box<dyn resp::Io> = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            redis::ConnectionAddr::Unix(path) => {
+                Box::new(tokio::net::UnixStream::connect(path).await?)
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "only plain TCP and unix sockets are supported for the bus",
+                ));
+            }
+        };
+        let mut framed = Framed::new(socket, resp::RespCodec);
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            framed.send(auth.get_packed_command()).await?;
+            match framed.next().await {
+                Some(Ok(resp::Resp::Simple(_))) => {}
+                // Redis's error text never repeats the password.
+                Some(Ok(resp::Resp::Error(e))) => return Err(io::Error::other(e)),
+                Some(Err(e)) => return Err(e),
+                _ => return Err(io::Error::other("no answer to AUTH")),
+            }
+        }
+        // Named, for operators (`CLIENT LIST`) and tests.
+        let mut name = redis::cmd("CLIENT");
+        name.arg("SETNAME").arg(format!("stim-sub:{}", self.node));
+        framed.send(name.get_packed_command()).await?;
+        match framed.next().await {
+            Some(Ok(resp::Resp::Simple(_))) => {}
+            Some(Ok(resp::Resp::Error(e))) => return Err(io::Error::other(e)),
+            Some(Err(e)) => return Err(e),
+            _ => return Err(io::Error::other("no answer to CLIENT SETNAME")),
+        }
+        let mut sub = redis::cmd("SUBSCRIBE");
+        sub.arg(BUS).arg(&self.channel);
+        framed.send(sub.get_packed_command()).await?;
+        for _ in 0..2 {
+            match framed.next().await {
+                Some(Ok(resp::Resp::Array(Some(items))))
+                    if items.first().and_then(resp::Resp::bytes) == Some(b"subscribe") => {}
+                Some(Ok(resp::Resp::Error(e))) => return Err(io::Error::other(e)),
+                Some(Err(e)) => return Err(e),
+                other => {
+                    return Err(io::Error::other(format!(
+                        "unexpected answer to SUBSCRIBE: {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(framed)
+    }
+
+    /// Hands every message of the subscription to the hub, one at a time, until it ends
+    /// (the connection closed, an error, or a ping unanswered for [`COMMAND_TIMEOUT`]) or
+    /// `shutdown`.
+    async fn listen(&self, shared: &Shared, sub: &mut Subscriber, shutdown: &CancellationToken) {
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping_sent: Option<tokio::time::Instant> = None;
+        let ping_cmd = redis::cmd("PING").get_packed_command();
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                msg = stream.next() => match msg {
-                    Some(msg) => self.handle(shared, msg.get_payload_bytes()).await,
+                reply = sub.next() => match reply {
+                    Some(Ok(resp::Resp::Array(Some(items)))) => {
+                        match items.first().and_then(resp::Resp::bytes) {
+                            Some(b"message") => {
+                                if let Some(payload) = items.get(2).and_then(resp::Resp::bytes) {
+                                    self.handle(shared, payload).await;
+                                }
+                            }
+                            Some(b"pong") => ping_sent = None,
+                            _ => {}
+                        }
+                    }
+                    Some(Ok(resp::Resp::Error(e))) => {
+                        tracing::warn!(error = %e, "error on the cluster bus subscription");
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "cluster bus subscription failed");
+                        return;
+                    }
                     None => return,
                 },
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        return;
+                    match ping_sent {
+                        Some(at) if at.elapsed() > COMMAND_TIMEOUT => {
+                            tracing::warn!("cluster bus subscription unanswered");
+                            return;
+                        }
+                        Some(_) => {}
+                        None => {
+                            if sub.send(ping_cmd.clone()).await.is_err() {
+                                return;
+                            }
+                            ping_sent = Some(tokio::time::Instant::now());
+                        }
                     }
                 }
             }

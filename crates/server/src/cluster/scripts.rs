@@ -42,10 +42,12 @@ return {id, ms}
 "#;
 
 /// A private message. KEYS: counter, presence. ARGV: floor, recipient key, sender's node,
-/// body, node channel prefix. If the recipient is online without acks on a node that
-/// listens, publishes the delivery to that node and the echo to the sender's (one payload
-/// when they are the same node) and returns `{id, ts, 1}`; otherwise publishes nothing
-/// and returns `{id, ts, 0}`: the sender's node puts it in the mailbox.
+/// body, node channel prefix, pending set prefix. If the recipient is online without acks
+/// on a node that listens, publishes the delivery to that node and the echo to the
+/// sender's (one payload when they are the same node) and returns `{id, ts, 1}`; otherwise
+/// publishes nothing and returns `{id, ts, 0}`: the sender's node puts it in the mailbox.
+/// A recipient online on a node that does not listen now is added to that node's pending
+/// set (`stim:pending:NODE`): once subscribed again, the node delivers their mailboxes.
 const PRIVATE: &str = r#"
 local id, ms = next_id(ARGV[1])
 local e = redis.call('HGET', KEYS[2], ARGV[2])
@@ -55,10 +57,12 @@ if not node or acks == '1' then return {id, ms, 0} end
 local head = '{"id":' .. fmt(id) .. ',"ts":' .. fmt(ms) .. ',"to":"' .. spelling .. '",' .. ARGV[4]
 if node == ARGV[3] then
   if redis.call('PUBLISH', ARGV[5] .. node, head .. ',"deliver":true,"echo":true,"hist":true}') == 0 then
+    redis.call('SADD', ARGV[6] .. node, ARGV[2])
     return {id, ms, 0}
   end
 else
   if redis.call('PUBLISH', ARGV[5] .. node, head .. ',"deliver":true,"echo":false,"hist":false}') == 0 then
+    redis.call('SADD', ARGV[6] .. node, ARGV[2])
     return {id, ms, 0}
   end
   redis.call('PUBLISH', ARGV[5] .. ARGV[3], head .. ',"deliver":false,"echo":true,"hist":false}' )
@@ -70,16 +74,20 @@ return {id, ms, 1}
 /// now (it may have logged in since the message was numbered), its node is told to
 /// deliver it from there; the echo goes to the sender's node. KEYS: presence. ARGV:
 /// recipient key, sender's node, the payload without its flags and closing brace, node
-/// channel prefix.
+/// channel prefix, pending set prefix (as in `PRIVATE`, for a node that does not listen).
 const ROUTE_STORED: &str = r#"
 local e = redis.call('HGET', KEYS[1], ARGV[1])
 local node = e and string.match(e, '^([^|]*)|')
 if node and node ~= ARGV[2] then
-  redis.call('PUBLISH', ARGV[4] .. node, ARGV[3] .. ',"deliver":true,"stored":true,"echo":false,"hist":false}')
+  if redis.call('PUBLISH', ARGV[4] .. node, ARGV[3] .. ',"deliver":true,"stored":true,"echo":false,"hist":false}') == 0 then
+    redis.call('SADD', ARGV[5] .. node, ARGV[1])
+  end
 end
 local here = 'false'
 if node == ARGV[2] then here = 'true' end
-redis.call('PUBLISH', ARGV[4] .. ARGV[2], ARGV[3] .. ',"deliver":' .. here .. ',"stored":true,"echo":true,"hist":false}')
+if redis.call('PUBLISH', ARGV[4] .. ARGV[2], ARGV[3] .. ',"deliver":' .. here .. ',"stored":true,"echo":true,"hist":false}') == 0 and here == 'true' then
+  redis.call('SADD', ARGV[5] .. ARGV[2], ARGV[1])
+end
 return 1
 "#;
 
@@ -119,7 +127,7 @@ return 1
 
 /// A node's heartbeat, and the reaping of the dead. KEYS: presence, nodes (a sorted set
 /// scored by the last heartbeat, Redis's clock). ARGV: node, expiry ms, bus channel, users
-/// set prefix, reaped prefix. Every node whose last heartbeat is older than the expiry
+/// set prefix, reaped prefix, pending set prefix. Every node whose last heartbeat is older than the expiry
 /// loses its users (`left` published for each, node `""`: every node announces it) and is
 /// marked reaped for a day. Returns 1 if this node itself had been reaped (it was cut off
 /// longer than the expiry: its users were announced gone).
@@ -142,13 +150,15 @@ for _, d in ipairs(dead) do
     end
   end
   redis.call('DEL', set)
+  redis.call('DEL', ARGV[6] .. d)
   redis.call('ZREM', KEYS[2], d)
   redis.call('SET', ARGV[5] .. d, '1', 'EX', 86400)
 end
 return reaped
 "#;
 
-/// A node shutting down. KEYS: presence, nodes. ARGV: node, bus channel, users set prefix.
+/// A node shutting down. KEYS: presence, nodes. ARGV: node, bus channel, users set prefix,
+/// pending set prefix.
 /// Its users still registered there are removed with `left` (node `""`: every node, this
 /// one too, announces it), its set deleted, and it leaves the nodes: the others learn at
 /// once what they would otherwise learn by reaping it.
@@ -165,6 +175,7 @@ for _, u in ipairs(redis.call('SMEMBERS', set)) do
   end
 end
 redis.call('DEL', set)
+redis.call('DEL', ARGV[4] .. ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 "#;
@@ -210,6 +221,14 @@ end
 return taken
 "#;
 
+/// The users of a node whose mailboxes got messages while it did not listen, taken (read
+/// and emptied at once). KEYS: the node's pending set.
+const TAKE_PENDING: &str = r#"
+local users = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return users
+"#;
+
 /// The scripts, loaded once per node.
 #[derive(Debug)]
 pub(super) struct Scripts {
@@ -221,6 +240,7 @@ pub(super) struct Scripts {
     pub heartbeat: redis::Script,
     pub sync: redis::Script,
     pub retire: redis::Script,
+    pub take_pending: redis::Script,
 }
 
 impl Scripts {
@@ -235,6 +255,7 @@ impl Scripts {
             heartbeat: redis::Script::new(HEARTBEAT),
             sync: redis::Script::new(SYNC),
             retire: redis::Script::new(RETIRE),
+            take_pending: redis::Script::new(TAKE_PENDING),
         }
     }
 }
