@@ -113,7 +113,9 @@ pub struct Report {
     /// `soak`: what each kind of hostile connection did and how the server answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostile: Option<Vec<HostileCounts>>,
-    /// `presence`, `conns`: `joined` notices received.
+    /// `presence`, `conns`: `joined` notices received. `fanout`, `private`: those of the
+    /// logins received by the end of the settle, present only when fewer than one per pair
+    /// of clients came (a server, or cluster, that lost some).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined_seen: Option<u64>,
     /// `presence`: latency of the chat messages sent during the churn, microseconds.

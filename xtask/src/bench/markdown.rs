@@ -647,7 +647,7 @@ fn cluster(s: &mut String, doc: &Results) -> fmt::Result {
     let nodes = r.node_cpu_s.as_ref().map_or(0, Vec::len);
     writeln!(
         s,
-        "{}: {nodes} nodes on one PostgreSQL and one Redis, client i on node i mod {nodes}; every client must receive every public message once, in id order. CPU seconds over the whole run (logins included) from `/proc`, divided by what the run sent and delivered; on a shared machine, the figures are noisy.\n",
+        "{}: {nodes} nodes on one PostgreSQL and one Redis, client i on node i mod {nodes}; every client must receive every public message once, in id order. CPU seconds over the whole run (logins included) from `/proc`, divided by what the run sent and delivered; then the difference with a short run of the same logins on a fresh cluster, over the difference in messages: what one more message costs. On a shared machine, the figures are noisy.\n",
         sc.title
     )?;
     writeln!(s, "| figure | value |\n|---|---|")?;
@@ -661,6 +661,22 @@ fn cluster(s: &mut String, doc: &Results) -> fmt::Result {
         s,
         "| messages sent, deliveries, lost, out of order | {}, {}, {}, {} |",
         r.sent, r.delivered, r.lost, r.out_of_order
+    )?;
+    let pairs = (r.clients as u64) * (r.clients as u64).saturating_sub(1) / 2;
+    // Every run, short runs included: a notice lost once is worth seeing.
+    let reports: Vec<&Report> = (sc.runs.iter())
+        .filter_map(Run::report)
+        .flat_map(|r| std::iter::once(r).chain(r.quiet.as_deref()))
+        .collect();
+    let short = reports.iter().filter(|r| r.joined_seen.is_some()).count();
+    writeln!(
+        s,
+        "| `joined` notices of the logins (one per pair of clients) | {} in the median run; runs where some never came: {short} of {} (short runs included) |",
+        r.joined_seen.map_or_else(
+            || format!("all {pairs}"),
+            |seen| format!("{seen} of {pairs}")
+        ),
+        reports.len()
     )?;
     let l = &r.latency_us;
     writeln!(
@@ -705,8 +721,38 @@ fn cluster(s: &mut String, doc: &Results) -> fmt::Result {
     )?;
     writeln!(
         s,
-        "| PostgreSQL CPU µs per message sent | {} |\n",
+        "| PostgreSQL CPU µs per message sent | {} |",
         per(r.db_cpu_s, r.sent)
+    )?;
+    // Beyond the short run of the same logins: what one more message costs.
+    let Some(q) = r.quiet.as_deref() else {
+        return writeln!(s);
+    };
+    let extra = |a: Option<f64>, b: Option<f64>, n: u64, m: u64| {
+        opt(a
+            .zip(b)
+            .filter(|_| n > m)
+            .map(|(a, b)| format!("{:.2}", (a - b) * 1e6 / (n - m) as f64)))
+    };
+    writeln!(
+        s,
+        "| short run (the same logins, {} messages): CPU s of the nodes; of redis-server; of PostgreSQL | {}; {}; {} |",
+        q.sent,
+        opt(q.server_cpu_s.map(|x| format!("{x:.2}"))),
+        opt(q.bus_cpu_s.map(|x| format!("{x:.2}"))),
+        opt(q.db_cpu_s.map(|x| format!("{x:.2}")))
+    )?;
+    writeln!(
+        s,
+        "| **one more delivery**: node CPU µs (all nodes) | {} |",
+        extra(r.server_cpu_s, q.server_cpu_s, r.delivered, q.delivered)
+    )?;
+    writeln!(
+        s,
+        "| **one more message**: node CPU µs (all nodes, its deliveries included); redis-server; PostgreSQL | {}; {}; {} |\n",
+        extra(r.server_cpu_s, q.server_cpu_s, r.sent, q.sent),
+        extra(r.bus_cpu_s, q.bus_cpu_s, r.sent, q.sent),
+        extra(r.db_cpu_s, q.db_cpu_s, r.sent, q.sent)
     )
 }
 

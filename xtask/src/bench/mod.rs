@@ -86,11 +86,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let server_bin = ServerBin::probe(release.join("simpletextim-server"))?;
     let loadgen_bin = release.join("simpletextim-loadgen");
     let out_dir = if args.quick {
-        root.join("target/bench-quick")
+        target_dir(&root).join("bench-quick")
     } else {
         root.join("docs")
     };
-    let work = root.join("target/bench-work");
+    let work = target_dir(&root).join("bench-work");
     for dir in [&work, &out_dir.join("bench")] {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -147,7 +147,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// `--report-only`: the report and charts of the last results, written again.
 fn report_only(root: &Path, quick: bool) -> anyhow::Result<()> {
     let out_dir = if quick {
-        root.join("target/bench-quick")
+        target_dir(root).join("bench-quick")
     } else {
         root.join("docs")
     };
@@ -218,13 +218,16 @@ fn run_scenario(
             Some(args) => {
                 eprintln!("== {} (run {} of {}, quiet)", s.id, k + 1, s.runs);
                 let name = format!("{n}-quiet");
-                Some(run_once(s, args, server_bin, loadgen_bin, work, &name)?)
+                Some(match s.cluster {
+                    Some(nodes) => run_cluster_once(s, args, bins, nodes)?,
+                    None => run_once(s, args, server_bin, loadgen_bin, work, &name)?,
+                })
             }
             None => None,
         };
         eprintln!("== {} (run {} of {})", s.id, k + 1, s.runs);
         let run = match s.cluster {
-            Some(nodes) => run_cluster_once(s, bins, nodes)?,
+            Some(nodes) => run_cluster_once(s, &s.args, bins, nodes)?,
             None => run_once(s, &s.args, server_bin, loadgen_bin, work, &n.to_string())?,
         };
         runs.push(match (run, quiet) {
@@ -343,12 +346,17 @@ fn cluster_command(nodes: usize) -> String {
     )
 }
 
-/// One run of the load generator against a fresh cluster of `nodes` nodes (private
+/// One run of the load generator with `args` against a fresh cluster of `nodes` nodes (private
 /// PostgreSQL and Redis, `migrate`), the clients spread over the nodes; the report gets
 /// each node's CPU seconds over the run ([`Report::node_cpu_s`], their sum as the server's),
 /// Redis's ([`Report::bus_cpu_s`]) and PostgreSQL's ([`Report::db_cpu_s`]). A server without cluster mode is a failed run
 /// saying so (the scenario is skipped, loudly), not a stop of the suite.
-fn run_cluster_once(s: &Scenario, bins: &Bins, nodes: usize) -> anyhow::Result<Run> {
+fn run_cluster_once(
+    s: &Scenario,
+    args: &[String],
+    bins: &Bins,
+    nodes: usize,
+) -> anyhow::Result<Run> {
     if let Err(e) = crate::cluster::require_cluster_support(&bins.server.path) {
         eprintln!("{}: SKIPPED: {e:#}", s.id);
         return Ok(Run::Failed {
@@ -375,7 +383,7 @@ fn run_cluster_once(s: &Scenario, bins: &Bins, nodes: usize) -> anyhow::Result<R
     let addrs = addrs.join(",");
     let before = cluster.cpu_seconds();
     let t = Instant::now();
-    let report = loadgen::run(bins.loadgen, &addrs, None, s, &s.args, "lg");
+    let report = loadgen::run(bins.loadgen, &addrs, None, s, args, "lg");
     let wall = t.elapsed().as_secs_f64();
     let (node_cpu, bus_cpu, db_cpu) = cluster.cpu_seconds().since(&before);
     cluster.stop();

@@ -71,15 +71,9 @@ pub struct Scenario {
 impl Scenario {
     /// The load generator's command line as the report shows it.
     pub fn command(&self) -> String {
-        let server = match self.cluster {
-            Some(n) => (1..=n)
-                .map(|i| format!("NODE{i}"))
-                .collect::<Vec<_>>()
-                .join(","),
-            None => "ADDR".to_owned(),
-        };
         format!(
-            "simpletextim-loadgen --server {server} --timeout {} {}",
+            "simpletextim-loadgen --server {} --timeout {} {}",
+            self.server_text(),
             self.timeout,
             self.args.join(" ")
         )
@@ -89,10 +83,22 @@ impl Scenario {
     pub fn quiet_command(&self) -> Option<String> {
         let args = self.quiet.as_ref()?;
         Some(format!(
-            "simpletextim-loadgen --server ADDR --timeout {} {}",
+            "simpletextim-loadgen --server {} --timeout {} {}",
+            self.server_text(),
             self.timeout,
             args.join(" ")
         ))
+    }
+
+    /// `ADDR`, or `NODE1,NODE2,…` for a cluster, in the command lines the report shows.
+    fn server_text(&self) -> String {
+        match self.cluster {
+            Some(n) => (1..=n)
+                .map(|i| format!("NODE{i}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            None => "ADDR".to_owned(),
+        }
     }
 
     /// The reference run's command line as the report shows it.
@@ -135,9 +141,13 @@ impl Scenario {
         self
     }
 
-    /// The scenario against a cluster of `nodes` nodes, the clients spread over them.
-    fn on_cluster(mut self, nodes: usize) -> Scenario {
+    /// The scenario against a cluster of `nodes` nodes, the clients spread over them,
+    /// each run after a short run (`short`: the same logins, fewer messages) on a fresh
+    /// cluster of its own, so that the cost of a message can be told from that of the
+    /// logins: the difference of the two runs' CPU over the difference of their messages.
+    fn on_cluster(mut self, nodes: usize, short: &str) -> Scenario {
         self.cluster = Some(nodes);
+        self.quiet = Some(short.split_whitespace().map(str::to_owned).collect());
         self
     }
 
@@ -284,7 +294,7 @@ fn quick_suite(r: usize) -> Vec<Scenario> {
             DeliveriesPerS,
             60,
         )
-        .on_cluster(3),
+        .on_cluster(3, "fanout -c 60 -s 3 -m 10 -w 16"),
     );
     s.push(
         scenario(
@@ -416,8 +426,8 @@ fn full_suite(r: usize) -> Vec<Scenario> {
         120,
     ));
     // The fan-out through the cluster's bus: 3 nodes (PostgreSQL and Redis private), the
-    // clients spread over them (client i on node i mod 3); what the nodes and redis-server
-    // spend per message.
+    // clients spread over them (client i on node i mod 3); what the nodes, redis-server and
+    // PostgreSQL spend per message, beyond a short run of the same logins.
     s.push(
         scenario(
             "cluster",
@@ -427,7 +437,7 @@ fn full_suite(r: usize) -> Vec<Scenario> {
             DeliveriesPerS,
             120,
         )
-        .on_cluster(3),
+        .on_cluster(3, "fanout -c 300 -s 10 -m 50 -w 16"),
     );
     // A quiet run and a hostile run on fresh servers, one minute of chat each.
     s.push(

@@ -208,6 +208,15 @@ async fn run_chat(
     report.logins_per_s = n as f64 / secs(login).max(1e-9);
     let settled = settle(common, shared, n, deadline).await;
     report.settle_s = Some(secs(settled));
+    // Shown only when some never came (a cluster that lost presence notices).
+    let missing = super::missing_joined(shared, n);
+    if missing > 0 {
+        report.joined_seen = Some(
+            shared
+                .joined_seen
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
 
     // Open-loop schedules begin a little after now, the same instant for every sender.
     let start_at = tokio::time::Instant::now() + Duration::from_millis(5);

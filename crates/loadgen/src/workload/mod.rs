@@ -167,6 +167,10 @@ pub async fn finish(shared: &Shared, clients: Vec<Client>) -> (Seen, u64, usize)
 /// pair of clients makes one, to whichever logged in first), bounded by `deadline`, then
 /// `common.settle` more; returns how long it waited. Without this, a run's first messages
 /// would compete with the tail of its own login storm.
+///
+/// Also ends when no notice has come for [`SETTLE_QUIET`] while some are still missing
+/// (a server that lost one would otherwise hold the run until its deadline); the shortfall
+/// is printed and can be read with [`missing_joined`].
 pub async fn settle(
     common: &Common,
     shared: &Shared,
@@ -174,17 +178,47 @@ pub async fn settle(
     deadline: tokio::time::Instant,
 ) -> Duration {
     let t = Instant::now();
-    let all = (n as u64) * (n as u64).saturating_sub(1) / 2;
-    while shared
-        .joined_seen
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < all
-        && tokio::time::Instant::now() < deadline
-    {
+    let all = expected_joined(n);
+    let seen = || {
+        shared
+            .joined_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut last = seen();
+    let mut last_change = tokio::time::Instant::now();
+    while seen() < all && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
+        let now_seen = seen();
+        if now_seen != last {
+            last = now_seen;
+            last_change = tokio::time::Instant::now();
+        } else if last_change.elapsed() >= SETTLE_QUIET {
+            eprintln!(
+                "simpletextim-loadgen: only {now_seen} of the {all} `joined` notices of the logins came (none for {} s); going on",
+                SETTLE_QUIET.as_secs()
+            );
+            break;
+        }
     }
     tokio::time::sleep(common.settle).await;
     t.elapsed()
+}
+
+/// How long [`settle`] waits for a `joined` notice that is missing before it goes on.
+pub const SETTLE_QUIET: Duration = Duration::from_secs(3);
+
+/// The `joined` notices `n` logins make: one per pair.
+fn expected_joined(n: usize) -> u64 {
+    (n as u64) * (n as u64).saturating_sub(1) / 2
+}
+
+/// How many of the `joined` notices of `n` logins have not come (0 when all have).
+pub fn missing_joined(shared: &Shared, n: usize) -> u64 {
+    expected_joined(n).saturating_sub(
+        shared
+            .joined_seen
+            .load(std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 /// Sender tasks, each holding its client's write half while it runs.
