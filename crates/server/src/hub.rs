@@ -1334,6 +1334,22 @@ mod tests {
         sink.0
     }
 
+    /// A memory store with the accounts `alice` and `bob`, both with `password_hash`.
+    async fn alice_and_bob(password_hash: &str) -> Arc<MemoryStore> {
+        let store = Arc::new(MemoryStore::new(10));
+        for name in ["alice", "bob"] {
+            store
+                .create_account(crate::store::Account {
+                    user_id: UserId::new(name).expect("valid id"),
+                    password_hash: password_hash.into(),
+                    created_ms: 1,
+                })
+                .await
+                .expect("created");
+        }
+        store
+    }
+
     fn member(hub: &Hub, conn_id: u64, name: &str) -> Client {
         member_since(hub, conn_id, name, 1).expect("not revoked")
     }
@@ -1548,17 +1564,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_watch_ends_a_session_after_a_password_change_and_stops_on_shutdown() {
-        let store = Arc::new(MemoryStore::new(10));
-        for name in ["alice", "bob"] {
-            store
-                .create_account(crate::store::Account {
-                    user_id: UserId::new(name).expect("valid id"),
-                    password_hash: "old".into(),
-                    created_ms: 1,
-                })
-                .await
-                .expect("created");
-        }
+        let store = alice_and_bob("old").await;
         // A revocation from before the watch starts is not acted on.
         store
             .set_password_hash("alice".into(), "older".into())
@@ -2056,17 +2062,7 @@ mod tests {
     #[tokio::test]
     async fn a_private_message_to_an_acks_recipient_is_stored_then_handed_out_and_a_full_outbox_cuts_it_off()
      {
-        let store = Arc::new(MemoryStore::new(10));
-        for name in ["alice", "bob"] {
-            store
-                .create_account(crate::store::Account {
-                    user_id: UserId::new(name).expect("valid id"),
-                    password_hash: "x".into(),
-                    created_ms: 1,
-                })
-                .await
-                .expect("created");
-        }
+        let store = alice_and_bob("x").await;
         let hub = Hub::new(store.clone(), 0);
         let alice = member(&hub, 1, "alice");
         let bob = Outbox::new_acks(crate::outbox::Limits {
@@ -2464,17 +2460,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_private_message_from_the_bus_for_a_user_gone_goes_to_the_mailbox() {
-        let store = Arc::new(MemoryStore::new(10));
-        for name in ["alice", "bob"] {
-            store
-                .create_account(crate::store::Account {
-                    user_id: UserId::new(name).expect("valid id"),
-                    password_hash: "x".into(),
-                    created_ms: 1,
-                })
-                .await
-                .expect("created");
-        }
+        let store = alice_and_bob("x").await;
         let hub = Hub::new(store.clone(), 0);
         let alice = member(&hub, 1, "alice");
         // Bob is not on this node (left meanwhile): kept; alice's echo is hers.
