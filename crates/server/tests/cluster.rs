@@ -7,10 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,21 +18,21 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+#[path = "common/node.rs"]
+mod node;
 #[path = "common/pg.rs"]
 mod pg;
 #[path = "common/redis.rs"]
 mod redis;
 
-const BIN: &str = env!("CARGO_BIN_EXE_simpletextim-server");
 const WAIT: Duration = Duration::from_secs(10);
 /// Longer than a node's expiry (5 s) plus a heartbeat and the presence tick.
 const REAP_WAIT: Duration = Duration::from_secs(12);
 
-/// A node: a server process and what it logged.
+/// A node: the server process ([`node::Node`]) on the test's PostgreSQL and Redis.
 struct Node {
-    child: Child,
+    proc: node::Node,
     addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -44,62 +42,29 @@ impl Node {
 
     /// A node on the Redis at `redis_url`.
     fn start_on(db: &pg::TestDb, redis_url: &str, node_id: &str) -> Node {
-        let mut child = Command::new(BIN)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--listen-http",
-                "off",
-                "--insecure-fast-hash",
-                "--exempt-loopback",
-                "--rate-limit",
-                "0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--node-id",
-                node_id,
-            ])
-            .env("SIMPLETEXTIM_DATABASE", &db.url)
-            .env("SIMPLETEXTIM_CLUSTER_REDIS", redis_url)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot spawn the server");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(addr) = line.split("listening on ").nth(1)
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(addr.trim().parse::<SocketAddr>());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(Ok(addr)) => addr,
-            other => {
-                let _ = child.kill();
-                panic!(
-                    "node {node_id} did not log its address: {other:?}; log: {:?}",
-                    log.lock().unwrap()
-                );
-            }
-        };
-        Node { child, addr, log }
+        let mut cmd = node::Node::command(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-http",
+            "off",
+            "--insecure-fast-hash",
+            "--exempt-loopback",
+            "--rate-limit",
+            "0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            node_id,
+        ]);
+        cmd.env("SIMPLETEXTIM_DATABASE", &db.url)
+            .env("SIMPLETEXTIM_CLUSTER_REDIS", redis_url);
+        let proc = node::Node::spawn_command(cmd);
+        let addr = proc.addr();
+        Node { proc, addr }
     }
 
     fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+        self.proc.log()
     }
 
     /// The node's metrics (`--metrics-listen`), as text.
@@ -143,10 +108,8 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("node {} log:\n{}", self.addr, self.log().join("\n"));
+            eprintln!("node {} log:\n{}", self.addr, self.proc.log_text());
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -439,7 +402,7 @@ async fn three_nodes_share_chat_presence_and_takeover() {
     // once that bob left (not after the expiry, by reaping).
     let started = Instant::now();
     let term = Command::new("kill")
-        .args(["-TERM", &c.child.id().to_string()])
+        .args(["-TERM", &c.proc.pid().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
@@ -517,8 +480,7 @@ async fn an_offline_message_crosses_nodes_and_a_killed_node_is_reaped() {
     };
     let kill = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        b.child.kill().unwrap();
-        b.child.wait().unwrap();
+        assert!(b.proc.kill().is_some(), "node B was running");
     };
     let (sent, ()) = tokio::join!(chatter, kill);
     // Everything alice was echoed reached erin, in order.
@@ -669,7 +631,7 @@ async fn drain_messages(mut c: Conn) -> Conn {
 /// `--cluster-redis` needs `--database`; a bad URL is one line without its password.
 #[test]
 fn the_cluster_flags_are_checked_and_the_password_never_shown() {
-    let out = Command::new(BIN)
+    let out = Command::new(node::BIN)
         .args(["--cluster-redis", "redis://:s3cret@127.0.0.1:1"])
         .env_remove("SIMPLETEXTIM_DATABASE")
         .env_remove("SIMPLETEXTIM_CLUSTER_REDIS")
@@ -862,7 +824,7 @@ async fn a_redis_password_is_used_and_never_logged() {
         assert!(!log.contains("s3cret-bus"), "{log}");
     }
     // A wrong password: the node does not start, and says so without it.
-    let out = Command::new(BIN)
+    let out = Command::new(node::BIN)
         .args([
             "--listen",
             "127.0.0.1:0",

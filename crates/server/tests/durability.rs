@@ -8,86 +8,59 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "common/node.rs"]
+mod node;
 
 use simpletextim_proto::{ChatMessage, Client, ErrorCode, Failure, Recipient, Reply, UserId};
 
-const BIN: &str = env!("CARGO_BIN_EXE_simpletextim-server");
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A running server process.
+/// A running server process ([`node::Node`], killed when dropped).
 struct Server {
-    child: Child,
+    proc: node::Node,
     addr: SocketAddr,
 }
 
 impl Server {
     /// Starts the binary on `data` with `extra` options; waits for `listening on`.
     fn start(data: &Path, extra: &[&str]) -> Server {
-        Server::start_with(Command::new(BIN), data, extra)
+        Server::start_with(Command::new(node::BIN), data, extra)
     }
 
     /// [`Server::start`] with `cmd` running the binary (e.g. [`with_umask_000`]).
     fn start_with(mut cmd: Command, data: &Path, extra: &[&str]) -> Server {
-        let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--listen-http", "off"])
+        cmd.args(["--listen", "127.0.0.1:0", "--listen-http", "off"])
             .args(["--insecure-fast-hash", "--data"])
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot spawn the server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Reads the log to its end (so the pipe never fills), reporting the address once.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(Ok(addr)) => addr,
-            other => {
-                let _ = child.kill();
-                panic!("server did not log its address: {other:?}");
-            }
-        };
-        Server { child, addr }
+            .stdin(Stdio::null());
+        let proc = node::Node::spawn_command(cmd);
+        let addr = proc.addr();
+        Server { proc, addr }
     }
 
     /// SIGKILL: no chance to flush or close anything.
     fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        assert!(self.proc.kill().is_some(), "the server was running");
     }
 
     /// SIGTERM, then the exit status (graceful shutdown must finish within 5 s).
     fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(ok.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "no exit within 5 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let started = Instant::now();
+        let status = self.proc.terminate();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no exit within 5 s of SIGTERM: {:?}",
+            started.elapsed()
+        );
+        status
     }
 
     async fn login(
@@ -113,13 +86,6 @@ impl Server {
         self.login(user, &format!("pw-{user}"))
             .await
             .unwrap_or_else(|f| panic!("login of {user} refused: {f:?}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -169,7 +135,7 @@ fn bad_credentials() -> Failure {
 
 /// Runs a subcommand to completion with `stdin` as its input.
 fn admin(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let (code, out, err) = admin_with(Command::new(BIN), data, args, stdin);
+    let (code, out, err) = admin_with(Command::new(node::BIN), data, args, stdin);
     (code == Some(0), out, err)
 }
 
@@ -221,7 +187,7 @@ fn tempdir() -> tempfile::TempDir {
 #[cfg(unix)]
 fn with_umask_000() -> Command {
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", r#"umask 000; exec "$0" "$@""#, BIN]);
+    cmd.args(["-c", r#"umask 000; exec "$0" "$@""#, node::BIN]);
     cmd
 }
 
@@ -544,7 +510,7 @@ fn a_data_directory_that_cannot_be_created_is_a_one_line_error() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "not a directory").unwrap();
     let bad = file.join("data");
-    let out = Command::new(BIN)
+    let out = Command::new(node::BIN)
         .args(["--listen", "127.0.0.1:0", "--listen-http", "off", "--data"])
         .arg(&bad)
         .stdin(Stdio::null())
@@ -637,7 +603,7 @@ async fn backup_copies_a_running_servers_database() {
 
 /// Serving on `data`, which must end (a refusal) within [`WAIT`]: exit code, stdout, stderr.
 fn serve_refused(data: &Path) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(node::BIN)
         .args(["--listen", "127.0.0.1:0", "--listen-http", "off", "--data"])
         .arg(data)
         .env("RUST_LOG", "info")
@@ -726,7 +692,7 @@ fn a_database_readable_by_others_is_refused_with_the_fix() {
         (Some(1), String::new(), refusal.clone())
     );
     assert_eq!(
-        admin_with(Command::new(BIN), dir.path(), &["user", "list"], ""),
+        admin_with(Command::new(node::BIN), dir.path(), &["user", "list"], ""),
         (Some(1), String::new(), refusal)
     );
     assert_eq!(mode(&db), 0o644, "the refusal changes nothing");
@@ -759,7 +725,7 @@ fn a_data_directory_open_to_others_is_refused_with_the_fix() {
     );
     chmod(&data, 0o701);
     assert_eq!(
-        admin_with(Command::new(BIN), &data, &["user", "list"], ""),
+        admin_with(Command::new(node::BIN), &data, &["user", "list"], ""),
         (
             Some(1),
             String::new(),
@@ -792,7 +758,7 @@ fn admin_commands_refuse_a_directory_without_a_database_and_create_nothing() {
     for dir in [&empty, &missing] {
         for args in commands {
             assert_eq!(
-                admin_with(Command::new(BIN), dir, args, "pw-alice\n"),
+                admin_with(Command::new(node::BIN), dir, args, "pw-alice\n"),
                 (
                     Some(1),
                     String::new(),
@@ -820,7 +786,7 @@ fn admin_commands_refuse_a_directory_without_a_database_and_create_nothing() {
 fn the_binary_runs_jemalloc_with_its_background_thread() {
     let data = tempdir();
     let server = Server::start(data.path(), &[]);
-    let tasks = format!("/proc/{}/task", server.child.id());
+    let tasks = format!("/proc/{}/task", server.proc.pid());
     let deadline = Instant::now() + WAIT;
     let names = loop {
         let names: Vec<String> = std::fs::read_dir(&tasks)

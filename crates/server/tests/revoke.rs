@@ -7,66 +7,44 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "common/node.rs"]
+mod node;
 
 use simpletextim_proto::{ChatMessage, Client, ErrorCode, Failure, Recipient, Reply, UserId};
 
-const BIN: &str = env!("CARGO_BIN_EXE_simpletextim-server");
 const WAIT: Duration = Duration::from_secs(10);
 /// How soon a running server must end a revoked session: it polls every second.
 const NOTICED_WITHIN: Duration = Duration::from_secs(4);
 /// More than two of the server's poll periods.
 const TWO_POLLS: Duration = Duration::from_millis(2500);
 
-/// A running server process, killed when dropped.
+/// A running server process ([`node::Node`], killed when dropped).
 struct Server {
-    child: Child,
-    addr: SocketAddr,
+    proc: node::Node,
 }
 
 impl Server {
     /// Starts the binary on `data`; waits for `listening on`. Loopback clients are exempt
     /// from the per-address limits: every test client comes from 127.0.0.1.
     fn start(data: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--listen-http", "off"])
-            .arg("--insecure-fast-hash")
-            .arg("--exempt-loopback")
-            .arg("--data")
-            .arg(data)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot spawn the server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Reads the log to its end (so the pipe never fills), reporting the address once.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(Ok(addr)) => addr,
-            other => {
-                let _ = child.kill();
-                panic!("server did not log its address: {other:?}");
-            }
-        };
-        Server { child, addr }
+        let mut cmd = node::Node::command(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-http",
+            "off",
+            "--insecure-fast-hash",
+            "--exempt-loopback",
+            "--data",
+        ]);
+        cmd.arg(data);
+        Server {
+            proc: node::Node::spawn_command(cmd),
+        }
     }
 
     async fn login(
@@ -74,7 +52,7 @@ impl Server {
         user: &str,
         password: &str,
     ) -> Result<(Client, Vec<ChatMessage>), Failure> {
-        let mut c = tokio::time::timeout(WAIT, Client::connect(self.addr))
+        let mut c = tokio::time::timeout(WAIT, Client::connect(self.proc.addr()))
             .await
             .expect("connect timed out")
             .unwrap();
@@ -98,16 +76,9 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs a subcommand to completion with `stdin` as its input: success, stdout, stderr.
 fn admin(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(node::BIN)
         .arg("--data")
         .arg(data)
         .arg("--insecure-fast-hash")
