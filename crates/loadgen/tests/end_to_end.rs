@@ -3,13 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use simpletextim_loadgen::net::{Bind, Transport};
-use simpletextim_loadgen::report::Report;
-use simpletextim_loadgen::workload::Common;
+use simpletextim_loadgen::net::Transport;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
 use simpletextim_loadgen::workload::history::{self, HistoryOpts};
 use simpletextim_loadgen::workload::offline::{self, OfflineOpts};
@@ -19,49 +16,12 @@ use simpletextim_server::{Config, MemoryStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-async fn server() -> (SocketAddr, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let config = Config {
-        hash_cost: simpletextim_server::HashCost::InsecureFast,
-        // Hundreds of logins at once from 127.0.0.1.
-        exempt_loopback: true,
-        rate_limit: None,
-        store: Arc::new(MemoryStore::new(1000)),
-        ..Config::default()
-    };
-    tokio::spawn(simpletextim_server::run(listener, config, shutdown.clone()));
-    (addr, shutdown)
-}
-
-fn common(server: SocketAddr, prefix: &str) -> Common {
-    Common {
-        server,
-        servers: Vec::new(),
-        prefix: prefix.to_owned(),
-        timeout: Duration::from_secs(30),
-        login_concurrency: 8,
-        size: 40,
-        settle: Duration::from_millis(50),
-        bind: Bind::Any,
-        transport: Transport::Tcp,
-    }
-}
-
-fn assert_complete(r: &Report) {
-    assert!(!r.timed_out, "{}", r.to_json_line());
-    assert_eq!(r.delivered, r.expected, "{}", r.to_json_line());
-    assert_eq!(r.lost, 0);
-    assert_eq!(r.out_of_order, 0);
-    assert!(r.fails.is_empty(), "{:?}", r.fails);
-    assert_eq!(r.disconnected, 0);
-    assert_eq!(r.latency_us.count, r.delivered);
-}
+mod common;
+use common::{assert_complete, common, server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_flood_and_open_loop_deliver_everything() {
-    let (addr, shutdown) = server().await;
+    let (addr, _, shutdown) = server().await;
     let flood = FanoutOpts {
         clients: 20,
         senders: 3,
@@ -69,7 +29,9 @@ async fn fanout_flood_and_open_loop_deliver_everything() {
         window: 4,
         rate: None,
     };
-    let r = chat::fanout(&common(addr, "ff"), &flood).await.unwrap();
+    let r = chat::fanout(&common(addr, "ff", Transport::Tcp), &flood)
+        .await
+        .unwrap();
     assert_complete(&r);
     assert_eq!((r.clients, r.sent, r.expected), (20, 75, 20 * 75));
     assert_eq!(r.echoes, Some(75));
@@ -79,7 +41,9 @@ async fn fanout_flood_and_open_loop_deliver_everything() {
         messages: 5,
         ..flood
     };
-    let r = chat::fanout(&common(addr, "fo"), &open).await.unwrap();
+    let r = chat::fanout(&common(addr, "fo", Transport::Tcp), &open)
+        .await
+        .unwrap();
     assert_complete(&r);
     assert_eq!((r.sent, r.expected), (15, 20 * 15));
     shutdown.cancel();
@@ -90,8 +54,8 @@ async fn fanout_flood_and_open_loop_deliver_everything() {
 /// a cluster, the clients of each miss the other's messages, and the run says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_spread_over_servers_checks_every_client() {
-    let (a, stop_a) = server().await;
-    let (b, stop_b) = server().await;
+    let (a, _, stop_a) = server().await;
+    let (b, _, stop_b) = server().await;
     let o = FanoutOpts {
         clients: 10,
         senders: 2,
@@ -99,13 +63,13 @@ async fn fanout_spread_over_servers_checks_every_client() {
         window: 4,
         rate: None,
     };
-    let mut same = common(a, "sp");
+    let mut same = common(a, "sp", Transport::Tcp);
     same.servers = vec![a, a];
     let r = chat::fanout(&same, &o).await.unwrap();
     assert_complete(&r);
     assert_eq!(r.server, format!("{a},{a}"));
 
-    let mut apart = common(a, "sq");
+    let mut apart = common(a, "sq", Transport::Tcp);
     apart.servers = vec![a, b];
     apart.timeout = Duration::from_secs(3);
     assert_eq!(apart.server_for(3), b);
@@ -123,13 +87,15 @@ async fn fanout_spread_over_servers_checks_every_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_messages_reach_their_recipients() {
-    let (addr, shutdown) = server().await;
+    let (addr, _, shutdown) = server().await;
     let o = PrivateOpts {
         clients: 10,
         messages: 12,
         window: 3,
     };
-    let r = chat::private(&common(addr, "pv"), &o).await.unwrap();
+    let r = chat::private(&common(addr, "pv", Transport::Tcp), &o)
+        .await
+        .unwrap();
     assert_complete(&r);
     // Every message is delivered twice: to its recipient and as the sender's echo.
     assert_eq!((r.sent, r.expected), (120, 240));
@@ -138,7 +104,7 @@ async fn private_messages_reach_their_recipients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_views_end_correct() {
-    let (addr, shutdown) = server().await;
+    let (addr, _, shutdown) = server().await;
     let o = PresenceOpts {
         clients: 15,
         churn: 6,
@@ -147,7 +113,9 @@ async fn presence_views_end_correct() {
         rate: 40.0,
         chat_secs: 0.5,
     };
-    let r = presence::run(&common(addr, "pr"), &o).await.unwrap();
+    let r = presence::run(&common(addr, "pr", Transport::Tcp), &o)
+        .await
+        .unwrap();
     assert_complete(&r);
     assert_eq!(r.views_correct, Some(15));
     assert_eq!(r.views_wrong, Some(0));
@@ -161,14 +129,16 @@ async fn presence_views_end_correct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_mailboxes_are_delivered_at_login() {
-    let (addr, shutdown) = server().await;
+    let (addr, _, shutdown) = server().await;
     let o = OfflineOpts {
         recipients: 6,
         senders: 2,
         messages: 30,
         window: 8,
     };
-    let r = offline::run(&common(addr, "of"), &o).await.unwrap();
+    let r = offline::run(&common(addr, "of", Transport::Tcp), &o)
+        .await
+        .unwrap();
     assert_complete(&r);
     assert_eq!(r.sent, 60);
     assert_eq!(r.stored, Some(60));
@@ -180,7 +150,7 @@ async fn offline_mailboxes_are_delivered_at_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_readers_get_every_page_while_others_chat() {
-    let (addr, shutdown) = server().await;
+    let (addr, _, shutdown) = server().await;
     let o = HistoryOpts {
         readers: 4,
         pages: 20,
@@ -189,7 +159,9 @@ async fn history_readers_get_every_page_while_others_chat() {
         chatters: 2,
         rate: 200.0,
     };
-    let r = history::run(&common(addr, "hi"), &o).await.unwrap();
+    let r = history::run(&common(addr, "hi", Transport::Tcp), &o)
+        .await
+        .unwrap();
     assert!(!r.timed_out, "{}", r.to_json_line());
     assert!(r.fails.is_empty(), "{:?}", r.fails);
     assert_eq!(r.pages, Some(80));
@@ -227,7 +199,9 @@ async fn soak_loses_nothing_and_counts_every_hostile_kind() {
         flood_rate: 20.0,
         server_pid: None,
     };
-    let r = soak::run(&common(addr, "sk"), &o).await.unwrap();
+    let r = soak::run(&common(addr, "sk", Transport::Tcp), &o)
+        .await
+        .unwrap();
     assert_complete(&r);
     assert_eq!(r.sent, 20);
     assert_eq!(r.echo_latency_us.unwrap().count, 20);

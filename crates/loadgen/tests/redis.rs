@@ -12,10 +12,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use simpletextim_loadgen::net::{Bind, Transport};
+use simpletextim_loadgen::net::Transport;
 use simpletextim_loadgen::report::Report;
-use simpletextim_loadgen::workload::Common;
 use simpletextim_loadgen::workload::redis::{self, RedisFanoutOpts};
+
+mod common;
+use common::common;
 
 /// A private `redis-server`, killed when dropped (also when the test fails).
 struct Redis {
@@ -107,20 +109,6 @@ impl Redis {
     }
 }
 
-fn common(server: SocketAddr, prefix: &str) -> Common {
-    Common {
-        server,
-        servers: Vec::new(),
-        prefix: prefix.to_owned(),
-        timeout: Duration::from_secs(30),
-        login_concurrency: 8,
-        size: 40,
-        settle: Duration::from_millis(50),
-        bind: Bind::Any,
-        transport: Transport::Tcp,
-    }
-}
-
 fn assert_complete(r: &Report) {
     let line = r.to_json_line();
     assert_eq!(r.workload, "redis-fanout");
@@ -145,7 +133,7 @@ async fn redis_fanout_flood_and_open_loop_deliver_everything() {
         window: 4,
         rate: None,
     };
-    let r = redis::fanout(&common(redis.addr, "rf"), &flood)
+    let r = redis::fanout(&common(redis.addr, "rf", Transport::Tcp), &flood)
         .await
         .unwrap();
     assert_complete(&r);
@@ -161,7 +149,7 @@ async fn redis_fanout_flood_and_open_loop_deliver_everything() {
         rate: Some(200.0),
         ..flood
     };
-    let r = redis::fanout(&common(redis.addr, "ro"), &open)
+    let r = redis::fanout(&common(redis.addr, "ro", Transport::Tcp), &open)
         .await
         .unwrap();
     assert_complete(&r);

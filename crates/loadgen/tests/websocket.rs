@@ -4,65 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use simpletextim_loadgen::net::{Bind, Transport};
+use simpletextim_loadgen::net::Transport;
 use simpletextim_loadgen::report::Report;
-use simpletextim_loadgen::workload::Common;
 use simpletextim_loadgen::workload::chat::{self, FanoutOpts, PrivateOpts};
-use simpletextim_server::{Config, Framing, MemoryStore};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-/// A server with a TCP listener and an HTTP one (`GET /ws`); returns both addresses.
-async fn server() -> (SocketAddr, SocketAddr, CancellationToken) {
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (tcp_addr, http_addr) = (tcp.local_addr().unwrap(), http.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let config = Config {
-        hash_cost: simpletextim_server::HashCost::InsecureFast,
-        // Every client logs in from 127.0.0.1, several at once.
-        exempt_loopback: true,
-        rate_limit: None,
-        store: Arc::new(MemoryStore::new(1000)),
-        ..Config::default()
-    };
-    let listeners = vec![(tcp, Framing::LengthDelimited), (http, Framing::WebSocket)];
-    tokio::spawn(simpletextim_server::run_listeners(
-        listeners,
-        config,
-        shutdown.clone(),
-    ));
-    (tcp_addr, http_addr, shutdown)
-}
-
-fn common(server: SocketAddr, prefix: &str, transport: Transport) -> Common {
-    Common {
-        server,
-        servers: Vec::new(),
-        prefix: prefix.to_owned(),
-        timeout: Duration::from_secs(30),
-        login_concurrency: 8,
-        size: 40,
-        settle: Duration::from_millis(50),
-        bind: Bind::Any,
-        transport,
-    }
-}
-
-fn assert_complete(r: &Report) {
-    assert!(!r.timed_out, "{}", r.to_json_line());
-    assert_eq!(r.delivered, r.expected, "{}", r.to_json_line());
-    assert_eq!(r.lost, 0);
-    assert_eq!(r.out_of_order, 0);
-    assert!(r.fails.is_empty(), "{:?}", r.fails);
-    assert_eq!(r.disconnected, 0);
-    assert_eq!(r.latency_us.count, r.delivered);
-}
+mod common;
+use common::{assert_complete, common, server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_over_websocket_delivers_everything() {
