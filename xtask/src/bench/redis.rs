@@ -15,10 +15,13 @@ use anyhow::{Context, bail};
 /// The options of every run after `--port PORT`: loopback only, nothing written to disk
 /// (no RDB snapshots, no append-only file), in the foreground. Everything else is Redis's
 /// default (one thread serving clients; a subscriber more than 32 MiB behind, or 8 MiB for
-/// 60 s, is disconnected, as our slow consumers are).
+/// 60 s, is disconnected, as our slow consumers are), except the client limit: 15 000, for
+/// the 10 000 subscribers and the publishers of `presence-chat` (the default is 10 000).
 const REDIS_ARGS: &[&str] = &[
     "--bind",
     "127.0.0.1",
+    "--maxclients",
+    "15000",
     "--save",
     "",
     "--appendonly",
@@ -250,7 +253,7 @@ mod tests {
         assert_eq!(bin.name(), "Redis 7.0.15 pub/sub");
         assert_eq!(
             bin.command(),
-            "redis-server --port PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize no --dir TEMPDIR"
+            "redis-server --port PORT --bind 127.0.0.1 --maxclients 15000 --save '' --appendonly no --daemonize no --dir TEMPDIR"
         );
     }
 }

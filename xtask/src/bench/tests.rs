@@ -202,13 +202,13 @@ fn report_has_targets_tables_and_commands() {
     assert!(!latency_chart(&doc).contains("Redis"));
 }
 
-/// Every open-loop fan-out scenario, and only those, runs `redis-fanout` with the same
-/// arguments beside it.
+/// Every open-loop fan-out scenario and `presence-chat`, and only those, run
+/// `redis-fanout` with the same arguments beside them.
 #[test]
 fn open_loop_scenarios_have_the_redis_reference() {
     for quick in [false, true] {
         for s in suite(quick, None) {
-            let open_loop = s.id.starts_with("fanout-rate-");
+            let open_loop = s.id.starts_with("fanout-rate-") || s.id == "presence-chat";
             assert_eq!(s.reference.is_some(), open_loop, "{}", s.id);
             if let Some(args) = &s.reference {
                 assert_eq!(args[0], "redis-fanout");
