@@ -110,7 +110,7 @@ struct Inner {
     /// user is online after them. At most one entry per user, and at most
     /// [`MAX_LIST_DELTA_SLACK`] more than a quarter of the users online (so that a login
     /// storm nobody lists adds little to each connection's memory): past that it is
-    /// dropped and `list_reset` set instead.
+    /// dropped and `list_reset` set instead, and stays empty until the next `list`.
     list_delta: HashMap<UserId, bool>,
     /// The changes were too many to keep: the next [`Hub::list`] rebuilds the roster from
     /// the members (O(users) under the lock, once per at least as many changes).
@@ -1015,6 +1015,11 @@ impl Inner {
     /// version, and one change for the next `list` to apply.
     fn membership_changed(&mut self, user_id: &UserId, online: bool) {
         self.version += 1;
+        if self.list_reset {
+            // The next `list` rebuilds the roster from the members, who already show this
+            // change: keeping it too would only hold memory until then.
+            return;
+        }
         // Removed first, so that the key keeps the latest spelling.
         self.list_delta.remove(user_id);
         self.list_delta.insert(user_id.clone(), online);
@@ -2219,6 +2224,8 @@ mod tests {
         assert!(hub.lock().list_reset);
         let _zed = member(&hub, 5000, "zed");
         let _bob = member(&hub, 5001, "Bob");
+        // Once the roster is to be rebuilt from the members, changes are not kept at all.
+        assert!(hub.lock().list_delta.is_empty());
         assert_eq!(&hub.list()[..], br#"["Bob","zed"]"#);
         assert!(!hub.lock().list_reset);
         // And the roster goes on from there.

@@ -1,10 +1,15 @@
 //! A session's outbox: the bounded queue the hub fills and the session drains, plus the
 //! session's kill switch.
 //!
-//! It is a `VecDeque` behind a `std::sync::Mutex` and a `tokio::sync::Notify`, not a tokio
+//! It is a `VecDeque` behind a `std::sync::Mutex` and a wake-up signal, not a tokio
 //! channel: an idle outbox allocates nothing (a channel allocates its first block of slots
 //! up front), and the session takes what is queued in one swap (everything, unless it is
 //! far behind the presence log: then the items up to where its next drain's notices stop).
+//!
+//! The signal is a flag and the session's waker ([`AtomicWaker`]), not a `tokio::sync::Notify`:
+//! an outbox has exactly one waiter, its session, which polls it ([`Outbox::poll_changed`])
+//! without a `Notified` future: that future (64 bytes) would sit in every session's task,
+//! idle or not.
 //!
 //! Presence notices are not queued here: they are in the hub's shared presence log
 //! (`presence.rs`). Each item carries the log's head at the moment it was queued
@@ -32,7 +37,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 use crate::store::RevocationKind;
 use crate::wire::Out;
@@ -70,7 +75,7 @@ pub struct Queued {
     pub item: Out,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     items: VecDeque<Queued>,
     /// The encoded size of `items` (saturating; the byte limit keeps it far below).
@@ -82,9 +87,30 @@ struct State {
     listed: bool,
     /// Set when the hub removed the session: the presence log's head then. The session
     /// writes no notice numbered from it on (what was announced after it left).
-    presence_end: Option<u64>,
+    /// [`NO_PRESENCE_END`] until then: a plain `u64` rather than an `Option`, which would
+    /// take the outbox (with its `Arc` counts) past 128 bytes, into jemalloc's 160-byte
+    /// class.
+    presence_end: u64,
     /// Acknowledged delivery's state; `None` for a session without it.
     acks: Option<Box<Acks>>,
+}
+
+/// [`State::presence_end`] of a session the hub has not removed (no notice number reaches
+/// it).
+const NO_PRESENCE_END: u64 = u64::MAX;
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            items: VecDeque::new(),
+            bytes: 0,
+            kicked: None,
+            woken: false,
+            listed: false,
+            presence_end: NO_PRESENCE_END,
+            acks: None,
+        }
+    }
 }
 
 /// What an outbox of a session with acknowledged delivery keeps (see the module docs).
@@ -111,7 +137,11 @@ fn private_id(item: &Out) -> Option<u64> {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
+    /// Set by a wake-up (a push, a kick, a release, the coalescer's tick) and cleared when
+    /// the session sees it: a wake-up while the session is busy is kept for its next wait.
+    signal: AtomicBool,
+    /// The session's waker, once it waited.
+    waker: AtomicWaker,
     limits: Limits,
     /// The session asked for acknowledged delivery (its state is [`State::acks`]).
     acks: bool,
@@ -163,7 +193,8 @@ impl Outbox {
                 acks,
                 ..State::default()
             }),
-            notify: Notify::new(),
+            signal: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             published_bytes: AtomicU32::new(0),
             limits: Limits {
                 items: limits.items.max(1),
@@ -224,7 +255,7 @@ impl Outbox {
         let wake = !s.items.is_empty() && !std::mem::replace(&mut s.woken, true);
         drop(s);
         if wake {
-            self.notify.notify_one();
+            self.wake();
         }
     }
 
@@ -282,8 +313,8 @@ impl Outbox {
         let wake = !std::mem::replace(&mut s.woken, true);
         drop(s);
         if wake {
-            // A stored permit covers a session that is between `take` and waiting.
-            self.notify.notify_one();
+            // The signal, kept until seen, covers a session that is between `take` and waiting.
+            self.wake();
         }
         Ok(())
     }
@@ -315,7 +346,10 @@ impl Outbox {
     /// The hub removed the session when the presence log's head was `seq`: the session
     /// writes no notice from that one on. The first call sticks.
     pub fn stop_presence(&self, seq: u64) {
-        self.lock().presence_end.get_or_insert(seq);
+        let mut s = self.lock();
+        if s.presence_end == NO_PRESENCE_END {
+            s.presence_end = seq;
+        }
     }
 
     /// Tells the session to close. The first reason sticks.
@@ -323,7 +357,7 @@ impl Outbox {
         let mut s = self.lock();
         s.kicked.get_or_insert(reason);
         drop(s);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Whether the session has been kicked, and why.
@@ -360,7 +394,7 @@ impl Outbox {
             }
         };
         taken.kicked = s.kicked;
-        taken.presence_end = s.presence_end;
+        taken.presence_end = (s.presence_end != NO_PRESENCE_END).then_some(s.presence_end);
         if park && (1..PARK_BELOW).contains(&taken.items.len()) && s.kicked.is_none() {
             s.woken = true;
             taken.park = !std::mem::replace(&mut s.listed, true);
@@ -370,10 +404,10 @@ impl Outbox {
     }
 
     /// The coalescer's tick: the session is woken to take what was queued since it was
-    /// parked (the permit is stored if it is busy).
+    /// parked (the signal is kept if it is busy).
     fn unpark(&self) {
         self.lock().listed = false;
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Gives back the queue of a [`Taken`] once its items are written: the outbox keeps its
@@ -454,9 +488,30 @@ impl Outbox {
         self.published_bytes.load(Ordering::Relaxed)
     }
 
+    /// Wakes the session, or, if it is not waiting, makes its next wait return at once.
+    fn wake(&self) {
+        self.signal.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once something was queued or the session was kicked since the last wake-up
+    /// it saw (which this consumes); otherwise registers `cx`'s waker. One session polls it.
+    pub fn poll_changed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.signal.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A wake-up between the check and the registration found no waker: seen here.
+        if self.signal.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
+    }
+
     /// Waits until something was queued or the session was kicked since the last wake-up.
+    #[cfg(test)]
     pub async fn changed(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_changed(cx)).await;
     }
 }
 
@@ -666,6 +721,12 @@ mod tests {
             (vec![&b"c"[..], b"ddddd"], false)
         );
         assert_eq!(o.lock().bytes, 0);
+    }
+
+    #[test]
+    fn an_outbox_with_its_arc_counts_fits_128_bytes() {
+        // One per logged-in session: past 128 bytes, jemalloc rounds it up to 160.
+        assert!(std::mem::size_of::<Outbox>() + 16 <= 128);
     }
 
     #[test]
@@ -921,7 +982,7 @@ mod tests {
     async fn push_to_empty_queue_wakes_the_waiter() {
         let o = Outbox::new(items(4));
         o.push(0, frame("x")).unwrap();
-        // The permit was stored: this returns at once.
+        // The signal was kept: this returns at once.
         tokio::time::timeout(std::time::Duration::from_secs(5), o.changed())
             .await
             .unwrap();

@@ -284,11 +284,14 @@ impl Bell {
     }
 
     /// Resolves once `log`'s bell rang since the bell was (re)armed.
+    #[cfg(test)]
     pub async fn rung(&mut self, log: &PresenceLog) {
         std::future::poll_fn(|cx| self.poll_rung(log, cx)).await;
     }
 
-    fn poll_rung(&mut self, log: &PresenceLog, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once `log`'s bell rang since the bell was (re)armed; otherwise the task of
+    /// `cx` is woken when it rings.
+    pub fn poll_rung(&mut self, log: &PresenceLog, cx: &mut Context<'_>) -> Poll<()> {
         if log.rings.load(Ordering::Acquire) != self.armed_at {
             return Poll::Ready(());
         }

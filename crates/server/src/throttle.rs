@@ -105,8 +105,10 @@ impl Failures {
 struct State {
     addresses: HashMap<IpAddr, Failures>,
     accounts: HashMap<String, Failures>,
-    /// Per account key, the addresses that last logged in to it, newest last.
-    known: HashMap<String, Vec<IpAddr>>,
+    /// Per account key, the addresses that last logged in to it, newest last. Boxed
+    /// slices, not `String` and `Vec`: an entry for every account that logged in, so
+    /// 32 bytes a slot rather than 48.
+    known: HashMap<Box<str>, Box<[IpAddr]>>,
     /// Logins in progress per address (no entry: none).
     in_flight: HashMap<IpAddr, u32>,
 }
@@ -201,13 +203,17 @@ impl LoginThrottle {
         let addr = prefix(addr);
         let mut s = self.lock();
         if let Some(known) = s.known.get_mut(account) {
-            known.retain(|a| *a != addr);
-            if known.len() == KNOWN_PER_ACCOUNT {
-                known.remove(0);
+            if known.last() == Some(&addr) {
+                return;
             }
-            known.push(addr);
+            let mut list: Vec<IpAddr> = known.iter().copied().filter(|a| *a != addr).collect();
+            if list.len() == KNOWN_PER_ACCOUNT {
+                list.remove(0);
+            }
+            list.push(addr);
+            *known = list.into_boxed_slice();
         } else if s.known.len() < MAX_KEYS {
-            s.known.insert(account.to_owned(), vec![addr]);
+            s.known.insert(account.into(), Box::new([addr]));
         }
     }
 }
@@ -320,6 +326,31 @@ mod tests {
         }
         assert_eq!(t.check(ip("203.0.113.9"), "alice", now), Err(2 * SEC));
         assert_eq!(t.check(ip("198.51.100.1"), "alice", now), Ok(()));
+    }
+
+    #[test]
+    fn an_account_knows_the_last_four_addresses_that_logged_in_to_it() {
+        let t = LoginThrottle::new(policy());
+        let now = Instant::now();
+        for i in 1..=5 {
+            t.succeeded(ip(&format!("198.51.100.{i}")), "alice");
+        }
+        // .1 was pushed out by .5; logging in again from .2 makes it the newest, so .3 is
+        // the one pushed out by .6.
+        t.succeeded(ip("198.51.100.2"), "alice");
+        t.succeeded(ip("198.51.100.6"), "alice");
+        t.succeeded(ip("198.51.100.6"), "alice");
+        for i in 0..3 {
+            t.failed(ip(&format!("203.0.113.{i}")), "alice", now);
+        }
+        for i in [1, 3] {
+            let addr = ip(&format!("198.51.100.{i}"));
+            assert_eq!(t.check(addr, "alice", now), Err(2 * SEC), "{addr}");
+        }
+        for i in [2, 4, 5, 6] {
+            let addr = ip(&format!("198.51.100.{i}"));
+            assert_eq!(t.check(addr, "alice", now), Ok(()), "{addr}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::conn::Filled;
-use super::{End, LoggedIn, Session, deadline_passed};
+use super::{End, LoggedIn, Session, boxed_fired};
 use crate::Shared;
 use crate::cluster::Routed;
 use crate::hub::Member;
@@ -55,29 +55,35 @@ impl Drop for InFlight {
     }
 }
 
+/// The rest of a command that waits (for the password check, the store, a slot of the
+/// history writer, the cluster bus), boxed: the caller awaits it at once.
+pub(super) type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), End>> + Send + 'a>>;
+
 impl Session {
     /// Handles one request. Every reply that answers it (`fail`, `list`, the login ack)
-    /// carries its `ref`.
+    /// carries its `ref`. What is done at once is done here; a command that has to wait
+    /// returns the boxed rest of it, which the caller awaits before the next command.
+    ///
+    /// Not an `async fn`: its state (the request, and its parts once taken apart) would be
+    /// in the future of every session, idle or not; only the box's pointer is.
     ///
     /// # Errors
     /// How the session ends, if the command ends it.
-    pub(super) async fn handle(&mut self, request: Request) -> Result<(), End> {
+    pub(super) fn handle(&mut self, request: Request) -> Result<Option<Waiting<'_>>, End> {
         let Request { r#ref, command } = request;
         if let Err(wait) = self.charge(&command) {
             let secs = ceil_secs(wait);
             let reason = format!("rate limit exceeded, try again in {secs} s");
             self.fail_ref(r#ref, Failure::new(ErrorCode::RateLimited, reason));
-            return Ok(());
+            return Ok(None);
         }
         match command {
-            // Boxed: logging in is rare and its future is the largest; keeping it off the
-            // session's own future keeps every idle session small.
             Command::Login {
                 user_id,
                 password,
                 acks,
             } => {
-                return Box::pin(self.login(user_id, password, acks, r#ref)).await;
+                return Ok(Some(Box::pin(self.login(user_id, password, acks, r#ref))));
             }
             Command::Exit => {
                 let _ = self.drain_outbox();
@@ -94,41 +100,54 @@ impl Session {
                     Failure::new(ErrorCode::Unauthorized, "login required"),
                 );
             }
-            // Only a pointer waits in the session's future when the history writer is full.
+            // Sent at once, unless the history writer is full.
             Command::Send {
                 to: Recipient::Everyone,
                 message,
             } => {
                 if self.shared.cluster.is_some() {
-                    Box::pin(self.cluster_publish(message, r#ref)).await;
-                } else if let Some(waiting) = self.publish_or_wait(message, r#ref) {
-                    waiting.await;
+                    return Ok(Some(Box::pin(async move {
+                        self.cluster_publish(message, r#ref).await;
+                        Ok(())
+                    })));
                 }
+                return Ok(self.publish_or_wait(message, r#ref));
             }
-            // Boxed, both behind one await: only a pointer (not the command and its ref)
-            // waits in the session's future while the store works.
             command @ (Command::Send { .. } | Command::History { .. }) => {
-                Box::pin(self.with_store(command, r#ref)).await;
+                return Ok(Some(Box::pin(async move {
+                    self.with_store(command, r#ref).await;
+                    Ok(())
+                })));
             }
-            Command::List => {
-                let list = match self.shared.cluster.clone() {
-                    None => self.shared.hub.list(),
-                    // Over every node: read from the presence registry.
-                    Some(cluster) => match Box::pin(cluster.list()).await {
-                        Ok(list) => list,
-                        Err(failure) => {
-                            self.fail_ref(r#ref, failure);
-                            return Ok(());
+            Command::List => match self.shared.cluster.clone() {
+                None => {
+                    let list = self.shared.hub.list();
+                    let r#ref = r#ref.as_ref().map(encode_ref);
+                    self.reply_list(r#ref.as_deref(), &list);
+                }
+                // Over every node: read from the presence registry.
+                Some(cluster) => {
+                    return Ok(Some(Box::pin(async move {
+                        match cluster.list().await {
+                            Ok(list) => {
+                                let r#ref = r#ref.as_ref().map(encode_ref);
+                                self.reply_list(r#ref.as_deref(), &list);
+                            }
+                            Err(failure) => self.fail_ref(r#ref, failure),
                         }
-                    },
-                };
-                let r#ref = r#ref.as_ref().map(encode_ref);
-                self.reply_list(r#ref.as_deref(), &list);
+                        Ok(())
+                    })));
+                }
+            },
+            // As a private message: the store's delete waits.
+            Command::Ack { id } => {
+                return Ok(Some(Box::pin(async move {
+                    self.ack(id, r#ref).await;
+                    Ok(())
+                })));
             }
-            // Boxed, as a private message: the store's delete waits off the idle future.
-            Command::Ack { id } => Box::pin(self.ack(id, r#ref)).await,
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Charges `command` to the user's flood-control bucket (nothing before login, when
@@ -185,18 +204,16 @@ impl Session {
 
     /// Sends a public message now if the history writer has a free slot (the usual case)
     /// or is closed; otherwise returns the boxed future that waits for a slot, then sends it
-    /// (backpressure from a writer that is behind). Nothing of the slot's `Result` is kept
-    /// across that wait: it would sit in every idle session's future.
-    fn publish_or_wait(
-        &mut self,
-        message: MessageText,
-        r#ref: Option<Ref>,
-    ) -> Option<Pin<Box<impl Future<Output = ()> + '_>>> {
+    /// (backpressure from a writer that is behind).
+    fn publish_or_wait(&mut self, message: MessageText, r#ref: Option<Ref>) -> Option<Waiting<'_>> {
         match self.shared.history.try_reserve() {
             Ok(permit) => self.publish(message, r#ref, Some(permit)),
             Err(ReserveError::Closed) => self.publish(message, r#ref, None),
             Err(ReserveError::Full) => {
-                return Some(Box::pin(self.publish_when_room(message, r#ref)));
+                return Some(Box::pin(async move {
+                    self.publish_when_room(message, r#ref).await;
+                    Ok(())
+                }));
             }
         }
         None
@@ -567,6 +584,7 @@ impl Session {
         };
         self.bell = Some(bell);
         self.login_deadline = None;
+        self.shutdown = None;
         self.admission.logged_in();
         // The user's bucket, shared with the user's other and earlier sessions.
         self.bucket = self.shared.flood.bucket(&user_id.key());
@@ -646,7 +664,7 @@ impl Session {
             tokio::select! {
                 biased;
                 r = &mut checked => return Ok(r),
-                () = deadline_passed(&mut self.login_deadline) => {
+                () = boxed_fired(&mut self.login_deadline) => {
                     let failure = Failure::new(ErrorCode::Unauthorized, "login timed out");
                     self.fail_ref(r#ref.clone(), failure);
                     return Err(End::LoginTimeout);

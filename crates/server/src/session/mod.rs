@@ -21,12 +21,14 @@ mod rate;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use simpletextim_proto::{ErrorCode, Failure, Ref, Reply, UserId};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::Shared;
 use crate::limits::Admission;
@@ -128,6 +130,10 @@ pub(crate) struct Session {
     /// Until the login: when the connection is closed if it has not logged in. Boxed so
     /// that a logged-in session carries no timer.
     login_deadline: Option<Pin<Box<Sleep>>>,
+    /// Until the login: the wait for the server's shutdown (a logged-in session hears of
+    /// it from its outbox). Boxed, like the deadline, so that its waiter (about 80 bytes)
+    /// is not in the future of every session, logged in or not.
+    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The places the connection holds (overall, its address's, not logged in yet), or why
     /// it was refused.
     admission: Admission,
@@ -194,6 +200,7 @@ impl Session {
         admission: Admission,
     ) -> Session {
         let login_deadline = Some(Box::pin(tokio::time::sleep(shared.config.login_timeout)));
+        let shutdown = Some(Box::pin(shared.shutdown.clone().cancelled_owned()));
         shared.metrics.connection_opened(conn.framing().into());
         let keepalive = conn
             .is_websocket()
@@ -208,6 +215,7 @@ impl Session {
             wake_pending: false,
             bell: None,
             login_deadline,
+            shutdown,
             admission,
             keepalive,
         }
@@ -255,12 +263,12 @@ impl Session {
             }
             let event = tokio::select! {
                 biased;
-                () = shutdown_before_login(&self.login, &self.shared.shutdown) => Event::Shutdown,
+                () = boxed_fired(&mut self.shutdown) => Event::Shutdown,
                 () = outbox_changed(&self.login) => Event::Outbox,
                 () = bell_rung(&mut self.bell, self.shared.hub.presence()) => Event::Presence,
                 r = std::future::poll_fn(|cx| self.conn.poll_read_ready(cx)) => Event::Readable(r),
-                () = deadline_passed(&mut self.login_deadline) => Event::LoginTimeout,
-                () = deadline_passed(&mut self.keepalive) => Event::Keepalive,
+                () = boxed_fired(&mut self.login_deadline) => Event::LoginTimeout,
+                () = boxed_fired(&mut self.keepalive) => Event::Keepalive,
             };
             let handled = match event {
                 Event::Shutdown => Err(End::Shutdown),
@@ -307,17 +315,14 @@ impl Session {
     /// How the session ends, when a command, the framing or the peer ends it.
     async fn handle_commands(&mut self, filled: Filled) -> Result<(), End> {
         loop {
-            match self.conn.next_command() {
-                Ok(Some(Ok(request))) => {
-                    self.handle(request).await?;
-                    // A read chunk can hold hundreds of commands, and a `list` reply can be
-                    // large: write what they produced before taking the next one, so a
-                    // client that sends without reading cannot make us buffer much.
-                    if self.conn.buffered() > MAX_BUFFERED_REPLIES {
-                        self.write_out().await?;
-                    }
+            // Taken out of the match before any await: the decoder's result (the request,
+            // or why there is none) is not kept in the session's future while it waits.
+            let request = match self.conn.next_command() {
+                Ok(Some(Ok(request))) => request,
+                Ok(Some(Err(rejected))) => {
+                    self.reply(&rejected.into_reply());
+                    continue;
                 }
-                Ok(Some(Err(rejected))) => self.reply(&rejected.into_reply()),
                 Ok(None) => break,
                 Err(ReadError::TooLarge { max }) => {
                     self.fail(Failure::new(
@@ -335,6 +340,15 @@ impl Session {
                     tracing::debug!(peer = %self.conn.peer(), error = %e, "read failed");
                     return Err(End::Error);
                 }
+            };
+            if let Some(waiting) = self.handle(request)? {
+                waiting.await?;
+            }
+            // A read chunk can hold hundreds of commands, and a `list` reply can be large:
+            // write what they produced before taking the next one, so a client that sends
+            // without reading cannot make us buffer much.
+            if self.conn.buffered() > MAX_BUFFERED_REPLIES {
+                self.write_out().await?;
             }
         }
         self.conn.release_read_buffer();
@@ -493,47 +507,45 @@ impl Session {
                 }
                 () = sleep_until(final_write) => return Err(End::Error),
                 () = tokio::time::sleep_until(stalled_at) => return Err(End::WriteStalled),
-                () = deadline_passed(&mut self.login_deadline) => return Err(End::LoginTimeout),
+                () = boxed_fired(&mut self.login_deadline) => return Err(End::LoginTimeout),
             }
         }
         Ok(())
     }
 }
 
-/// Resolves on the server's shutdown, but only before login: a logged-in session learns of
-/// it from its outbox ([`KickReason::Shutdown`]).
-async fn shutdown_before_login(
-    login: &Option<LoggedIn>,
-    shutdown: &tokio_util::sync::CancellationToken,
-) {
-    match login {
-        Some(_) => std::future::pending().await,
-        None => shutdown.cancelled().await,
-    }
-}
+// The waits below are plain polls (`poll_fn`), not `async fn`s: each is in the session's
+// select at every wait, and so in the future of every session; a poll keeps nothing but
+// its reference there.
 
 /// Waits for the outbox to change; never resolves before login.
-async fn outbox_changed(login: &Option<LoggedIn>) {
-    match login {
-        Some(l) => l.outbox.changed().await,
-        None => std::future::pending().await,
-    }
+fn outbox_changed(login: &Option<LoggedIn>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match login {
+        Some(l) => l.outbox.poll_changed(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// Waits for the presence log's bell; never before login.
-async fn bell_rung(bell: &mut Option<Bell>, log: &PresenceLog) {
-    match bell {
-        Some(b) => b.rung(log).await,
-        None => std::future::pending().await,
-    }
+fn bell_rung<'a>(
+    bell: &'a mut Option<Bell>,
+    log: &'a PresenceLog,
+) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| match bell {
+        Some(b) => b.poll_rung(log, cx),
+        None => Poll::Pending,
+    })
 }
 
-/// Resolves when the login deadline passes; never once logged in.
-async fn deadline_passed(deadline: &mut Option<Pin<Box<Sleep>>>) {
-    match deadline {
-        Some(d) => d.as_mut().await,
-        None => std::future::pending().await,
-    }
+/// Resolves when a boxed wait (the login deadline, the shutdown before login, the
+/// keepalive) fires; never once it is gone.
+fn boxed_fired<F: Future<Output = ()>>(
+    wait: &mut Option<Pin<Box<F>>>,
+) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match wait {
+        Some(w) => w.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// Sleeps until `deadline`; never resolves without one.
