@@ -360,7 +360,11 @@ impl Session {
         let login = self.login.as_ref()?;
         let history = match self.shared.history.try_reserve() {
             Ok(permit) => Some(permit),
-            Err(ReserveError::Closed) => None,
+            Err(e @ ReserveError::Closed) => {
+                // As `reserve_history`: shutting down, the message is delivered, not kept.
+                tracing::debug!(error = %e, "message not kept in the history");
+                None
+            }
             Err(ReserveError::Full) => return Some(PrivateRest::WaitForSlot(to, message)),
         };
         let echo_ref = r#ref.as_ref().map(encode_ref);
