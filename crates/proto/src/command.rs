@@ -429,7 +429,8 @@ fn ref_only(json: &[u8]) -> Option<Ref> {
 /// The wire shape of a command before validation. Borrowing keeps parsing allocation-free
 /// for strings without escapes. The fields of version 1.1 whose values are numbers or
 /// bools are read as any JSON value and checked in [`RawCommand::validate`], for clear
-/// reasons.
+/// reasons; boxed, as they are rarely there: the struct, moved a few times by every parse,
+/// stays small.
 #[derive(Deserialize)]
 struct RawCommand<'a> {
     #[serde(borrow)]
@@ -445,17 +446,17 @@ struct RawCommand<'a> {
     #[serde(borrow, default)]
     to: Option<Cow<'a, str>>,
     #[serde(default)]
-    acks: Option<serde_json::Value>,
+    acks: Option<Box<serde_json::Value>>,
     #[serde(borrow, default)]
     with: Option<Cow<'a, str>>,
     #[serde(default)]
-    before: Option<serde_json::Value>,
+    before: Option<Box<serde_json::Value>>,
     #[serde(default)]
-    after: Option<serde_json::Value>,
+    after: Option<Box<serde_json::Value>>,
     #[serde(default)]
-    limit: Option<serde_json::Value>,
+    limit: Option<Box<serde_json::Value>>,
     #[serde(default)]
-    id: Option<serde_json::Value>,
+    id: Option<Box<serde_json::Value>>,
 }
 
 /// A message id field (`before`, `after`, `id`): a JSON integer `0 <= n < 2^64`.
@@ -509,12 +510,12 @@ struct Fields<'a> {
     password: Option<Cow<'a, str>>,
     message: Option<Cow<'a, str>>,
     to: Option<Cow<'a, str>>,
-    acks: Option<serde_json::Value>,
+    acks: Option<Box<serde_json::Value>>,
     with: Option<Cow<'a, str>>,
-    before: Option<serde_json::Value>,
-    after: Option<serde_json::Value>,
-    limit: Option<serde_json::Value>,
-    id: Option<serde_json::Value>,
+    before: Option<Box<serde_json::Value>>,
+    after: Option<Box<serde_json::Value>>,
+    limit: Option<Box<serde_json::Value>>,
+    id: Option<Box<serde_json::Value>>,
 }
 
 impl Fields<'_> {
@@ -607,7 +608,7 @@ impl Fields<'_> {
 
     /// The login's `acks`: absent, `null` or `false` is `false`.
     fn acks(&self) -> Result<bool, Failure> {
-        match &self.acks {
+        match self.acks.as_deref() {
             None => Ok(false),
             Some(serde_json::Value::Bool(b)) => Ok(*b),
             Some(_) => Err(Failure::bad_request("login: acks must be true or false")),

@@ -30,6 +30,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -580,25 +581,64 @@ impl Hub {
         echo_ref: Option<Bytes>,
         history: Option<HistoryPermit>,
     ) -> Result<(), Failure> {
+        match self.send_private_now(from, from_conn, to, text, echo_ref, history) {
+            None => Ok(()),
+            Some(pending) => self.finish_private(pending).await,
+        }
+    }
+
+    /// The part of [`Hub::send_private`] that needs no wait: a message to an online
+    /// recipient without acknowledged delivery is delivered and echoed here (`None`, the
+    /// usual case, with no future built or allocated); otherwise what is left to do (a
+    /// mailbox write to wait for, or an offline recipient to look up), for
+    /// [`Hub::finish_private`].
+    pub fn send_private_now(
+        &self,
+        from: &UserId,
+        from_conn: u64,
+        to: &UserId,
+        text: MessageText,
+        echo_ref: Option<Bytes>,
+        history: Option<HistoryPermit>,
+    ) -> Option<PendingPrivate> {
         let route = Route {
             from_key: from.key(),
             from_conn,
             key: to.key(),
             echo_ref,
         };
-        let draft = match self.try_online(&route, Draft::new(from, text, history)) {
-            Ok(attempt) => return self.settle(attempt, &route, to).await,
-            Err(draft) => draft,
+        let step = match self.try_online(&route, Draft::new(from, text, history)) {
+            Ok(Attempt::Delivered) => return None,
+            Ok(attempt) => Step::Settle(attempt),
+            Err(draft) => Step::Offline(draft),
         };
-        // Offline (or unknown): learn the recipient's registered spelling first.
-        let account = self
-            .store
-            .account(route.key.clone())
-            .await
-            .map_err(store_failure)?
-            .ok_or_else(|| no_such_user(to))?;
-        let attempt = self.deliver_or_store(&route, draft, account.user_id);
-        self.settle(attempt, &route, to).await
+        Some(PendingPrivate {
+            route,
+            to: to.clone(),
+            step,
+        })
+    }
+
+    /// Finishes what [`Hub::send_private_now`] left to do.
+    ///
+    /// # Errors
+    /// As [`Hub::send_private`].
+    pub async fn finish_private(&self, pending: PendingPrivate) -> Result<(), Failure> {
+        let PendingPrivate { route, to, step } = pending;
+        let attempt = match step {
+            Step::Settle(attempt) => attempt,
+            Step::Offline(draft) => {
+                // Offline (or unknown): learn the recipient's registered spelling first.
+                let account = self
+                    .store
+                    .account(route.key.clone())
+                    .await
+                    .map_err(store_failure)?
+                    .ok_or_else(|| no_such_user(&to))?;
+                self.deliver_or_store(&route, draft, account.user_id)
+            }
+        };
+        self.settle(attempt, &route, &to).await
     }
 
     /// Delivers a private message if its recipient is online; gives the draft back if not.
@@ -922,6 +962,34 @@ enum Attempt {
         ForMailbox,
         Option<Held>,
     ),
+}
+
+/// A private message [`Hub::send_private_now`] could not settle at once: hand it to
+/// [`Hub::finish_private`].
+#[must_use = "the message is neither echoed nor stored until finished"]
+pub struct PendingPrivate {
+    route: Route,
+    /// The recipient as the sender wrote it (for a `fail`).
+    to: UserId,
+    step: Step,
+}
+
+impl fmt::Debug for PendingPrivate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingPrivate")
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is left of a private message's delivery.
+enum Step {
+    /// Being stored (the recipient is offline, cut off, or online with acknowledged
+    /// delivery): echoed once stored.
+    Settle(Attempt),
+    /// The recipient is not online: its account is looked up, then the message is
+    /// delivered (it may have logged in meanwhile) or stored.
+    Offline(Draft),
 }
 
 /// A private message queued, held, in the outbox of a recipient with acknowledged

@@ -315,6 +315,57 @@ mod suite {
         Ok(())
     }
 
+    pub async fn a_large_write_keeps_each_id_once_and_counts_what_it_kept(
+        store: &dyn Store,
+    ) -> TestResult {
+        // More rows than one multi-row statement takes, public and private mixed.
+        let first: Vec<ChatMessage> = (1..=100)
+            .map(|id| match id % 3 {
+                0 => msg(id, "Bob", "carol"),
+                _ => msg(id, "alice", "*"),
+            })
+            .collect();
+        store.append_history(first.clone()).await?;
+        // Again with other text, interleaved with new ids, across the statements' edges.
+        let again: Vec<ChatMessage> = (51..=150)
+            .map(|id| {
+                let mut m = msg(id, "alice", "*");
+                m.message = format!("again {id}");
+                m
+            })
+            .collect();
+        store.append_history(again.clone()).await?;
+        assert_eq!(store.max_message_id().await?, 150);
+        let public_ids: Vec<u64> = (1..=150).filter(|id| id > &100 || id % 3 != 0).collect();
+        let page = store
+            .history(public(), HistoryQuery::Latest, PageLimit::MAX)
+            .await?;
+        assert_eq!(ids(&page), public_ids);
+        for m in &page.messages {
+            let expected = if m.id <= 100 {
+                &first[m.id as usize - 1]
+            } else {
+                &again[m.id as usize - 51]
+            };
+            assert_eq!(m, expected, "the first row of id {} is kept", m.id);
+        }
+        let private = store
+            .history(
+                between("bob", "Carol"),
+                HistoryQuery::Latest,
+                PageLimit::MAX,
+            )
+            .await?;
+        assert_eq!(ids(&private), (3..=99).step_by(3).collect::<Vec<u64>>());
+        // 150 rows counted, not 200: pruning by count down to 10 deletes 140.
+        let keep10 = Retention {
+            max_age: None,
+            max_messages: Some(10),
+        };
+        assert_eq!(store.prune_history(keep10, 0, 1000).await?, 140);
+        Ok(())
+    }
+
     pub async fn enqueue_keeps_history_with_the_mailbox_row(store: &dyn Store) -> TestResult {
         store.create_account(account("Bob")).await?;
         let conv = || between("alice", "bob");
@@ -503,6 +554,7 @@ macro_rules! suite_for {
             check!(pages_are_exact_at_every_boundary);
             check!(a_private_conversation_is_both_directions_and_nothing_else);
             check!(appending_is_idempotent_and_raises_the_id_mark);
+            check!(a_large_write_keeps_each_id_once_and_counts_what_it_kept);
             check!(enqueue_keeps_history_with_the_mailbox_row);
             check!(deleting_an_account_deletes_its_private_history);
             check!(retention_by_count_prunes_the_oldest_in_batches);
@@ -624,6 +676,13 @@ async fn a_batch_that_fails_keeps_nothing() -> TestResult {
     assert_eq!(store.max_message_id().await?, 0);
     store.append_history(vec![msg(1, "a", "*")]).await?;
     assert_eq!(ids(&latest().await?), [1]);
+    // Also when the bad id comes after whole multi-row statements were inserted.
+    let mut many: Vec<ChatMessage> = (2..=80).map(|id| msg(id, "a", "*")).collect();
+    many[70] = msg_at(u64::MAX, "a", "*", 1);
+    let r = store.append_history(many).await;
+    assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    assert_eq!(ids(&latest().await?), [1]);
+    assert_eq!(store.max_message_id().await?, 1);
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use super::conn::Filled;
 use super::{End, LoggedIn, Session, boxed_fired};
 use crate::Shared;
 use crate::cluster::Routed;
-use crate::hub::Member;
+use crate::hub::{Member, PendingPrivate};
 use crate::limits::ceil_secs;
 use crate::metrics::LoginResult;
 use crate::outbox::{Limits, Outbox};
@@ -26,6 +26,14 @@ use crate::store::{
     Conversation, HistoryPermit, HistoryQuery, PageLimit, ReserveError, StoreError,
 };
 use crate::wire::encode_ref;
+
+/// What is left of a private message after [`Session::send_private_now`].
+enum PrivateRest {
+    /// The history writer is full: wait for a slot, then send.
+    WaitForSlot(UserId, MessageText),
+    /// Sent; its mailbox write (or its offline recipient's lookup) is still to wait for.
+    Pending(Box<PendingPrivate>),
+}
 
 /// Failed logins after which the connection is closed.
 const MAX_FAILED_LOGINS: u32 = 3;
@@ -112,6 +120,19 @@ impl Session {
                     })));
                 }
                 return Ok(self.publish_or_wait(message, r#ref));
+            }
+            // A private message to an online recipient, the usual case, is delivered at
+            // once; only a mailbox write or a full history writer returns the boxed rest.
+            Command::Send {
+                to: Recipient::User(to),
+                message,
+            } if self.shared.cluster.is_none() => {
+                if let Some(rest) = self.send_private_now(to, message, &r#ref) {
+                    return Ok(Some(Box::pin(async move {
+                        self.send_private_rest(rest, r#ref).await;
+                        Ok(())
+                    })));
+                }
             }
             command @ (Command::Send { .. } | Command::History { .. }) => {
                 return Ok(Some(Box::pin(async move {
@@ -344,6 +365,52 @@ impl Session {
             "storage unavailable, try again later",
         );
         self.fail_ref(r#ref, failure);
+    }
+
+    /// Sends a private message (not in cluster mode) as far as it goes without waiting:
+    /// with a free slot of the history writer (or a closed writer), to an online
+    /// recipient without acknowledged delivery, it is delivered and echoed here. Otherwise
+    /// returns what is left, for [`Session::send_private_rest`].
+    fn send_private_now(
+        &self,
+        to: UserId,
+        message: MessageText,
+        r#ref: &Option<Ref>,
+    ) -> Option<PrivateRest> {
+        let login = self.login.as_ref()?;
+        let history = match self.shared.history.try_reserve() {
+            Ok(permit) => Some(permit),
+            Err(e @ ReserveError::Closed) => {
+                // As `reserve_history`: shutting down, the message is delivered, not kept.
+                tracing::debug!(error = %e, "message not kept in the history");
+                None
+            }
+            Err(ReserveError::Full) => return Some(PrivateRest::WaitForSlot(to, message)),
+        };
+        let echo_ref = r#ref.as_ref().map(encode_ref);
+        self.shared
+            .hub
+            .send_private_now(
+                &login.user_id,
+                self.conn_id,
+                &to,
+                message,
+                echo_ref,
+                history,
+            )
+            .map(|pending| PrivateRest::Pending(Box::new(pending)))
+    }
+
+    /// What [`Session::send_private_now`] left to do; a `fail` carries `r#ref`.
+    async fn send_private_rest(&mut self, rest: PrivateRest, r#ref: Option<Ref>) {
+        match rest {
+            PrivateRest::WaitForSlot(to, message) => self.send_private(to, message, r#ref).await,
+            PrivateRest::Pending(pending) => {
+                if let Err(failure) = self.shared.hub.finish_private(*pending).await {
+                    self.fail_ref(r#ref, failure);
+                }
+            }
+        }
     }
 
     /// Sends a private message; the echo, or the `fail`, carries `r#ref`.

@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use simpletextim_proto::{Recipient, UserId};
 
+/// `u`'s key ([`UserId::key`]), byte by byte, without building it.
+fn folded(u: &UserId) -> impl Iterator<Item = u8> + '_ {
+    u.as_str().bytes().map(|c| c.to_ascii_lowercase())
+}
+
 /// The key of the public conversation.
 const PUBLIC_KEY: &str = "*";
 
@@ -36,11 +41,20 @@ impl Conversation {
 
     /// The private conversation between `a` and `b`, in either order.
     pub fn between(a: &UserId, b: &UserId) -> Conversation {
-        let (a, b) = (a.key(), b.key());
-        let (first, second) = if a <= b { (a, b) } else { (b, a) };
-        Conversation {
-            key: format!("{first}/{second}"),
-        }
+        // Compared and joined as their keys without building them: one allocation, as the
+        // store makes one of these for every private message it keeps.
+        let (first, second) = if folded(a).le(folded(b)) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let (first, second) = (first.as_str(), second.as_str());
+        let mut key = String::with_capacity(first.len() + 1 + second.len());
+        key.push_str(first);
+        key.push('/');
+        key.push_str(second);
+        key.make_ascii_lowercase();
+        Conversation { key }
     }
 
     /// The conversation `asker` asks for with the `with` of a `history` command: `*` is

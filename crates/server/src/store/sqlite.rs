@@ -65,7 +65,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Statement, params};
 use simpletextim_proto::{ChatMessage, Recipient, UserId};
 use tokio::sync::oneshot;
 
@@ -1086,33 +1086,28 @@ impl Worker {
     /// Inserts the history row of `message`, unless its id has one already; returns how
     /// many rows it inserted (1 or 0). The caller counts them in `history_len`.
     fn insert_history(&self, message: &ChatMessage) -> Result<i64, StoreError> {
-        let conversation = Conversation::of(&message.user_id, &message.to);
-        let recipient = match &message.to {
-            Recipient::Everyone => None,
-            Recipient::User(u) => Some(u.as_str()),
-        };
-        let inserted = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO history (id, conversation, sender, recipient, message, ts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-            )?
-            .execute(params![
-                to_i64(message.id)?,
-                conversation.key(),
-                message.user_id.as_str(),
-                recipient,
-                message.message,
-                to_i64(message.ts)?,
-            ])?;
-        Ok(i64::try_from(inserted).unwrap_or(0))
+        let mut insert = self.conn.prepare_cached(INSERT_HISTORY)?;
+        insert_history_with(&mut insert, message)
     }
 
     fn append_history(&self, messages: &[ChatMessage]) -> Result<(), StoreError> {
         // In the caller's savepoint: any failure undoes the rows inserted so far.
+        // Statements of HISTORY_ROWS_PER_INSERT rows, then one row at a time: a statement's
+        // own work (its start, its cursors, its end) is paid once for many rows.
         let mut inserted = 0;
-        for message in messages {
-            inserted += self.insert_history(message)?;
+        let mut chunks = messages.chunks_exact(HISTORY_ROWS_PER_INSERT);
+        if chunks.len() > 0 {
+            let mut insert = self.conn.prepare_cached(insert_history_rows_sql())?;
+            for chunk in &mut chunks {
+                inserted += insert_history_rows(&mut insert, chunk)?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut insert = self.conn.prepare_cached(INSERT_HISTORY)?;
+            for message in rest {
+                inserted += insert_history_with(&mut insert, message)?;
+            }
         }
         self.count_history(inserted)?;
         if let Some(max) = messages.iter().map(|m| m.id).max() {
@@ -1466,6 +1461,95 @@ fn fail_all(done: &mut Vec<Box<dyn Request>>, reason: &str) {
     for req in done.drain(..) {
         req.answer(Some(reason));
     }
+}
+
+/// Inserts a history row, unless its id has one already.
+const INSERT_HISTORY: &str =
+    "INSERT INTO history (id, conversation, sender, recipient, message, ts)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING";
+
+/// Rows of one multi-row history insert ([`insert_history_rows_sql`]): 6 parameters a row.
+const HISTORY_ROWS_PER_INSERT: usize = 32;
+
+/// [`INSERT_HISTORY`] for [`HISTORY_ROWS_PER_INSERT`] rows, in the order given. `OR IGNORE`
+/// (an id kept already is skipped, as `DO NOTHING` does; no value bound is ever NULL):
+/// with the default `ABORT` of the NOT NULL columns, SQLite gives a multi-row statement a
+/// statement journal, a temporary file written with every page it changes, which tripled
+/// the store thread's system time in the private flood.
+fn insert_history_rows_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let rows: Vec<String> = (0..HISTORY_ROWS_PER_INSERT)
+            .map(|i| {
+                let p = i * 6;
+                format!(
+                    "(?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6
+                )
+            })
+            .collect();
+        format!(
+            "INSERT OR IGNORE INTO history (id, conversation, sender, recipient, message, ts)
+             VALUES {}",
+            rows.join(", ")
+        )
+    })
+}
+
+/// Inserts the history rows of `messages` (exactly [`HISTORY_ROWS_PER_INSERT`]) with
+/// `insert` ([`insert_history_rows_sql`]), each unless its id has one already; returns how
+/// many rows it inserted.
+fn insert_history_rows(
+    insert: &mut Statement<'_>,
+    messages: &[ChatMessage],
+) -> Result<i64, StoreError> {
+    debug_assert_eq!(messages.len(), HISTORY_ROWS_PER_INSERT);
+    let conversations: Vec<Conversation> = messages
+        .iter()
+        .map(|m| Conversation::of(&m.user_id, &m.to))
+        .collect();
+    for (i, (message, conversation)) in messages.iter().zip(&conversations).enumerate() {
+        let p = i * 6;
+        let recipient = match &message.to {
+            Recipient::Everyone => None,
+            Recipient::User(u) => Some(u.as_str()),
+        };
+        insert.raw_bind_parameter(p + 1, to_i64(message.id)?)?;
+        insert.raw_bind_parameter(p + 2, conversation.key())?;
+        insert.raw_bind_parameter(p + 3, message.user_id.as_str())?;
+        insert.raw_bind_parameter(p + 4, recipient)?;
+        insert.raw_bind_parameter(p + 5, message.message.as_str())?;
+        insert.raw_bind_parameter(p + 6, to_i64(message.ts)?)?;
+    }
+    let inserted = insert.raw_execute()?;
+    Ok(i64::try_from(inserted).unwrap_or(0))
+}
+
+/// Inserts the history row of `message` with `insert` ([`INSERT_HISTORY`]), unless its id
+/// has one already; returns how many rows it inserted (1 or 0).
+fn insert_history_with(
+    insert: &mut Statement<'_>,
+    message: &ChatMessage,
+) -> Result<i64, StoreError> {
+    let conversation = Conversation::of(&message.user_id, &message.to);
+    let recipient = match &message.to {
+        Recipient::Everyone => None,
+        Recipient::User(u) => Some(u.as_str()),
+    };
+    let inserted = insert.execute(params![
+        to_i64(message.id)?,
+        conversation.key(),
+        message.user_id.as_str(),
+        recipient,
+        message.message,
+        to_i64(message.ts)?,
+    ])?;
+    Ok(i64::try_from(inserted).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use simpletextim_proto::ChatMessage;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, watch};
 use tokio_util::sync::CancellationToken;
 
 use futures::StreamExt;
@@ -147,8 +147,10 @@ impl fmt::Debug for HistoryWriter {
 #[must_use = "a permit holds a slot of the writer until it is pushed or dropped"]
 pub struct HistoryPermit {
     shared: Arc<Shared>,
-    /// `None` once pushed.
-    slot: Option<OwnedSemaphorePermit>,
+    /// Whether it still holds its slot (taken from `slots` and forgotten there): until
+    /// pushed. Not an owned semaphore permit, whose clone and drop of the semaphore's `Arc`
+    /// would be two more atomic writes per message on a cache line every worker touches.
+    holds_slot: bool,
 }
 
 impl fmt::Debug for HistoryPermit {
@@ -161,7 +163,7 @@ impl fmt::Debug for HistoryPermit {
 struct Shared {
     capacity: usize,
     /// The free slots: a message holds its slot from `reserve` until its write ends.
-    slots: Arc<Semaphore>,
+    slots: Semaphore,
     queue: Mutex<Queue>,
     /// Wakes the writing task: something was pushed, a permit went back, or closing.
     wake: Notify,
@@ -232,7 +234,7 @@ impl HistoryWriter {
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             capacity,
-            slots: Arc::new(Semaphore::new(capacity)),
+            slots: Semaphore::new(capacity),
             queue: Mutex::new(Queue {
                 messages: VecDeque::with_capacity(capacity.min(HISTORY_BATCH)),
                 pushed: 0,
@@ -266,11 +268,14 @@ impl HistoryWriter {
             taken => return taken,
         }
         self.shared.waits.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::clone(&self.shared.slots)
-            .acquire_owned()
+        let slot = self
+            .shared
+            .slots
+            .acquire()
             .await
             .map_err(|_| ReserveError::Closed)?;
-        Ok(self.permit(slot))
+        slot.forget();
+        Ok(self.permit())
     }
 
     /// A slot for one message if one is free now.
@@ -279,17 +284,21 @@ impl HistoryWriter {
     /// [`ReserveError::Full`] when every slot is taken, [`ReserveError::Closed`] when the
     /// writer is closed.
     pub fn try_reserve(&self) -> Result<HistoryPermit, ReserveError> {
-        match Arc::clone(&self.shared.slots).try_acquire_owned() {
-            Ok(slot) => Ok(self.permit(slot)),
+        match self.shared.slots.try_acquire() {
+            Ok(slot) => {
+                slot.forget();
+                Ok(self.permit())
+            }
             Err(TryAcquireError::NoPermits) => Err(ReserveError::Full),
             Err(TryAcquireError::Closed) => Err(ReserveError::Closed),
         }
     }
 
-    fn permit(&self, slot: OwnedSemaphorePermit) -> HistoryPermit {
+    /// A permit for a slot just taken from `slots` (and forgotten there).
+    fn permit(&self) -> HistoryPermit {
         HistoryPermit {
             shared: Arc::clone(&self.shared),
-            slot: Some(slot),
+            holds_slot: true,
         }
     }
 
@@ -350,17 +359,14 @@ impl HistoryPermit {
     /// Hands `message` over to be written, after every message pushed before it. Never
     /// blocks (a short lock, not held by anything slow): safe under the caller's lock.
     pub fn push(mut self, message: ChatMessage) {
-        let slot = self.slot.take();
+        // The slot stays taken until the write of the message ends.
+        self.holds_slot = false;
         let queued = {
             let mut queue = self.shared.queue();
             queue.messages.push_back(message);
             queue.pushed += 1;
             queue.messages.len()
         };
-        // The slot stays taken until the write of the message ends.
-        if let Some(slot) = slot {
-            slot.forget();
-        }
         // The writer only needs to hear of the first message (it may be idle) and of a
         // backlog (it may be waiting out the interval); otherwise it looks at the queue
         // when its interval or a write ends. Not one wake-up per message.
@@ -372,8 +378,9 @@ impl HistoryPermit {
 
 impl Drop for HistoryPermit {
     fn drop(&mut self) {
-        if self.slot.take().is_some() {
+        if self.holds_slot {
             // Unused: the slot is free again, and a closing writer may be waiting for it.
+            self.shared.slots.add_permits(1);
             self.shared.wake.notify_one();
         }
     }
