@@ -495,12 +495,6 @@ impl Hub {
         json
     }
 
-    /// Items queued into outboxes so far (public and private deliveries, echoes included):
-    /// the write coalescer's measure of load.
-    pub fn delivered(&self) -> u64 {
-        self.lock().counts.delivered
-    }
-
     /// The counts and levels the metrics show. Holds the hub's lock for one relaxed load
     /// per member (each outbox's published size: no outbox lock, no allocation), about as
     /// long as one public message's fan-out.

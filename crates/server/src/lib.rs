@@ -37,7 +37,6 @@ pub use auth::{HashCost, Registration};
 pub use http::{CONTENT_SECURITY_POLICY, normalize_origin};
 pub use limits::AddressLimits;
 pub use metrics::Metrics;
-pub use outbox::{Coalesce, DEFAULT_COALESCE};
 pub use session::{LIST_COST, RateLimit};
 pub use store::{MemoryStore, Retention, Store};
 pub use throttle::{Backoff, ThrottlePolicy};
@@ -114,10 +113,6 @@ pub struct Config {
     /// How long a session's socket may take none of the bytes waiting for it, before or
     /// after login, before the connection is closed.
     pub write_timeout: Duration,
-    /// Write coalescing while the server is busy: parked sessions take and write what was
-    /// queued for them once per [`Coalesce::period`]; `None` (the default): every item
-    /// queued wakes its session at once.
-    pub coalesce: Option<Coalesce>,
     /// Whether a first login creates the account.
     pub registration: Registration,
     /// The cost of password hashing ([`HashCost::InsecureFast`] for benchmarks and tests
@@ -194,7 +189,6 @@ impl std::fmt::Debug for Config {
             .field("outbox_bytes", &self.outbox_bytes)
             .field("presence_log", &self.presence_log)
             .field("write_timeout", &self.write_timeout)
-            .field("coalesce", &self.coalesce)
             .field("registration", &self.registration)
             .field("hash_cost", &self.hash_cost)
             .field("hash_pool", &self.hash_pool)
@@ -234,7 +228,6 @@ impl Default for Config {
             presence_log: presence::DEFAULT_PRESENCE_LOG,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             // Off until an A/B on a quiet machine shows it pays (docs/BENCHMARKS.md).
-            coalesce: None,
             registration: Registration::Open,
             hash_cost: HashCost::Default,
             hash_pool: std::thread::available_parallelism().map_or(2, usize::from),
@@ -279,8 +272,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// The id of the next connection (for the log).
     conn_ids: AtomicU64,
-    /// Write coalescing under load ([`Config::coalesce`]).
-    pub(crate) coalescer: outbox::Coalescer,
     /// Cluster mode's bus and presence registry; `None` in a single process.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
@@ -392,7 +383,6 @@ pub async fn run_listeners(
         ),
         shutdown: shutdown.clone(),
         conn_ids: AtomicU64::new(1),
-        coalescer: outbox::Coalescer::default(),
         metrics: config.metrics.clone(),
         cluster,
         config,
@@ -427,15 +417,6 @@ pub async fn run_listeners(
             shared.hub.shut_down();
         })
     };
-    // Parked sessions (write coalescing under load) are woken by its ticks.
-    let coalescer = shared.config.coalesce.map(|coalesce| {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let delivered = || shared.hub.delivered();
-            let shutdown = shared.shutdown.clone();
-            shared.coalescer.run(coalesce, delivered, shutdown).await;
-        })
-    });
     // Ends the session of a user whose password was changed or account deleted (`user
     // passwd`/`user del`, maybe another process) from now on. Where it starts is read before
     // anything is accepted; if it cannot be, from the oldest kept, which is as correct (a
@@ -484,9 +465,6 @@ pub async fn run_listeners(
     tracker.close();
     // It ends on the shutdown too, once every logged-in session has been told.
     let _ = ticker.await;
-    if let Some(coalescer) = coalescer {
-        let _ = coalescer.await;
-    }
     let _ = revocations.await;
     if let Some(task) = cluster_task {
         let _ = task.await;

@@ -218,18 +218,6 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = simpletextim_server::DEFAULT_OUTBOX_BYTES)]
     outbox_bytes: usize,
 
-    /// Write coalescing under load: while the server delivers at least --coalesce-above
-    /// items a second, a session that was just written to waits this many milliseconds
-    /// before it writes what was queued for it meanwhile, in one write (0: never; 20 is the
-    /// suggested value, not yet shown to pay on a quiet machine).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
-    coalesce_ms: u64,
-
-    /// Deliveries a second (every recipient's copy) from which sessions coalesce their
-    /// writes (see --coalesce-ms).
-    #[arg(long, value_name = "N", default_value_t = simpletextim_server::DEFAULT_COALESCE.above_per_sec)]
-    coalesce_above: u64,
-
     /// Seconds a client's socket may take nothing of what is waiting for it before the
     /// connection is closed.
     #[arg(long, value_name = "SECS", default_value_t = simpletextim_server::DEFAULT_WRITE_TIMEOUT.as_secs())]
@@ -583,10 +571,6 @@ async fn serve_on(cli: Cli, store: Arc<dyn Store>, tls: Option<Tls>) -> anyhow::
         login_timeout: Duration::from_secs(cli.login_timeout.max(1)),
         outbox_bytes: cli.outbox_bytes,
         write_timeout: Duration::from_secs(cli.write_timeout.max(1)),
-        coalesce: (cli.coalesce_ms > 0).then(|| simpletextim_server::Coalesce {
-            period: Duration::from_millis(cli.coalesce_ms),
-            above_per_sec: cli.coalesce_above,
-        }),
         login_queue: cli.login_queue.max(1),
         login_throttle: cli.throttle_policy(),
         exempt_loopback: cli.exempt_loopback,

@@ -32,10 +32,8 @@
 //!   (queued while the login read the mailbox, so also in the login ack) goes out once.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use futures::task::AtomicWaker;
 
@@ -83,8 +81,6 @@ struct State {
     kicked: Option<KickReason>,
     /// The session has been woken since its last `take`: further pushes need not wake it.
     woken: bool,
-    /// On the [`Coalescer`]'s list: the session is parked, and its next tick wakes it.
-    listed: bool,
     /// Set when the hub removed the session: the presence log's head then. The session
     /// writes no notice numbered from it on (what was announced after it left).
     /// [`NO_PRESENCE_END`] until then: a plain `u64` rather than an `Option`, which would
@@ -106,7 +102,6 @@ impl Default for State {
             bytes: 0,
             kicked: None,
             woken: false,
-            listed: false,
             presence_end: NO_PRESENCE_END,
             acks: None,
         }
@@ -137,7 +132,7 @@ fn private_id(item: &Out) -> Option<u64> {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    /// Set by a wake-up (a push, a kick, a release, the coalescer's tick) and cleared when
+    /// Set by a wake-up (a push, a kick, a release) and cleared when
     /// the session sees it: a wake-up while the session is busy is kept for its next wait.
     signal: AtomicBool,
     /// The session's waker, once it waited.
@@ -175,9 +170,6 @@ pub struct Taken {
     /// The `seq` of the first item left queued (beyond the limit, or held behind an
     /// uncommitted message): the notices from it on wait for that item.
     pub left: Option<u64>,
-    /// The take parked the session and it is not on the coalescer's list yet: the session
-    /// puts it there ([`Coalescer::park`]).
-    pub park: bool,
 }
 
 impl Outbox {
@@ -370,14 +362,6 @@ impl Outbox {
     /// private messages it hands out); the rest stays queued. From now on, a push wakes the
     /// session again.
     pub fn take(&self, limit: u64) -> Taken {
-        self.take_with(limit, false)
-    }
-
-    /// [`Outbox::take`], and with `park`, when it took something but less than
-    /// [`PARK_BELOW`] items (and the session was not kicked): pushes do not wake the session from now on, the [`Coalescer`]'s next tick
-    /// does (write coalescing, while the server is busy). [`Taken::park`] says whether the
-    /// outbox has to be put on the coalescer's list.
-    pub fn take_with(&self, limit: u64, park: bool) -> Taken {
         let mut s = self.lock();
         s.woken = false;
         let mut taken = match s.acks.is_some() {
@@ -395,19 +379,8 @@ impl Outbox {
         };
         taken.kicked = s.kicked;
         taken.presence_end = (s.presence_end != NO_PRESENCE_END).then_some(s.presence_end);
-        if park && (1..PARK_BELOW).contains(&taken.items.len()) && s.kicked.is_none() {
-            s.woken = true;
-            taken.park = !std::mem::replace(&mut s.listed, true);
-        }
         self.publish_bytes(&s);
         taken
-    }
-
-    /// The coalescer's tick: the session is woken to take what was queued since it was
-    /// parked (the signal is kept if it is busy).
-    fn unpark(&self) {
-        self.lock().listed = false;
-        self.wake();
     }
 
     /// Gives back the queue of a [`Taken`] once its items are written: the outbox keeps its
@@ -512,109 +485,6 @@ impl Outbox {
     #[cfg(test)]
     pub async fn changed(&self) {
         std::future::poll_fn(|cx| self.poll_changed(cx)).await;
-    }
-}
-
-/// When sessions coalesce their writes under load: while the server delivers at least
-/// [`Coalesce::above_per_sec`] items a second, a session that took one to three items from
-/// its outbox is not woken by the next pushes but once per [`Coalesce::period`], to write
-/// everything queued meanwhile at once (docs/ARCHITECTURE.md, the outbox).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Coalesce {
-    /// How long a parked session waits before it takes and writes what was queued: the
-    /// coalescer's tick, the most latency coalescing adds.
-    pub period: Duration,
-    /// Sessions coalesce while the hub delivers at least this many items a second
-    /// (measured over the last tick); below, every push wakes its session at once.
-    pub above_per_sec: u64,
-}
-
-/// The suggested [`Coalesce`] (`--coalesce-ms 20`; off by default): 20 ms ticks, from
-/// 400 000 deliveries a second.
-pub const DEFAULT_COALESCE: Coalesce = Coalesce {
-    period: Duration::from_millis(20),
-    above_per_sec: 400_000,
-};
-
-/// A take of this many items or more does not park its session: its writes are batched
-/// already (a flood), and parking would only hold back its echoes, and with them its
-/// senders' windows.
-const PARK_BELOW: usize = 4;
-
-/// How often the coalescer looks at the delivery rate while nothing is parked and it is
-/// not busy.
-const IDLE_CHECK: Duration = Duration::from_millis(250);
-
-/// Write coalescing under load. At a fixed rate, every message reaches each recipient
-/// alone: one wake-up, one `take` and one `write` (and, on loopback, one wake-up of the
-/// reader) per delivery, which at a million deliveries a second is more than the machine
-/// has. While the hub delivers more than [`Coalesce::above_per_sec`], a session that took
-/// something is *parked* ([`Outbox::take_with`]): the pushes that follow do not wake it,
-/// and its outbox goes on a list that the coalescer's tick (every [`Coalesce::period`])
-/// walks, waking each session once to take and write everything queued meanwhile in one
-/// drain. A session that finds nothing at the tick is no longer parked; the first push
-/// wakes it at once again. Kicks always wake at once; the bounds and the order of the
-/// outbox are unchanged (a parked outbox fills, and cuts its session off, as any other).
-#[derive(Debug, Default)]
-pub struct Coalescer {
-    busy: AtomicBool,
-    parked: Mutex<Vec<Arc<Outbox>>>,
-}
-
-impl Coalescer {
-    /// Whether sessions park after a take now.
-    pub fn busy(&self) -> bool {
-        self.busy.load(Ordering::Relaxed)
-    }
-
-    /// Puts a parked session's outbox on the list the next tick wakes.
-    pub fn park(&self, outbox: Arc<Outbox>) {
-        self.parked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(outbox);
-    }
-
-    /// One tick: sets whether sessions park from now on, and wakes every parked session.
-    pub fn tick(&self, busy: bool) {
-        self.busy.store(busy, Ordering::Relaxed);
-        let parked = std::mem::take(&mut *self.parked.lock().unwrap_or_else(|p| p.into_inner()));
-        for outbox in parked {
-            outbox.unpark();
-        }
-    }
-
-    /// Ticks every `config.period` while busy or while sessions are parked (otherwise
-    /// looks every [`IDLE_CHECK`]), measuring the delivery rate with `delivered` (the
-    /// hub's count of items queued); until `shutdown`, after which it wakes those parked
-    /// and stops.
-    pub async fn run(
-        &self,
-        config: Coalesce,
-        delivered: impl Fn() -> u64,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
-        let mut last = (tokio::time::Instant::now(), delivered());
-        loop {
-            let idle = !self.busy()
-                && self
-                    .parked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_empty();
-            let wait = if idle { IDLE_CHECK } else { config.period };
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(wait) => {}
-            }
-            let now = (tokio::time::Instant::now(), delivered());
-            let secs = now.0.duration_since(last.0).as_secs_f64();
-            let rate = now.1.saturating_sub(last.1) as f64 / secs.max(1e-3);
-            last = now;
-            self.tick(rate >= config.above_per_sec as f64);
-        }
-        self.tick(false);
     }
 }
 
@@ -869,113 +739,6 @@ mod tests {
         assert!(t.items.capacity() > KEEP_CAPACITY);
         o.recycle(t.items);
         assert_eq!(o.lock().items.capacity(), 0);
-    }
-
-    #[test]
-    fn a_parked_session_is_woken_by_the_tick_and_gets_everything_in_order_and_bounded() {
-        let c = Coalescer::default();
-        let o = Outbox::new(Limits { items: 3, bytes: 6 });
-        o.push(1, frame("a")).unwrap();
-        assert!(woken(&o));
-        // Taken while busy: parked, to be listed once.
-        let t = o.take_with(ALL, true);
-        assert_eq!((texts(&t.items), t.park), (vec![&b"a"[..]], true));
-        c.park(o.clone());
-        // Pushes no longer wake the session; they are bounded and ordered as ever.
-        o.push(2, frame("b")).unwrap();
-        o.push(3, frame("c")).unwrap();
-        assert!(!woken(&o));
-        assert!(!o.take_with(ALL, true).park, "listed already");
-        o.push(4, frame("d")).unwrap();
-        o.push(5, frame("e")).unwrap();
-        o.push(6, frame("f")).unwrap();
-        assert_eq!(o.push(7, frame("g")), Err(Full));
-        assert!(!woken(&o));
-        // The tick wakes it: one drain takes everything queued meanwhile, in order.
-        c.tick(true);
-        assert!(c.busy());
-        assert!(woken(&o));
-        let t = o.take_with(ALL, true);
-        assert_eq!(texts(&t.items), vec![&b"d"[..], b"e", b"f"]);
-        assert_eq!(t.items.iter().map(|q| q.seq).collect::<Vec<_>>(), [4, 5, 6]);
-        assert!(t.park);
-        // A batch of PARK_BELOW items or more is written as it comes: not parked.
-        let big = Outbox::new(items(8));
-        for i in 0..PARK_BELOW as u64 {
-            big.push(i, frame("x")).unwrap();
-        }
-        let t = big.take_with(ALL, true);
-        assert_eq!((t.items.len(), t.park), (PARK_BELOW, false));
-        big.push(9, frame("y")).unwrap();
-        assert!(woken(&big));
-        c.park(o.clone());
-        // Nothing queued at the next tick: no longer parked, and the next push wakes it.
-        c.tick(false);
-        assert!(woken(&o));
-        let t = o.take_with(ALL, c.busy());
-        assert!(t.items.is_empty() && !t.park);
-        o.push(8, frame("h")).unwrap();
-        assert!(woken(&o));
-        // A kick wakes a parked session at once.
-        let t = o.take_with(ALL, true);
-        assert!(t.park);
-        o.push(9, frame("i")).unwrap();
-        assert!(!woken(&o));
-        o.kick(KickReason::SlowConsumer);
-        assert!(woken(&o));
-        assert_eq!(
-            o.take_with(ALL, true).kicked,
-            Some(KickReason::SlowConsumer)
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_coalescer_ticks_while_busy_and_wakes_the_parked_on_shutdown() {
-        use std::sync::atomic::AtomicU64;
-        let c = Arc::new(Coalescer::default());
-        let delivered = Arc::new(AtomicU64::new(0));
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let config = Coalesce {
-            period: Duration::from_millis(20),
-            above_per_sec: 1000,
-        };
-        let run = tokio::spawn({
-            let (c, delivered, shutdown) = (c.clone(), delivered.clone(), shutdown.clone());
-            async move {
-                let count = || delivered.load(Ordering::Relaxed);
-                c.run(config, count, shutdown).await;
-            }
-        });
-        // Idle: looked at every IDLE_CHECK, not busy.
-        tokio::time::sleep(IDLE_CHECK + Duration::from_millis(1)).await;
-        assert!(!c.busy());
-        // 100 deliveries in the next idle check's 250 ms: 400 a second, below the mark.
-        delivered.store(100, Ordering::Relaxed);
-        tokio::time::sleep(IDLE_CHECK).await;
-        assert!(!c.busy());
-        // 1000 in 250 ms: busy, and from then on a tick every 20 ms.
-        delivered.store(1100, Ordering::Relaxed);
-        tokio::time::sleep(IDLE_CHECK).await;
-        assert!(c.busy());
-        let o = Outbox::new(items(8));
-        o.push(0, frame("a")).unwrap();
-        assert!(woken(&o));
-        assert!(o.take_with(ALL, true).park);
-        c.park(o.clone());
-        o.push(0, frame("b")).unwrap();
-        assert!(!woken(&o));
-        // 20 more in 20 ms: still busy; the tick woke the parked session.
-        delivered.store(1120, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(c.busy());
-        assert!(woken(&o));
-        assert!(o.take_with(ALL, true).park);
-        c.park(o.clone());
-        // The shutdown wakes whoever is parked, and the coalescer stops.
-        shutdown.cancel();
-        run.await.unwrap();
-        assert!(!c.busy());
-        assert!(woken(&o));
     }
 
     #[tokio::test]

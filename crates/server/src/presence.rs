@@ -334,9 +334,6 @@ pub struct Drained {
     pub kicked: Option<KickReason>,
     /// There is more to write: drain again once this is written.
     pub more: bool,
-    /// The drain parked the session: its outbox goes on the coalescer's list
-    /// ([`crate::outbox::Coalescer::park`]).
-    pub park: bool,
 }
 
 /// A session's place in the log: the number of the next notice it writes.
@@ -368,27 +365,11 @@ impl Reader {
     /// # Errors
     /// [`Passed`] when notices this session was due are no longer in the log (the items it
     /// took by then are written all the same).
-    #[cfg(test)]
     pub fn drain(
         &mut self,
         log: &PresenceLog,
         outbox: &Outbox,
         sink: &mut impl Sink,
-    ) -> Result<Drained, Passed> {
-        self.drain_with(log, outbox, sink, false)
-    }
-
-    /// [`Reader::drain`], parking the session when it takes something with `park`
-    /// ([`Outbox::take_with`]: write coalescing).
-    ///
-    /// # Errors
-    /// As [`Reader::drain`].
-    pub fn drain_with(
-        &mut self,
-        log: &PresenceLog,
-        outbox: &Outbox,
-        sink: &mut impl Sink,
-        park: bool,
     ) -> Result<Drained, Passed> {
         let head = log.head();
         if log.passed(self.cursor) {
@@ -400,7 +381,7 @@ impl Reader {
         #[cfg(test)]
         std::thread::yield_now();
         let limit = self.cursor.saturating_add(MAX_NOTICES_PER_DRAIN);
-        let taken = outbox.take_with(limit, park);
+        let taken = outbox.take(limit);
         let end = taken.presence_end.unwrap_or(u64::MAX);
         if !taken.items.is_empty() {
             // Even for one item: a write buffer grown from empty, part by part, would be
@@ -427,7 +408,6 @@ impl Reader {
         Ok(Drained {
             kicked: taken.kicked,
             more: taken.more || self.cursor < due,
-            park: taken.park,
         })
     }
 

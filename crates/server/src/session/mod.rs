@@ -417,19 +417,12 @@ impl Session {
             return Ok(());
         };
         let log = self.shared.hub.presence();
-        let park = self.shared.coalescer.busy();
-        let drained = login
-            .presence
-            .drain_with(log, &login.outbox, self.conn.writer(), park);
-        let Ok(drained) = drained else {
+        let Ok(drained) = login.presence.drain(log, &login.outbox, self.conn.writer()) else {
             tracing::warn!(user = %login.user_id, conn = self.conn_id, "slow consumer: behind the presence log, disconnecting");
             return Err(End::SlowConsumer);
         };
         if drained.more {
             self.wake_pending = true;
-        }
-        if drained.park {
-            self.shared.coalescer.park(login.outbox.clone());
         }
         match drained.kicked {
             None => Ok(()),
