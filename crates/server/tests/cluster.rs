@@ -665,8 +665,24 @@ async fn redis_command(addr: SocketAddr, args: &[&str]) -> String {
     line
 }
 
-/// The id of the Redis client named `name` (`CLIENT LIST`).
+/// The id of the Redis client named `name` (`CLIENT LIST`), waiting (bounded by [`WAIT`])
+/// for it to be connected: a subscriber cut off a moment ago reconnects after a back-off.
 async fn subscriber_id(addr: SocketAddr, name: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let clients = client_list(addr).await;
+        let needle = format!(" name={name} ");
+        if let Some(line) = clients.lines().find(|l| l.contains(&needle)) {
+            let id = line.split_whitespace().next().unwrap();
+            return id.trim_start_matches("id=").to_owned();
+        }
+        assert!(Instant::now() < deadline, "no client {name} in {clients}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Redis's `CLIENT LIST`: a line per connected client.
+async fn client_list(addr: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = timeout(WAIT, TcpStream::connect(addr))
         .await
@@ -686,13 +702,7 @@ async fn subscriber_id(addr: SocketAddr, name: &str) -> String {
             let (head, body) = text.split_once("\r\n").unwrap();
             let len: usize = head.trim_start_matches('$').parse().unwrap();
             if body.len() >= len + 2 {
-                let needle = format!(" name={name} ");
-                let line = body
-                    .lines()
-                    .find(|l| l.contains(&needle))
-                    .unwrap_or_else(|| panic!("no client {name} in {body}"));
-                let id = line.split_whitespace().next().unwrap();
-                return id.trim_start_matches("id=").to_owned();
+                return body.to_owned();
             }
         }
     }

@@ -1326,7 +1326,7 @@ impl Worker {
                   AND substr(conversation, instr(conversation, '/') + 1) = ?1)",
             )?
             .execute([key])?;
-        self.count_history(-i64::try_from(first + second).unwrap_or(0))?;
+        self.count_history(-i64::try_from(first + second).expect("a row count fits in an i64"))?;
         let removed = self
             .conn
             .prepare_cached("DELETE FROM accounts WHERE key = ?1")?
@@ -1527,7 +1527,7 @@ fn insert_history_rows(
         insert.raw_bind_parameter(p + 6, to_i64(message.ts)?)?;
     }
     let inserted = insert.raw_execute()?;
-    Ok(i64::try_from(inserted).unwrap_or(0))
+    Ok(i64::try_from(inserted).expect("a row count fits in an i64"))
 }
 
 /// Inserts the history row of `message` with `insert` ([`INSERT_HISTORY`]), unless its id
@@ -1549,7 +1549,7 @@ fn insert_history_with(
         message.message,
         to_i64(message.ts)?,
     ])?;
-    Ok(i64::try_from(inserted).unwrap_or(0))
+    Ok(i64::try_from(inserted).expect("a row count fits in an i64"))
 }
 
 #[cfg(test)]
