@@ -92,29 +92,10 @@ pub fn ensure_redis_server() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The directory of PostgreSQL's programs (`initdb`, `postgres`, `pg_isready`):
-/// `pg_config --bindir`, else the highest version under `/usr/lib/postgresql/*/bin`.
+/// The directory of PostgreSQL's programs (`initdb`, `postgres`, `pg_isready`), if
+/// installed.
 pub fn find_postgres_bindir() -> Option<PathBuf> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
-        && out.status.success()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Some(dir);
-        }
-    }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, bin)| bin)
+    simpletextim_devkit::postgres::find_bindir()
 }
 
 /// PostgreSQL's programs for a private server (`cargo xtask cluster`, the `cluster`
@@ -134,10 +115,9 @@ pub fn ensure_postgres() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Whether this process runs as root (the owner of `/proc/self` is the effective user).
+/// Whether this process runs as root.
 pub fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    simpletextim_devkit::postgres::is_root()
 }
 
 /// Installs Debian packages with apt-get (as root, or through sudo), or fails with the

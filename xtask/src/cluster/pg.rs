@@ -1,20 +1,16 @@
-//! A private PostgreSQL server for `cargo xtask cluster` and the `cluster` benchmark: the
-//! approach of the server's `tests/common/pg.rs`, as an xtask can do it.
-//!
-//! `initdb` in a directory of the cluster's work directory (password authentication with a
-//! random password, `C` locale, no sync), then `postgres` on a free port of 127.0.0.1 with
-//! its unix socket in that directory and durability off (`fsync`, `synchronous_commit`,
-//! `full_page_writes`: a throwaway database on a developer's machine). As root, where
-//! `initdb` and `postgres` refuse to run, both run as the `postgres` system user through
-//! `setpriv`, with the directory given to that user. Stopped (SIGINT: fast shutdown; SIGKILL
-//! after a bounded wait) when dropped.
+//! A private PostgreSQL server for `cargo xtask cluster` and the `cluster` benchmark,
+//! started as the tests start theirs (`simpletextim_devkit::postgres`: `initdb` in a
+//! directory of the cluster's work directory with a random password, `postgres` on a free
+//! port of 127.0.0.1 with durability off, as the `postgres` user when root). Stopped
+//! (SIGINT: fast shutdown; SIGKILL after a bounded wait) when dropped.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use simpletextim_devkit::postgres;
 
 /// How long the server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,51 +35,10 @@ impl Postgres {
     /// database cluster in `dir` (which must not exist) and starts it.
     pub fn start(dir: &Path) -> anyhow::Result<Postgres> {
         let bindir = crate::setup::ensure_postgres()?;
-        let root = crate::setup::is_root();
+        let root = postgres::is_root();
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let password = format!("pw{nanos:x}{:x}", std::process::id());
-        let pwfile = dir.join("pwfile");
-        fs::write(&pwfile, &password).context("cannot write the password file")?;
-        if root {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                bail!(
-                    "cannot give {} to the postgres user (as root, PostgreSQL runs as it)",
-                    dir.display()
-                );
-            }
-        }
-        let data = dir.join("data");
-        let out = pg_command(&bindir, "initdb", root)
-            .current_dir(dir)
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "scram-sha-256",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "--no-instructions",
-            ])
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .output()
-            .context("cannot run initdb")?;
-        // The password is in the URL from now on; the file is not needed.
-        let _ = fs::remove_file(&pwfile);
-        if !out.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        let password = postgres::throwaway_password();
+        postgres::init_cluster(&bindir, dir, &password, root).map_err(anyhow::Error::msg)?;
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -94,25 +49,7 @@ impl Postgres {
             let log = fs::File::create(&log_path)
                 .with_context(|| format!("cannot create {}", log_path.display()))?;
             let log2 = log.try_clone().context("cannot open the log twice")?;
-            let child = pg_command(&bindir, "postgres", root)
-                .current_dir(dir)
-                .arg("-D")
-                .arg(&data)
-                .args(["-c", "listen_addresses=127.0.0.1", "-c"])
-                .arg(format!("port={port}"))
-                .arg("-k")
-                .arg(dir)
-                .args([
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=300",
-                ])
-                .stdin(Stdio::null())
+            let child = postgres::postgres_command(&bindir, dir, port, 300, root)
                 .stdout(log)
                 .stderr(log2)
                 .spawn()
@@ -144,13 +81,7 @@ impl Postgres {
                 let text = fs::read_to_string(log).unwrap_or_default();
                 bail!("postgres exited at start ({status}):\n{text}");
             }
-            let ready = Command::new(bindir.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
+            if postgres::is_ready(bindir, self.port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -210,23 +141,5 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// `program` of `bindir`, as the `postgres` user when this process is root.
-fn pg_command(bindir: &Path, program: &str, as_postgres: bool) -> Command {
-    let path = bindir.join(program);
-    if as_postgres {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(path);
-        c
-    } else {
-        Command::new(path)
     }
 }

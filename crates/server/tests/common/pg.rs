@@ -1,13 +1,10 @@
 //! A private PostgreSQL server for the tests of one test binary, and a fresh database per
 //! test on it.
 //!
-//! The first call of [`database`] finds PostgreSQL's programs (`pg_config --bindir`, else
-//! the highest version under `/usr/lib/postgresql/*/bin`), runs `initdb` in a new temporary
-//! directory (password authentication, a random password), starts `postgres` on a free
-//! port of 127.0.0.1 with its unix socket in that directory and `fsync=off`, and waits
-//! (bounded) until it accepts connections. As root (CI, this project's machines), where
-//! `initdb` and `postgres` refuse to run, both run as the `postgres` system user through
-//! `setpriv`, with the directory given to that user.
+//! The first call of [`database`] starts PostgreSQL as `simpletextim_devkit::postgres`
+//! describes (the distribution's programs, `initdb` in a new temporary directory with a
+//! random password, `postgres` on a free port of 127.0.0.1 with durability off; as root,
+//! as the `postgres` system user) and waits (bounded) until it accepts connections.
 //!
 //! A watchdog (`sh`, in a process group of its own so that a Ctrl-C of the test run does
 //! not take it down first) polls the test process; once it is gone, it stops the server
@@ -21,6 +18,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use simpletextim_devkit::postgres;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -107,55 +106,12 @@ pub async fn migrated_database() -> TestDb {
 
 /// The directory of `initdb`, `postgres` and `pg_isready`.
 fn find_bindir() -> Result<PathBuf, String> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
-        && out.status.success()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Ok(dir);
-        }
-    }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, bin)| bin).ok_or_else(|| {
+    postgres::find_bindir().ok_or_else(|| {
         "PostgreSQL is not installed (no initdb from `pg_config --bindir` nor under \
          /usr/lib/postgresql/*/bin): run the tests with `cargo xtask test`, which installs \
          it (Debian package `postgresql`)"
             .to_owned()
     })
-}
-
-/// Whether this process runs as root (the owner of `/proc/self` is the effective user).
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// `program` of `bindir`, as the `postgres` user when this process is root.
-fn pg_command(bindir: &Path, program: &str, as_postgres: bool) -> Command {
-    let path = bindir.join(program);
-    if as_postgres {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--init-groups",
-            "--",
-        ])
-        .arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
 }
 
 fn free_port() -> Result<u16, String> {
@@ -167,84 +123,27 @@ fn free_port() -> Result<u16, String> {
 
 fn start() -> Result<PgServer, String> {
     let bindir = find_bindir()?;
-    let root = is_root();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let root = postgres::is_root();
+    let password = postgres::throwaway_password();
     // As root, under /tmp whatever TMPDIR says: the postgres user must reach the directory.
     let base = if root {
         PathBuf::from("/tmp")
     } else {
         std::env::temp_dir()
     };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let dir = base.join(format!("simpletextim-pg-{}-{nanos}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let password = format!("pw{nanos:x}{}", std::process::id());
-    let pwfile = dir.join("pwfile");
-    std::fs::write(&pwfile, &password).map_err(|e| format!("write pwfile: {e}"))?;
-    if root {
-        let ok = Command::new("chown")
-            .args(["-R", "postgres:"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return Err(format!(
-                "cannot give {} to the postgres user (tests as root run PostgreSQL as it)",
-                dir.display()
-            ));
-        }
-    }
-    let data = dir.join("data");
-    let out = pg_command(&bindir, "initdb", root)
-        .current_dir(&dir)
-        .arg("-D")
-        .arg(&data)
-        .args([
-            "-U",
-            "postgres",
-            "-A",
-            "scram-sha-256",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-            "--no-instructions",
-        ])
-        .arg(format!("--pwfile={}", pwfile.display()))
-        .output()
-        .map_err(|e| format!("cannot run initdb: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    postgres::init_cluster(&bindir, &dir, &password, root)?;
     let mut last_error = String::new();
     for _ in 0..3 {
         let port = free_port()?;
         let log = std::fs::File::create(dir.join(format!("postgres-{port}.log")))
             .map_err(|e| format!("log file: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
-        let mut child = pg_command(&bindir, "postgres", root)
-            .current_dir(&dir)
-            .arg("-D")
-            .arg(&data)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c"])
-            .arg(format!("port={port}"))
-            .arg("-k")
-            .arg(&dir)
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ])
-            .stdin(Stdio::null())
+        let mut child = postgres::postgres_command(&bindir, &dir, port, 200, root)
             .stdout(log)
             .stderr(log2)
             .spawn()
@@ -261,12 +160,7 @@ fn start() -> Result<PgServer, String> {
                 );
                 break;
             }
-            let ready = Command::new(bindir.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p"])
-                .arg(port.to_string())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
+            if postgres::is_ready(&bindir, port) {
                 return Ok(PgServer {
                     bindir,
                     dir,
