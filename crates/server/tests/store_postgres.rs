@@ -142,6 +142,26 @@ async fn a_server_refuses_an_unmigrated_or_newer_schema() -> TestResult {
     Ok(())
 }
 
+/// A version no server writes (a hand edit) is named, not taken for "never migrated".
+#[tokio::test]
+async fn a_negative_schema_version_is_a_clear_error() -> TestResult {
+    let db = pg::migrated_database().await;
+    let url = db.database_url();
+    raw(&db)
+        .await
+        .batch_execute(
+            "DELETE FROM schema_version; INSERT INTO schema_version (version) VALUES (-1)",
+        )
+        .await?;
+    let want = format!("database {url}: schema_version holds version -1, which no server writes");
+    let connect = PostgresStore::connect(&url, PgOptions::new(10)).await;
+    assert_eq!(connect.err().map(|e| e.to_string()), Some(want.clone()));
+    let migrate = PostgresStore::migrate(&url, &PgOptions::new(10)).await;
+    assert_eq!(migrate.err().map(|e| e.to_string()), Some(want));
+    assert_eq!(versions(&db).await, [-1]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_wrong_password_is_a_clear_error_without_the_password() -> TestResult {
     let db = pg::migrated_database().await;

@@ -392,20 +392,37 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-/// The schema version of the database `client` is connected to (0: never migrated).
-async fn schema_version(client: &tokio_postgres::Client) -> Result<u32, tokio_postgres::Error> {
+/// The schema version of the database at `url` that `client` is connected to (0: never
+/// migrated).
+async fn schema_version(
+    url: &DatabaseUrl,
+    client: &tokio_postgres::Client,
+) -> Result<u32, PgError> {
+    let err = |e: tokio_postgres::Error| db_err(url, &e);
     let exists: bool = client
         .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
-        .await?
-        .try_get(0)?;
+        .await
+        .map_err(err)?
+        .try_get(0)
+        .map_err(err)?;
     if !exists {
         return Ok(0);
     }
     let v: i32 = client
         .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
-        .await?
-        .try_get(0)?;
-    Ok(u32::try_from(v).unwrap_or(0))
+        .await
+        .map_err(err)?
+        .try_get(0)
+        .map_err(err)?;
+    version_of(url, v)
+}
+
+/// A version read from `schema_version`, which this server only ever writes positive.
+fn version_of(url: &DatabaseUrl, v: i32) -> Result<u32, PgError> {
+    u32::try_from(v).map_err(|_| PgError::Database {
+        url: url.to_string(),
+        message: format!("schema_version holds version {v}, which no server writes"),
+    })
 }
 
 impl PostgresStore {
@@ -439,7 +456,7 @@ impl PostgresStore {
             .map_err(err)?
             .try_get(0)
             .map_err(err)?;
-        let found = u32::try_from(found).unwrap_or(0);
+        let found = version_of(url, found)?;
         if found > PG_SCHEMA_VERSION {
             return Err(PgError::TooNew {
                 url: url.to_string(),
@@ -474,7 +491,7 @@ impl PostgresStore {
     /// [`PG_SCHEMA_VERSION`]; [`PgError::Database`] when the database cannot be reached.
     pub async fn connect(url: &DatabaseUrl, options: PgOptions) -> Result<PostgresStore, PgError> {
         let client = connect_one(url, &options).await?;
-        let found = schema_version(&client).await.map_err(|e| db_err(url, &e))?;
+        let found = schema_version(url, &client).await?;
         drop(client);
         if found < PG_SCHEMA_VERSION {
             return Err(PgError::NotMigrated {
