@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -101,10 +101,8 @@ impl RedisServer {
                     .with_context(|| format!("cannot remove {}", dir.display()))?;
             }
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .context("cannot find a free port on 127.0.0.1")?
-                .port();
+            let port =
+                simpletextim_devkit::free_port().context("cannot find a free port on 127.0.0.1")?;
             let log = dir.join("redis.log");
             let log_file = fs::File::create(&log)
                 .with_context(|| format!("cannot create {}", log.display()))?;

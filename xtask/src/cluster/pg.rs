@@ -41,10 +41,8 @@ impl Postgres {
         postgres::init_cluster(&bindir, dir, &password, root).map_err(anyhow::Error::msg)?;
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .context("cannot find a free port on 127.0.0.1")?
-                .port();
+            let port =
+                simpletextim_devkit::free_port().context("cannot find a free port on 127.0.0.1")?;
             let log_path = dir.join("postgres.log");
             let log = fs::File::create(&log_path)
                 .with_context(|| format!("cannot create {}", log_path.display()))?;

@@ -249,10 +249,7 @@ fn find_program() -> Result<PathBuf, String> {
 }
 
 fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("local_addr: {e}"))
+    simpletextim_devkit::free_port().map_err(|e| format!("no free port on 127.0.0.1: {e}"))
 }
 
 fn try_start() -> Result<RedisServer, String> {
