@@ -366,16 +366,8 @@ impl Cluster {
             .spawn()
             .with_context(|| format!("cannot run {} migrate", server.display()))?;
         let until = Instant::now() + MIGRATE_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("migrate did not finish within {MIGRATE_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = crate::wait_or_kill(&mut child, until)? else {
+            bail!("migrate did not finish within {MIGRATE_TIMEOUT:?}");
         };
         if !status.success() {
             bail!(

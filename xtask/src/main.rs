@@ -57,3 +57,25 @@ fn main() -> anyhow::Result<()> {
         Task::Cluster(args) => cluster::run(&args),
     }
 }
+
+/// Waits for `child` to exit until `until`; past it, kills it and returns `None`.
+///
+/// # Errors
+/// When its state cannot be read.
+fn wait_or_kill(
+    child: &mut std::process::Child,
+    until: std::time::Instant,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if std::time::Instant::now() > until {
+            // Errors here mean it has exited meanwhile.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

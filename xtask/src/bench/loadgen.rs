@@ -46,17 +46,8 @@ pub fn run(
     // Its stdout is one JSON line (children's output goes to their own pipes), far below
     // a pipe's buffer: the child never blocks on it, so it is read after the exit.
     let until = Instant::now() + Duration::from_secs(s.timeout) + GRACE;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > until {
-            // Errors here mean it has exited meanwhile.
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{}: the load generator did not stop", s.id);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = crate::wait_or_kill(&mut child, until)? else {
+        bail!("{}: the load generator did not stop", s.id);
     };
     let mut out = String::new();
     child
