@@ -51,6 +51,27 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// The log once `done` holds of it, both outputs are closed, or `deadline` passed,
+    /// whichever comes first (the caller tells which from the log).
+    fn wait(
+        &self,
+        deadline: Instant,
+        mut done: impl FnMut(&Log) -> bool,
+    ) -> std::sync::MutexGuard<'_, Log> {
+        let mut guard = self.lock();
+        loop {
+            let now = Instant::now();
+            if done(&guard) || guard.closed == 2 || now >= deadline {
+                return guard;
+            }
+            guard = self
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
 }
 
 /// A running server process.
@@ -108,41 +129,31 @@ impl Node {
             shared,
             watchdog,
         };
-        let deadline = Instant::now() + START_WAIT;
-        let mut guard = node.shared.lock();
-        loop {
-            let http = guard.lines.iter().find_map(|l| addr_after(l, "HTTP on "));
-            if let Some(addr) = guard
-                .lines
+        let listening = |log: &Log| {
+            log.lines
                 .iter()
                 .find_map(|l| addr_after(l, "listening on "))
-            {
-                drop(guard);
-                node.addr = addr;
-                node.http = http;
-                return node;
-            }
-            let now = Instant::now();
-            if guard.closed == 2 || now >= deadline {
-                let lines = guard.lines.join("\n");
-                drop(guard);
-                let status = node.kill();
-                panic!(
-                    "the server did not log `listening on ADDR` {} ({status:?}); its log:\n{lines}",
-                    if now >= deadline {
-                        format!("within {START_WAIT:?}")
-                    } else {
-                        "before it exited".to_owned()
-                    }
-                );
-            }
-            guard = node
-                .shared
-                .changed
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
+        };
+        let deadline = Instant::now() + START_WAIT;
+        let guard = node.shared.wait(deadline, |log| listening(log).is_some());
+        if let Some(addr) = listening(&guard) {
+            node.addr = addr;
+            node.http = guard.lines.iter().find_map(|l| addr_after(l, "HTTP on "));
+            drop(guard);
+            return node;
         }
+        let exited = guard.closed == 2;
+        let lines = guard.lines.join("\n");
+        drop(guard);
+        let status = node.kill();
+        panic!(
+            "the server did not log `listening on ADDR` {} ({status:?}); its log:\n{lines}",
+            if exited {
+                "before it exited".to_owned()
+            } else {
+                format!("within {START_WAIT:?}")
+            }
+        );
     }
 
     /// The framed TCP address (`listening on`).
@@ -172,23 +183,11 @@ impl Node {
     /// The first line containing `needle`, waiting for it at most `timeout`; `None` when
     /// none came in time or the node closed its outputs.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut guard = self.shared.lock();
-        loop {
-            if let Some(l) = guard.lines.iter().find(|l| l.contains(needle)) {
-                return Some(l.clone());
-            }
-            let now = Instant::now();
-            if guard.closed == 2 || now >= deadline {
-                return None;
-            }
-            guard = self
-                .shared
-                .changed
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
+        let found = |log: &Log| log.lines.iter().find(|l| l.contains(needle)).cloned();
+        let guard = self
+            .shared
+            .wait(Instant::now() + timeout, |log| found(log).is_some());
+        found(&guard)
     }
 
     /// Whether the process still runs.
@@ -241,20 +240,10 @@ impl Node {
         };
         self.stop_watchdog();
         // The last lines arrive right after the exit: wait (bounded) for both EOFs.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut guard = self.shared.lock();
-        while guard.closed < 2 {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            guard = self
-                .shared
-                .changed
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
+        drop(
+            self.shared
+                .wait(Instant::now() + Duration::from_secs(2), |_| false),
+        );
         status
     }
 
